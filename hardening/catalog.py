@@ -9,6 +9,16 @@ it (``implemented_by``) and which checks prove it (``checks``).
     python -m hardening.catalog --markdown -o docs/guidance-items.md
     python -m hardening.catalog --verify-guidance /path/to/guidance.txt
 
+Reference formats (validated):
+
+    implemented_by  role:<role>[/<task>]      one of the Ansible roles in ROLES, e.g. role:os_hardening/ssh
+                    ckms_app:<feature>        a feature of the CA daemon, e.g. ckms_app:clock-guard
+                    pulumi:<thing>            the environment model, e.g. pulumi:flows
+                    ansible:<playbook>.yml    hardening:<tool>    hsm:<token capability>    doc:docs/<file>.md[#anchor]
+    checks          check:<item>[.<letter>].<slug>   e.g. check:F.06.j.ports_closed (slug: 2+ chars [a-z0-9_])
+                    test:tests/<path>.py::<name>
+    procedure       docs/<file>.md#<anchor>   e.g. docs/operations.md#key-ceremony
+
 The loader is strict: unknown keys, malformed references, missing or duplicated items are errors, all
 reported together in one :class:`CatalogError`.
 """
@@ -632,6 +642,19 @@ def render_markdown(catalog: Mapping[str, Control]) -> str:
                     f"| {c.id} {s.letter}) | | | {_cell(s.title_en)} | {s.applicability} "
                     f"| {_impl_cell(s.applicability, s.procedure, s.reason, s.implemented_by)} | {sub_checks} |"
                 )
+    sections: dict[str, list[str]] = {}
+    for c in catalog.values():
+        for e, name in ((c, c.id), *((s, f"{c.id} {s.letter})") for s in c.subitems.values())):
+            if e.procedure:
+                sections.setdefault(e.procedure, []).append(name)
+    out += [
+        "",
+        "## Operations sections the procedural entries point to",
+        "",
+        "| section | items |",
+        "| --- | --- |",
+    ]
+    out += [f"| `{p}` | {', '.join(names)} |" for p, names in sorted(sections.items())]
     out.append("")
     return "\n".join(out)
 
