@@ -35,5 +35,21 @@ test-unit: deps tools
 bench: deps tools
 	$(BIN)/python -m ckms_app.bench
 
+# Throwaway lab: pinned Pulumi CLI built from Go modules and a golden image, both cached per machine.
+.PHONY: pulumi-cli
+pulumi-cli: deps
+	scripts/build-pulumi.sh $(VENV) >/dev/null
+
+lab-up: deps
+	scripts/lab-up.sh
+
+lab: lab-up
+
+lab-down: deps
+	scripts/lab-down.sh
+
+lab-status: deps
+	scripts/lab-status.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache

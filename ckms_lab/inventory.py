@@ -1,0 +1,92 @@
+"""Render a stack's outputs into an Ansible inventory (``inventories/<stack>/generated/``).
+
+Why generated: addresses, host keys and the flow model come from the stack, so the inventory can
+never drift from what was built. Hosts are reached over the management network with the per-machine
+controller key, and their SSH host keys are pinned in a generated ``known_hosts`` (no
+``StrictHostKeyChecking=no``). The flow list becomes group vars (``ckms_flows``) for the router,
+host-firewall and IDS roles.
+
+Usage: ``python -m ckms_lab.inventory OUTPUTS.json DIR`` (OUTPUTS from ``pulumi stack output --json``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ckms_lab import paths
+
+
+class InventoryError(ValueError):
+    """The stack outputs do not describe an environment."""
+
+
+def render(outputs: dict[str, Any], directory: Path, *, ssh_key: Path | None = None) -> Path:
+    """Write ``hosts.yml`` and ``known_hosts`` into ``directory``; returns the hosts file."""
+    for key in ("hosts", "flows", "segments"):
+        if key not in outputs:
+            raise InventoryError(f"stack outputs lack {key!r}: was the stack deployed?")
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ssh_key or paths.ssh_key()
+    known_hosts = directory / "known_hosts"
+    hosts: dict[str, dict] = {}
+    groups: dict[str, dict] = {}
+    pins = []
+    for name, h in sorted(outputs["hosts"].items()):
+        hosts[name] = {
+            "ansible_host": h["mgmt_address"],
+            "ckms_role": h["role"],
+            "ckms_addresses": h["addresses"],
+        }
+        if h.get("netns"):
+            hosts[name]["ckms_netns"] = h["netns"]
+        groups.setdefault(h["role"], {"hosts": {}})["hosts"][name] = None
+        if h.get("host_key"):
+            pins.append(f"{h['mgmt_address']} {h['host_key']}")
+    known_hosts.write_text("\n".join(pins) + ("\n" if pins else ""))
+    inventory = {
+        "all": {
+            "hosts": hosts,
+            "children": groups,
+            "vars": {
+                "ansible_user": "root",
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "ansible_ssh_private_key_file": str(key),
+                "ansible_ssh_common_args": (
+                    f"-o UserKnownHostsFile={known_hosts.resolve()} -o StrictHostKeyChecking=yes"
+                    " -o IdentitiesOnly=yes"
+                ),
+                "ckms_environment": outputs.get("kind", ""),
+                "ckms_controller_address": outputs.get("controller_address", ""),
+                "ckms_time_sources": outputs.get("time_sources", []),
+                "ckms_segments": outputs["segments"],
+                "ckms_flows": outputs["flows"],
+            },
+        }
+    }
+    out = directory / "hosts.yml"
+    out.write_text("# Generated from the Pulumi stack outputs by ckms_lab.inventory; do not edit.\n"
+                   + yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
+        return 2
+    try:
+        path = render(json.loads(Path(args[0]).read_text()), Path(args[1]))
+    except (InventoryError, json.JSONDecodeError, KeyError) as exc:
+        print(f"ckms_lab.inventory: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

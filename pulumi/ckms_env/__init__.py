@@ -1,0 +1,1 @@
+"""The CKMS environment component and its backends (lab, onprem, aws)."""

@@ -1,0 +1,60 @@
+"""The environment model: segments, addresses, roles and the allowed flows as data."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from ckms_lab.model import ModelError, build_environment, default_flows, render_nftables
+
+
+def test_lab_model_has_every_role_and_segment():
+    env = build_environment("lab", "lab")
+    assert {h.role for h in env.hosts} == {"router", "ca", "terminal", "admin", "rogue"}
+    assert [s.name for s in env.segments] == ["mgmt", "ca", "lan", "vpn"]
+    # every host is on the management network, the router joins CA segment and factory LAN
+    assert all("mgmt" in h.addresses for h in env.hosts)
+    assert set(env.host("router").addresses) == {"mgmt", "ca", "lan", "vpn"}
+    assert set(env.host("terminal").addresses) == {"mgmt", "lan"}
+    assert set(env.host("rogue").addresses) == {"mgmt", "lan"}
+    assert set(env.host("ca1").addresses) == {"mgmt", "ca"}
+    for h in env.hosts:
+        for seg, addr in h.addresses.items():
+            assert ipaddress.ip_address(addr) in ipaddress.ip_network(env.segment(seg).cidr)
+
+
+def test_scale_out_adds_second_ca_and_database_flow():
+    env = build_environment("onprem", "onprem", ca_count=2, with_db=True)
+    assert [h.name for h in env.hosts_with_role("ca")] == ["ca1", "ca2"]
+    db = next(f for f in env.flows if f.name == "ca-db")
+    assert db.port == 5432 and not db.routed
+    assert set(db.src_cidrs) == {"10.231.10.10/32", "10.231.10.11/32"}
+
+
+def test_flows_are_exactly_the_guidance_list():
+    env = build_environment("lab", "lab")
+    got = {(f.name, f.proto, f.port) for f in env.flows}
+    assert got == {("est", "tcp", 8443), ("admin-ssh", "tcp", 22), ("ntp", "udp", 123), ("crl", "tcp", 8080)}
+    est = next(f for f in env.flows if f.name == "est")
+    assert est.src_cidrs == ("10.231.20.10/32",) and est.dst_cidrs == ("10.231.10.10/32",)
+    admin = next(f for f in env.flows if f.name == "admin-ssh")
+    assert admin.src_cidrs == ("10.231.20.20/32", "10.231.30.0/24")  # registered address or VPN
+    # the rogue host appears in no flow
+    assert not any("10.231.20.66/32" in f.src_cidrs + f.dst_cidrs for f in env.flows)
+
+
+def test_unknown_endpoint_and_bad_port_are_rejected():
+    flows = default_flows() + [{"name": "x", "src": ["nobody"], "dst": ["ca"], "proto": "tcp", "port": 1}]
+    with pytest.raises(ModelError, match="unknown endpoint"):
+        build_environment("lab", "lab", flows=flows)
+    with pytest.raises(ModelError, match="bad port"):
+        build_environment("lab", "lab", flows=[{**default_flows()[0], "port": 70000}])
+
+
+def test_nftables_allow_list_is_default_drop_with_one_rule_per_routed_flow():
+    rules = render_nftables(build_environment("lab", "lab", with_db=True))
+    assert "policy drop;" in rules
+    assert rules.count("ct state new accept") == 4  # ca-db stays inside the CA segment
+    assert 'ip saddr { 10.231.20.10/32 } ip daddr { 10.231.10.10/32 } tcp dport 8443' in rules
+    assert "0.0.0.0/0" not in rules
