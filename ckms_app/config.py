@@ -1,0 +1,233 @@
+"""The CA home's configuration file (``ckms.toml``) as typed, validated objects.
+
+One file describes one CA: where its token is, how the daemon listens, where the database is,
+how CRLs are published and which certificate profiles exist. Relative paths are relative to the
+CA home, so a home directory can be moved or restored as a unit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .hsm import CURVES, TokenConfig
+
+CONFIG_NAME = "ckms.toml"
+
+
+def resolve_home(home: str | os.PathLike[str] | None) -> Path:
+    """``--home`` wins, then ``CKMS_HOME``; there is no implicit default location."""
+    value = home if home is not None else os.environ.get("CKMS_HOME")
+    if not value:
+        raise ConfigError("no CA home given: pass --home DIR or set CKMS_HOME")
+    return Path(value).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What one kind of certificate looks like and which requests may have one (A.05)."""
+
+    name: str
+    validity_days: int
+    key_usage: tuple[str, ...]
+    extended_key_usage: tuple[str, ...]
+    policy_oid: str
+    subject_cn_pattern: str
+    allowed_subject_attributes: tuple[str, ...]
+    san_required: bool
+    san_dns_pattern: str | None
+    san_uri_pattern: str | None
+    allowed_curves: tuple[str, ...]
+    backdate_seconds: int = 60
+
+    def __post_init__(self) -> None:
+        if self.validity_days <= 0:
+            raise ConfigError(f"profile {self.name}: validity_days must be positive")
+        for pattern in (self.subject_cn_pattern, self.san_dns_pattern, self.san_uri_pattern):
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ConfigError(f"profile {self.name}: bad pattern {pattern!r}: {exc}") from None
+        if not re.fullmatch(r"[0-2](\.\d+)+", self.policy_oid):
+            raise ConfigError(f"profile {self.name}: policy_oid {self.policy_oid!r} is not an OID")
+        unknown = set(self.allowed_curves) - set(CURVES)
+        if unknown:
+            raise ConfigError(f"profile {self.name}: unsupported curves {sorted(unknown)}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str
+    est_port: int
+    crl_port: int
+    public_host: str  # the name/address clients use; in the TLS certificate and in URLs
+    tls_cert: Path
+    tls_key: Path
+    shutdown_grace_seconds: float = 10.0
+    max_request_bytes: int = 16384
+
+    @property
+    def est_url(self) -> str:
+        return f"https://{_url_host(self.public_host)}:{self.est_port}/.well-known/est"
+
+    @property
+    def crl_base_url(self) -> str:
+        return f"http://{_url_host(self.public_host)}:{self.crl_port}/crl"
+
+
+def _url_host(host: str) -> str:
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]"
+    except ValueError:
+        pass
+    return host
+
+
+@dataclass(frozen=True)
+class CrlConfig:
+    validity_hours: int = 24  # nextUpdate of a full CRL
+    delta_validity_hours: int = 1
+    full_interval_seconds: int = 3600  # a fresh full CRL at least this often
+    max_publish_delay_seconds: int = 60  # a revocation is in a published CRL within this time
+    directory: Path = Path("crl")
+
+
+@dataclass(frozen=True)
+class CsrPolicy:
+    max_bytes: int = 4096
+    duplicate_csr: str = "return-existing"  # or "reject"
+
+    def __post_init__(self) -> None:
+        if self.duplicate_csr not in ("return-existing", "reject"):
+            raise ConfigError("csr.duplicate_csr must be 'return-existing' or 'reject'")
+
+
+@dataclass(frozen=True)
+class Config:
+    home: Path
+    ca_name: str
+    ca_key_label: str
+    ca_cert: Path
+    ca_chain: Path | None
+    token: TokenConfig
+    server: ServerConfig
+    database_url: str
+    crl: CrlConfig
+    csr: CsrPolicy
+    lint_enabled: bool
+    lint_binary: str | None
+    default_profile: str
+    profiles: dict[str, Profile] = field(default_factory=dict)
+
+    def profile(self, name: str | None) -> Profile:
+        key = name or self.default_profile
+        try:
+            return self.profiles[key]
+        except KeyError:
+            raise ConfigError(f"no certificate profile named {key!r}") from None
+
+
+def _path(home: Path, value: str | None) -> Path | None:
+    if value is None or value == "":
+        return None
+    p = Path(value)
+    return p if p.is_absolute() else home / p
+
+
+def _req(table: dict[str, Any], key: str, where: str) -> Any:
+    try:
+        return table[key]
+    except KeyError:
+        raise ConfigError(f"{where}: missing key {key!r}") from None
+
+
+def load_config(home: Path) -> Config:
+    path = home / CONFIG_NAME
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found: run 'ckms ca init --home {home}' first") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return parse_config(home, raw)
+
+
+def parse_config(home: Path, raw: dict[str, Any]) -> Config:
+    ca = _req(raw, "ca", "ckms.toml")
+    hsm = _req(raw, "hsm", "ckms.toml")
+    srv = _req(raw, "server", "ckms.toml")
+    db = _req(raw, "database", "ckms.toml")
+    crl = raw.get("crl", {})
+    csr = raw.get("csr", {})
+    lint = raw.get("lint", {})
+    token = TokenConfig(
+        module=_req(hsm, "module", "[hsm]"),
+        token_label=_req(hsm, "token_label", "[hsm]"),
+        pin_file=_path(home, _req(hsm, "pin_file", "[hsm]")),  # type: ignore[arg-type]
+        softhsm_conf=_path(home, hsm.get("softhsm_conf")),
+    )
+    server = ServerConfig(
+        listen=srv.get("listen", "127.0.0.1"),
+        est_port=int(srv.get("est_port", 8443)),
+        crl_port=int(srv.get("crl_port", 8080)),
+        public_host=srv.get("public_host", "127.0.0.1"),
+        tls_cert=_path(home, _req(srv, "tls_cert", "[server]")),  # type: ignore[arg-type]
+        tls_key=_path(home, _req(srv, "tls_key", "[server]")),  # type: ignore[arg-type]
+        shutdown_grace_seconds=float(srv.get("shutdown_grace_seconds", 10.0)),
+        max_request_bytes=int(srv.get("max_request_bytes", 16384)),
+    )
+    url = _req(db, "url", "[database]")
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        url = f"sqlite:///{home / url.removeprefix('sqlite:///')}"
+    profiles = {}
+    for name, p in raw.get("profiles", {}).items():
+        profiles[name] = Profile(
+            name=name,
+            validity_days=int(p.get("validity_days", 365)),
+            key_usage=tuple(p.get("key_usage", ["digital_signature"])),
+            extended_key_usage=tuple(p.get("extended_key_usage", ["client_auth"])),
+            policy_oid=_req(p, "policy_oid", f"[profiles.{name}]"),
+            subject_cn_pattern=p.get("subject_cn_pattern", r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
+            allowed_subject_attributes=tuple(p.get("allowed_subject_attributes", ["CN", "O", "OU", "serialNumber"])),
+            san_required=bool(p.get("san_required", False)),
+            san_dns_pattern=p.get("san_dns_pattern"),
+            san_uri_pattern=p.get("san_uri_pattern"),
+            allowed_curves=tuple(p.get("allowed_curves", ["P-256", "P-384"])),
+            backdate_seconds=int(p.get("backdate_seconds", 60)),
+        )
+    default_profile = raw.get("issuance", {}).get("default_profile", "device")
+    if default_profile not in profiles:
+        raise ConfigError(f"default profile {default_profile!r} is not defined under [profiles]")
+    return Config(
+        home=home,
+        ca_name=_req(ca, "name", "[ca]"),
+        ca_key_label=ca.get("key_label", "ckms-ca-key"),
+        ca_cert=_path(home, ca.get("cert", "ca/ca.pem")),  # type: ignore[arg-type]
+        ca_chain=_path(home, ca.get("chain")),
+        token=token,
+        server=server,
+        database_url=url,
+        crl=CrlConfig(
+            validity_hours=int(crl.get("validity_hours", 24)),
+            delta_validity_hours=int(crl.get("delta_validity_hours", 1)),
+            full_interval_seconds=int(crl.get("full_interval_seconds", 3600)),
+            max_publish_delay_seconds=int(crl.get("max_publish_delay_seconds", 60)),
+            directory=_path(home, crl.get("directory", "crl")),  # type: ignore[arg-type]
+        ),
+        csr=CsrPolicy(
+            max_bytes=int(csr.get("max_bytes", 4096)),
+            duplicate_csr=csr.get("duplicate_csr", "return-existing"),
+        ),
+        lint_enabled=bool(lint.get("enabled", True)),
+        lint_binary=lint.get("binary"),
+        default_profile=default_profile,
+        profiles=profiles,
+    )

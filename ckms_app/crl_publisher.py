@@ -1,0 +1,198 @@
+"""Full and delta CRLs (RFC 5280 §5; A.38, A.59, A.64).
+
+Every publication signs a new *full* CRL holding every revocation, and a *delta* CRL holding the
+revocations since the current *base* full CRL. A new base starts every ``full_interval_seconds``,
+so a client that keeps the hourly base only needs the small delta in between. Full and delta
+CRLs share one CRL-number sequence, which only grows. Each CRL is linted (throwaway-signed copy)
+before the HSM signs it, stored in the database, and written atomically to the CRL directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, Engine
+
+from .config import Config
+from .errors import CkmsError, LintFailed
+from .hsm import HsmEcPrivateKey
+from .linter import AsyncLinter, Linter
+from .rbac import SYSTEM, Principal
+from .revocation import REASONS
+from .storage import GroupCommitWriter, audit_events, audit_row, crls, revocations, utcnow
+
+log = logging.getLogger("ckms.crl")
+
+
+@dataclass(frozen=True)
+class Published:
+    full_number: int
+    delta_number: int
+    base_number: int
+    revoked_count: int
+    this_update: dt.datetime
+
+
+class CrlPublisher:
+    def __init__(self, config: Config, ca_key: HsmEcPrivateKey, ca_cert: x509.Certificate,
+                 writer: GroupCommitWriter, reader: Engine, linter: AsyncLinter | Linter | None) -> None:
+        self._config = config
+        self._ca_key = ca_key
+        self._ca_cert = ca_cert
+        self._writer = writer
+        self._reader = reader
+        self._linter = linter
+        self._hash = ca_key.curve_info.hash_algorithm
+        self._lint_key = ec.generate_private_key(ca_key.curve_info.crypto_curve)
+        self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+            ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value)
+        self._delta_url = f"{config.server.crl_base_url}/delta.crl"
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    # --- scheduling ---------------------------------------------------------------------------
+    def notify_revocation(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish at start, after revocations (debounced) and before the current CRLs go stale."""
+        cfg = self._config.crl
+        while not stop.is_set():
+            try:
+                if self.needs_publication():
+                    await self.publish(principal=SYSTEM)
+            except CkmsError as exc:
+                log.error("CRL publication failed: %s", exc)
+            except Exception:  # the loop must outlive any single failure; the next round retries
+                log.exception("CRL publication failed unexpectedly")
+            waiter = asyncio.create_task(self._wake.wait())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({waiter, stopper}, timeout=max(1, cfg.max_publish_delay_seconds),
+                               return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            if self._wake.is_set():
+                self._wake.clear()
+                # Short debounce: a burst of revocations lands in one CRL.
+                await asyncio.sleep(min(0.5, cfg.max_publish_delay_seconds / 10))
+
+    def needs_publication(self) -> bool:
+        cfg = self._config.crl
+        with self._reader.connect() as conn:
+            latest = _latest(conn, ("full", "base"))
+            newest_revocation = conn.execute(select(func.max(revocations.c.id))).scalar() or 0
+        if latest is None:
+            return True
+        age = (utcnow() - latest.this_update).total_seconds()
+        stale_after = min(cfg.full_interval_seconds, cfg.delta_validity_hours * 3600 / 2)
+        return newest_revocation > latest.max_revocation_id or age >= stale_after
+
+    # --- building -----------------------------------------------------------------------------
+    async def publish(self, principal: Principal = SYSTEM) -> Published:
+        async with self._lock:
+            now = utcnow().replace(microsecond=0)
+            with self._reader.connect() as conn:
+                base = _latest(conn, ("base",))
+                number = (conn.execute(select(func.max(crls.c.crl_number))).scalar() or 0) + 1
+                rows = conn.execute(select(revocations).order_by(revocations.c.id)).all()
+            max_id = rows[-1].id if rows else 0
+            new_base = base is None or (now - base.this_update).total_seconds() >= self._config.crl.full_interval_seconds
+            base_number = number if new_base else base.crl_number  # type: ignore[union-attr]
+            base_max_id = max_id if new_base else base.max_revocation_id  # type: ignore[union-attr]
+            full_next = now + dt.timedelta(hours=self._config.crl.validity_hours)
+            delta_next = now + dt.timedelta(hours=self._config.crl.delta_validity_hours)
+
+            full_der = await self._sign(self._builder(rows, number, now, full_next, delta_base=None), "full CRL")
+            delta_rows = [r for r in rows if r.id > base_max_id]
+            delta_der = await self._sign(
+                self._builder(delta_rows, number + 1, now, delta_next, delta_base=base_number), "delta CRL")
+
+            records = [
+                {"crl_number": number, "kind": "base" if new_base else "full", "base_crl_number": None,
+                 "this_update": now, "next_update": full_next, "max_revocation_id": max_id, "der": full_der},
+                {"crl_number": number + 1, "kind": "delta", "base_crl_number": base_number,
+                 "this_update": now, "next_update": delta_next, "max_revocation_id": max_id, "der": delta_der},
+            ]
+            audit = audit_row(entity_id=principal.entity_id, role=principal.role, action="crl.publish",
+                              target=f"crl:{number}", outcome="success",
+                              detail={"full": number, "delta": number + 1, "base": base_number, "entries": len(rows)})
+
+            def store(conn: Connection) -> None:
+                conn.execute(crls.insert(), records)
+                conn.execute(audit_events.insert(), audit)
+
+            await self._writer.submit(store)
+            self._write_files(full_der, delta_der, full_der if new_base else None)
+            return Published(number, number + 1, base_number, len(rows), now)
+
+    def _builder(self, rows: list, number: int, now: dt.datetime, next_update: dt.datetime,  # type: ignore[type-arg]
+                 delta_base: int | None) -> x509.CertificateRevocationListBuilder:
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._ca_cert.subject)
+            .last_update(now)
+            .next_update(next_update)
+            .add_extension(self._aki, critical=False)
+            .add_extension(x509.CRLNumber(number), critical=False)
+        )
+        if delta_base is None:
+            builder = builder.add_extension(
+                x509.FreshestCRL([x509.DistributionPoint([x509.UniformResourceIdentifier(self._delta_url)],
+                                                         None, None, None)]), critical=False)
+        else:
+            builder = builder.add_extension(x509.DeltaCRLIndicator(delta_base), critical=True)
+        for row in rows:
+            entry = x509.RevokedCertificateBuilder().serial_number(int(row.serial, 16)).revocation_date(row.revoked_at)
+            if row.reason != "unspecified":  # RFC 5280: omit the reason rather than say unspecified
+                entry = entry.add_extension(x509.CRLReason(REASONS[row.reason]), critical=False)
+            builder = builder.add_revoked_certificate(entry.build())
+        return builder
+
+    async def _sign(self, builder: x509.CertificateRevocationListBuilder, what: str) -> bytes:
+        if self._linter is not None:
+            copy = builder.sign(self._lint_key, self._hash).public_bytes(serialization.Encoding.DER)
+            report = self._linter.lint_crl(copy)
+            if asyncio.iscoroutine(report):
+                report = await report
+            if not report.ok:
+                findings = "; ".join(f"{f.lint}: {f.details}" for f in report.blocking)
+                raise LintFailed(f"pre-issuance lint blocked the {what}: {findings or report.parse_error}")
+        return builder.sign(self._ca_key, self._hash).public_bytes(serialization.Encoding.DER)
+
+    def _write_files(self, full: bytes, delta: bytes, base: bytes | None) -> None:
+        directory = self._config.crl.directory
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data in (("full.crl", full), ("delta.crl", delta), ("base.crl", base)):
+            if data is not None:
+                _atomic_write(directory / name, data)
+
+
+def _latest(conn: Connection, kinds: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    return conn.execute(
+        select(crls).where(crls.c.kind.in_(kinds)).order_by(crls.c.crl_number.desc()).limit(1)
+    ).first()
+
+
+def latest_crl_der(conn: Connection, which: str) -> bytes | None:
+    """``which`` is ``full`` (newest complete CRL), ``delta`` or ``base``."""
+    kinds = {"full": ("full", "base"), "delta": ("delta",), "base": ("base",)}[which]
+    row = _latest(conn, kinds)
+    return None if row is None else row.der
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,69 @@
+"""Errors with a stable code, an HTTP status and a message a person can act on.
+
+Every rejection the CA makes is one of these, so the EST/JSON layers and the audit trail
+report the same code and wording.
+"""
+
+from __future__ import annotations
+
+
+class CkmsError(Exception):
+    """Base class: ``code`` is machine-readable, ``str(self)`` is for people."""
+
+    code = "error"
+    http_status = 500
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(CkmsError):
+    code = "config"
+
+
+class HsmError(CkmsError):
+    """The token is missing, locked or refused an operation."""
+
+    code = "hsm_unavailable"
+    http_status = 503
+
+
+class CsrRejected(CkmsError):
+    """The PKCS#10 request failed a check; nothing was signed."""
+
+    code = "csr_rejected"
+    http_status = 400
+
+
+class NotAuthenticated(CkmsError):
+    code = "not_authenticated"
+    http_status = 401
+
+
+class NotAuthorized(CkmsError):
+    code = "forbidden"
+    http_status = 403
+
+
+class NotFound(CkmsError):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(CkmsError):
+    code = "conflict"
+    http_status = 409
+
+
+class LintFailed(CkmsError):
+    """The pre-issuance linter found an error: the HSM was not asked to sign."""
+
+    code = "lint_failed"
+    http_status = 500
+
+
+class ServiceUnavailable(CkmsError):
+    code = "unavailable"
+    http_status = 503

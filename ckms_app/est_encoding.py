@@ -1,0 +1,45 @@
+"""The one structure EST needs that pyca/cryptography does not build: CsrAttrs (RFC 7030 §4.5.2).
+
+CsrAttrs tells a client what to put in its request: the signature algorithm and, as an
+Attribute, the public-key type with the curves this CA accepts. A dozen lines of DER suffice.
+"""
+
+from __future__ import annotations
+
+_OIDS = {
+    "ecdsa-with-SHA256": "1.2.840.10045.4.3.2",
+    "ecdsa-with-SHA384": "1.2.840.10045.4.3.3",
+    "id-ecPublicKey": "1.2.840.10045.2.1",
+    "P-256": "1.2.840.10045.3.1.7",
+    "P-384": "1.3.132.0.34",
+}
+
+
+def _tlv(tag: int, body: bytes) -> bytes:
+    n = len(body)
+    if n < 0x80:
+        length = bytes([n])
+    else:
+        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+        length = bytes([0x80 | len(raw)]) + raw
+    return bytes([tag]) + length + body
+
+
+def _oid(dotted: str) -> bytes:
+    parts = [int(p) for p in dotted.split(".")]
+    body = bytearray([40 * parts[0] + parts[1]])
+    for part in parts[2:]:
+        chunk = [part & 0x7F]
+        part >>= 7
+        while part:
+            chunk.append(0x80 | (part & 0x7F))
+            part >>= 7
+        body.extend(reversed(chunk))
+    return _tlv(0x06, bytes(body))
+
+
+def csr_attributes(hash_name: str, curves: tuple[str, ...]) -> bytes:
+    """DER CsrAttrs: the CA's signature algorithm, then id-ecPublicKey with the accepted curves."""
+    signature = _oid(_OIDS[f"ecdsa-with-{hash_name.upper()}"])  # sha256 -> ecdsa-with-SHA256
+    key_attr = _tlv(0x30, _oid(_OIDS["id-ecPublicKey"]) + _tlv(0x31, b"".join(_oid(_OIDS[c]) for c in curves)))
+    return _tlv(0x30, signature + key_attr)

@@ -1,0 +1,189 @@
+"""The issuance hot path, top to bottom (A.37, A.38, A.40, A.61, A.62).
+
+authorise → check the CSR → duplicate handling → build the TBSCertificate → lint a throwaway-signed
+copy → HSM signs → certificate row + audit record in one durable commit → return.
+Nothing is signed by the HSM unless every check and the linter passed, and nothing is returned
+to the client before it is committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from .config import Config
+from .csr_policy import CheckedCsr, check_csr, public_key_sha256
+from .errors import CkmsError, Conflict, CsrRejected, LintFailed
+from .hsm import HsmEcPrivateKey
+from .linter import AsyncLinter, LintReport
+from .profiles import end_entity_builder, new_serial
+from .rbac import Principal
+from .storage import GroupCommitWriter, audit_events, audit_row, certificates, utcnow
+
+
+@dataclass(frozen=True)
+class Issued:
+    certificate: x509.Certificate
+    der: bytes
+    serial_hex: str
+    reused: bool  # the same request was already answered; this is that certificate
+
+
+def serial_hex(serial: int) -> str:
+    return format(serial, "x")
+
+
+def certificate_row(cert: x509.Certificate, der: bytes, *, kind: str, profile: str, requested_by: str,
+                    csr_sha256: str | None, pubkey_sha256: str) -> dict[str, object]:
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        san_text = ",".join(f"{type(n).__name__}:{n.value}" for n in sans)
+    except x509.ExtensionNotFound:
+        san_text = ""
+    return {
+        "serial": serial_hex(cert.serial_number),
+        "kind": kind,
+        "profile": profile,
+        "subject": cert.subject.rfc4514_string(),
+        "sans": san_text,
+        "not_before": cert.not_valid_before_utc,
+        "not_after": cert.not_valid_after_utc,
+        "issued_at": utcnow(),
+        "requested_by": requested_by,
+        "csr_sha256": csr_sha256,
+        "pubkey_sha256": pubkey_sha256,
+        "status": "valid",
+        "der": der,
+    }
+
+
+class Issuer:
+    """Issues end-entity certificates for EST and the CLI. One per daemon process."""
+
+    def __init__(
+        self,
+        config: Config,
+        ca_key: HsmEcPrivateKey,
+        ca_cert: x509.Certificate,
+        writer: GroupCommitWriter,
+        reader: Engine,
+        linter: AsyncLinter | None,
+    ) -> None:
+        self._config = config
+        self._ca_key = ca_key
+        self._ca_cert = ca_cert
+        self._writer = writer
+        self._reader = reader
+        self._linter = linter
+        self._hash = ca_key.curve_info.hash_algorithm
+        self._ca_pubkey_sha256 = public_key_sha256(ca_cert.public_key())  # type: ignore[arg-type]
+        # Throwaway key on the CA's curve: signs the copy the linter sees, never anything issued.
+        self._lint_key = ec.generate_private_key(ca_key.curve_info.crypto_curve)
+        self.hash_name = self._hash.name  # e.g. "sha256": the CA's signature algorithm, for csrattrs
+        base = config.server.crl_base_url
+        self._crl_url, self._delta_url = f"{base}/full.crl", f"{base}/delta.crl"
+
+    async def enroll(
+        self, csr_der: bytes, principal: Principal, *, profile_name: str | None = None,
+        renewing: x509.Certificate | None = None,
+    ) -> Issued:
+        profile = self._config.profile(profile_name)
+        action = "certificate.reissue" if renewing is not None else "certificate.issue"
+        try:
+            # 1. authorise: role → operation → profile
+            principal.require("certificate.issue", profile.name)
+            # 2. the request itself
+            checked = check_csr(csr_der, profile, self._config.csr.max_bytes)
+            if renewing is not None:
+                _check_renewal(checked, renewing)
+            if checked.pubkey_sha256 == self._ca_pubkey_sha256:
+                raise CsrRejected("the request carries the CA's own public key", code="csr_bad_key")
+            # 3. the same request again: answer with the certificate already issued for it
+            existing = self._existing_for(checked)
+            if existing is not None:
+                return existing
+            # 4. build the TBSCertificate
+            builder = end_entity_builder(
+                profile=profile, subject=checked.subject, sans=checked.sans,
+                public_key=checked.csr.public_key(),  # type: ignore[arg-type]
+                issuer=self._ca_cert, serial=new_serial(), now=utcnow(),
+                crl_url=self._crl_url, delta_crl_url=self._delta_url,
+            )
+            # 5. lint a copy signed with the throwaway key
+            precert = builder.sign(self._lint_key, self._hash)
+            if self._linter is not None:
+                report = await self._linter.lint_certificate(precert.public_bytes(serialization.Encoding.DER))
+                _raise_if_blocking(report, "certificate")
+            # 6. the HSM signs the same TBSCertificate
+            cert = builder.sign(self._ca_key, self._hash)
+            if cert.tbs_certificate_bytes != precert.tbs_certificate_bytes:
+                raise LintFailed("the signed certificate differs from the linted one")
+        except CkmsError as exc:
+            await self.record_refusal(principal, action, profile.name, exc)
+            raise
+        # 7. store + audit, one durable commit
+        der = cert.public_bytes(serialization.Encoding.DER)
+        row = certificate_row(cert, der, kind="end-entity", profile=profile.name, requested_by=principal.entity_id,
+                              csr_sha256=checked.csr_sha256, pubkey_sha256=checked.pubkey_sha256)
+        audit = audit_row(entity_id=principal.entity_id, role=principal.role, action=action,
+                          target=row["serial"], outcome="success",  # type: ignore[arg-type]
+                          detail={"subject": row["subject"], "profile": profile.name,
+                                  "renews": serial_hex(renewing.serial_number) if renewing else None})
+
+        def store(conn: Connection) -> None:
+            conn.execute(certificates.insert().values(**row))
+            conn.execute(audit_events.insert(), audit)
+
+        try:
+            await self._writer.submit(store)
+        except IntegrityError:
+            # A concurrent identical request won the race: return its certificate instead.
+            existing = self._existing_for(checked)
+            if existing is None:
+                raise Conflict("the certificate could not be stored (serial collision); retry") from None
+            return existing
+        return Issued(cert, der, row["serial"], reused=False)  # type: ignore[arg-type]
+
+    def _existing_for(self, checked: CheckedCsr) -> Issued | None:
+        with self._reader.connect() as conn:
+            found = conn.execute(
+                select(certificates.c.der).where(certificates.c.csr_sha256 == checked.csr_sha256)
+            ).first()
+        if found is None:
+            return None
+        if self._config.csr.duplicate_csr == "reject":
+            raise CsrRejected("this exact request was already answered", code="csr_duplicate")
+        cert = x509.load_der_x509_certificate(found.der)
+        return Issued(cert, found.der, serial_hex(cert.serial_number), reused=True)
+
+    async def record_refusal(self, principal: Principal, action: str, profile: str, exc: CkmsError) -> None:
+        audit = audit_row(entity_id=principal.entity_id, role=principal.role, action=action, target=profile,
+                          outcome="denied" if exc.http_status < 500 else "error",
+                          detail={"code": exc.code, "reason": str(exc)})
+        await self._writer.submit(lambda conn: conn.execute(audit_events.insert(), audit))
+
+
+def _raise_if_blocking(report: LintReport, what: str) -> None:
+    if not report.ok:
+        findings = "; ".join(f"{f.lint}: {f.details}".rstrip(": ") for f in report.blocking)
+        raise LintFailed(f"pre-issuance lint blocked the {what}: {findings or report.parse_error}")
+
+
+def _check_renewal(checked: CheckedCsr, current: x509.Certificate) -> None:
+    """RFC 7030 §4.2.2: a re-enrolment keeps the subject (and SAN) of the certificate it renews."""
+    if checked.subject != current.subject:
+        raise CsrRejected("re-enrolment must keep the subject of the certificate being renewed",
+                          code="csr_reenroll_subject")
+    try:
+        current_sans = tuple(current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        current_sans = ()
+    if set(checked.sans) != set(current_sans):
+        raise CsrRejected("re-enrolment must keep the subjectAltName of the certificate being renewed",
+                          code="csr_reenroll_subject")

@@ -1,0 +1,280 @@
+"""Durable state of the CA: certificates, revocations, CRLs, entities and the audit trail.
+
+SQLAlchemy Core over SQLite (WAL, ``synchronous=FULL``) by default or PostgreSQL for several CA
+nodes. Writes go through :class:`GroupCommitWriter`: the daemon hands it one *unit of work* per
+request (for an issuance: the certificate row and its audit record), and the writer commits
+many units in one durable transaction, each inside its own savepoint so one failing unit (say, a
+duplicate request) does not take the others with it. A client only gets its certificate after
+the commit, so a killed process never loses a certificate a client holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Connection, Engine
+
+T = TypeVar("T")
+metadata = MetaData()
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """Stores naive UTC, returns aware UTC: SQLite has no time zones, and mixing naive and aware
+    datetimes is a bug waiting to happen."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use aware UTC")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        return None if value is None else value.replace(tzinfo=dt.UTC)
+
+
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("serial", String(42), primary_key=True),  # lower-case hex, no leading zeros
+    Column("kind", String(16), nullable=False),  # end-entity | identity | tls-server | ca
+    Column("profile", String(64), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("sans", Text, nullable=False),
+    Column("not_before", UtcDateTime(), nullable=False),
+    Column("not_after", UtcDateTime(), nullable=False),
+    Column("issued_at", UtcDateTime(), nullable=False),
+    Column("requested_by", String(128), nullable=False),
+    Column("csr_sha256", String(64), unique=True, nullable=True),
+    Column("pubkey_sha256", String(64), nullable=False, index=True),
+    Column("status", String(8), nullable=False),  # valid | revoked
+    Column("der", LargeBinary, nullable=False),
+)
+
+revocations = Table(
+    "revocations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),  # order for delta CRLs
+    Column("serial", String(42), unique=True, nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("revoked_at", UtcDateTime(), nullable=False),
+    Column("revoked_by", String(128), nullable=False),
+)
+
+crls = Table(
+    "crls",
+    metadata,
+    Column("crl_number", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", String(8), nullable=False),  # full | delta
+    Column("base_crl_number", BigInteger, nullable=True),
+    Column("this_update", UtcDateTime(), nullable=False),
+    Column("next_update", UtcDateTime(), nullable=False),
+    Column("max_revocation_id", Integer, nullable=False),
+    Column("der", LargeBinary, nullable=False),
+)
+
+entities = Table(
+    "entities",
+    metadata,
+    Column("entity_id", String(128), primary_key=True),
+    Column("role", String(32), nullable=False),
+    Column("cert_sha256", String(64), unique=True, nullable=True),  # its client certificate
+    Column("cert_serial", String(42), nullable=True),
+    Column("status", String(16), nullable=False),  # active | disabled
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("entity_id", String(128), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("outcome", String(16), nullable=False),  # success | denied | error
+    Column("detail", Text, nullable=False),
+)
+
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_at", UtcDateTime(), nullable=False),
+)
+
+
+def _migration_1(conn: Connection) -> None:
+    """Initial schema."""
+    metadata.create_all(conn, tables=[certificates, revocations, crls, entities, audit_events])
+
+
+# Ordered, append-only. A migration never changes once released; add a new one instead.
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _migration_1)]
+
+
+def open_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy emit BEGIN itself so SAVEPOINTs work with pysqlite.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")  # durable at commit, also across power loss
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> int:
+    """Apply pending migrations; returns the schema version. Safe to run on every start."""
+    with engine.begin() as conn:
+        schema_migrations.create(conn, checkfirst=True)
+        done = {row[0] for row in conn.execute(select(schema_migrations.c.version))}
+        for version, apply in MIGRATIONS:
+            if version not in done:
+                apply(conn)
+                conn.execute(schema_migrations.insert().values(version=version, applied_at=utcnow()))
+        return max(v for v, _ in MIGRATIONS)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def audit_row(
+    *, entity_id: str, role: str, action: str, target: str, outcome: str, detail: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "at": utcnow(),
+        "entity_id": entity_id,
+        "role": role,
+        "action": action,
+        "target": target,
+        "outcome": outcome,
+        "detail": json.dumps(detail or {}, sort_keys=True, separators=(",", ":")),
+    }
+
+
+def next_crl_number(conn: Connection) -> int:
+    current = conn.execute(select(func.max(crls.c.crl_number))).scalar()
+    return 1 if current is None else int(current) + 1
+
+
+class GroupCommitWriter:
+    """One thread owning the write connection; units of work are batched into durable commits.
+
+    ``submit`` is for the asyncio daemon; ``run`` is for synchronous callers. A unit is a callable
+    taking a :class:`Connection`; its return value (or exception) goes back to the caller.
+    """
+
+    def __init__(self, engine: Engine, max_batch: int = 256) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._queue: queue.Queue[tuple[Callable[[Connection], Any], Future[Any]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="ckms-group-commit", daemon=True)
+        self._closed = False
+        self.commits = 0
+        self.units = 0
+        self._thread.start()
+
+    def run(self, unit: Callable[[Connection], T]) -> T:
+        return self._enqueue(unit).result()
+
+    async def submit(self, unit: Callable[[Connection], T]) -> T:
+        return await asyncio.wrap_future(self._enqueue(unit))
+
+    def _enqueue(self, unit: Callable[[Connection], Any]) -> Future[Any]:
+        if self._closed:
+            raise RuntimeError("the database writer is closed")
+        fut: Future[Any] = Future()
+        self._queue.put((unit, fut))
+        return fut
+
+    def close(self) -> None:
+        """Finish every queued unit, then stop."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+
+    def _loop(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
+        results: list[tuple[Future[Any], bool, Any]] = []
+        try:
+            with self._engine.begin() as conn:
+                for unit, fut in batch:
+                    savepoint = conn.begin_nested()
+                    try:
+                        value = unit(conn)
+                    except BaseException as exc:  # the unit failed; its savepoint is undone
+                        savepoint.rollback()
+                        results.append((fut, False, exc))
+                    else:
+                        savepoint.commit()
+                        results.append((fut, True, value))
+        except BaseException as exc:  # the commit itself failed (disk full, lock): nothing landed
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        self.commits += 1
+        self.units += len(batch)
+        for fut, ok, value in results:
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
