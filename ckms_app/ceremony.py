@@ -65,7 +65,7 @@ def default_config(home: Path, opts: InitOptions, pin_file: str, softhsm_conf: s
         "hsm": hsm,
         "server": {"listen": opts.listen, "public_host": opts.public_host, "est_port": opts.est_port,
                    "crl_port": opts.crl_port, "tls_cert": "tls/server.pem", "tls_key": "tls/server.key",
-                   "shutdown_grace_seconds": 10.0},
+                   "shutdown_grace_seconds": 10.0, "workers": 0},
         "database": {"url": "sqlite:///db/ckms.sqlite3"},
         "crl": {"validity_hours": 24, "delta_validity_hours": 1, "full_interval_seconds": 3600,
                 "max_publish_delay_seconds": 60, "directory": "crl"},
@@ -190,7 +190,7 @@ def _finish(config: Config, token: Token, key: Any, ca_cert: x509.Certificate) -
     """With the CA certificate in place: database, TLS identity, demo identities, first CRL."""
     engine = open_engine(config.database_url)
     migrate(engine)
-    writer = GroupCommitWriter(engine)
+    writer = GroupCommitWriter(open_engine(config.database_url, writer=True))
     try:
         credentials = asyncio.run(_issue_identities(config, key, ca_cert, writer, engine))
     finally:

@@ -83,24 +83,35 @@ class CkmsClient:
                 resp = self._conn.getresponse()
                 data = resp.read()
                 return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
-            except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine) as exc:
+            except ssl.SSLCertVerificationError as exc:
                 self.close()
-                if attempt == 2 and isinstance(exc, http.client.RemoteDisconnected) and self._creds is not None:
-                    # TLS 1.3 checks the client certificate after the client thinks the handshake is
-                    # done; the server's alert often arrives as a bare close.
-                    raise ClientError(
-                        f"{self._host}:{self._port} closed the connection without answering: it most likely "
-                        f"refused the client certificate {self._creds.cert} (not issued by this CA, or expired)"
-                    ) from None
+                raise ClientError(f"the server at {self._host}:{self._port} is not trusted: {exc.verify_message}") from None
+            except (ssl.SSLEOFError, http.client.RemoteDisconnected) as exc:
+                # TLS 1.3 checks the client certificate after the client thinks the handshake is
+                # done; the server's refusal often arrives as a bare close.
+                self.close()
                 if attempt == 2:
-                    raise ClientError(f"connection to {self._host}:{self._port} failed: {exc}") from None
+                    raise ClientError(self._closed_message(exc)) from None
             except ssl.SSLError as exc:
                 self.close()
-                raise ClientError(f"TLS with {self._host}:{self._port} failed: {exc.reason or exc}") from None
+                reason = exc.reason or str(exc)
+                if "UNKNOWN_CA" in reason or "CERTIFICATE" in reason.upper():
+                    raise ClientError(self._closed_message(exc)) from None
+                raise ClientError(f"TLS with {self._host}:{self._port} failed: {reason}") from None
+            except (ConnectionError, http.client.BadStatusLine) as exc:
+                self.close()
+                if attempt == 2:
+                    raise ClientError(f"connection to {self._host}:{self._port} failed: {exc}") from None
             except OSError as exc:
                 self.close()
                 raise ClientError(f"cannot reach {self._host}:{self._port}: {exc}") from None
         raise AssertionError("unreachable")
+
+    def _closed_message(self, exc: BaseException) -> str:
+        if self._creds is None:
+            return f"{self._host}:{self._port} closed the connection: {exc}"
+        return (f"{self._host}:{self._port} closed the connection without answering: it most likely refused the "
+                f"client certificate {self._creds.cert} (not issued by this CA, or expired)")
 
     def enroll(self, csr_der: bytes, *, renew: bool = False, label: str | None = None) -> x509.Certificate:
         op = "simplereenroll" if renew else "simpleenroll"

@@ -72,6 +72,7 @@ class ServerConfig:
     tls_key: Path
     shutdown_grace_seconds: float = 10.0
     max_request_bytes: int = 16384
+    workers: int = 0  # worker processes; 0 = one per CPU
 
     @property
     def est_url(self) -> str:
@@ -183,6 +184,7 @@ def parse_config(home: Path, raw: dict[str, Any]) -> Config:
         tls_key=_path(home, _req(srv, "tls_key", "[server]")),  # type: ignore[arg-type]
         shutdown_grace_seconds=float(srv.get("shutdown_grace_seconds", 10.0)),
         max_request_bytes=int(srv.get("max_request_bytes", 16384)),
+        workers=int(srv.get("workers", 0)),
     )
     url = _req(db, "url", "[database]")
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):

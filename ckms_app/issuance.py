@@ -24,7 +24,7 @@ from .hsm import HsmEcPrivateKey
 from .linter import AsyncLinter, LintReport
 from .profiles import end_entity_builder, new_serial
 from .rbac import Principal
-from .storage import GroupCommitWriter, audit_events, audit_row, certificates, utcnow
+from .storage import GroupCommitWriter, Inserts, audit_events, audit_row, certificates, utcnow
 
 
 @dataclass(frozen=True)
@@ -136,12 +136,8 @@ class Issuer:
                           detail={"subject": row["subject"], "profile": profile.name,
                                   "renews": serial_hex(renewing.serial_number) if renewing else None})
 
-        def store(conn: Connection) -> None:
-            conn.execute(certificates.insert().values(**row))
-            conn.execute(audit_events.insert(), audit)
-
         try:
-            await self._writer.submit(store)
+            await self._writer.submit(Inserts(((certificates, row), (audit_events, audit))))
         except IntegrityError:
             # A concurrent identical request won the race: return its certificate instead.
             existing = self._existing_for(checked)
@@ -166,7 +162,7 @@ class Issuer:
         audit = audit_row(entity_id=principal.entity_id, role=principal.role, action=action, target=profile,
                           outcome="denied" if exc.http_status < 500 else "error",
                           detail={"code": exc.code, "reason": str(exc)})
-        await self._writer.submit(lambda conn: conn.execute(audit_events.insert(), audit))
+        await self._writer.submit(Inserts(((audit_events, audit),)))
 
 
 def _raise_if_blocking(report: LintReport, what: str) -> None:

@@ -8,10 +8,11 @@ request, so disabling an entity or revoking its certificate takes effect at once
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from .errors import NotAuthenticated, NotAuthorized
 from .storage import certificates, entities
@@ -66,3 +67,34 @@ def resolve_principal(conn: Connection, peer_cert_der: bytes | None) -> Principa
     if row.cert_status == "revoked":
         raise NotAuthorized(f"the client certificate of {row.entity_id} is revoked")
     return Principal(row.entity_id, row.role)
+
+
+class PrincipalCache:
+    """Resolved principals per client certificate, kept for ``ttl`` seconds.
+
+    A terminal sends many requests over one connection; looking its entity up once a second
+    instead of on every request keeps the database off the hot path, while a disabled entity or
+    revoked credential is still refused within ``ttl`` (and at once in the process that made the
+    change, which calls :meth:`clear`).
+    """
+
+    def __init__(self, engine: Engine, ttl: float = 1.0) -> None:
+        self._engine = engine
+        self._ttl = ttl
+        self._entries: dict[bytes, tuple[float, Principal]] = {}
+
+    def resolve(self, peer_cert_der: bytes | None) -> Principal:
+        now = time.monotonic()
+        if peer_cert_der:
+            hit = self._entries.get(peer_cert_der)
+            if hit is not None and hit[0] > now:
+                return hit[1]
+        with self._engine.connect() as conn:
+            principal = resolve_principal(conn, peer_cert_der)
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[peer_cert_der] = (now + self._ttl, principal)  # type: ignore[index]
+        return principal
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -14,7 +14,9 @@ import binascii
 import json
 import logging
 import signal
+import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +33,7 @@ from .errors import CkmsError, NotFound
 from .hsm import Token
 from .issuance import Issuer
 from .linter import AsyncLinter, find_linter_binary
-from .rbac import SYSTEM, Principal, resolve_principal
+from .rbac import SYSTEM, Principal, PrincipalCache
 from .revocation import parse_serial, revoke
 from .storage import GroupCommitWriter, audit_events, audit_row, certificates, migrate, open_engine, revocations
 
@@ -52,6 +54,7 @@ class Runtime:
     linter: AsyncLinter | None
     issuer: Issuer
     publisher: CrlPublisher
+    principals: PrincipalCache
 
 
 def server_ssl_context(config: Config) -> ssl.SSLContext:
@@ -72,8 +75,7 @@ def _peer_der(request: web.Request) -> bytes | None:
 
 
 def _principal(rt: Runtime, request: web.Request) -> Principal:
-    with rt.reader.connect() as conn:
-        return resolve_principal(conn, _peer_der(request))
+    return rt.principals.resolve(_peer_der(request))
 
 
 def _est_error(exc: CkmsError) -> web.Response:
@@ -298,15 +300,17 @@ async def open_runtime(config: Config) -> Runtime:
         chain += x509.load_pem_x509_certificates(config.ca_chain.read_bytes())
     engine = open_engine(config.database_url)
     migrate(engine)
-    writer = GroupCommitWriter(engine)
+    writer = GroupCommitWriter(open_engine(config.database_url, writer=True))
     linter = await AsyncLinter.start(find_linter_binary(config.lint_binary)) if config.lint_enabled else None
     issuer = Issuer(config, key, ca_cert, writer, engine, linter)
     publisher = CrlPublisher(config, key, ca_cert, writer, engine, linter)
     cacerts = base64.encodebytes(pkcs7.serialize_certificates(chain, serialization.Encoding.DER))
-    return Runtime(config, token, ca_cert, cacerts, writer, engine, linter, issuer, publisher)
+    return Runtime(config, token, ca_cert, cacerts, writer, engine, linter, issuer, publisher, PrincipalCache(engine))
 
 
-async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
+async def serve(config: Config, est_sock: socket.socket, crl_sock: socket.socket, *, worker: int = 0,
+                runs_publisher: bool = True, on_ready: Callable[[], None] | None = None) -> None:
+    """Run one worker on already-bound listening sockets until SIGTERM/SIGINT."""
     rt = await open_runtime(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -318,27 +322,25 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
                web.AppRunner(crl_app, access_log=None, shutdown_timeout=grace)]
     for runner in runners:
         await runner.setup()
-    await web.TCPSite(runners[0], config.server.listen, config.server.est_port, ssl_context=server_ssl_context(config),
-                      shutdown_timeout=grace, backlog=1024).start()
-    await web.TCPSite(runners[1], config.server.listen, config.server.crl_port, shutdown_timeout=grace).start()
-    await _audit_system(rt, "daemon.start", {"version": __version__, "est_port": config.server.est_port})
-    publisher_task = asyncio.create_task(rt.publisher.run(stop))
-    log.info("ckms serving EST on %s and CRLs on %s", config.server.est_url, config.server.crl_base_url)
-    print(json.dumps({"event": "ready", "est_url": config.server.est_url,
-                      "crl_url": f"{config.server.crl_base_url}/full.crl"}), flush=True)
-    if ready is not None:
-        ready.set()
+    await web.SockSite(runners[0], est_sock, ssl_context=server_ssl_context(config), shutdown_timeout=grace).start()
+    await web.SockSite(runners[1], crl_sock, shutdown_timeout=grace).start()
+    await _audit_system(rt, "daemon.start", {"version": __version__, "worker": worker,
+                                             "est_port": config.server.est_port})
+    # One worker schedules CRLs; any worker may publish on request (the CRL number is a primary key).
+    publisher_task = asyncio.create_task(rt.publisher.run(stop)) if runs_publisher else None
+    if on_ready is not None:
+        on_ready()
     await stop.wait()
-    log.info("stopping: finishing in-flight requests (up to %.0f s)", grace)
+    log.info("worker %d stopping: finishing in-flight requests (up to %.0f s)", worker, grace)
     for runner in runners:
         await runner.cleanup()  # stops accepting, waits for in-flight handlers
-    await publisher_task
-    await _audit_system(rt, "daemon.stop", {"reason": "signal"})
+    if publisher_task is not None:
+        await publisher_task
+    await _audit_system(rt, "daemon.stop", {"reason": "signal", "worker": worker})
     if rt.linter is not None:
         await rt.linter.close()
     rt.writer.close()
     rt.token.close()
-    print(json.dumps({"event": "stopped"}), flush=True)
 
 
 async def _audit_system(rt: Runtime, action: str, detail: dict[str, Any]) -> None:
@@ -348,5 +350,7 @@ async def _audit_system(rt: Runtime, action: str, detail: dict[str, Any]) -> Non
 
 
 def run(home: Any) -> None:
+    from .supervisor import supervise
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(serve(load_config(home)))
+    supervise(load_config(home))

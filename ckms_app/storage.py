@@ -15,8 +15,10 @@ import datetime as dt
 import json
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -36,6 +38,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 
 T = TypeVar("T")
 metadata = MetaData()
@@ -140,26 +143,47 @@ def _migration_1(conn: Connection) -> None:
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _migration_1)]
 
 
-def open_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+def open_engine(url: str, *, writer: bool = False) -> Engine:
+    """An engine for reads, or (``writer=True``) for the one thread that writes.
 
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # Let SQLAlchemy emit BEGIN itself so SAVEPOINTs work with pysqlite.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")  # durable at commit, also across power loss
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
+    SQLite: readers use deferred transactions, which never block in WAL mode. The writer takes
+    the write lock up front (BEGIN IMMEDIATE) and retries it itself every millisecond instead of
+    relying on SQLite's busy handler, whose back-off sleeps up to 100 ms at a time and would
+    turn lock contention between worker processes into latency spikes.
+    """
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": 0 if writer else 30, "check_same_thread": False})
 
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy emit BEGIN itself so SAVEPOINTs work with pysqlite.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")  # durable at commit, also across power loss
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
 
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(conn: Connection) -> None:
+        if not writer:
+            conn.exec_driver_sql("BEGIN")
+            return
+        deadline = time.monotonic() + _WRITE_LOCK_TIMEOUT
+        while True:
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.001)
+
+    return engine
+
+
+_WRITE_LOCK_TIMEOUT = 30.0
 
 
 def migrate(engine: Engine) -> int:
@@ -195,6 +219,20 @@ def audit_row(
 def next_crl_number(conn: Connection) -> int:
     current = conn.execute(select(func.max(crls.c.crl_number))).scalar()
     return 1 if current is None else int(current) + 1
+
+
+@dataclass(frozen=True)
+class Inserts:
+    """A unit of work that only inserts rows: batched into one multi-row INSERT per table."""
+
+    rows: tuple[tuple[Table, dict[str, Any]], ...]
+
+    def __call__(self, conn: Connection) -> None:
+        for table, row in self.rows:
+            conn.execute(table.insert(), row)
+
+
+Unit = Callable[[Connection], Any]
 
 
 class GroupCommitWriter:
@@ -233,6 +271,7 @@ class GroupCommitWriter:
             self._closed = True
             self._queue.put(None)
             self._thread.join()
+            self._engine.dispose()
 
     def _loop(self) -> None:
         stop = False
@@ -253,23 +292,20 @@ class GroupCommitWriter:
             self._commit(batch)
 
     def _commit(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
-        results: list[tuple[Future[Any], bool, Any]] = []
+        # Optimistic: the whole batch in one transaction without savepoints (the common case).
+        # If any unit fails, undo everything and replay the batch with one savepoint per unit,
+        # so only the failing unit is lost. Units are pure functions of the connection, so a
+        # replay is safe.
         try:
-            with self._engine.begin() as conn:
-                for unit, fut in batch:
-                    savepoint = conn.begin_nested()
-                    try:
-                        value = unit(conn)
-                    except BaseException as exc:  # the unit failed; its savepoint is undone
-                        savepoint.rollback()
-                        results.append((fut, False, exc))
-                    else:
-                        savepoint.commit()
-                        results.append((fut, True, value))
+            results = self._run_batch(batch, isolate=False)
+        except _UnitFailed:
+            try:
+                results = self._run_batch(batch, isolate=True)
+            except BaseException as exc:
+                self._fail_all(batch, exc)
+                return
         except BaseException as exc:  # the commit itself failed (disk full, lock): nothing landed
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
+            self._fail_all(batch, exc)
             return
         self.commits += 1
         self.units += len(batch)
@@ -278,3 +314,56 @@ class GroupCommitWriter:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
+
+    def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]],
+                   isolate: bool) -> list[tuple[Future[Any], bool, Any]]:
+        results: list[tuple[Future[Any], bool, Any]] = []
+        with self._engine.begin() as conn:
+            if not isolate:
+                try:
+                    self._run_optimistic(conn, batch, results)
+                except Exception as exc:
+                    raise _UnitFailed() from exc
+                return results
+            for unit, fut in batch:
+                savepoint = conn.begin_nested()
+                try:
+                    value = unit(conn)
+                except Exception as exc:  # the unit failed; its savepoint is undone
+                    savepoint.rollback()
+                    results.append((fut, False, exc))
+                else:
+                    savepoint.commit()
+                    results.append((fut, True, value))
+        return results
+
+    @staticmethod
+    def _run_optimistic(conn: Connection, batch: list[tuple[Unit, Future[Any]]],
+                        results: list[tuple[Future[Any], bool, Any]]) -> None:
+        """Run units in order; consecutive ``Inserts`` become one executemany per table."""
+        pending: dict[Table, list[dict[str, Any]]] = {}
+
+        def flush() -> None:
+            for table, rows in pending.items():
+                conn.execute(table.insert(), rows)
+            pending.clear()
+
+        for unit, fut in batch:
+            if isinstance(unit, Inserts):
+                for table, row in unit.rows:
+                    pending.setdefault(table, []).append(row)
+                results.append((fut, True, None))
+            else:
+                flush()
+                results.append((fut, True, unit(conn)))
+        flush()
+
+    @staticmethod
+    def _fail_all(batch: list[tuple[Callable[[Connection], Any], Future[Any]]], exc: BaseException) -> None:
+        for _, fut in batch:
+            if not fut.done():
+                fut.set_exception(exc)
+
+
+class _UnitFailed(Exception):
+    """A unit raised during the optimistic pass; the batch is replayed with savepoints."""
