@@ -50,6 +50,7 @@ class InitOptions:
     csr_out: Path | None = None
     lint: bool = True
     policy_oid: str | None = None
+    database_url: str | None = None  # default: SQLite in the home; postgresql+psycopg://… for several nodes
 
 
 def default_config(home: Path, opts: InitOptions, pin_file: str, softhsm_conf: str | None) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def default_config(home: Path, opts: InitOptions, pin_file: str, softhsm_conf: s
         "server": {"listen": opts.listen, "public_host": opts.public_host, "est_port": opts.est_port,
                    "crl_port": opts.crl_port, "tls_cert": "tls/server.pem", "tls_key": "tls/server.key",
                    "shutdown_grace_seconds": 10.0, "workers": 0},
-        "database": {"url": "sqlite:///db/ckms.sqlite3"},
+        "database": {"url": opts.database_url or "sqlite:///db/ckms.sqlite3"},
         "crl": {"validity_hours": 24, "delta_validity_hours": 1, "full_interval_seconds": 3600,
                 "max_publish_delay_seconds": 60, "directory": "crl"},
         "csr": {"max_bytes": 4096, "duplicate_csr": "return-existing"},

@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--crl-port", type=int, default=8080)
     init.add_argument("--csr-out", type=Path, help="write a CA CSR for an external root instead of self-signing")
     init.add_argument("--policy-oid", help="certificate policy OID of your CP/CPS (A.05); default: a random example-arc OID")
+    init.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the home), e.g. postgresql+psycopg://…")
     init.add_argument("--no-lint", action="store_true", help="disable pre-issuance linting (not recommended)")
     init.add_argument("--json", action="store_true", help="print a JSON summary")
     imp = ca.add_parser("import-cert", help="finish a CA whose certificate an external root signed")
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                 module=args.pkcs11_module or DEFAULT_SOFTHSM_MODULE, token_label=args.token_label,
                 pin_file=args.pin_file, listen=args.listen, public_host=args.public_host or args.listen,
                 est_port=args.est_port, crl_port=args.crl_port, csr_out=args.csr_out, lint=not args.no_lint,
-                policy_oid=args.policy_oid))
+                policy_oid=args.policy_oid, database_url=args.database_url))
             _print_summary(summary, args.json)
             return 0
         if args.ca_command == "import-cert":

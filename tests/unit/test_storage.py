@@ -1,0 +1,106 @@
+"""The group-commit writer: durable batches, one failing unit does not take others down."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from ckms_app.storage import (
+    GroupCommitWriter,
+    Inserts,
+    audit_events,
+    audit_row,
+    certificates,
+    migrate,
+    open_engine,
+    utcnow,
+)
+
+
+def cert_row(serial: str, csr_hash: str | None = None) -> dict:
+    now = utcnow()
+    return {"serial": serial, "kind": "end-entity", "profile": "device", "subject": f"CN={serial}", "sans": "",
+            "not_before": now, "not_after": now, "issued_at": now, "requested_by": "t", "csr_sha256": csr_hash,
+            "pubkey_sha256": "0" * 64, "status": "valid", "der": b"\x30\x00"}
+
+
+@pytest.fixture
+def db(tmp_path: Path):  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'ckms.sqlite3'}"
+    reader = open_engine(url)
+    assert migrate(reader) >= 1
+    assert migrate(reader) >= 1  # idempotent
+    writer = GroupCommitWriter(open_engine(url, writer=True))
+    yield reader, writer
+    writer.close()
+    reader.dispose()
+
+
+def count(reader, table) -> int:  # type: ignore[no-untyped-def]
+    with reader.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar()
+
+
+def test_concurrent_units_are_grouped_and_all_land(db) -> None:  # type: ignore[no-untyped-def]
+    reader, writer = db
+    errors: list[BaseException] = []
+
+    def submit(i: int) -> None:
+        try:
+            writer.run(Inserts(((certificates, cert_row(f"{i:x}")),
+                                (audit_events, audit_row(entity_id="t", role="operator", action="certificate.issue",
+                                                         target=f"{i:x}", outcome="success")))))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(1, 301)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert count(reader, certificates) == 300 and count(reader, audit_events) == 300
+    assert writer.commits < writer.units  # batching happened
+
+
+def test_a_failing_unit_is_isolated_by_savepoint(db) -> None:  # type: ignore[no-untyped-def]
+    reader, writer = db
+    writer.run(Inserts(((certificates, cert_row("aa", "h1")),)))
+    futures = [writer._enqueue(Inserts(((certificates, cert_row("bb")),))),
+               writer._enqueue(Inserts(((certificates, cert_row("cc", "h1")),))),  # duplicate CSR hash
+               writer._enqueue(Inserts(((certificates, cert_row("dd")),)))]
+    assert futures[0].result() is None and futures[2].result() is None
+    with pytest.raises(IntegrityError):
+        futures[1].result()
+    with reader.connect() as conn:
+        serials = {r[0] for r in conn.execute(select(certificates.c.serial))}
+    assert serials == {"aa", "bb", "dd"}
+
+
+def test_naive_datetimes_are_refused(db) -> None:  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    _, writer = db
+    row = cert_row("ee")
+    row["issued_at"] = dt.datetime(2026, 1, 1)
+    with pytest.raises(Exception, match="naive"):
+        writer.run(Inserts(((certificates, row),)))
+
+
+def test_times_come_back_aware_utc(db) -> None:  # type: ignore[no-untyped-def]
+    reader, writer = db
+    writer.run(Inserts(((certificates, cert_row("ff")),)))
+    with reader.connect() as conn:
+        issued = conn.execute(select(certificates.c.issued_at)).scalar()
+    assert issued.tzinfo is not None and issued.utcoffset().total_seconds() == 0
+
+
+def test_closed_writer_refuses_new_work(db) -> None:  # type: ignore[no-untyped-def]
+    _, writer = db
+    writer.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.run(Inserts(((certificates, cert_row("ab")),)))
