@@ -1,0 +1,1 @@
+"""Hardening: the control catalog, the host checks and the per-item report."""

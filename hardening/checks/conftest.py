@@ -1,0 +1,91 @@
+"""pytest plugin for the hardening checks: each check names its catalog ID and records evidence.
+
+Checks are testinfra tests run over SSH against an Ansible inventory::
+
+    @pytest.mark.check("check:F.06.j.ports_closed")
+    def test_ports_closed(host, evidence):
+        listeners = host.socket.get_listening_sockets()
+        evidence.add("listening", listeners)
+        assert ...
+
+``--ckms-results FILE`` writes one JSON record per (check, host): outcome, duration, evidence and, on
+failure, the assertion message. ``hardening.report`` joins these records with the control catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_RESULTS_KEY = pytest.StashKey[list]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--ckms-results", default=None, help="write check results (JSON) for the hardening report")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "check(check_id): the catalog check this test implements (check:<item>...)")
+    config.stash[_RESULTS_KEY] = []
+
+
+class Evidence:
+    """What a check saw, kept for the report whether the check passed or failed."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    def add(self, label: str, value: Any) -> None:
+        text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
+        self.items.append({"label": label, "value": text[:4000]})
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest) -> Evidence:
+    ev = Evidence()
+    request.node.stash[_EVIDENCE_KEY] = ev
+    return ev
+
+
+_EVIDENCE_KEY = pytest.StashKey[Evidence]()
+
+
+def _host_name(item: pytest.Item) -> str:
+    host = getattr(item, "funcargs", {}).get("host")
+    if host is None:
+        return "local"
+    backend = host.backend
+    return getattr(backend, "hostname", None) or getattr(backend, "host", None) or str(backend)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    marker = item.get_closest_marker("check")
+    if marker is None:
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        ev = item.stash.get(_EVIDENCE_KEY, None)
+        item.config.stash[_RESULTS_KEY].append({
+            "check": marker.args[0],
+            "test": item.nodeid,
+            "host": _host_name(item),
+            "outcome": report.outcome,  # passed | failed | skipped
+            "duration_s": round(report.duration, 3),
+            "message": str(report.longrepr.reprcrash.message) if report.failed and hasattr(report.longrepr, "reprcrash")
+            else (str(report.longrepr[2]) if report.skipped and isinstance(report.longrepr, tuple) else None),
+            "evidence": ev.items if ev else [],
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = session.config.getoption("--ckms-results")
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(session.config.stash[_RESULTS_KEY], indent=1))

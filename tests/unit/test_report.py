@@ -1,0 +1,61 @@
+"""The hardening report joins catalog and check results correctly and renders every format."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+from hardening.catalog import load_catalog
+from hardening.report import evaluate, write_report
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def record(check: str, outcome: str, host: str = "ca1", message: str | None = None) -> dict:
+    return {"check": check, "test": "t", "host": host, "outcome": outcome, "duration_s": 0.1, "message": message,
+            "evidence": [{"label": "sshd -T", "value": "permitrootlogin no"}], "at": "2026-01-01T00:00:00Z"}
+
+
+def test_status_follows_results() -> None:
+    catalog = load_catalog()
+    f06 = catalog["F.06"]
+    checks = f06.all_checks()
+    all_pass = [record(c, "passed") for c in checks]
+    by_id = {i.control.id: i for i in evaluate(catalog, all_pass)}
+    assert by_id["F.06"].status == "pass"
+    one_fail = all_pass[:-1] + [record(checks[-1], "failed", message="root login is enabled")]
+    assert {i.control.id: i for i in evaluate(catalog, one_fail)}["F.06"].status == "fail"
+    assert {i.control.id: i for i in evaluate(catalog, all_pass[:1])}["F.06"].status == "partial"
+    assert {i.control.id: i for i in evaluate(catalog, [])}["F.06"].status == "not-run"
+    na = next(c for c in catalog.values() if c.applicability == "not-applicable")
+    assert by_id[na.id].status == "not-applicable"
+
+
+def test_all_formats_and_languages(tmp_path: Path) -> None:
+    catalog = load_catalog()
+    checks = catalog["F.06"].all_checks()
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([record(checks[0], "failed", message="PermitRootLogin yes"),
+                                   record(checks[1], "passed")]))
+    for lang in ("en", "ja"):
+        out = tmp_path / lang
+        proc = subprocess.run([sys.executable, "-m", "hardening.report", "--results", str(results), "--out", str(out),
+                               "--lang", lang, "--require", "F"], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 1 and "F.06: fail" in proc.stdout
+        doc = json.loads((out / "report.json").read_text())
+        assert len(doc["items"]) == 163 and doc["lang"] == lang
+        f06 = next(i for i in doc["items"] if i["id"] == "F.06")
+        assert f06["status"] == "fail" and f06["results"][0]["message"] == "PermitRootLogin yes"
+        junit = ET.parse(out / "junit.xml").getroot()
+        assert int(junit.find("testsuite[@name='guidance-F']").get("failures")) == 1
+        page = (out / "report.html").read_text()
+        assert "PermitRootLogin yes" in page and ("不合格" if lang == "ja" else "FAIL") in page
+        assert checks[0] in (out / "summary.md").read_text()
+
+
+def test_write_report_returns_paths(tmp_path: Path) -> None:
+    files = write_report(tmp_path, evaluate(load_catalog(), []), "en")
+    assert all(p.exists() for p in files.values())
