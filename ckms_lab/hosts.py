@@ -306,6 +306,8 @@ def _plug(spec: HostSpec, nic: Nic) -> None:
         if _link_exists(stale):
             _ip("link", "del", stale)
     _ip("link", "add", a, "type", "veth", "peer", "name", b)
+    for end in (a, b):  # the alias says whose link it is (lab_footprint lists by it)
+        _ip("link", "set", "dev", end, "alias", f"ckms:{spec.lab}:{spec.name}")
     _ip("link", "set", a, "netns", spec.netns, "name", nic.ifname)
     if seg.netns:
         port = f"{spec.name}-{nic.ifname}"[:15]
@@ -324,12 +326,12 @@ def _mgmt_nic(spec: HostSpec) -> Nic:
     raise LabError(f"host {spec.name}: no NIC on a controller-side (management) segment")
 
 
-def _wait_for_ssh(address: str, pid: int, log: Path, timeout: float = BOOT_TIMEOUT) -> None:
+def _wait_for_ssh(address: str, proc: subprocess.Popen, log: Path, timeout: float = BOOT_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise LabError(f"systemd-nspawn exited during boot; console log {log}:\n{tail}")
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise LabError(f"systemd-nspawn exited with {proc.returncode} during boot:\n{tail}")
         with contextlib.suppress(OSError), socket.create_connection((address, 22), timeout=1) as s:
             if s.recv(4).startswith(b"SSH-"):
                 return
@@ -376,18 +378,19 @@ def create_host(spec: HostSpec) -> HostInfo:
         log = state / "console.log"
         env = dict(os.environ, SYSTEMD_NSPAWN_API_VFS_WRITABLE="network")
 
-        def _enter_cgroups() -> None:  # runs in the child, before exec
-            for cg in cgroups:
-                (cg / "cgroup.procs").write_text(str(os.getpid()))
-
+        nspawn = ["systemd-nspawn", "--boot", "--directory", str(rootfs), "--machine", spec.machine,
+                  "--register=no", "--keep-unit", "--capability=CAP_NET_ADMIN",
+                  f"--network-namespace-path=/run/netns/{spec.netns}", "--resolv-conf=off",
+                  "--timezone=off", "--link-journal=no", "--console=read-only"]
+        # The shell moves itself into the host's cgroups, then becomes nspawn. Not a preexec_fn:
+        # the dynamic provider runs gRPC threads, and Python code between fork and exec in a
+        # threaded process can crash the child (seen here as SIGSEGV).
+        enter = "; ".join(f'echo $$ >"{cg}/cgroup.procs"' for cg in cgroups)
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                ["systemd-nspawn", "--quiet", "--boot", "--directory", str(rootfs), "--machine", spec.machine,
-                 "--register=no", "--keep-unit", "--capability=CAP_NET_ADMIN",
-                 f"--network-namespace-path=/run/netns/{spec.netns}", "--resolv-conf=off",
-                 "--timezone=off", "--link-journal=no", "--console=read-only"],
+                ["/bin/sh", "-c", f'{enter}; exec "$@"', "ckms-lab-boot", *nspawn],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, preexec_fn=_enter_cgroups,
+                start_new_session=True,
             )
         mgmt = _mgmt_nic(spec)
         info = HostInfo(
@@ -397,7 +400,7 @@ def create_host(spec: HostSpec) -> HostInfo:
             host_key=host_key, state_dir=str(state),
         )
         (state / "host.json").write_text(json.dumps({"spec": _spec_dict(spec), "info": asdict(info)}, indent=2))
-        _wait_for_ssh(info.mgmt_address, proc.pid, log)
+        _wait_for_ssh(info.mgmt_address, proc, log)
         return info
     except BaseException:
         destroy_host(spec.lab, spec.name)
@@ -523,8 +526,8 @@ def lab_footprint(lab: str) -> dict[str, list[str]]:
     links = _ip("-o", "link", "show", check=False).stdout
     link_names = sorted(
         m.group(1).split("@")[0]
-        for m in re.finditer(r"^\d+: ([^:]+):", links, re.M)
-        if m.group(1).startswith(f"ck-{lab}-"[:15]) or m.group(1).startswith(("ckv", "ckp"))
+        for m in re.finditer(r"^\d+: ([^:]+):.*$", links, re.M)
+        if m.group(1).startswith(f"ck-{lab}-"[:15]) or f"alias ckms:{lab}:" in m.group(0)
     )
     cgroups = sorted(str(p) for root in CGROUP_ROOTS for p in [root / "ckms-lab" / lab] if p.exists())
     procs = []

@@ -23,10 +23,9 @@ from pathlib import Path
 from threading import Event
 
 import grpc
+from pulumi._version import _VERSION as sdk_version
 from pulumi.automation._server import LanguageServer
 from pulumi.runtime.proto import language_pb2, language_pb2_grpc, plugin_pb2
-
-from pulumi import __version__ as sdk_version
 
 _GRPC_OPTIONS = [("grpc.max_receive_message_length", 400 * 1024 * 1024)]
 

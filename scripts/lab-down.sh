@@ -6,8 +6,10 @@ source "$(dirname "$0")/lab-env.sh"
 lab=${CKMS_LAB_NAME:-lab}
 cd "$repo/pulumi"
 if pulumi stack select "$stack" --non-interactive >/dev/null 2>&1; then
+  stack_ready
   log "pulumi destroy ($stack)"
-  pulumi destroy --yes --skip-preview --non-interactive --suppress-progress --stack "$stack"
+  pulumi destroy --yes --skip-preview --non-interactive --suppress-progress --stack "$stack" \
+    --config-file "$stack_config"
 fi
 "$venv/bin/python" -m ckms_lab.hosts destroy --lab "$lab" --all
 rm -rf "$repo/inventories/$stack/generated"

@@ -15,3 +15,28 @@ export PULUMI_DIY_BACKEND_NO_LEGACY_WARNING=true
 mkdir -p "$repo/pulumi/.state" "$PULUMI_HOME"
 chmod 700 "$repo/pulumi/.state"
 log() { echo "lab: $*" >&2; }
+
+# Stack configuration: committed in pulumi/stacks/<stack>.yaml (no secrets, no salt); the working
+# copy the CLI reads and writes (it adds the per-machine encryption salt) is
+# pulumi/.state/config/Pulumi.<stack>.yaml, passed with --config-file, so the tree stays clean.
+stack_config=$repo/pulumi/.state/config/Pulumi.$stack.yaml
+stack_ready() {
+  [ -f "$repo/pulumi/stacks/$stack.yaml" ] || { log "no pulumi/stacks/$stack.yaml"; return 1; }
+  mkdir -p "$(dirname "$stack_config")"
+  if ! (cd "$repo/pulumi" && pulumi stack select "$stack" --non-interactive >/dev/null 2>&1); then
+    (cd "$repo/pulumi" && pulumi stack init "$stack" --secrets-provider passphrase --non-interactive >/dev/null)
+    # init wrote the salt next to Pulumi.yaml: move it to the working copy.
+    mv -f "$repo/pulumi/Pulumi.$stack.yaml" "$stack_config"
+  fi
+  "$venv/bin/python" - "$repo/pulumi/stacks/$stack.yaml" "$stack_config" <<'PY'
+import sys, yaml
+from pathlib import Path
+committed, working = Path(sys.argv[1]), Path(sys.argv[2])
+doc = yaml.safe_load(committed.read_text()) or {}
+old = yaml.safe_load(working.read_text()) if working.exists() else None
+if old and old.get("encryptionsalt"):
+    doc["encryptionsalt"] = old["encryptionsalt"]
+working.write_text(yaml.safe_dump(doc, sort_keys=False))
+working.chmod(0o600)
+PY
+}

@@ -7,9 +7,10 @@ start=$(date +%s)
 "$repo/scripts/build-golden-image.sh" >/dev/null
 "$venv/bin/python" -c 'from ckms_lab import paths; paths.ssh_key()'   # per-machine controller key
 cd "$repo/pulumi"
-pulumi stack select --create --secrets-provider passphrase "$stack" --non-interactive >/dev/null
+stack_ready
 log "pulumi up ($stack)"
-pulumi up --yes --skip-preview --refresh --non-interactive --suppress-progress --stack "$stack"
+pulumi up --yes --skip-preview --refresh --non-interactive --suppress-progress --stack "$stack" \
+  --config-file "$stack_config"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 pulumi stack output --json --show-secrets --stack "$stack" >"$out"

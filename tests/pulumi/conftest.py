@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 PULUMI_DIR = Path(__file__).resolve().parents[2] / "pulumi"
 if str(PULUMI_DIR) not in sys.path:
@@ -39,6 +40,9 @@ def deploy():
     """``deploy(stack, config) -> (mocks, outputs)``: run the stack program under mocks."""
 
     def _deploy(stack: str, config: dict[str, str] | None = None):
+        """Config: the committed pulumi/stacks/<stack>.yaml, overridden by ``config``."""
+        committed = yaml.safe_load((PULUMI_DIR / "stacks" / f"{stack}.yaml").read_text())["config"]
+        config = {**{k.removeprefix("ckms:"): str(v) for k, v in committed.items()}, **(config or {})}
         mocks = RecordingMocks()
         pulumi.runtime.set_mocks(mocks, project="ckms", stack=stack, preview=False)
         pulumi.runtime.set_all_config({f"ckms:{k}": v for k, v in (config or {}).items()})

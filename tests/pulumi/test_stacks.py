@@ -20,7 +20,7 @@ def _types(mocks) -> dict[str, int]:
 
 
 def test_aws_stack_resources_follow_the_flows(deploy):
-    mocks, out = deploy("aws", {"kind": "aws", "timeSources": '["169.254.169.123"]'})
+    mocks, out = deploy("aws")
     t = _types(mocks)
     assert t["aws:ec2/vpc:Vpc"] == 1 and t["aws:ec2/subnet:Subnet"] == 3
     assert t["aws:ec2/instance:Instance"] == 3  # ca1, terminal, admin (router = SGs/routes, no rogue)
@@ -40,8 +40,7 @@ def test_aws_stack_resources_follow_the_flows(deploy):
 
 
 def test_onprem_scale_out_stack(deploy):
-    mocks, out = deploy("onprem", {"kind": "onprem", "caCount": "2", "withDb": "true",
-                                   "timeSources": '["10.231.10.5"]'})
+    mocks, out = deploy("onprem")
     t = _types(mocks)
     assert t["libvirt:index/network:Network"] == 3
     assert t["libvirt:index/domain:Domain"] == 6  # router, ca1, ca2, db, terminal, admin
@@ -57,7 +56,7 @@ def test_onprem_scale_out_stack(deploy):
 
 
 def test_lab_stack_wires_hosts_as_the_model_says(deploy):
-    mocks, out = deploy("lab", {"kind": "lab"})
+    mocks, out = deploy("lab")
     hosts = {r.inputs["name"]: r.inputs for r in mocks.resources if r.type.endswith("ckms:LabHost")}
     segs = {r.inputs["name"]: r.inputs for r in mocks.resources if r.type.endswith("ckms:LabSegment")}
     assert set(segs) == {"mgmt", "ca", "lan"} and segs["mgmt"]["controller_address"] == "10.231.0.1/24"
@@ -84,7 +83,7 @@ def test_policy_fails_when_a_flow_is_widened(deploy, kind, widen):
     import json
 
     flows = [widen(f) for f in default_flows()]
-    mocks, _ = deploy(kind, {"kind": kind, "flows": json.dumps(flows)})
+    mocks, _ = deploy(kind, {"flows": json.dumps(flows)})
     violations = check(mocks.resources)
     assert violations, "a widened flow must violate the policy"
 

@@ -1,0 +1,42 @@
+"""Session-wide lab for tests marked ``lab`` (see lab_support for how it is made and checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from lab_support import (
+    REPO,
+    STACK,
+    Lab,
+    footprint,
+    lab_env,
+    lab_unavailable,
+    pulumi_cmd,
+    pulumi_environment,
+)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Lab:
+    reason = lab_unavailable()
+    if reason:
+        pytest.skip(reason)
+    if any(footprint().values()):  # a crashed earlier run: clean up with the same script first
+        subprocess.run([str(REPO / "scripts/lab-down.sh")], env=lab_env(), check=True, timeout=600)
+    try:
+        subprocess.run([str(REPO / "scripts/lab-up.sh")], env=lab_env(), check=True, timeout=3600)
+        pulumi = pulumi_cmd()
+        out = subprocess.run([*pulumi, "stack", "output", "--json", "--show-secrets", "--stack", STACK],
+                             cwd=REPO / "pulumi", env=pulumi_environment(), capture_output=True, text=True, check=True)
+        yield Lab(json.loads(out.stdout), REPO / "inventories" / STACK / "generated" / "hosts.yml")
+    finally:
+        subprocess.run([str(REPO / "scripts/lab-down.sh")], env=lab_env(), check=True, timeout=600)
+        after = footprint()
+        assert not any(after.values()), f"lab-down left behind: {after}"
+
+
+@pytest.fixture(scope="session")
+def pulumi_env() -> dict[str, str]:
+    return pulumi_environment()

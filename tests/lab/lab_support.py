@@ -1,0 +1,79 @@
+"""Helpers for the session-wide lab for tests marked ``lab``: one lab is brought up for the whole run, shared by every
+lab test, and brought down at the end with a check that nothing of it is left on the machine.
+
+The fixture uses the same scripts as ``make lab-up`` / ``make lab-down`` (which build the Pulumi CLI
+and the golden image when they are missing), on a separate stack (``labtest``: lab name ``lt``,
+network 10.232.0.0/16) so a developer's own ``make lab`` is never touched by the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ckms_lab import hosts, paths
+
+REPO = Path(__file__).resolve().parents[2]
+STACK = "labtest"
+LAB = "lt"
+
+
+def lab_env() -> dict[str, str]:
+    return dict(os.environ, CKMS_LAB_STACK=STACK, CKMS_LAB_NAME=LAB)
+
+
+def lab_unavailable() -> str | None:
+    """Why lab hosts cannot run here (None: they can)."""
+    if os.geteuid() != 0:
+        return "lab hosts need root"
+    for tool in ("systemd-nspawn", "debootstrap", "ip", "nft", "go"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (make deps installs the Debian packages; Go is needed for the CLI)"
+    return None
+
+
+@dataclass
+class Lab:
+    outputs: dict
+    inventory: Path
+
+    @property
+    def hosts(self) -> dict[str, dict]:
+        return self.outputs["hosts"]
+
+    def ssh(self, host: str, command: str, *, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run ``command`` on a lab host over the management network, host key pinned."""
+        addr = self.hosts[host]["mgmt_address"]
+        args = ["ssh", "-i", str(paths.ssh_key()), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                "-o", "ConnectTimeout=10", "-o", f"UserKnownHostsFile={self.inventory.parent / 'known_hosts'}",
+                "-o", "StrictHostKeyChecking=yes", f"root@{addr}", command]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{host}: {command!r} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+
+def footprint() -> dict[str, list[str]]:
+    return hosts.lab_footprint(LAB)
+
+
+
+
+def pulumi_environment() -> dict[str, str]:
+    """The environment scripts/lab-env.sh sets, for running the CLI from a test."""
+    cache = paths.cache_dir()
+    bin_dir = subprocess.run([str(REPO / "scripts/build-pulumi.sh"), str(REPO / ".venv")], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    return dict(
+        lab_env(), PATH=f"{bin_dir}:{REPO / '.venv/bin'}:{os.environ['PATH']}",
+        PULUMI_HOME=str(cache / "pulumi/home"), PULUMI_BACKEND_URL=f"file://{REPO / 'pulumi/.state'}",
+        PULUMI_CONFIG_PASSPHRASE_FILE=str(cache / "pulumi/passphrase"), PULUMI_SKIP_UPDATE_CHECK="true",
+        PULUMI_DIY_BACKEND_NO_LEGACY_WARNING="true",
+    )
+
+
+def pulumi_cmd() -> list[str]:
+    return ["pulumi"]
