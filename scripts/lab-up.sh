@@ -2,9 +2,14 @@
 # make lab-up: build what is missing (Pulumi CLI, golden image), `pulumi up` the lab stack, write the
 # Ansible inventory to inventories/<stack>/generated/. Idempotent: a second run changes nothing.
 set -euo pipefail
-source "$(dirname "$0")/lab-env.sh"
 start=$(date +%s)
-"$repo/scripts/build-golden-image.sh" >/dev/null
+# First run on a machine: the golden image (mostly download) builds while Go compiles the CLI.
+golden_log=$(mktemp)
+"$(dirname "$0")/build-golden-image.sh" >/dev/null 2>"$golden_log" &
+golden_pid=$!
+source "$(dirname "$0")/lab-env.sh"
+if ! wait "$golden_pid"; then cat "$golden_log" >&2; rm -f "$golden_log"; exit 1; fi
+cat "$golden_log" >&2; rm -f "$golden_log"
 "$venv/bin/python" -c 'from ckms_lab import paths; paths.ssh_key()'   # per-machine controller key
 cd "$repo/pulumi"
 stack_ready
