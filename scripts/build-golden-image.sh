@@ -44,6 +44,11 @@ for t in debootstrap systemd-nspawn; do
   command -v "$t" >/dev/null || { log "$t missing: run scripts/bootstrap-host.sh"; exit 1; }
 done
 
+# Running lab hosts are overlays of the current image: never swap it from under them.
+if [ -d "$rootfs" ] && grep -q "lowerdir=$rootfs[,:]" /proc/mounts; then
+  log "the golden image changed, but lab hosts still use the old one: run make lab-down first"
+  exit 1
+fi
 mkdir -p "$dir"
 exec 9>"$dir/.lock"
 flock 9
