@@ -1,0 +1,71 @@
+"""Checks of the hsm_client role (E.01, E.07 a, A.43): the CA's PKCS#11 token is usable only by the CA
+service user, opens with the PIN file, and offers the mechanisms the CA needs.
+
+Run over SSH against an inventory (make report) or by Molecule (roles/hsm_client/molecule)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+testinfra_hosts = ["ansible://ca"]
+
+USER = "ckms"
+HOME = "/var/lib/ckms"
+MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+CONF = f"{HOME}/hsm/softhsm2.conf"
+TOKEN_DIR = f"{HOME}/hsm/tokens"
+PIN_FILE = f"{HOME}/secrets/token-pin"
+LABEL = "ckms-ca"
+
+
+def as_ckms(host, command: str):
+    return host.run(f"runuser -u {USER} -- env SOFTHSM2_CONF={CONF} {command}")
+
+
+@pytest.mark.check("check:E.01.token_usable_only_by_ca_service_user")
+def test_token_usable_only_by_ca_service_user(host, evidence):
+    rows = {}
+    for path in (HOME, f"{HOME}/hsm", TOKEN_DIR, f"{HOME}/secrets", PIN_FILE, CONF):
+        f = host.file(path)
+        rows[path] = {"exists": f.exists, "user": f.user if f.exists else None,
+                      "mode": oct(f.mode) if f.exists else None}
+    evidence.add("owner and mode", rows)
+    for path in (HOME, f"{HOME}/hsm", TOKEN_DIR, f"{HOME}/secrets"):
+        assert rows[path]["user"] == USER and rows[path]["mode"] == "0o700", (path, rows[path])
+    assert rows[PIN_FILE]["user"] == USER and rows[PIN_FILE]["mode"] == "0o600"
+    # another unprivileged account can neither list the token store nor read the PIN
+    other = host.run(f"runuser -u nobody -- sh -c 'ls {TOKEN_DIR}; cat {PIN_FILE}'")
+    evidence.add("as nobody", {"rc": other.rc, "stderr": other.stderr.strip()[:300]})
+    assert other.rc != 0 and "Permission denied" in other.stderr
+    # and the SO PIN is not kept on the host
+    so = host.run(f"find {HOME} -name '*so-pin*'")
+    evidence.add("SO PIN files on the host", so.stdout.strip() or "none")
+    assert so.stdout.strip() == ""
+
+
+@pytest.mark.check("check:A.43.pkcs11_module_loads")
+def test_pkcs11_module_loads_and_pin_opens_token(host, evidence):
+    status = as_ckms(host, f"/usr/local/sbin/ckms-pkcs11-token status --module {MODULE} --label {LABEL}")
+    evidence.add("token status (no PIN)", status.stdout.strip() or status.stderr.strip())
+    assert status.rc == 0 and json.loads(status.stdout)["initialized"]
+    login = as_ckms(host, f"/usr/local/sbin/ckms-pkcs11-token login --module {MODULE} --label {LABEL} "
+                          f"--pin-file {PIN_FILE}")
+    evidence.add("user login with the PIN file", login.stdout.strip() or login.stderr.strip())
+    assert login.rc == 0
+    bad = host.run(f"sh -c 'f=$(mktemp); echo wrong-pin-000000 >$f; chown {USER} $f; "
+                   f"runuser -u {USER} -- env SOFTHSM2_CONF={CONF} /usr/local/sbin/ckms-pkcs11-token login "
+                   f"--module {MODULE} --label {LABEL} --pin-file $f; rc=$?; rm -f $f; exit $rc'")
+    evidence.add("user login with a wrong PIN", bad.stderr.strip())
+    assert bad.rc != 0
+
+
+@pytest.mark.check("check:E.07.a.token_offers_required_mechanisms")
+def test_token_offers_required_mechanisms(host, evidence):
+    out = as_ckms(host, f"pkcs11-tool --module {MODULE} --token-label {LABEL} -M")
+    names = {line.strip().split(",")[0] for line in out.stdout.splitlines()[1:]}
+    need = {"ECDSA-KEY-PAIR-GEN", "ECDSA", "AES-KEY-WRAP"}
+    evidence.add("required", sorted(need))
+    evidence.add("offered", sorted(names))
+    assert out.rc == 0 and need <= names
