@@ -9,7 +9,9 @@
 #
 # Cached: the dependency wheels are rebuilt only when the pinned dependencies (or the Python ABI) change;
 # the ckms wheel only when the package sources change. Prints the wheelhouse directory on stdout.
-# Env: CKMS_VENV (default .venv), CKMS_WHEELHOUSE (default build/wheelhouse).
+# The ckms wheel is built from the committed tree (git HEAD), so what a host runs is reproducible and
+# never someone's uncommitted work; CKMS_WHEEL_SOURCE=worktree builds from the working tree instead.
+# Env: CKMS_VENV (default .venv), CKMS_WHEELHOUSE (default build/wheelhouse), CKMS_WHEEL_SOURCE (head|worktree).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=${CKMS_VENV:-$repo/.venv}
@@ -29,8 +31,16 @@ PY
 )
 pip_pin=$("$py" -m pip --version | awk '{print $2}')
 dep_want=$(printf '%s\n%s\npip==%s\n' "$abi" "$deps" "$pip_pin" | sha256sum | cut -d' ' -f1)
-src_want=$( (cd "$repo" && find ckms_app ckms_lab -name '*.py' -o -name py.typed | sort | xargs cat pyproject.toml) \
-  | sha256sum | cut -d' ' -f1)
+source_kind=${CKMS_WHEEL_SOURCE:-head}
+paths=(pyproject.toml README.md ckms_app ckms_lab)
+if [ "$source_kind" = head ] && git -C "$repo" rev-parse --verify -q HEAD >/dev/null; then
+  src_want=head-$(git -C "$repo" rev-parse "HEAD:ckms_app" "HEAD:ckms_lab" "HEAD:pyproject.toml" | sha256sum | cut -d' ' -f1)
+  export_tree() { git -C "$repo" archive HEAD "${paths[@]}" | tar xf - -C "$1"; }
+else
+  src_want=tree-$( (cd "$repo" && find ckms_app ckms_lab -name '*.py' -o -name py.typed | sort | xargs cat pyproject.toml) \
+    | sha256sum | cut -d' ' -f1)
+  export_tree() { (cd "$repo" && tar cf - "${paths[@]}") | tar xf - -C "$1"; }
+fi
 
 start=$(date +%s)
 if [ "$(cat "$out/.deps-stamp" 2>/dev/null)" != "$dep_want" ]; then
@@ -43,11 +53,11 @@ if [ "$(cat "$out/.deps-stamp" 2>/dev/null)" != "$dep_want" ]; then
   rm -f "$out/.src-stamp"
 fi
 if [ "$(cat "$out/.src-stamp" 2>/dev/null)" != "$src_want" ]; then
-  log "building the ckms wheel"
+  log "building the ckms wheel (from ${src_want%%-*})"
   find "$out" -maxdepth 1 -name 'ckms-*.whl' -delete
   tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
   # Build from a copy so no build/ or egg-info of the wheel build lands in the working tree.
-  (cd "$repo" && tar cf - pyproject.toml README.md ckms_app ckms_lab) | tar xf - -C "$tmp"
+  export_tree "$tmp"
   "$py" -m pip wheel --quiet --disable-pip-version-check --no-deps --no-index --find-links "$out" \
     --wheel-dir "$out" "$tmp" >&2
   echo "$src_want" >"$out/.src-stamp"
