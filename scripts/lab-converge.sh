@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Run the Ansible playbooks against the lab (inventories/<stack>/generated, written by make lab-up).
+#
+#   scripts/lab-converge.sh [PLAYBOOK [ansible-playbook args…]]   default PLAYBOOK: site.yml
+#   scripts/lab-converge.sh --all       make lab after lab-up: site.yml, verify.yml, backup.yml, report
+#
+# Lab secrets are per machine and never committed: the Ansible Vault password is generated into the tool
+# cache ($CKMS_TOOL_CACHE/ansible/vault-pass); the vault file with the token PINs and the backup
+# recipient key pair are generated once per stack (the vault into the generated inventory's group_vars,
+# the recipient key into the tool cache, where the custodians of a real CA would keep it offline).
+# Env: CKMS_LAB_STACK (default lab), CKMS_TOOL_CACHE.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+venv=${CKMS_VENV:-$repo/.venv}
+cache=${CKMS_TOOL_CACHE:-$HOME/.cache/ckms}
+stack=${CKMS_LAB_STACK:-lab}
+gen=$repo/inventories/$stack/generated
+inv=$gen/hosts.yml
+log() { echo "lab-converge: $*" >&2; }
+export PATH="$venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible/ansible.cfg" CKMS_TOOL_CACHE="$cache"
+export ANSIBLE_FORCE_COLOR=${ANSIBLE_FORCE_COLOR:-0}
+[ -f "$inv" ] || { log "no inventory at $inv: run make lab-up first"; exit 1; }
+
+secrets() {
+  local adir=$cache/ansible keydir=$cache/ansible/$stack
+  mkdir -p "$keydir"; chmod 700 "$adir" "$keydir"
+  export ANSIBLE_VAULT_PASSWORD_FILE=$adir/vault-pass
+  if [ ! -s "$ANSIBLE_VAULT_PASSWORD_FILE" ]; then
+    (umask 077; "$venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(32))' >"$ANSIBLE_VAULT_PASSWORD_FILE")
+  fi
+  if [ ! -s "$keydir/backup-recipient.pem" ]; then
+    (umask 077; openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-384 -nodes -days 3650 \
+       -subj "/CN=ckms backup recipient ($stack lab)" -keyout "$keydir/backup-recipient.key" \
+       -out "$keydir/backup-recipient.pem" 2>/dev/null)
+  fi
+  mkdir -p "$gen/group_vars/ca" "$gen/group_vars/all"
+  if [ ! -s "$gen/group_vars/ca/vault.yml" ]; then
+    (umask 077; "$venv/bin/python" - >"$gen/group_vars/ca/vault.yml.plain" <<'PY'
+import secrets
+print("---\n# Token PINs of the lab CA (hsm_client). Generated per lab; encrypted with the per-machine vault password.")
+print(f"vault_hsm_client_user_pin: {secrets.token_urlsafe(24)}")
+print(f"vault_hsm_client_so_pin: {secrets.token_urlsafe(24)}")
+PY
+    )
+    ansible-vault encrypt --output "$gen/group_vars/ca/vault.yml" "$gen/group_vars/ca/vault.yml.plain" >/dev/null
+    rm -f "$gen/group_vars/ca/vault.yml.plain"
+  fi
+  cat >"$gen/group_vars/all/lab.yml" <<YML
+---
+# Written by scripts/lab-converge.sh (lab only; production inventories set these themselves).
+backup_recipient_cert_src: $keydir/backup-recipient.pem
+backup_recipient_key_src: $keydir/backup-recipient.key
+backup_fetch_dir: $repo/build/backups/$stack/{{ inventory_hostname }}
+# two cores shared by the whole lab: one worker process
+ckms_ca_workers: 1
+# no time source in the lab until the ntp role is deployed (A.33 gate off; production: chrony)
+ckms_ca_clock_source: none
+YML
+}
+
+play() {
+  local pb=$1; shift
+  log "ansible-playbook $pb $*"
+  ansible-playbook -i "$inv" "$repo/ansible/$pb" "$@"
+}
+
+secrets
+if [ "${1:-}" != "--all" ]; then
+  play "${1:-site.yml}" "${@:2}"
+  exit 0
+fi
+
+t0=$(date +%s)
+"$repo/scripts/build-wheelhouse.sh" >/dev/null
+play site.yml;   t1=$(date +%s)
+play verify.yml; t2=$(date +%s)
+play backup.yml; t3=$(date +%s)
+rc=0; "$repo/scripts/report.sh" || rc=$?; t4=$(date +%s)
+key=$cache/lab/ssh/id_ed25519
+term=$("$venv/bin/python" -c 'import sys,yaml; print(yaml.safe_load(open(sys.argv[1]))["all"]["hosts"]["terminal"]["ansible_host"])' "$inv")
+kh=$gen/known_hosts
+cat <<TXT
+
+== ckms lab is up (converge $((t1 - t0)) s, verify $((t2 - t1)) s, backup $((t3 - t2)) s, report $((t4 - t3)) s) ==
+Report:  $repo/build/report/report.html   (also summary.md, report.json, junit.xml; LANG_REPORT=ja|en)
+Issue a first certificate from the terminal (EST over mutual TLS 1.3, through the router):
+  ssh -i $key -o UserKnownHostsFile=$kh root@$term ckms-enroll device-0001 /root/certs
+Again without the script: see /usr/local/bin/ckms-enroll on the terminal (openssl + curl).
+Restore drill:  ANSIBLE_CONFIG=ansible/ansible.cfg scripts/lab-converge.sh restore.yml
+Tear down:      make lab-down
+TXT
+exit $rc

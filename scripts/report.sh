@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# make report: run the hardening checks (hardening/checks, testinfra over SSH) against an inventory and
+# render the per-item report (HTML, JSON, JUnit, Markdown) into build/report.
+#   CKMS_INVENTORY   inventory file (default: inventories/$CKMS_LAB_STACK/generated/hosts.yml, stack lab)
+#   LANG_REPORT      ja | en (default en)
+#   REPORT_OUT       output directory (default build/report)
+# Exit status: that of the checks (the report is written either way).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+venv=${CKMS_VENV:-$repo/.venv}
+cache=${CKMS_TOOL_CACHE:-$HOME/.cache/ckms}
+stack=${CKMS_LAB_STACK:-lab}
+inv=${CKMS_INVENTORY:-$repo/inventories/$stack/generated/hosts.yml}
+out=${REPORT_OUT:-$repo/build/report}
+lang=${LANG_REPORT:-en}
+log() { echo "report: $*" >&2; }
+[ -f "$inv" ] || { log "no inventory at $inv (make lab-up, or set CKMS_INVENTORY)"; exit 1; }
+export PATH="$venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible/ansible.cfg"
+[ -s "$cache/ansible/vault-pass" ] && export ANSIBLE_VAULT_PASSWORD_FILE=${ANSIBLE_VAULT_PASSWORD_FILE:-$cache/ansible/vault-pass}
+mkdir -p "$out"
+start=$(date +%s)
+rc=0
+(cd "$repo" && pytest -q -p no:cacheprovider hardening/checks --rootdir "$repo/hardening/checks" \
+   --ansible-inventory "$inv" --hosts 'ansible://ca' --ckms-results "$out/results.json" \
+   --junitxml "$out/checks-junit.xml") || rc=$?
+(cd "$repo" && python -m hardening.report --results "$out/results.json" --out "$out" --lang "$lang")
+log "checks exit $rc; report in $out ($(( $(date +%s) - start )) s)"
+ls "$out" >&2
+exit $rc

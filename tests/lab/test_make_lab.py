@@ -1,0 +1,95 @@
+"""`make lab` end to end on the suite's own lab stack (labtest): converge (site.yml), verify, first backup
+and the hardening report; then a second converge changes nothing, a certificate is issued from the
+terminal over EST through the router, the rogue host cannot reach the daemon, and a restore drill brings
+back the same CA. The session ``lab`` fixture brings the stack up first and tears it down at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+
+import pytest
+from lab_support import LAB, REPO, STACK
+
+pytestmark = pytest.mark.lab
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, CKMS_LAB_STACK=STACK, CKMS_LAB_NAME=LAB, ANSIBLE_FORCE_COLOR="0",
+                REPORT_OUT=str(REPO / "build" / "report-labtest"))
+
+
+def _recap(output: str) -> dict[str, dict[str, int]]:
+    recap: dict[str, dict[str, int]] = {}
+    for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output, re.M):
+        counts = dict((k, int(v)) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2)))
+        recap.setdefault(m.group(1), {k: 0 for k in counts})
+        for k, v in counts.items():
+            recap[m.group(1)][k] += v
+    return recap
+
+
+@pytest.fixture(scope="module")
+def made(lab):
+    start = time.monotonic()
+    proc = subprocess.run(["make", "lab"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=2400)
+    took = time.monotonic() - start
+    print(f"make lab (stack {STACK}): {took:.0f} s")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-8000:]
+    return proc.stdout + proc.stderr
+
+
+def test_make_lab_ends_with_report_and_enrolment_instructions(made):
+    out = REPO / "build" / "report-labtest"
+    for name in ("results.json", "report.html", "report.json", "junit.xml", "summary.md"):
+        assert (out / name).is_file(), name
+    assert "ckms-enroll device-0001" in made and "report.html" in made
+    results = json.loads((out / "results.json").read_text())
+    mine = [r for r in results if r["test"].split("::")[0].rsplit("/", 1)[-1]
+            in ("test_hsm_client.py", "test_ckms_ca.py", "test_backup.py")]
+    assert mine and not [r for r in mine if r["outcome"] == "failed"], [r for r in mine if r["outcome"] == "failed"]
+
+
+def test_second_converge_changes_nothing(made):
+    proc = subprocess.run([str(REPO / "scripts/lab-converge.sh"), "site.yml"], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    recap = _recap(proc.stdout)
+    assert recap and all(c.get("changed", 0) == 0 and c.get("failed", 0) == 0 for c in recap.values()), recap
+
+
+def test_terminal_enrols_through_the_router(made, lab):
+    ca = lab.hosts["ca1"]["addresses"]["ca"]
+    got = lab.ssh("terminal", "ckms-enroll device-test-0001 /root/certs", timeout=60)
+    assert "subject=CN = device-test-0001" in got.stdout
+    assert f"via {lab.hosts['router']['addresses']['lan']}" in lab.ssh("terminal", f"ip -4 route get {ca}").stdout
+    issuer = lab.ssh("terminal", "openssl x509 -in /root/certs/device-test-0001.pem -noout -issuer").stdout
+    cacert = lab.ssh("terminal", "openssl x509 -in /etc/ckms-terminal/ca.pem -noout -subject").stdout
+    assert issuer.split("=", 1)[1].strip() == cacert.split("=", 1)[1].strip()
+
+
+def test_rogue_host_cannot_reach_the_daemon(made, lab):
+    ca = lab.hosts["ca1"]["addresses"]["ca"]
+    for url in (f"https://{ca}:8443/.well-known/est/cacerts", f"http://{ca}:8080/crl/full.crl"):
+        r = lab.ssh("rogue", f"curl -sk --connect-timeout 3 --max-time 5 -o /dev/null -w '%{{http_code}}' {url}",
+                    check=False)
+        assert r.returncode != 0 and r.stdout.strip() in ("000", ""), (url, r.returncode, r.stdout)
+    # the same LAN's registered terminal does reach it (so the refusal is the allow-list, not the path)
+    ok = lab.ssh("terminal", f"curl -s --cacert /etc/ckms-terminal/ca.pem https://{ca}:8443/health")
+    assert json.loads(ok.stdout)["status"] == "ok"
+
+
+def test_restore_drill_brings_back_the_same_ca(made, lab):
+    before = lab.ssh("ca1", "openssl x509 -in /var/lib/ckms/ca/ca.pem -noout -fingerprint -sha256").stdout
+    proc = subprocess.run([str(REPO / "scripts/lab-converge.sh"), "restore.yml"], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    after = lab.ssh("ca1", "openssl x509 -in /var/lib/ckms/ca/ca.pem -noout -fingerprint -sha256").stdout
+    assert before == after
+    assert lab.ssh("ca1", "test -f /var/lib/ckms/restored-from.json").returncode == 0
+    # the restored daemon serves the terminal again
+    got = lab.ssh("terminal", "ckms-enroll device-after-restore /root/certs", timeout=60)
+    assert "device-after-restore" in got.stdout
