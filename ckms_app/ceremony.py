@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from .config import CONFIG_NAME, Config, load_config
+from .clock import ClockGate
+from .clock import default_source as default_clock_source
 from .crl_publisher import CrlPublisher
 from .csr_policy import public_key_sha256
 from .errors import CkmsError, ConfigError, LintFailed
@@ -50,6 +52,7 @@ class InitOptions:
     csr_out: Path | None = None
     lint: bool = True
     policy_oid: str | None = None
+    clock_source: str | None = None  # None: "chrony" if chronyc is installed, else "none" (stated in the summary)
     database_url: str | None = None  # default: SQLite in the home; postgresql+psycopg://… for several nodes
 
 
@@ -72,6 +75,7 @@ def default_config(home: Path, opts: InitOptions, pin_file: str, softhsm_conf: s
                 "max_publish_delay_seconds": 60, "directory": "crl"},
         "csr": {"max_bytes": 4096, "duplicate_csr": "return-existing"},
         "lint": {"enabled": opts.lint},
+        "clock": {"source": opts.clock_source or default_clock_source(), "max_offset_seconds": 10},
         "issuance": {"default_profile": "device"},
         "profiles": {
             "device": {"validity_days": 365, "key_usage": ["digital_signature"],
@@ -120,6 +124,7 @@ def init_ca(home: Path, opts: InitOptions) -> dict[str, Any]:
     raw = default_config(home, opts, config_pin, softhsm_conf)
     (home / CONFIG_NAME).write_text(tomli_w.dumps(raw))
     config = load_config(home)
+    ClockGate(config.clock).require_sync()  # the CA certificate carries a validity period (A.33)
     with Token(config.token) as token:
         key = token.generate_ec_key(config.ca_key_label, curve)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, opts.ca_name)])
@@ -197,9 +202,14 @@ def _finish(config: Config, token: Token, key: Any, ca_cert: x509.Certificate) -
     finally:
         writer.close()
         engine.dispose()
+    from .selftest import record_manifest
+
+    manifest = record_manifest(config, key, recorded_by="ceremony")
     return {
         "home": str(config.home),
         "status": "ready",
+        "clock_source": config.clock.source,
+        "selftest_manifest": str(manifest),
         "ca_cert": str(config.ca_cert),
         "curve": key.curve_info.name,
         "token_label": config.token.token_label,

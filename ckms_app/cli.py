@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--policy-oid", help="certificate policy OID of your CP/CPS (A.05); default: a random example-arc OID")
     init.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the home), e.g. postgresql+psycopg://…")
     init.add_argument("--no-lint", action="store_true", help="disable pre-issuance linting (not recommended)")
+    init.add_argument("--clock-source", choices=["chrony", "none"],
+                      help="clock gate for signing (A.33); default: chrony if chronyc is installed, else none")
     init.add_argument("--json", action="store_true", help="print a JSON summary")
     imp = ca.add_parser("import-cert", help="finish a CA whose certificate an external root signed")
     _add_home(imp)
@@ -89,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish = crl.add_parser("publish", help="publish new full and delta CRLs now")
     _add_home(publish)
     _add_identity(publish, "operator")
+    from . import custody_cli
+
+    custody_cli.add_parsers(sub, ca)  # hsm ..., selftest, ca recover
     return parser
 
 
@@ -112,6 +117,10 @@ def _read_csr(path: Path) -> bytes:
 
 def run(args: argparse.Namespace) -> int:
     home = resolve_home(args.home)
+    if args.command in ("hsm", "selftest") or (args.command == "ca" and args.ca_command == "recover"):
+        from . import custody_cli
+
+        return custody_cli.run(args, home)
     if args.command == "ca":
         from . import ceremony
 
@@ -123,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
                 module=args.pkcs11_module or DEFAULT_SOFTHSM_MODULE, token_label=args.token_label,
                 pin_file=args.pin_file, listen=args.listen, public_host=args.public_host or args.listen,
                 est_port=args.est_port, crl_port=args.crl_port, csr_out=args.csr_out, lint=not args.no_lint,
-                policy_oid=args.policy_oid, database_url=args.database_url))
+                policy_oid=args.policy_oid, database_url=args.database_url, clock_source=args.clock_source))
             _print_summary(summary, args.json)
             return 0
         if args.ca_command == "import-cert":

@@ -23,12 +23,13 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
 from .config import Config
-from .errors import CkmsError, LintFailed
+from .errors import CkmsError, HsmError, LintFailed
 from .hsm import HsmEcPrivateKey
 from .linter import AsyncLinter, Linter
 from .rbac import SYSTEM, Principal
 from .revocation import REASONS
-from .storage import GroupCommitWriter, audit_events, audit_row, crls, revocations, utcnow
+from .service_state import SigningGuard
+from .storage import GroupCommitWriter, Inserts, audit_events, audit_row, crls, revocations, utcnow
 
 log = logging.getLogger("ckms.crl")
 
@@ -44,8 +45,10 @@ class Published:
 
 class CrlPublisher:
     def __init__(self, config: Config, ca_key: HsmEcPrivateKey, ca_cert: x509.Certificate,
-                 writer: GroupCommitWriter, reader: Engine, linter: AsyncLinter | Linter | None) -> None:
+                 writer: GroupCommitWriter, reader: Engine, linter: AsyncLinter | Linter | None,
+                 guard: SigningGuard | None = None) -> None:
         self._config = config
+        self._guard = guard  # error state + clock gate (E.36, A.33)
         self._ca_key = ca_key
         self._ca_cert = ca_cert
         self._writer = writer
@@ -99,6 +102,14 @@ class CrlPublisher:
     # --- building -----------------------------------------------------------------------------
     async def publish(self, principal: Principal = SYSTEM) -> Published:
         async with self._lock:
+            if self._guard is not None:
+                try:
+                    await self._guard.check()
+                except CkmsError as exc:
+                    refusal = audit_row(entity_id=principal.entity_id, role=principal.role, action="crl.publish",
+                                        target="crl", outcome="error", detail={"code": exc.code, "reason": str(exc)})
+                    await self._writer.submit(Inserts(((audit_events, refusal),)))
+                    raise
             now = utcnow().replace(microsecond=0)
             with self._reader.connect() as conn:
                 base = _latest(conn, ("base",))
@@ -166,7 +177,12 @@ class CrlPublisher:
             if not report.ok:
                 findings = "; ".join(f"{f.lint}: {f.details}" for f in report.blocking)
                 raise LintFailed(f"pre-issuance lint blocked the {what}: {findings or report.parse_error}")
-        return builder.sign(self._ca_key, self._hash).public_bytes(serialization.Encoding.DER)
+        try:
+            return builder.sign(self._ca_key, self._hash).public_bytes(serialization.Encoding.DER)
+        except HsmError as exc:
+            if self._guard is not None:
+                await self._guard.hsm_failed(exc)
+            raise
 
     def _write_files(self, full: bytes, delta: bytes, base: bytes | None) -> None:
         directory = self._config.crl.directory

@@ -67,3 +67,31 @@ class LintFailed(CkmsError):
 class ServiceUnavailable(CkmsError):
     code = "unavailable"
     http_status = 503
+
+
+class ClockUnsynchronised(CkmsError):
+    """The system clock is not known to be within the configured bound of true time (A.33–A.35):
+    nothing is signed until it is. Retryable."""
+
+    code = "clock_unsynchronised"
+    http_status = 503
+
+
+class ErrorStateActive(CkmsError):
+    """A self-test failed or the HSM became unavailable (E.32, E.35–E.37): the CA does no
+    cryptographic work until an administrator recovers it."""
+
+    code = "error_state"
+    http_status = 503
+
+
+class CustodyError(CkmsError):
+    """HSM administration without two valid custodian credentials, or a bad share (E.22, E.23)."""
+
+    code = "custody"
+    http_status = 403
+
+
+class SelfTestFailed(CkmsError):
+    code = "selftest_failed"
+    http_status = 503

@@ -1,7 +1,9 @@
 """The CA's signing key, held in a PKCS#11 token (E.08–E.15, A.43).
 
-The private key is generated inside the token with ``CKA_SENSITIVE=true`` and
-``CKA_EXTRACTABLE=false``; the only operation this module exposes on it is *sign a digest*.
+The private key is generated inside the token with ``CKA_SENSITIVE=true`` and, so that it can be
+backed up wrapped, ``CKA_EXTRACTABLE=true`` with ``CKA_WRAP_WITH_TRUSTED=true`` (only a key the
+security officer marked trusted can wrap it; see :func:`ca_private_key_template`). The only
+operation this module exposes on it is *sign a digest*.
 :class:`HsmEcPrivateKey` plugs into pyca/cryptography as an external signer, so certificates and
 CRLs are built by cryptography and signed by the token. Every accessor that would reveal key
 material raises :class:`~ckms_app.errors.HsmError`.
@@ -14,6 +16,7 @@ import hashlib
 import os
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +90,28 @@ def write_secret_file(path: Path, value: str) -> None:
         f.write(value + "\n")
 
 
+def ca_private_key_template() -> dict[Attribute, Any]:
+    """Attributes of the CA private key, at generation and when a backup is restored (E.10–E.12).
+
+    ``SENSITIVE`` (one-way: can never be cleared) keeps the value from being read;
+    ``EXTRACTABLE`` with ``WRAP_WITH_TRUSTED`` (also one-way) lets the key leave the token only
+    wrapped under a key the security officer marked ``CKA_TRUSTED``, which exists only while two
+    HSM custodians are present (see :mod:`ckms_app.hsm_admin`). So a plaintext export is
+    impossible by token attributes, and a wrapped backup needs 2 of 3 custodians.
+    """
+    return {
+        Attribute.SIGN: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: True,
+        Attribute.WRAP_WITH_TRUSTED: True,
+        Attribute.PRIVATE: True,
+        Attribute.TOKEN: True,
+        Attribute.DECRYPT: False,
+        Attribute.UNWRAP: False,
+        Attribute.DERIVE: False,
+    }
+
+
 class Token:
     """A logged-in read/write session on the CA token.
 
@@ -102,7 +127,7 @@ class Token:
         pin = read_secret_file(config.pin_file)
         try:
             self._lib = pkcs11.lib(config.module)
-            self._token = self._lib.get_token(token_label=config.token_label)
+            self._token = self._open_token(config.token_label)
             self._session = self._token.open(user_pin=pin, rw=True)
         except pkcs11.exceptions.NoSuchToken:
             raise HsmError(f"no PKCS#11 token labelled {config.token_label!r} in {config.module}") from None
@@ -113,6 +138,23 @@ class Token:
         except pkcs11.PKCS11Error as exc:
             raise HsmError(f"cannot open token {config.token_label!r}: {type(exc).__name__} {exc}") from None
         self._lock = threading.Lock()
+
+    def _open_token(self, label: str, attempts: int = 20) -> Any:
+        """Find the token, rescanning briefly if it is missing or unreadable.
+
+        A file-backed token (SoftHSM) is skipped at C_Initialize while a sibling worker process is
+        rewriting its store (e.g. creating a key), so a worker starting at that moment would not see
+        it; re-initialising the library a few times over ~1 s rides that out.
+        """
+        for attempt in range(attempts):
+            try:
+                return self._lib.get_token(token_label=label)
+            except (pkcs11.exceptions.NoSuchToken, pkcs11.exceptions.GeneralError):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.05)
+                self._lib.reinitialize()
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         try:
@@ -136,7 +178,7 @@ class Token:
         self.close()
 
     def generate_ec_key(self, label: str, curve: Curve) -> HsmEcPrivateKey:
-        """Generate a non-extractable, sensitive EC key pair inside the token."""
+        """Generate a sensitive EC key pair inside the token, exportable only wrapped by a trusted key."""
         if self._find(ObjectClass.PRIVATE_KEY, label) is not None:
             raise HsmError(f"a private key labelled {label!r} already exists in the token")
         key_id = secrets.token_bytes(16)
@@ -151,16 +193,7 @@ class Token:
                 label=label,
                 id=key_id,
                 public_template={Attribute.VERIFY: True, Attribute.TOKEN: True},
-                private_template={
-                    Attribute.SIGN: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                    Attribute.PRIVATE: True,
-                    Attribute.TOKEN: True,
-                    Attribute.DECRYPT: False,
-                    Attribute.UNWRAP: False,
-                    Attribute.DERIVE: False,
-                },
+                private_template=ca_private_key_template(),
             )
         return self.load_ec_key(label)
 
@@ -200,6 +233,7 @@ class Token:
                 "always_sensitive": bool(private[Attribute.ALWAYS_SENSITIVE]),
                 "never_extractable": bool(private[Attribute.NEVER_EXTRACTABLE]),
                 "local": bool(private[Attribute.LOCAL]),
+                "wrap_with_trusted": bool(private[Attribute.WRAP_WITH_TRUSTED]),
             }
 
     def read_private_value(self, label: str) -> bytes:

@@ -19,11 +19,12 @@ from sqlalchemy.exc import IntegrityError
 
 from .config import Config
 from .csr_policy import CheckedCsr, check_csr, public_key_sha256
-from .errors import CkmsError, Conflict, CsrRejected, LintFailed
+from .errors import CkmsError, Conflict, CsrRejected, HsmError, LintFailed
 from .hsm import HsmEcPrivateKey
 from .linter import AsyncLinter, LintReport
 from .profiles import end_entity_builder, new_serial
 from .rbac import Principal
+from .service_state import SigningGuard
 from .storage import GroupCommitWriter, Inserts, audit_events, audit_row, certificates, utcnow
 
 
@@ -74,8 +75,10 @@ class Issuer:
         writer: GroupCommitWriter,
         reader: Engine,
         linter: AsyncLinter | None,
+        guard: SigningGuard | None = None,
     ) -> None:
         self._config = config
+        self._guard = guard  # error state + clock gate, asked before every signature (E.36, A.33)
         self._ca_key = ca_key
         self._ca_cert = ca_cert
         self._writer = writer
@@ -98,6 +101,8 @@ class Issuer:
         try:
             # 1. authorise: role → operation → profile
             principal.require("certificate.issue", profile.name)
+            if self._guard is not None:
+                await self._guard.check()
             # 2. the request itself
             checked = check_csr(csr_der, profile, self._config.csr.max_bytes)
             if renewing is not None:
@@ -121,7 +126,12 @@ class Issuer:
                 report = await self._linter.lint_certificate(precert.public_bytes(serialization.Encoding.DER))
                 _raise_if_blocking(report, "certificate")
             # 6. the HSM signs the same TBSCertificate
-            cert = builder.sign(self._ca_key, self._hash)
+            try:
+                cert = builder.sign(self._ca_key, self._hash)
+            except HsmError as exc:
+                if self._guard is not None:
+                    await self._guard.hsm_failed(exc)
+                raise
             if cert.tbs_certificate_bytes != precert.tbs_certificate_bytes:
                 raise LintFailed("the signed certificate differs from the linted one")
         except CkmsError as exc:

@@ -31,7 +31,9 @@ from .config import Config, load_config
 from .crl_publisher import CrlPublisher, latest_crl_der
 from .errors import CkmsError, NotFound
 from .hsm import Token
+from . import server_guard
 from .issuance import Issuer
+from .service_state import ServiceState, SigningGuard
 from .linter import AsyncLinter, find_linter_binary
 from .rbac import SYSTEM, Principal, PrincipalCache
 from .revocation import parse_serial, revoke
@@ -55,6 +57,9 @@ class Runtime:
     issuer: Issuer
     publisher: CrlPublisher
     principals: PrincipalCache
+    ca_key: Any = None
+    state: ServiceState | None = None  # the error state shared by all workers (E.36)
+    guard: SigningGuard | None = None  # asked before every signature: error state + clock (A.33)
 
 
 def server_ssl_context(config: Config) -> ssl.SSLContext:
@@ -265,6 +270,7 @@ async def health(request: web.Request) -> web.Response:
     checks["hsm"] = "ok" if rt.token.is_alive() else "error: token session lost"
     if rt.linter is not None:
         checks["linter"] = "ok" if rt.linter.alive else "error: linter process exited"
+    checks.update(await server_guard.health_checks(rt))
     ok = all(v == "ok" for v in checks.values())
     return web.json_response({"status": "ok" if ok else "error", "version": __version__, "checks": checks},
                              status=200 if ok else 503)
@@ -272,8 +278,9 @@ async def health(request: web.Request) -> web.Response:
 
 def build_apps(rt: Runtime) -> tuple[web.Application, web.Application]:
     max_size = rt.config.server.max_request_bytes
-    est = web.Application(client_max_size=max_size)
+    est = web.Application(client_max_size=max_size, middlewares=[server_guard.error_state_middleware])
     est["rt"] = rt
+    server_guard.add_routes(est)
     for prefix in ("/.well-known/est", "/.well-known/est/{label}"):
         est.router.add_get(f"{prefix}/cacerts", est_cacerts)
         est.router.add_get(f"{prefix}/csrattrs", est_csrattrs)
@@ -283,7 +290,7 @@ def build_apps(rt: Runtime) -> tuple[web.Application, web.Application]:
     est.router.add_get("/api/v1/certificates/{serial}", api_certificate)
     est.router.add_post("/api/v1/crl/publish", api_publish_crl)
     est.router.add_get("/health", health)
-    crl = web.Application(client_max_size=1024)
+    crl = web.Application(client_max_size=1024, middlewares=[server_guard.error_state_middleware])
     crl["rt"] = rt
     crl.router.add_get("/crl/{which:full|delta|base}.crl", crl_file)
     crl.router.add_get("/crl/ca.crt", ca_certificate)
@@ -302,10 +309,12 @@ async def open_runtime(config: Config) -> Runtime:
     migrate(engine)
     writer = GroupCommitWriter(open_engine(config.database_url, writer=True))
     linter = await AsyncLinter.start(find_linter_binary(config.lint_binary)) if config.lint_enabled else None
-    issuer = Issuer(config, key, ca_cert, writer, engine, linter)
-    publisher = CrlPublisher(config, key, ca_cert, writer, engine, linter)
+    guard = server_guard.make_guard(config, writer)
+    issuer = Issuer(config, key, ca_cert, writer, engine, linter, guard)
+    publisher = CrlPublisher(config, key, ca_cert, writer, engine, linter, guard)
     cacerts = base64.encodebytes(pkcs7.serialize_certificates(chain, serialization.Encoding.DER))
-    return Runtime(config, token, ca_cert, cacerts, writer, engine, linter, issuer, publisher, PrincipalCache(engine))
+    return Runtime(config, token, ca_cert, cacerts, writer, engine, linter, issuer, publisher, PrincipalCache(engine),
+                   ca_key=key, state=guard.state, guard=guard)
 
 
 async def serve(config: Config, est_sock: socket.socket, crl_sock: socket.socket, *, worker: int = 0,
@@ -316,6 +325,7 @@ async def serve(config: Config, est_sock: socket.socket, crl_sock: socket.socket
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    state_task = await server_guard.startup(rt, worker, stop)  # self-tests; error state on failure (E.32)
     est_app, crl_app = build_apps(rt)
     grace = config.server.shutdown_grace_seconds
     runners = [web.AppRunner(est_app, access_log=None, shutdown_timeout=grace),
@@ -336,6 +346,7 @@ async def serve(config: Config, est_sock: socket.socket, crl_sock: socket.socket
         await runner.cleanup()  # stops accepting, waits for in-flight handlers
     if publisher_task is not None:
         await publisher_task
+    await state_task
     await _audit_system(rt, "daemon.stop", {"reason": "signal", "worker": worker})
     if rt.linter is not None:
         await rt.linter.close()

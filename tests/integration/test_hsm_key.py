@@ -44,13 +44,29 @@ with Token(cfg.token) as token:
         out["private_numbers"] = "EXPORTED"
     except Exception as exc:
         out["private_numbers"] = type(exc).__name__
-    # Flipping the key to extractable must be refused by the token (CKA_EXTRACTABLE is one-way).
     priv = token._find(ObjectClass.PRIVATE_KEY, cfg.ca_key_label)
+    # The key is extractable only wrapped by a key the SO marked trusted: a key the CA's own user
+    # login can create must not wrap it (CKA_WRAP_WITH_TRUSTED).
+    from pkcs11 import KeyType, Mechanism
+    untrusted = token._session.generate_key(KeyType.AES, 256, store=False, template={Attribute.WRAP: True})
+    for mech in (Mechanism.AES_KEY_WRAP_PAD, Mechanism.AES_KEY_WRAP):
+        try:
+            untrusted.wrap_key(priv, mechanism=mech)
+            out[f"untrusted_wrap_{mech.name}"] = "WRAPPED"
+        except pkcs11.PKCS11Error as exc:
+            out[f"untrusted_wrap_{mech.name}"] = type(exc).__name__
+    # Nor can the user give the untrusted key CKA_TRUSTED (only the SO can).
     try:
-        priv[Attribute.EXTRACTABLE] = True
-        out["make_extractable"] = "ALLOWED"
+        untrusted[Attribute.TRUSTED] = True
+        out["make_trusted"] = "ALLOWED"
     except pkcs11.PKCS11Error as exc:
-        out["make_extractable"] = type(exc).__name__
+        out["make_trusted"] = type(exc).__name__
+    # CKA_WRAP_WITH_TRUSTED and CKA_SENSITIVE are one-way: they cannot be cleared.
+    try:
+        priv[Attribute.WRAP_WITH_TRUSTED] = False
+        out["clear_wrap_with_trusted"] = "ALLOWED"
+    except pkcs11.PKCS11Error as exc:
+        out["clear_wrap_with_trusted"] = type(exc).__name__
     try:
         priv[Attribute.SENSITIVE] = False
         out["make_insensitive"] = "ALLOWED"
@@ -68,11 +84,15 @@ def probe(home: Path) -> dict:
 
 def test_ca_private_key_is_sensitive_and_cannot_be_read(ca: CaHome) -> None:
     out = probe(ca.home)
-    assert out["attributes"] == {"sensitive": True, "extractable": False, "always_sensitive": True,
-                                 "never_extractable": True, "local": True}
+    # Extractable only as a wrapped backup under a trusted key (2-of-3 custody, see test_custody_backup).
+    assert out["attributes"] == {"sensitive": True, "extractable": True, "always_sensitive": True,
+                                 "never_extractable": False, "local": True, "wrap_with_trusted": True}
     assert out["read_value"] == "AttributeSensitive"
     assert out["private_bytes"] == "HsmError" and out["private_numbers"] == "HsmError"
-    assert out["make_extractable"] != "ALLOWED" and out["make_insensitive"] != "ALLOWED"
+    assert out["untrusted_wrap_AES_KEY_WRAP_PAD"] == "KeyNotWrappable"
+    assert out["untrusted_wrap_AES_KEY_WRAP"] == "KeyNotWrappable"
+    assert out["make_trusted"] != "ALLOWED"
+    assert out["clear_wrap_with_trusted"] != "ALLOWED" and out["make_insensitive"] != "ALLOWED"
 
 
 def test_token_files_and_pins_are_private(ca: CaHome) -> None:

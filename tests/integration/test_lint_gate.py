@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .conftest import Daemon, curl_enroll, init_home, make_csr, split_status
+from .conftest import Daemon, ckms, curl_enroll, init_home, make_csr, split_status
 
 
 def test_lint_error_blocks_issuance_and_is_audited(tmp_path: Path) -> None:
@@ -18,6 +18,7 @@ def test_lint_error_blocks_issuance_and_is_audited(tmp_path: Path) -> None:
     marker = '[profiles.device]\nvalidity_days = 365\nkey_usage = [\n    "digital_signature",\n]'
     assert marker in text
     config.write_text(text.replace(marker, marker.replace('"digital_signature",', '"digital_signature",\n    "key_cert_sign",')))
+    ckms("selftest", "--home", str(ca.home), "--record")  # an administrator records a config change (E.32)
     daemon = Daemon(ca)
     daemon.start()
     try:
