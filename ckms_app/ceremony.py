@@ -30,9 +30,20 @@ from .errors import CkmsError, ConfigError, LintFailed
 from .hsm import DEFAULT_SOFTHSM_MODULE, Token, curve_by_name, provision_softhsm_token, write_secret_file
 from .issuance import certificate_row
 from .linter import AsyncLinter, find_linter_binary
+from .passwords import hash_password
 from .profiles import ca_builder, end_entity_builder, new_serial
 from .rbac import ROLES
-from .storage import GroupCommitWriter, audit_events, audit_row, certificates, entities, migrate, open_engine, utcnow
+from .storage import (
+    GroupCommitWriter,
+    append_audit,
+    audit_row,
+    certificates,
+    entities,
+    entity_roles,
+    migrate,
+    open_engine,
+    utcnow,
+)
 
 DEVICE_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 
@@ -199,6 +210,7 @@ def _finish(config: Config, token: Token, key: Any, ca_cert: x509.Certificate) -
     writer = GroupCommitWriter(open_engine(config.database_url, writer=True))
     try:
         credentials = asyncio.run(_issue_identities(config, key, ca_cert, writer, engine))
+        _seal_initial_trail(config, token, key, writer)
     finally:
         writer.close()
         engine.dispose()
@@ -250,17 +262,28 @@ async def _issue_identities(config: Config, key: Any, ca_cert: x509.Certificate,
             der = cert.public_bytes(serialization.Encoding.DER)
             import hashlib
 
+            # Each demo individual gets a generated password for admin CLI actions, in a 0600 file
+            # next to its key (a real entity sets its own: ckms entity add / passwd, at a prompt).
+            password = secrets.token_urlsafe(18)
+            password_path = config.home / "credentials" / f"{role}.password"
+            if password_path.exists():
+                password_path.unlink()
+            write_secret_file(password_path, password)
             entity = {"entity_id": entity_id, "role": role, "cert_sha256": hashlib.sha256(der).hexdigest(),
-                      "cert_serial": format(cert.serial_number, "x"), "status": "active", "created_at": utcnow()}
+                      "cert_serial": format(cert.serial_number, "x"), "status": "active", "created_at": utcnow(),
+                      "password_hash": hash_password(password)}
             audit = audit_row(entity_id="ceremony", role="administrator", action="entity.create",
-                              target=entity_id, outcome="success", detail={"role": role, "demo": True})
+                              target=entity_id, outcome="success", detail={"roles": [role], "demo": True})
 
             def store(c: Any, entity: dict[str, Any] = entity, audit: dict[str, Any] = audit) -> None:
                 c.execute(entities.insert(), entity)
-                c.execute(audit_events.insert(), audit)
+                c.execute(entity_roles.insert().values(entity_id=entity["entity_id"], role=entity["role"],
+                                                       granted_at=entity["created_at"], granted_by="ceremony"))
+                append_audit(c, [audit])
 
             await writer.submit(store)
-            credentials[role] = {"cert": str(cert_path), "key": str(key_path), "entity_id": entity_id}
+            credentials[role] = {"cert": str(cert_path), "key": str(key_path), "entity_id": entity_id,
+                                 "password_file": str(password_path)}
 
         publisher = CrlPublisher(config, key, ca_cert, writer, engine, linter)
         await publisher.publish()
@@ -288,10 +311,18 @@ async def _issue(config: Config, key: Any, ca_cert: x509.Certificate, writer: Gr
 
     def store(c: Any) -> None:
         c.execute(certificates.insert(), row)
-        c.execute(audit_events.insert(), audit)
+        append_audit(c, [audit])
 
     await writer.submit(store)
     return cert
+
+
+def _seal_initial_trail(config: Config, token: Token, key: Any, writer: GroupCommitWriter) -> None:
+    """Generate the audit sealing key in the token and seal the ceremony's records with it."""
+    from .audit import ensure_audit_key, load_audit_config, seal_unit
+
+    audit_key = ensure_audit_key(token, config.home, key.curve_info, load_audit_config(config.home).key_label)
+    writer.run(seal_unit(audit_key, force=True))
 
 
 def _write_key_and_cert(key_path: Path, cert_path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:

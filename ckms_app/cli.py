@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     publish = crl.add_parser("publish", help="publish new full and delta CRLs now")
     _add_home(publish)
     _add_identity(publish, "operator")
+
+    from . import admin_cli
+
+    admin_cli.add_parsers(sub)  # entity, acl, audit
     from . import custody_cli
 
     custody_cli.add_parsers(sub, ca)  # hsm ..., selftest, ca recover
@@ -143,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
         serve(home)
         return 0
 
+    if args.command in ("entity", "acl", "audit"):
+        from . import admin_cli
+
+        return admin_cli.run(args, home)
     config = load_config(home)
     if args.command == "crl" and args.crl_command == "fetch":
         der = fetch_crl(config, args.which)

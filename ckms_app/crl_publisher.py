@@ -29,7 +29,7 @@ from .linter import AsyncLinter, Linter
 from .rbac import SYSTEM, Principal
 from .revocation import REASONS
 from .service_state import SigningGuard
-from .storage import GroupCommitWriter, Inserts, audit_events, audit_row, crls, revocations, utcnow
+from .storage import GroupCommitWriter, Inserts, append_audit, audit_events, audit_row, crls, revocations, utcnow
 
 log = logging.getLogger("ckms.crl")
 
@@ -139,7 +139,7 @@ class CrlPublisher:
 
             def store(conn: Connection) -> None:
                 conn.execute(crls.insert(), records)
-                conn.execute(audit_events.insert(), audit)
+                append_audit(conn, [audit])
 
             await self._writer.submit(store)
             self._write_files(full_der, delta_der, full_der if new_base else None)

@@ -1,100 +1,228 @@
 """Who may do what (A.27–A.31, E.03, E.05 d).
 
-Four roles, each a fixed set of operations. Individuals are entities in the database bound to
-one client certificate; the daemon resolves the TLS peer certificate to an entity on every
-request, so disabling an entity or revoking its certificate takes effect at once.
+Four roles (A.27). Which operations a role may perform, and on which profiles or keys, is an
+access-control list in the database (``role_permissions``), seeded from :data:`DEFAULT_ACL` by
+migration 2 and changed only by administrators (``ckms acl``), each change audited and alerted.
+Individuals are entities bound to one client certificate, holding role grants; separation of
+duties (A.29) refuses any grant that gives one entity two conflicting roles.
+
+The daemon resolves the TLS peer certificate to an entity on every request. Resolved principals
+are cached per process, but every request first reads the database's ``entity_generation``
+counter, which every entity, grant, ACL or identity-certificate change increments in its own
+transaction: a disabled entity or revoked credential is refused by every worker, on every node,
+from the very next request.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
-import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from .errors import NotAuthenticated, NotAuthorized
-from .storage import certificates, entities
+from .storage import certificates, entities, entity_generation, role_permissions, utcnow
 
 ROLES = ("authority", "administrator", "operator", "auditor")
 
-# Operators issue and revoke; administrators run the CA (keys, HSM, accounts, CRL publication);
-# authority and auditor read the records and the trail.
-PERMISSIONS: dict[str, frozenset[str]] = {
-    "operator": frozenset({"certificate.issue", "certificate.revoke", "certificate.read", "crl.publish"}),
-    "administrator": frozenset({"certificate.read", "crl.publish", "entity.manage", "hsm.manage"}),
-    "authority": frozenset({"certificate.read", "audit.read"}),
-    "auditor": frozenset({"certificate.read", "audit.read"}),
-}
-# Which certificate profiles each role may request (E.05 d).
-PERMITTED_PROFILES: dict[str, frozenset[str]] = {"operator": frozenset({"device"})}
+OPERATIONS = ("certificate.issue", "certificate.revoke", "certificate.read", "crl.publish", "entity.manage",
+              "acl.manage", "hsm.manage", "key.manage", "audit.read", "audit.export")
+
+# (role, operation, resource). Resource "*" is any; "profile:<name>" limits issuance to a profile and
+# "key:<label>" names a key in the token (E.05 d). Operators issue and revoke (A.28); administrators
+# run the CA: keys, HSM, accounts and ACLs (A.28, E.03); authority and auditor read and archive the
+# logs. Seeded into role_permissions by migration 2; the database copy is the one enforced.
+DEFAULT_ACL: frozenset[tuple[str, str, str]] = frozenset({
+    ("operator", "certificate.issue", "profile:device"),
+    ("operator", "certificate.revoke", "*"),
+    ("operator", "certificate.read", "*"),
+    ("operator", "crl.publish", "*"),
+    ("administrator", "certificate.read", "*"),
+    ("administrator", "crl.publish", "*"),
+    ("administrator", "entity.manage", "*"),
+    ("administrator", "acl.manage", "*"),
+    ("administrator", "hsm.manage", "*"),
+    ("administrator", "key.manage", "key:ckms-ca-key"),
+    ("administrator", "key.manage", "key:ckms-audit-key"),
+    ("authority", "certificate.read", "*"),
+    ("authority", "audit.read", "*"),
+    ("authority", "audit.export", "*"),
+    ("auditor", "certificate.read", "*"),
+    ("auditor", "audit.read", "*"),
+    ("auditor", "audit.export", "*"),
+})
+
+# Separation of duties (A.29). The guidance's toy model separates all four roles of A.27, so every
+# pair conflicts: whoever issues must not audit or administer what they issued, whoever administers
+# keys and accounts must not audit them, and the authority that oversees operations is not one of
+# the people it oversees. A deployment that relaxes a pair edits this matrix and says why.
+CONFLICTING_ROLES: frozenset[frozenset[str]] = frozenset(
+    frozenset({a, b}) for i, a in enumerate(ROLES) for b in ROLES[i + 1:])
+
+
+def role_conflicts(current: Iterable[str], new: str) -> list[str]:
+    """The roles in ``current`` that ``new`` may not be combined with."""
+    return sorted(r for r in current if r != new and frozenset({r, new}) in CONFLICTING_ROLES)
+
+
+def role_label(roles: Iterable[str]) -> str:
+    """What entities.role and audit records show for a set of grants."""
+    return "+".join(sorted(roles)) or "none"
+
+
+Permissions = frozenset[tuple[str, str]]  # (operation, resource)
+
+
+def permissions_for(role: str, acl: Iterable[tuple[str, str, str]] = DEFAULT_ACL) -> Permissions:
+    roles = set(role.split("+"))
+    return frozenset((op, res) for r, op, res in acl if r in roles)
 
 
 @dataclass(frozen=True)
 class Principal:
+    """An authenticated individual acting in its role(s), with the permissions the ACL gives them."""
+
     entity_id: str
     role: str
+    permissions: Permissions | None = field(default=None, compare=False)  # None: the code default ACL
 
-    def require(self, operation: str, profile: str | None = None) -> None:
-        if operation not in PERMISSIONS.get(self.role, frozenset()):
+    @property
+    def roles(self) -> frozenset[str]:
+        return frozenset(self.role.split("+"))
+
+    def allows(self, operation: str, resource: str | None = None) -> bool:
+        perms = self.permissions if self.permissions is not None else permissions_for(self.role)
+        if resource is None:
+            return any(op == operation for op, _ in perms)
+        return (operation, "*") in perms or (operation, resource) in perms
+
+    def require(self, operation: str, profile: str | None = None, *, key: str | None = None) -> None:
+        if not self.allows(operation):
             raise NotAuthorized(f"role {self.role} may not perform {operation}")
-        if profile is not None and profile not in PERMITTED_PROFILES.get(self.role, frozenset()):
+        if profile is not None and not self.allows(operation, f"profile:{profile}"):
             raise NotAuthorized(f"role {self.role} may not request profile {profile!r}")
+        if key is not None and not self.allows(operation, f"key:{key}"):
+            raise NotAuthorized(f"role {self.role} may not use key {key!r} for {operation}")
 
 
-SYSTEM = Principal("ckms", "system")  # the daemon itself (scheduled CRLs, start/stop)
+SYSTEM = Principal("ckms", "system", frozenset())  # the daemon itself (scheduled CRLs, start/stop)
+
+
+class CredentialRefused(NotAuthorized):
+    """A known entity's credential was refused (disabled, revoked, expired): the audit names it."""
+
+    def __init__(self, message: str, entity_id: str, role: str) -> None:
+        super().__init__(message)
+        self.entity_id = entity_id
+        self.role = role
+
+
+def load_acl(conn: Connection) -> frozenset[tuple[str, str, str]]:
+    return frozenset((r.role, r.operation, r.resource) for r in conn.execute(select(role_permissions)))
 
 
 def certificate_fingerprint(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def resolve_principal(conn: Connection, peer_cert_der: bytes | None) -> Principal:
-    """Map a verified TLS client certificate to an active entity, or refuse."""
+def resolve_principal(conn: Connection, peer_cert_der: bytes | None,
+                      acl: Iterable[tuple[str, str, str]] | None = None) -> tuple[Principal, dt.datetime | None]:
+    """Map a verified TLS client certificate to an active entity, or refuse.
+
+    Returns the principal and the credential's notAfter, so a cache can refuse it the moment it
+    expires even on a connection opened before.
+    """
     if not peer_cert_der:
         raise NotAuthenticated("a client certificate is required for this operation")
     fingerprint = certificate_fingerprint(peer_cert_der)
     row = conn.execute(
-        select(entities.c.entity_id, entities.c.role, entities.c.status, certificates.c.status.label("cert_status"))
+        select(entities.c.entity_id, entities.c.role, entities.c.status, certificates.c.status.label("cert_status"),
+               certificates.c.not_after)
         .select_from(entities.outerjoin(certificates, certificates.c.serial == entities.c.cert_serial))
         .where(entities.c.cert_sha256 == fingerprint)
     ).first()
     if row is None:
         raise NotAuthorized("the client certificate does not belong to a registered entity")
     if row.status != "active":
-        raise NotAuthorized(f"entity {row.entity_id} is {row.status}")
+        raise CredentialRefused(f"entity {row.entity_id} is {row.status}", row.entity_id, row.role)
     if row.cert_status == "revoked":
-        raise NotAuthorized(f"the client certificate of {row.entity_id} is revoked")
-    return Principal(row.entity_id, row.role)
+        raise CredentialRefused(f"the client certificate of {row.entity_id} is revoked", row.entity_id, row.role)
+    if row.not_after is not None and row.not_after <= utcnow():
+        raise CredentialRefused(f"the client certificate of {row.entity_id} has expired", row.entity_id, row.role)
+    if row.role == "none":
+        raise CredentialRefused(f"entity {row.entity_id} holds no role", row.entity_id, row.role)
+    acl = load_acl(conn) if acl is None else acl
+    return Principal(row.entity_id, row.role, permissions_for(row.role, acl)), row.not_after
 
 
 class PrincipalCache:
-    """Resolved principals per client certificate, kept for ``ttl`` seconds.
+    """Resolved principals per client certificate, valid while ``entity_generation`` is unchanged.
 
-    A terminal sends many requests over one connection; looking its entity up once a second
-    instead of on every request keeps the database off the hot path, while a disabled entity or
-    revoked credential is still refused within ``ttl`` (and at once in the process that made the
-    change, which calls :meth:`clear`).
+    A terminal sends many requests over one connection. Each request costs one primary-key read of
+    the generation counter (no join, no ACL load); only when the counter moved (some entity, grant,
+    ACL or identity certificate changed anywhere) are the cached principals and the ACL dropped and
+    looked up again. So a revocation is effective from the next request in every worker.
+
+    The counter is read over one long-lived driver connection in autocommit mode (each read sees
+    the latest commit): about 8 µs on SQLite, against about 300 µs for a pooled SQLAlchemy
+    round trip, which would cost the hot path several percent.
     """
 
-    def __init__(self, engine: Engine, ttl: float = 1.0) -> None:
+    _GENERATION_SQL = "SELECT value FROM security_state WHERE name = 'entity_generation'"
+
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._ttl = ttl
-        self._entries: dict[bytes, tuple[float, Principal]] = {}
+        self._generation = -1
+        self._acl: frozenset[tuple[str, str, str]] | None = None
+        self._entries: dict[bytes, tuple[Principal, dt.datetime | None]] = {}
+        self._raw: Any = None
+
+    def _read_generation(self) -> int:
+        try:
+            if self._raw is None:
+                self._raw = self._engine.raw_connection()
+                if self._engine.dialect.name != "sqlite":
+                    self._raw.driver_connection.autocommit = True
+            cursor = self._raw.cursor()
+            try:
+                cursor.execute(self._GENERATION_SQL)
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+            return int(row[0]) if row else 0
+        except Exception:  # noqa: BLE001 - a dropped connection: start over with a fresh one
+            raw, self._raw = self._raw, None
+            if raw is not None:
+                raw.invalidate()
+            with self._engine.connect() as conn:
+                return entity_generation(conn)
 
     def resolve(self, peer_cert_der: bytes | None) -> Principal:
-        now = time.monotonic()
-        if peer_cert_der:
-            hit = self._entries.get(peer_cert_der)
-            if hit is not None and hit[0] > now:
-                return hit[1]
-        with self._engine.connect() as conn:
-            principal = resolve_principal(conn, peer_cert_der)
-        if len(self._entries) > 10_000:
+        generation = self._read_generation()
+        if generation != self._generation:
             self._entries.clear()
-        self._entries[peer_cert_der] = (now + self._ttl, principal)  # type: ignore[index]
+            self._acl = None
+            self._generation = generation
+        hit = self._entries.get(peer_cert_der) if peer_cert_der else None
+        if hit is None:
+            with self._engine.connect() as conn:
+                if self._acl is None:
+                    self._acl = load_acl(conn)
+                hit = resolve_principal(conn, peer_cert_der, self._acl)
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[peer_cert_der] = hit  # type: ignore[index]
+        principal, not_after = hit
+        if not_after is not None and not_after <= utcnow():
+            self._entries.pop(peer_cert_der, None)  # type: ignore[arg-type]
+            raise CredentialRefused(f"the client certificate of {principal.entity_id} has expired",
+                                    principal.entity_id, principal.role)
         return principal
 
     def clear(self) -> None:
         self._entries.clear()
+        self._generation = -1

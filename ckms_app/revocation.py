@@ -15,7 +15,15 @@ from sqlalchemy.engine import Connection
 
 from .errors import CkmsError, Conflict, NotAuthorized, NotFound
 from .rbac import Principal
-from .storage import GroupCommitWriter, audit_events, audit_row, certificates, revocations, utcnow
+from .storage import (
+    GroupCommitWriter,
+    append_audit,
+    audit_row,
+    bump_entity_generation,
+    certificates,
+    revocations,
+    utcnow,
+)
 
 # RFC 5280 §5.3.1 names → flags. certificateHold is left out on purpose: a ckms revocation is final.
 REASONS: dict[str, x509.ReasonFlags] = {
@@ -87,9 +95,11 @@ async def revoke(writer: GroupCommitWriter, principal: Principal, serial: str, r
         conn.execute(update(certificates).where(certificates.c.serial == serial_hex).values(status="revoked"))
         conn.execute(revocations.insert().values(serial=serial_hex, reason=reason_name, revoked_at=now,
                                                  revoked_by=principal.entity_id))
-        conn.execute(audit_events.insert(), audit_row(entity_id=principal.entity_id, role=principal.role,
-                                                      action="certificate.revoke", target=serial_hex,
-                                                      outcome="success", detail={"reason": reason_name}))
+        append_audit(conn, [audit_row(entity_id=principal.entity_id, role=principal.role,
+                                      action="certificate.revoke", target=serial_hex,
+                                      outcome="success", detail={"reason": reason_name})])
+        if row.kind == "identity":  # someone's credential: every worker must refuse it from now on
+            bump_entity_generation(conn)
         return Revoked(serial_hex, reason_name, now.isoformat())
 
     try:
@@ -103,4 +113,4 @@ async def _record(writer: GroupCommitWriter, principal: Principal, target: str, 
                   detail: dict[str, str]) -> None:
     row = audit_row(entity_id=principal.entity_id, role=principal.role, action="certificate.revoke",
                     target=target, outcome=outcome, detail=detail)
-    await writer.submit(lambda conn: conn.execute(audit_events.insert(), row))
+    await writer.submit(lambda conn: append_audit(conn, [row]))

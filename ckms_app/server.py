@@ -37,7 +37,7 @@ from .service_state import ServiceState, SigningGuard
 from .linter import AsyncLinter, find_linter_binary
 from .rbac import SYSTEM, Principal, PrincipalCache
 from .revocation import parse_serial, revoke
-from .storage import GroupCommitWriter, audit_events, audit_row, certificates, migrate, open_engine, revocations
+from .storage import GroupCommitWriter, append_audit, audit_row, certificates, migrate, open_engine, revocations
 
 log = logging.getLogger("ckms.server")
 PKCS7_CERTS = "application/pkcs7-mime; smime-type=certs-only"
@@ -94,10 +94,31 @@ def _json_error(exc: CkmsError) -> web.Response:
 
 
 async def _audit_denial(rt: Runtime, request: web.Request, exc: CkmsError) -> None:
-    row = audit_row(entity_id="unauthenticated", role="none", action="auth.deny", target=request.path,
-                    outcome="denied", detail={"code": exc.code, "reason": str(exc),
-                                              "peer": str(request.remote)})
-    await rt.writer.submit(lambda c: c.execute(audit_events.insert(), row))
+    # A known entity whose credential is refused (disabled, revoked, expired) is named in the record.
+    row = audit_row(entity_id=getattr(exc, "entity_id", "unauthenticated"), role=getattr(exc, "role", "none"),
+                    action="auth.deny", target=request.path, outcome="denied",
+                    detail={"code": exc.code, "reason": str(exc), "peer": str(request.remote)})
+    await rt.writer.submit(lambda c: append_audit(c, [row]))
+
+
+async def _authorize(rt: Runtime, principal: Principal, operation: str, target: str) -> None:
+    """``principal.require`` with the refusal recorded under the individual's entity ID."""
+    try:
+        principal.require(operation)
+    except CkmsError as exc:
+        row = audit_row(entity_id=principal.entity_id, role=principal.role, action=operation, target=target,
+                        outcome="denied", detail={"code": exc.code, "reason": str(exc)})
+        await rt.writer.submit(lambda c: append_audit(c, [row]))
+        raise
+
+
+async def _authenticated(rt: Runtime, request: web.Request) -> Principal:
+    """The request's principal; a refusal is audited before it is returned to the client."""
+    try:
+        return _principal(rt, request)
+    except CkmsError as exc:
+        await _audit_denial(rt, request, exc)
+        raise
 
 
 # --- EST ---------------------------------------------------------------------------------------
@@ -182,7 +203,7 @@ def _current_certificate_for(rt: Runtime, csr_der: bytes) -> x509.Certificate:
 async def api_revoke(request: web.Request) -> web.Response:
     rt: Runtime = request.app["rt"]
     try:
-        principal = _principal(rt, request)
+        principal = await _authenticated(rt, request)
         body = await _json_body(request)
         done = await revoke(rt.writer, principal, str(body.get("serial", "")), body.get("reason", "unspecified"))
     except CkmsError as exc:
@@ -195,8 +216,8 @@ async def api_revoke(request: web.Request) -> web.Response:
 async def api_certificate(request: web.Request) -> web.Response:
     rt: Runtime = request.app["rt"]
     try:
-        principal = _principal(rt, request)
-        principal.require("certificate.read")
+        principal = await _authenticated(rt, request)
+        await _authorize(rt, principal, "certificate.read", request.match_info["serial"])
         serial = parse_serial(request.match_info["serial"])
         with rt.reader.connect() as conn:
             row = conn.execute(select(certificates).where(certificates.c.serial == serial)).first()
@@ -220,8 +241,8 @@ async def api_certificate(request: web.Request) -> web.Response:
 async def api_publish_crl(request: web.Request) -> web.Response:
     rt: Runtime = request.app["rt"]
     try:
-        principal = _principal(rt, request)
-        principal.require("crl.publish")
+        principal = await _authenticated(rt, request)
+        await _authorize(rt, principal, "crl.publish", "crl")
         published = await rt.publisher.publish(principal)
     except CkmsError as exc:
         return _json_error(exc)
@@ -338,6 +359,9 @@ async def serve(config: Config, est_sock: socket.socket, crl_sock: socket.socket
                                              "est_port": config.server.est_port})
     # One worker schedules CRLs; any worker may publish on request (the CRL number is a primary key).
     publisher_task = asyncio.create_task(rt.publisher.run(stop)) if runs_publisher else None
+    # The same worker seals the audit chain with the HSM audit key (created here on first use).
+    sealer = _audit_sealer(rt) if runs_publisher else None
+    sealer_task = asyncio.create_task(sealer.run(stop)) if sealer is not None else None
     if on_ready is not None:
         on_ready()
     await stop.wait()
@@ -348,16 +372,32 @@ async def serve(config: Config, est_sock: socket.socket, crl_sock: socket.socket
         await publisher_task
     await state_task
     await _audit_system(rt, "daemon.stop", {"reason": "signal", "worker": worker})
+    if sealer is not None and sealer_task is not None:
+        await sealer_task
+        try:
+            await sealer.seal_now()
+        except Exception:  # noqa: BLE001 - the chain is intact; only the last seal is missing
+            log.exception("final audit seal failed")
     if rt.linter is not None:
         await rt.linter.close()
     rt.writer.close()
     rt.token.close()
 
 
+def _audit_sealer(rt: Runtime) -> Any:
+    from .audit import AuditSealer, ensure_audit_key, load_audit_config
+    from .hsm import curve_of
+
+    audit_config = load_audit_config(rt.config.home)
+    curve = curve_of(rt.ca_cert.public_key())  # type: ignore[arg-type]
+    return AuditSealer(audit_config, lambda: ensure_audit_key(rt.token, rt.config.home, curve, audit_config.key_label),
+                       rt.writer, rt.reader)
+
+
 async def _audit_system(rt: Runtime, action: str, detail: dict[str, Any]) -> None:
     row = audit_row(entity_id=SYSTEM.entity_id, role=SYSTEM.role, action=action, target="daemon",
                     outcome="success", detail=detail)
-    await rt.writer.submit(lambda c: c.execute(audit_events.insert(), row))
+    await rt.writer.submit(lambda c: append_audit(c, [row]))
 
 
 def run(home: Any) -> None:

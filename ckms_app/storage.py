@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import queue
 import threading
@@ -35,7 +36,9 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
+    update,
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
@@ -106,11 +109,15 @@ entities = Table(
     "entities",
     metadata,
     Column("entity_id", String(128), primary_key=True),
+    # Label of the entity's current grants ("operator", "a+b", or "none"); the grants themselves are
+    # in entity_roles. Rewritten in the same transaction as every grant change, so resolving a
+    # principal stays one row read.
     Column("role", String(32), nullable=False),
     Column("cert_sha256", String(64), unique=True, nullable=True),  # its client certificate
     Column("cert_serial", String(42), nullable=True),
     Column("status", String(16), nullable=False),  # active | disabled
     Column("created_at", UtcDateTime(), nullable=False),
+    Column("password_hash", Text, nullable=True),  # passwords.hash_password (scrypt), never the password
 )
 
 audit_events = Table(
@@ -124,6 +131,58 @@ audit_events = Table(
     Column("target", Text, nullable=False),
     Column("outcome", String(16), nullable=False),  # success | denied | error
     Column("detail", Text, nullable=False),
+    # SHA-256 over the previous record's chain_hash and this record (see audit_record_hash).
+    Column("chain_hash", String(64), nullable=True),
+)
+
+# --- schema version 2: entities with several role grants, ACLs, the audit chain and its seals ----
+entity_roles = Table(
+    "entity_roles",
+    metadata,
+    Column("entity_id", String(128), primary_key=True),
+    Column("role", String(32), primary_key=True),
+    Column("granted_at", UtcDateTime(), nullable=False),
+    Column("granted_by", String(128), nullable=False),
+)
+
+# role -> operation -> resource ("*", "profile:<name>" or "key:<label>"); seeded from rbac.DEFAULT_ACL.
+role_permissions = Table(
+    "role_permissions",
+    metadata,
+    Column("role", String(32), primary_key=True),
+    Column("operation", String(64), primary_key=True),
+    Column("resource", String(128), primary_key=True),
+)
+
+# One row per chain: the newest record's seq and hash. Writers lock it (FOR UPDATE on PostgreSQL;
+# SQLite's writer already holds the database write lock) so concurrent writers extend one chain.
+audit_chain_head = Table(
+    "audit_chain_head",
+    metadata,
+    Column("chain_id", Integer, primary_key=True, autoincrement=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("last_hash", String(64), nullable=False),
+)
+
+# A signature by the HSM audit key over (up_to_seq, chain_hash, sealed_at).
+audit_seals = Table(
+    "audit_seals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("up_to_seq", BigInteger, nullable=False),
+    Column("chain_hash", String(64), nullable=False),
+    Column("sealed_at", UtcDateTime(), nullable=False),
+    Column("key_label", String(64), nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+)
+
+# Named counters. "entity_generation" grows with every change to entities, role grants, ACLs or an
+# identity certificate's status, so each worker can tell with one cheap read that its cache is stale.
+security_state = Table(
+    "security_state",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
 )
 
 schema_migrations = Table(
@@ -139,8 +198,38 @@ def _migration_1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[certificates, revocations, crls, entities, audit_events])
 
 
+def _migration_2(conn: Connection) -> None:
+    """Role grants, ACLs, passwords, the audit hash chain and seals.
+
+    Version 1 databases get the new columns; a fresh database already has them (migration 1 creates
+    the current table definitions), hence the column check. Existing entities keep their role as a
+    grant, and existing audit records are chained in order, so the chain starts at record 1.
+    """
+    from .rbac import DEFAULT_ACL
+
+    for table, column in ((audit_events, audit_events.c.chain_hash), (entities, entities.c.password_hash)):
+        present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+        if column.name not in present:
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"
+            conn.exec_driver_sql(ddl)
+    metadata.create_all(conn, tables=[entity_roles, role_permissions, audit_chain_head, audit_seals, security_state])
+    now = utcnow()
+    for row in conn.execute(select(entities.c.entity_id, entities.c.role)).all():
+        conn.execute(entity_roles.insert().values(entity_id=row.entity_id, role=row.role, granted_at=now,
+                                                  granted_by="migration-2"))
+    conn.execute(role_permissions.insert(), [{"role": r, "operation": op, "resource": res}
+                                             for r, op, res in sorted(DEFAULT_ACL)])
+    conn.execute(security_state.insert().values(name="entity_generation", value=1))
+    prev, last_seq = GENESIS_HASH, 0
+    for record in conn.execute(select(audit_events).order_by(audit_events.c.seq)).mappings().all():
+        prev = audit_record_hash(prev, record)
+        last_seq = record["seq"]
+        conn.execute(update(audit_events).where(audit_events.c.seq == last_seq).values(chain_hash=prev))
+    conn.execute(audit_chain_head.insert().values(chain_id=1, last_seq=last_seq, last_hash=prev))
+
+
 # Ordered, append-only. A migration never changes once released; add a new one instead.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _migration_1)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _migration_1), (2, _migration_2)]
 
 
 def open_engine(url: str, *, writer: bool = False) -> Engine:
@@ -216,6 +305,84 @@ def audit_row(
     }
 
 
+GENESIS_HASH = "0" * 64
+AUDIT_FIELDS = ("seq", "at", "entity_id", "role", "action", "target", "outcome", "detail")
+
+
+def audit_record_hash(prev_hash: str, record: Any) -> str:
+    """The chain hash of one audit record: SHA-256 over the previous hash and the record's fields.
+
+    The fields go in as canonical JSON (sorted keys, UTC time to the microsecond), so anyone with an
+    export can recompute the chain without this code, and an edit to any field, a deleted or
+    inserted record, or a change of order changes every hash from that record on.
+    """
+    at = record["at"]
+    if isinstance(at, dt.datetime):
+        at = at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    fields = {name: record[name] for name in AUDIT_FIELDS}
+    fields["at"] = at
+    fields["seq"] = int(fields["seq"])
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
+
+
+def append_audit(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+    """Append audit records to the hash chain inside the caller's transaction; returns their seqs.
+
+    The only way records enter ``audit_events`` (a guard refuses any other insert). The chain head
+    is read with a row lock (PostgreSQL: SELECT ... FOR UPDATE; SQLite: the writer already holds
+    the database write lock from BEGIN IMMEDIATE), so writers in several processes or on several
+    nodes queue here and produce one unbroken chain. Rolling back the transaction or savepoint also
+    rolls back the head, so a failed unit leaves no gap.
+    """
+    if not rows:
+        return []
+    head = conn.execute(
+        select(audit_chain_head.c.last_seq, audit_chain_head.c.last_hash)
+        .where(audit_chain_head.c.chain_id == 1).with_for_update()
+    ).first()
+    if head is None:
+        raise RuntimeError("the audit chain head is missing: run the database migrations")
+    seq, prev = int(head.last_seq), head.last_hash
+    chained = []
+    for row in rows:
+        seq += 1
+        record = {**row, "seq": seq}
+        prev = audit_record_hash(prev, record)
+        record["chain_hash"] = prev
+        chained.append(record)
+    conn.info["ckms_audit_append"] = True
+    try:
+        conn.execute(audit_events.insert(), chained)
+    finally:
+        conn.info.pop("ckms_audit_append", None)
+    conn.execute(update(audit_chain_head).where(audit_chain_head.c.chain_id == 1)
+                 .values(last_seq=seq, last_hash=prev))
+    return [r["seq"] for r in chained]
+
+
+class AuditBypass(RuntimeError):
+    """Something tried to insert into audit_events without going through :func:`append_audit`."""
+
+
+@event.listens_for(Engine, "before_execute")
+def _refuse_unchained_audit_inserts(conn: Connection, clauseelement: Any, *_args: Any) -> None:
+    if (getattr(clauseelement, "is_insert", False) and getattr(clauseelement, "table", None) is audit_events
+            and not conn.info.get("ckms_audit_append")):
+        raise AuditBypass("audit records must be written with storage.append_audit (hash chain)")
+
+
+def bump_entity_generation(conn: Connection) -> None:
+    """Tell every worker (every node) that cached principals are stale: part of the change's transaction."""
+    conn.execute(update(security_state).where(security_state.c.name == "entity_generation")
+                 .values(value=security_state.c.value + 1))
+
+
+def entity_generation(conn: Connection) -> int:
+    return int(conn.execute(select(security_state.c.value)
+                            .where(security_state.c.name == "entity_generation")).scalar() or 0)
+
+
 def next_crl_number(conn: Connection) -> int:
     current = conn.execute(select(func.max(crls.c.crl_number))).scalar()
     return 1 if current is None else int(current) + 1
@@ -229,7 +396,10 @@ class Inserts:
 
     def __call__(self, conn: Connection) -> None:
         for table, row in self.rows:
-            conn.execute(table.insert(), row)
+            if table is audit_events:
+                append_audit(conn, [row])
+            else:
+                conn.execute(table.insert(), row)
 
 
 Unit = Callable[[Connection], Any]
@@ -345,7 +515,10 @@ class GroupCommitWriter:
 
         def flush() -> None:
             for table, rows in pending.items():
-                conn.execute(table.insert(), rows)
+                if table is audit_events:
+                    append_audit(conn, rows)  # one chain-head read and update for the whole batch
+                else:
+                    conn.execute(table.insert(), rows)
             pending.clear()
 
         for unit, fut in batch:

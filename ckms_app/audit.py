@@ -1,0 +1,344 @@
+"""The tamper-evident audit trail: HSM-signed seals, verification and export (A.06, A.31, F.12–F.14).
+
+Records are hash-chained as they are written (:func:`ckms_app.storage.append_audit`). A chain
+alone shows an edit, a deletion, an insertion or a reordering, but someone able to rewrite the
+database could recompute every later hash. So the chain is *sealed*: every ``seal_every_records``
+records or ``seal_interval_seconds`` seconds, the chain head (sequence number and hash) is signed
+with a dedicated audit key that lives in the HSM (label ``ckms-audit-key``, never extractable),
+and the seal itself is recorded in the chain as an ``audit.seal`` event, so removing a seal is
+also seen. A rewrite of sealed history cannot be re-signed without the token; what is not yet
+sealed is covered by the chain and the chain head only, for at most one seal interval.
+
+``verify_trail`` walks records and seals in order and names the first record that does not fit.
+The same function checks the database and a JSON-lines export (``ckms audit export``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import datetime as dt
+import fcntl
+import json
+import logging
+import tomllib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, Engine
+
+from .errors import CkmsError, HsmError
+from .hsm import Curve, HsmEcPrivateKey, Token
+from .storage import (
+    AUDIT_FIELDS,
+    GENESIS_HASH,
+    GroupCommitWriter,
+    append_audit,
+    audit_chain_head,
+    audit_events,
+    audit_record_hash,
+    audit_row,
+    audit_seals,
+)
+
+log = logging.getLogger("ckms.audit")
+AUDIT_KEY_LABEL = "ckms-audit-key"
+EXPORT_FORMAT = "ckms-audit-export/1"
+AUDIT_PUBLIC_KEY_FILE = Path("ca") / "audit-key.pub.pem"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    key_label: str = AUDIT_KEY_LABEL
+    seal_every_records: int = 1000
+    seal_interval_seconds: float = 60.0
+
+
+def load_audit_config(home: Path) -> AuditConfig:
+    """The ``[audit]`` table of ckms.toml (all keys optional)."""
+    try:
+        raw = tomllib.loads((home / "ckms.toml").read_text()).get("audit", {})
+    except (FileNotFoundError, tomllib.TOMLDecodeError):
+        raw = {}
+    return AuditConfig(key_label=str(raw.get("key_label", AUDIT_KEY_LABEL)),
+                       seal_every_records=int(raw.get("seal_every_records", 1000)),
+                       seal_interval_seconds=float(raw.get("seal_interval_seconds", 60.0)))
+
+
+# --- the audit key ------------------------------------------------------------------------------
+def ensure_audit_key(token: Token, home: Path, curve: Curve, label: str = AUDIT_KEY_LABEL) -> HsmEcPrivateKey:
+    """Load the audit key from the token, generating it there on first use (existing CA homes).
+
+    A file lock in the home keeps two processes from generating two keys with the same label.
+    The public half is written to ``ca/audit-key.pub.pem`` so an auditor can check an export
+    without the token.
+    """
+    lock_path = home / "db" / ".audit-key.lock"
+    lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            key = token.load_ec_key(label)
+        except HsmError as exc:
+            if "no EC key pair" not in str(exc):
+                raise
+            key = token.generate_ec_key(label, curve)
+            log.info("generated the audit sealing key %r in the token", label)
+        pub_path = home / AUDIT_PUBLIC_KEY_FILE
+        if not pub_path.exists():
+            pub_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                               serialization.PublicFormat.SubjectPublicKeyInfo))
+    return key
+
+
+def seal_message(up_to_seq: int, chain_hash: str, sealed_at: dt.datetime | str) -> bytes:
+    if isinstance(sealed_at, dt.datetime):
+        sealed_at = _iso(sealed_at)
+    return f"ckms-audit-seal/1\n{int(up_to_seq)}\n{chain_hash}\n{sealed_at}".encode()
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --- sealing ------------------------------------------------------------------------------------
+def seal_unit(key: HsmEcPrivateKey, *, force: bool = False):  # type: ignore[no-untyped-def]
+    """A writer unit: sign the chain head and record the seal, in one transaction.
+
+    Returns the new seal's ``up_to_seq``, or None when nothing new was written since the last
+    seal (its own ``audit.seal`` record does not count, or an idle CA would seal forever).
+    """
+
+    def unit(conn: Connection) -> int | None:
+        head = conn.execute(select(audit_chain_head).where(audit_chain_head.c.chain_id == 1).with_for_update()).first()
+        if head is None or head.last_seq == 0:
+            return None
+        last = conn.execute(select(func.max(audit_seals.c.up_to_seq))).scalar() or 0
+        if not force and head.last_seq <= last + 1:
+            return None
+        sealed_at = dt.datetime.now(dt.UTC)
+        signature = key.sign(seal_message(head.last_seq, head.last_hash, sealed_at),
+                             ec.ECDSA(key.curve_info.hash_algorithm))
+        conn.execute(audit_seals.insert().values(up_to_seq=head.last_seq, chain_hash=head.last_hash,
+                                                 sealed_at=sealed_at, key_label=key.label, signature=signature))
+        append_audit(conn, [audit_row(entity_id="ckms", role="system", action="audit.seal",
+                                      target=f"seq:{head.last_seq}", outcome="success",
+                                      detail={"chain_hash": head.last_hash, "key": key.label})])
+        return int(head.last_seq)
+
+    return unit
+
+
+class AuditSealer:
+    """Seals the chain every N records or T seconds; one per CA daemon (the CRL-scheduling worker).
+
+    The key is loaded (or, in a CA home that predates it, generated) at the first seal rather
+    than at start, so the token is not written while the other workers are logging in.
+    """
+
+    def __init__(self, config: AuditConfig, key: Callable[[], HsmEcPrivateKey], writer: GroupCommitWriter,
+                 reader: Engine) -> None:
+        self._config = config
+        self._key_provider = key
+        self._key_loaded: HsmEcPrivateKey | None = None
+        self._writer = writer
+        self._reader = reader
+
+    @property
+    def _key(self) -> HsmEcPrivateKey:
+        if self._key_loaded is None:
+            self._key_loaded = self._key_provider()
+        return self._key_loaded
+
+    def _due(self, last_sealed_at: float, now: float) -> bool:
+        with self._reader.connect() as conn:
+            head = conn.execute(select(audit_chain_head.c.last_seq)).scalar() or 0
+            sealed = conn.execute(select(func.max(audit_seals.c.up_to_seq))).scalar() or 0
+        pending = head - sealed
+        if pending >= self._config.seal_every_records:
+            return True
+        return pending > 1 and now - last_sealed_at >= self._config.seal_interval_seconds
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        tick = min(1.0, max(0.05, self._config.seal_interval_seconds / 4))
+        while not stop.is_set():
+            try:
+                if self._due(last, loop.time()):
+                    await self._writer.submit(seal_unit(self._key))
+                    last = loop.time()
+            except Exception:  # the loop must outlive one failure; the next tick retries
+                log.exception("audit sealing failed")
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=tick)
+            except TimeoutError:
+                pass
+
+    async def seal_now(self) -> int | None:
+        """One more seal if anything is unsealed (the daemon calls this last on its way out)."""
+        return await self._writer.submit(seal_unit(self._key))
+
+
+# --- verification -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VerifyReport:
+    ok: bool
+    records: int
+    seals: int
+    last_seq: int
+    first_bad_seq: int | None = None
+    problem: str | None = None
+    unsealed_records: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _record_dict(row: Any) -> dict[str, Any]:
+    record = {name: row[name] for name in AUDIT_FIELDS}
+    record["at"] = _iso(record["at"]) if isinstance(record["at"], dt.datetime) else record["at"]
+    record["chain_hash"] = row["chain_hash"]
+    return record
+
+
+def verify_trail(records: Iterable[dict[str, Any]], seals: Iterable[dict[str, Any]],
+                 public_key: ec.EllipticCurvePublicKey | None,
+                 head: tuple[int, str] | None = None) -> VerifyReport:
+    """Check the chain record by record, then every seal; report the first record that breaks.
+
+    ``records`` must come in stored order (seq order for the database, file order for an export);
+    ``head`` is the database's chain head, if there is one, to catch a removed tail.
+    """
+    seals = list(seals)
+    prev, expected, count = GENESIS_HASH, 1, 0
+    hashes: dict[int, str] = {}
+    seal_events: dict[int, str] = {}
+    for record in records:
+        count += 1
+        seq = record.get("seq")
+        if seq != expected:
+            what = "missing (deleted)" if isinstance(seq, int) and seq > expected else "out of order or inserted"
+            return VerifyReport(False, count, 0, expected - 1, expected if isinstance(seq, int) and seq > expected
+                                else (seq if isinstance(seq, int) else expected),
+                                f"expected record seq {expected}, found seq {seq}: record {expected} is {what}")
+        try:
+            computed = audit_record_hash(prev, record)
+        except (KeyError, TypeError, ValueError) as exc:
+            return VerifyReport(False, count, 0, seq - 1, seq, f"record {seq} is malformed: {exc}")
+        if computed != record.get("chain_hash"):
+            return VerifyReport(False, count, 0, seq - 1, seq,
+                                f"record {seq} does not match its chain hash: it was edited, or replaced")
+        if record.get("action") == "audit.seal":
+            seal_events[int(str(record["target"]).removeprefix("seq:"))] = seq
+        hashes[seq] = prev = computed
+        expected += 1
+    last_seq = expected - 1
+    if head is not None and (head[0] != last_seq or (last_seq and head[1] != prev)):
+        return VerifyReport(False, count, 0, last_seq, last_seq + 1 if head[0] > last_seq else head[0] + 1,
+                            f"the chain head says the trail ends at record {head[0]}, but the records end at "
+                            f"{last_seq}: records were removed from, or added to, the end")
+    n_seals, sealed_up_to, previous_seal_ok = 0, 0, 0
+    for seal in sorted(seals, key=lambda s: int(s["up_to_seq"])):
+        n_seals += 1
+        up_to = int(seal["up_to_seq"])
+        if public_key is not None:
+            try:
+                public_key.verify(seal["signature"], seal_message(up_to, seal["chain_hash"], seal["sealed_at"]),
+                                  ec.ECDSA(_hash_for(public_key)))
+            except InvalidSignature:
+                return VerifyReport(False, count, n_seals, last_seq, up_to,
+                                    f"the seal over records up to {up_to} has a bad signature: the seal was forged "
+                                    f"or edited")
+        if up_to > last_seq:
+            return VerifyReport(False, count, n_seals, last_seq, last_seq + 1,
+                                f"a seal covers records up to {up_to}, but the trail ends at {last_seq}: "
+                                f"records {last_seq + 1}..{up_to} were deleted")
+        if hashes.get(up_to) != seal["chain_hash"]:
+            return VerifyReport(False, count, n_seals, last_seq, previous_seal_ok + 1,
+                                f"the records between {previous_seal_ok + 1} and {up_to} differ from what was sealed "
+                                f"(the chain was rewritten)")
+        previous_seal_ok = sealed_up_to = up_to
+    sealed_targets = {int(s["up_to_seq"]) for s in seals}
+    for target, event_seq in sorted(seal_events.items()):
+        if target not in sealed_targets:
+            return VerifyReport(False, count, n_seals, last_seq, event_seq,
+                                f"record {event_seq} records a seal over records up to {target}, "
+                                f"but that seal is missing (deleted)")
+    return VerifyReport(True, count, n_seals, last_seq, unsealed_records=last_seq - sealed_up_to)
+
+
+def _hash_for(public_key: ec.EllipticCurvePublicKey):  # type: ignore[no-untyped-def]
+    from .hsm import curve_of
+
+    return curve_of(public_key).hash_algorithm
+
+
+def verify_database(engine: Engine, public_key: ec.EllipticCurvePublicKey | None) -> VerifyReport:
+    with engine.connect() as conn:
+        head_row = conn.execute(select(audit_chain_head).where(audit_chain_head.c.chain_id == 1)).first()
+        seals = [dict(r) for r in conn.execute(select(audit_seals)).mappings()]
+        rows = conn.execute(select(audit_events).order_by(audit_events.c.seq)).mappings()
+        records = (_record_dict(r) for r in rows)
+        return verify_trail(records, seals, public_key,
+                            None if head_row is None else (int(head_row.last_seq), head_row.last_hash))
+
+
+# --- export -------------------------------------------------------------------------------------
+def export_lines(engine: Engine, public_key: ec.EllipticCurvePublicKey | None, ca_name: str) -> Iterator[str]:
+    """JSON lines: a header, every record in order, then every seal (signature in base64)."""
+    pem = None if public_key is None else public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    yield json.dumps({"type": "header", "format": EXPORT_FORMAT, "ca": ca_name, "exported_at": _iso(
+        dt.datetime.now(dt.UTC)), "audit_public_key": pem}, sort_keys=True)
+    with engine.connect() as conn:
+        head = conn.execute(select(audit_chain_head).where(audit_chain_head.c.chain_id == 1)).first()
+        for row in conn.execute(select(audit_events).order_by(audit_events.c.seq)).mappings():
+            yield json.dumps({"type": "record", **_record_dict(row)}, sort_keys=True, ensure_ascii=False)
+        for seal in conn.execute(select(audit_seals).order_by(audit_seals.c.up_to_seq)).mappings():
+            yield json.dumps({"type": "seal", "up_to_seq": seal["up_to_seq"], "chain_hash": seal["chain_hash"],
+                              "sealed_at": _iso(seal["sealed_at"]), "key_label": seal["key_label"],
+                              "signature": base64.b64encode(seal["signature"]).decode()}, sort_keys=True)
+    if head is not None:
+        yield json.dumps({"type": "head", "last_seq": head.last_seq, "last_hash": head.last_hash}, sort_keys=True)
+
+
+class ExportError(CkmsError):
+    code = "audit_export"
+
+
+def verify_export(lines: Iterable[str], public_key: ec.EllipticCurvePublicKey | None) -> VerifyReport:
+    """Verify an export; ``public_key`` should come from the token or the CA home, not the file."""
+    records: list[dict[str, Any]] = []
+    seals: list[dict[str, Any]] = []
+    head: tuple[int, str] | None = None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            kind = item.pop("type")
+        except (json.JSONDecodeError, KeyError, AttributeError):
+            return VerifyReport(False, len(records), len(seals), 0, None, f"line {number} of the export is not "
+                                f"a ckms audit item")
+        if kind == "header":
+            if item.get("format") != EXPORT_FORMAT:
+                raise ExportError(f"not a {EXPORT_FORMAT} file (format {item.get('format')!r})")
+        elif kind == "record":
+            records.append(item)
+        elif kind == "seal":
+            try:
+                item["signature"] = base64.b64decode(item["signature"])
+            except (KeyError, ValueError):
+                item["signature"] = b""
+            seals.append(item)
+        elif kind == "head":
+            head = (int(item["last_seq"]), str(item["last_hash"]))
+    return verify_trail(records, seals, public_key, head)

@@ -1,0 +1,270 @@
+"""Entities, roles, separation of duties, individual authentication and the tamper-evident trail.
+
+A.06, A.27–A.31, E.03–E.05, F.12–F.15, through the real CLI and a real two-worker daemon on a
+CA home made by ``ckms ca init``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import sys
+import threading
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from ckms_app.client import CkmsClient, ClientError, Credentials
+from ckms_app.config import load_config
+
+from .conftest import CaHome, Daemon, ckms, curl_enroll, init_home, make_csr, split_status
+
+
+def admin(ca: CaHome, *args: str, role: str = "administrator", check: bool = True):  # type: ignore[no-untyped-def]
+    return ckms(*args, "--home", str(ca.home), "--password-file", str(ca.home / "credentials" / f"{role}.password"),
+                "--cert", str(ca.cred(role)[0]), check=check)
+
+
+def as_operator(ca: CaHome, *args: str):  # type: ignore[no-untyped-def]
+    return admin(ca, *args, role="operator", check=False)
+
+
+def trail(ca: CaHome, where: str = "1=1") -> list[tuple]:
+    with ca.db() as db:
+        return db.execute(f"SELECT seq, entity_id, role, action, target, outcome, detail FROM audit_events "
+                          f"WHERE {where} ORDER BY seq").fetchall()
+
+
+def edit_config(ca: CaHome, **tables: dict) -> None:
+    path = ca.home / "ckms.toml"
+    raw = tomllib.loads(path.read_text())
+    for name, values in tables.items():
+        raw.setdefault(name, {}).update(values)
+    path.write_text(tomli_w.dumps(raw))
+    # The start-up integrity self-test covers ckms.toml: record the changed file as the new baseline.
+    ckms("selftest", "--record", "--home", str(ca.home), check=False)
+    ckms("ca", "recover", "--home", str(ca.home), check=False)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> CaHome:
+    ca = init_home(tmp_path_factory.mktemp("roles") / "home")
+    log = tmp_path_factory.mktemp("alerts") / "alerts.jsonl"
+    edit_config(ca, server={"workers": 2}, audit={"seal_interval_seconds": 1, "seal_every_records": 50},
+                alerts={"command": [sys.executable, "-c",
+                                    f"import sys; open({str(log)!r}, 'a').write(sys.stdin.read())"]})
+    ca.alert_log = log  # type: ignore[attr-defined]
+    return ca
+
+
+@pytest.fixture(scope="module")
+def served(home: CaHome):  # type: ignore[no-untyped-def]
+    ckms("selftest", "--record", "--home", str(home.home), check=False)  # the baseline of what runs now
+    d = Daemon(home)
+    d.start()
+    yield d
+    if d.proc is not None:
+        d.stop()
+
+
+def test_operator_cannot_administer_and_the_denial_names_them(home: CaHome) -> None:
+    for args in (("entity", "add", "x-1", "--role", "operator"), ("entity", "grant", "demo-auditor", "operator"),
+                 ("entity", "list"), ("acl", "grant", "operator", "audit.read"), ("audit", "export", "--out", "/tmp/x")):
+        proc = as_operator(home, *args)
+        assert proc.returncode == 1 and "demo-operator (role operator) may not perform" in proc.stderr, proc.stderr
+    denials = trail(home, "entity_id='demo-operator' AND outcome='denied'")
+    assert {d[3] for d in denials} >= {"entity.manage", "acl.manage", "audit.export"}
+
+
+def test_wrong_password_is_refused_and_audited(home: CaHome, tmp_path: Path) -> None:
+    bad = tmp_path / "pw"
+    bad.write_text("not the password at all\n")
+    bad.chmod(0o600)
+    proc = ckms("entity", "list", "--home", str(home.home), "--password-file", str(bad), check=False)
+    assert proc.returncode == 1 and "wrong password" in proc.stderr
+    assert "not the password" not in proc.stderr + proc.stdout
+    assert trail(home, "action='auth.deny' AND entity_id='demo-administrator'")
+
+
+def test_conflicting_roles_are_refused_and_audited(home: CaHome) -> None:
+    admin(home, "entity", "add", "carol", "--role", "operator")
+    for args, target in ((("entity", "grant", "carol", "auditor"), "carol:auditor"),
+                         (("entity", "grant", "carol", "administrator"), "carol:administrator"),
+                         (("entity", "add", "dave", "--role", "administrator", "--role", "auditor"), "dave")):
+        proc = admin(home, *args, check=False)
+        assert proc.returncode == 1 and "separation of duties" in proc.stderr, proc.stderr
+        refusal = trail(home, f"target='{target}' AND outcome='denied'")
+        assert refusal and refusal[-1][1] == "demo-administrator" and "separation_of_duties" in refusal[-1][6]
+    listed = json.loads(admin(home, "entity", "list").stdout)
+    assert {e["entity_id"]: e["roles"] for e in listed}["carol"] == ["operator"]
+    assert "dave" not in {e["entity_id"] for e in listed}
+
+
+def test_auditor_cannot_issue_and_the_denial_names_them(home: CaHome, served: Daemon, tmp_path: Path) -> None:
+    body, status = split_status(curl_enroll(home, make_csr("device-by-auditor")[0], tmp_path, role="auditor").stdout)
+    assert status == 403 and b"may not perform certificate.issue" in body
+    denial = trail(home, "action='certificate.issue' AND outcome='denied'")[-1]
+    assert denial[1:3] == ("demo-auditor", "auditor")
+
+
+def test_entity_add_issues_a_private_credential_that_works(home: CaHome, served: Daemon) -> None:
+    out = json.loads(admin(home, "entity", "add", "erin", "--role", "operator").stdout)
+    cert, key = Path(out["cert"]), Path(out["key"])
+    assert cert.stat().st_mode & 0o777 == 0o600 and key.stat().st_mode & 0o777 == 0o600
+    with CkmsClient(load_config(home.home), Credentials(cert, key)) as client:
+        issued = client.enroll(make_csr("device-by-erin")[0])
+    assert trail(home, f"action='certificate.issue' AND target='{issued.serial_number:x}'")[0][1] == "erin"
+
+
+def test_revoked_operator_is_refused_immediately_by_every_worker(home: CaHome, served: Daemon) -> None:
+    out = json.loads(admin(home, "entity", "add", "frank", "--role", "operator").stdout)
+    creds = Credentials(Path(out["cert"]), Path(out["key"]))
+    config = load_config(home.home)
+    # Several keep-alive connections, so both workers hold frank's principal in their caches.
+    clients = [CkmsClient(config, creds) for _ in range(6)]
+    try:
+        for i, c in enumerate(clients):
+            c.enroll(make_csr(f"device-frank-{i}")[0])
+        admin(home, "entity", "revoke", "frank")  # no sleep after this
+        for i, c in enumerate(clients):
+            with pytest.raises(ClientError, match="HTTP 403"):
+                c.enroll(make_csr(f"device-frank-after-{i}")[0])
+    finally:
+        for c in clients:
+            c.close()
+    refusals = trail(home, "action='auth.deny' AND entity_id='frank'")
+    assert len(refusals) >= 6 and all("revoked" in r[6] or "disabled" in r[6] for r in refusals)
+    with home.db() as db:
+        assert db.execute("SELECT status FROM certificates WHERE serial=?", (out["cert_serial"],)).fetchone()[0] == \
+            "revoked"
+
+
+def test_role_withdrawal_is_effective_at_once(home: CaHome, served: Daemon) -> None:
+    out = json.loads(admin(home, "entity", "add", "gina", "--role", "operator").stdout)
+    with CkmsClient(load_config(home.home), Credentials(Path(out["cert"]), Path(out["key"]))) as client:
+        client.enroll(make_csr("device-gina-1")[0])
+        admin(home, "entity", "revoke", "gina", "--role", "operator")
+        with pytest.raises(ClientError, match="HTTP 403"):
+            client.enroll(make_csr("device-gina-2")[0])
+
+
+def test_entity_changes_raise_alerts(home: CaHome) -> None:
+    before = home.alert_log.read_text().count("\n") if home.alert_log.exists() else 0  # type: ignore[attr-defined]
+    admin(home, "entity", "add", "henry", "--role", "auditor")
+    events = [json.loads(line)["ckms_alert"] for line in home.alert_log.read_text().splitlines()]  # type: ignore[attr-defined]
+    assert len(events) > before
+    assert events[-1]["action"] == "entity.create" and events[-1]["target"] == "henry"
+    assert events[-1]["entity_id"] == "demo-administrator" and "password" not in json.dumps(events[-1]).lower().replace(
+        "password_set", "")
+    # Refusals alert too (someone tried to break separation of duties).
+    admin(home, "entity", "grant", "henry", "operator", check=False)
+    last = json.loads(home.alert_log.read_text().splitlines()[-1])["ckms_alert"]  # type: ignore[attr-defined]
+    assert last["action"] == "entity.grant" and last["outcome"] == "denied"
+    # This machine has no /dev/log, so the syslog channel falls back to HOME/log/alerts.log.
+    fallback = home.home / "log" / "alerts.log"
+    if not os.path.exists("/dev/log"):
+        assert '"target": "henry"' in fallback.read_text()
+        assert fallback.stat().st_mode & 0o777 == 0o600
+
+
+def test_alerts_reach_a_syslog_socket(home: CaHome, tmp_path: Path) -> None:
+    """A real datagram syslog socket, as /dev/log is on a host: the alert arrives there."""
+    path = str(tmp_path / "log.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    edit_config(home, alerts={"syslog_address": path})
+    try:
+        admin(home, "entity", "add", "ivan", "--role", "auditor")
+        messages = []
+        while not any(b"ivan" in m for m in messages):
+            messages.append(sock.recv(65536))
+    finally:
+        edit_config(home, alerts={"syslog_address": "/dev/log"})
+        sock.close()
+    msg = next(m for m in messages if b"ivan" in m)
+    assert msg.startswith(b"<84>")  # authpriv.warning
+    assert b"ckms: " in msg and b'"action": "entity.create"' in msg
+
+
+def test_trail_verifies_after_concurrent_load_on_two_workers(home: CaHome, served: Daemon) -> None:
+    config = load_config(home.home)
+    errors: list[BaseException] = []
+
+    def load(n: int) -> None:
+        try:
+            with CkmsClient(config, Credentials(*home.cred("operator"))) as client:
+                for i in range(25):
+                    client.enroll(make_csr(f"device-load-{n}-{i}")[0])
+                with CkmsClient(config, Credentials(*home.cred("auditor"))) as auditor:
+                    with pytest.raises(ClientError):
+                        auditor.enroll(make_csr(f"device-denied-{n}")[0])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    served.stop()  # both workers record their stop; the sealing worker seals last
+    workers = {json.loads(r[6]).get("worker") for r in trail(home, "action='daemon.start'")}
+    assert workers == {0, 1}
+    with home.db() as db:
+        assert db.execute("SELECT count(*) FROM audit_seals").fetchone()[0] >= 2
+    proc = admin(home, "audit", "verify", "--json", role="auditor")
+    report = json.loads(proc.stdout)
+    assert report["ok"] and report["seals_checked"] and report["records"] >= 200, report
+
+
+TAMPERING = {
+    "edit": ["UPDATE audit_events SET entity_id='someone-else' WHERE seq=40"],
+    "delete": ["DELETE FROM audit_events WHERE seq=40"],
+    "insert": ["UPDATE audit_events SET seq=-seq WHERE seq>=40", "UPDATE audit_events SET seq=1-seq WHERE seq<0",
+               "INSERT INTO audit_events (seq, at, entity_id, role, action, target, outcome, detail, chain_hash) "
+               "SELECT 40, at, 'mallory', 'operator', 'certificate.issue', 'ff', 'success', '{}', chain_hash "
+               "FROM audit_events WHERE seq=39"],
+    "reorder": ["UPDATE audit_events SET seq=-1 WHERE seq=40", "UPDATE audit_events SET seq=40 WHERE seq=41",
+                "UPDATE audit_events SET seq=41 WHERE seq=-1"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TAMPERING))
+def test_tampering_in_the_database_is_named_by_verify(home: CaHome, kind: str, tmp_path: Path) -> None:
+    db_path = home.home / "db" / "ckms.sqlite3"
+    saved = sqlite3.connect(tmp_path / "saved.sqlite3")
+    live = sqlite3.connect(db_path)
+    live.backup(saved)
+    try:
+        with live:
+            for statement in TAMPERING[kind]:
+                live.execute(statement)
+        proc = admin(home, "audit", "verify", role="auditor", check=False)
+        assert proc.returncode == 2 and "BROKEN at record 40" in proc.stdout, proc.stdout + proc.stderr
+    finally:
+        saved.backup(live)
+        live.close()
+        saved.close()
+    assert admin(home, "audit", "verify", role="auditor").returncode == 0
+
+
+def test_export_for_the_auditor_verifies_and_an_edit_is_named(home: CaHome, tmp_path: Path) -> None:
+    out = tmp_path / "trail.jsonl"
+    admin(home, "audit", "export", "--out", str(out), role="auditor")
+    assert "OK" in admin(home, "audit", "verify", "--export", str(out), role="auditor").stdout
+    lines = out.read_text().splitlines()
+    items = [json.loads(line) for line in lines]
+    victim = next(i for i, item in enumerate(items) if item.get("seq") == 25)
+    items[victim]["outcome"] = "success" if items[victim]["outcome"] != "success" else "denied"
+    out.write_text("\n".join(json.dumps(i) for i in items) + "\n")
+    proc = admin(home, "audit", "verify", "--export", str(out), role="auditor", check=False)
+    assert proc.returncode == 2 and "BROKEN at record 25" in proc.stdout
+    # The authority may export too; the administrator may not read the trail it is audited by.
+    assert admin(home, "audit", "export", "--out", str(tmp_path / "a.jsonl"), role="authority").returncode == 0
+    proc = admin(home, "audit", "export", "--out", str(tmp_path / "b.jsonl"), check=False)
+    assert proc.returncode == 1 and "may not perform audit.export" in proc.stderr
