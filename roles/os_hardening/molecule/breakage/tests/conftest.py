@@ -1,0 +1,1 @@
+../../../../../hardening/checks/conftest.py
