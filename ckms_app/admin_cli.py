@@ -30,6 +30,8 @@ def _add_actor(p: argparse.ArgumentParser, default_role: str) -> None:
                    f"{default_role} credential)")
     p.add_argument("--cert", type=Path, help="your client certificate (PEM), identifying you")
     p.add_argument("--password-file", type=Path, help="0600 file holding your password (default: prompt)")
+    p.add_argument("--token-pin-file", type=Path, help="instead of a password: 0600 file with the token's user "
+                   "PIN (bootstraps entities that have no password yet)")
     p.set_defaults(actor_default_role=default_role)
 
 
@@ -98,9 +100,14 @@ def run(args: argparse.Namespace, home: Path) -> int:
     if args.as_entity is None and cert is None:
         default = config.home / "credentials" / f"{args.actor_default_role}.pem"
         cert = default if default.exists() else None
-    password = read_password(args.password_file, "your password: ")
+    pin_ok, password = False, None
+    if args.token_pin_file is not None:
+        pin_ok = _token_pin_matches(config, args.token_pin_file)
+    else:
+        password = read_password(args.password_file, "your password: ")
     with AdminContext.open(config) as ctx:
-        ctx.authenticate(entity_id=args.as_entity, cert_path=cert, password=password, operation=operation)
+        ctx.authenticate(entity_id=args.as_entity, cert_path=cert, password=password, operation=operation,
+                         token_pin_ok=pin_ok)
         if args.command == "entity":
             return _entity(ctx, args)
         if args.command == "acl":
@@ -182,6 +189,20 @@ def _audit(ctx: AdminContext, config: Config, args: argparse.Namespace) -> int:
     else:
         print(f"audit trail BROKEN at record {report.first_bad_seq}: {report.problem}")
     return 0 if report.ok else 2
+
+
+def _token_pin_matches(config: Config, pin_file: Path) -> bool:
+    """True if the PIN in ``pin_file`` (0600) is the token's user PIN.
+
+    Compared with the configured PIN in constant time rather than tried on the token, so a wrong
+    guess never counts towards the token's PIN lockout (which would stop the CA).
+    """
+    import hmac
+
+    from .hsm import read_secret_file
+
+    given = read_secret_file(pin_file)
+    return hmac.compare_digest(given.encode(), read_secret_file(config.token.pin_file).encode())
 
 
 def _audit_public_key(config: Config, explicit: Path | None) -> ec.EllipticCurvePublicKey | None:

@@ -30,8 +30,9 @@ from typing import Any
 
 log = logging.getLogger("ckms.alerts")
 
-# Audit actions that raise an alert: account, role-grant and ACL changes (and refusals of them).
-ALERT_ACTION_PREFIXES = ("entity.", "acl.")
+# Audit actions that raise an alert: account, role-grant and ACL changes (and refusals of them), and
+# a changed CA configuration.
+ALERT_ACTION_PREFIXES = ("entity.", "acl.", "config.")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import base64
 import dataclasses
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import logging
 import tomllib
@@ -185,6 +186,29 @@ class AuditSealer:
     async def seal_now(self) -> int | None:
         """One more seal if anything is unsealed (the daemon calls this last on its way out)."""
         return await self._writer.submit(seal_unit(self._key))
+
+
+# --- configuration changes ----------------------------------------------------------------------
+def config_change_unit(home: Path):  # type: ignore[no-untyped-def]
+    """A writer unit: record ``config.change`` when ckms.toml differs from the last recorded hash.
+
+    The daemon runs it at start, so every configuration in force is on the trail, in order, with
+    the hash an auditor can compare with the file (F.12). Returns the audit row, or None.
+    """
+    digest = hashlib.sha256((home / "ckms.toml").read_bytes()).hexdigest()
+
+    def unit(conn: Connection) -> dict[str, Any] | None:
+        last = conn.execute(select(audit_events.c.detail).where(audit_events.c.action == "config.change")
+                            .order_by(audit_events.c.seq.desc()).limit(1)).scalar()
+        previous = json.loads(last).get("config_sha256") if last else None
+        if previous == digest:
+            return None
+        row = audit_row(entity_id="ckms", role="system", action="config.change", target="ckms.toml",
+                        outcome="success", detail={"config_sha256": digest, "previous_sha256": previous})
+        append_audit(conn, [row])
+        return row
+
+    return unit
 
 
 # --- verification -------------------------------------------------------------------------------

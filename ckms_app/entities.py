@@ -114,9 +114,13 @@ class AdminContext:
         return result
 
     # --- authentication --------------------------------------------------------------------------
-    def authenticate(self, *, entity_id: str | None, cert_path: Path | None, password: str,
-                     operation: str) -> Principal:
-        """Credential + password, then the ACL; every refusal is audited under the entity's ID."""
+    def authenticate(self, *, entity_id: str | None, cert_path: Path | None, password: str | None,
+                     operation: str, token_pin_ok: bool = False) -> Principal:
+        """Credential + password (or the token PIN, proven by logging in), then the ACL.
+
+        Every refusal is audited under the entity's ID. The token-PIN path lets the holder of a
+        personal HSM PIN act, and lets an entity from before passwords existed set its first one.
+        """
         with self.reader.connect() as conn:
             query = select(entities)
             if entity_id is not None:
@@ -132,9 +136,12 @@ class AdminContext:
             self.record("auth.deny", operation, "denied", {"reason": "unknown entity or credential",
                                                            "claimed": entity_id or str(cert_path)})
             raise NotAuthenticated("no such entity for these credentials")
-        if row.status != "active" or not verify_password(password, row.password_hash):
+        secret_ok = token_pin_ok or (password is not None and verify_password(password, row.password_hash))
+        if row.status != "active" or not secret_ok:
             reason = f"entity is {row.status}" if row.status != "active" else (
-                "no password set" if not row.password_hash else "wrong password")
+                "wrong token PIN" if password is None else
+                "no password set (use --token-pin-file once, then ckms entity passwd)" if not row.password_hash
+                else "wrong password")
             self.record("auth.deny", operation, "denied", {"reason": reason}, entity_id=row.entity_id, role=row.role)
             raise NotAuthenticated(f"authentication of {row.entity_id} failed ({reason})")
         principal = Principal(row.entity_id, row.role, permissions_for(row.role, acl))

@@ -362,6 +362,8 @@ async def serve(config: Config, est_sock: socket.socket, crl_sock: socket.socket
     # The same worker seals the audit chain with the HSM audit key (created here on first use).
     sealer = _audit_sealer(rt) if runs_publisher else None
     sealer_task = asyncio.create_task(sealer.run(stop)) if sealer is not None else None
+    if runs_publisher:
+        await _audit_config_change(rt)
     if on_ready is not None:
         on_ready()
     await stop.wait()
@@ -382,6 +384,18 @@ async def serve(config: Config, est_sock: socket.socket, crl_sock: socket.socket
         await rt.linter.close()
     rt.writer.close()
     rt.token.close()
+
+
+async def _audit_config_change(rt: Runtime) -> None:
+    """A changed ckms.toml since the last start goes on the trail and raises an alert (F.12, F.15)."""
+    from .alerts import load_alert_config, send_alert
+    from .audit import config_change_unit
+
+    row = await rt.writer.submit(config_change_unit(rt.config.home))
+    if row is not None and row["detail"] and json.loads(row["detail"]).get("previous_sha256"):
+        event = {k: row[k] for k in ("entity_id", "role", "action", "target", "outcome", "detail")}
+        event["at"] = row["at"].isoformat()
+        await asyncio.to_thread(send_alert, load_alert_config(rt.config.home), event)
 
 
 def _audit_sealer(rt: Runtime) -> Any:

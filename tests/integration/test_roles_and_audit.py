@@ -90,6 +90,18 @@ def test_wrong_password_is_refused_and_audited(home: CaHome, tmp_path: Path) -> 
     assert trail(home, "action='auth.deny' AND entity_id='demo-administrator'")
 
 
+def test_token_pin_instead_of_a_password(home: CaHome, tmp_path: Path) -> None:
+    """For entities from before passwords existed: the token's user PIN, compared, never tried on the token."""
+    ok = ckms("entity", "list", "--home", str(home.home), "--token-pin-file", str(home.home / "secrets" / "token-pin"))
+    assert "demo-operator" in ok.stdout
+    bad = tmp_path / "pin"
+    bad.write_text("not-the-pin\n")
+    bad.chmod(0o600)
+    proc = ckms("entity", "list", "--home", str(home.home), "--token-pin-file", str(bad), check=False)
+    assert proc.returncode == 1 and "wrong token PIN" in proc.stderr
+    assert "wrong token PIN" in trail(home, "action='auth.deny'")[-1][6]
+
+
 def test_conflicting_roles_are_refused_and_audited(home: CaHome) -> None:
     admin(home, "entity", "add", "carol", "--role", "operator")
     for args, target in ((("entity", "grant", "carol", "auditor"), "carol:auditor"),
@@ -217,6 +229,8 @@ def test_trail_verifies_after_concurrent_load_on_two_workers(home: CaHome, serve
     assert workers == {0, 1}
     with home.db() as db:
         assert db.execute("SELECT count(*) FROM audit_seals").fetchone()[0] >= 2
+    changes = trail(home, "action='config.change'")  # the configuration in force is on the trail
+    assert changes and len(json.loads(changes[-1][6])["config_sha256"]) == 64
     proc = admin(home, "audit", "verify", "--json", role="auditor")
     report = json.loads(proc.stdout)
     assert report["ok"] and report["seals_checked"] and report["records"] >= 200, report
