@@ -24,20 +24,8 @@ cache=${CKMS_TOOL_CACHE:-$HOME/.cache/ckms}
 root=$cache/pulumi/$PULUMI_VERSION
 bin=$root/bin
 stamp=$root/.build-stamp
-want=$(sha256sum "$0" | cut -d' ' -f1)
-
-log() { echo "build-pulumi: $*" >&2; }
-
-mkdir -p "$bin"
-chmod 700 "$cache" 2>/dev/null || true
-
-if [ -x "$bin/pulumi" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-  log "cached $bin/pulumi"
-else
-  command -v go >/dev/null || { log "go toolchain not found (need Go >= 1.26)"; exit 1; }
-  work=$root/src
-  rm -rf "$work" && mkdir -p "$work"
-  cat >"$work/go.mod" <<EOF
+ldflags="-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v$PULUMI_VERSION"
+gomod=$(cat <<EOF
 module ckms.invalid/pulumi-build
 
 go 1.26
@@ -50,12 +38,28 @@ require (
 // Repeated from pkg/v3's go.mod (replace lines of dependencies are ignored by Go).
 replace github.com/atotto/clipboard => github.com/tgummerer/clipboard v0.0.0-20241001131231-d02d263e614e
 EOF
+)
+# The stamp covers the build inputs only, so editing the launchers below does not rebuild the CLI.
+want=$(printf '%s\n%s\n' "$gomod" "$ldflags" | sha256sum | cut -d' ' -f1)
+
+log() { echo "build-pulumi: $*" >&2; }
+
+mkdir -p "$bin"
+chmod 700 "$cache" 2>/dev/null || true
+
+if [ -x "$bin/pulumi" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+  log "cached $bin/pulumi"
+else
+  command -v go >/dev/null || { log "go toolchain not found (need Go >= 1.26)"; exit 1; }
+  work=$root/src
+  rm -rf "$work" && mkdir -p "$work"
+  printf '%s\n' "$gomod" >"$work/go.mod"
   log "resolving modules for pulumi v$PULUMI_VERSION (first time: several minutes)"
   (cd "$work" && GOFLAGS=-buildvcs=false go get "github.com/pulumi/pulumi/pkg/v3/cmd/pulumi@v$PULUMI_VERSION" >&2)
   log "building pulumi v$PULUMI_VERSION"
   start=$(date +%s)
   (cd "$work" && GOFLAGS=-buildvcs=false CGO_ENABLED=0 go build -trimpath \
-      -ldflags "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v$PULUMI_VERSION" \
+      -ldflags "$ldflags" \
       -o "$bin/pulumi.new" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi >&2)
   mv -f "$bin/pulumi.new" "$bin/pulumi"
   log "built in $(( $(date +%s) - start )) s"
@@ -66,12 +70,13 @@ fi
 cat >"$bin/pulumi-language-python.new" <<EOF
 #!/bin/sh
 # Pulumi language host for Python (see scripts/build-pulumi.sh for why this is not the Go binary).
-exec "$venv/bin/python" -m ckms_lab.langhost "\$@"
+# CKMS_VENV (exported by scripts/lab-env.sh) wins, so two checkouts can share this cache.
+exec "\${CKMS_VENV:-$venv}/bin/python" -m ckms_lab.langhost "\$@"
 EOF
 cat >"$bin/pulumi-resource-pulumi-python.new" <<EOF
 #!/bin/sh
 # Launcher for Pulumi Python dynamic providers (as in Pulumi's own distribution).
-exec "$venv/bin/python" -u -m pulumi.dynamic "\$@"
+exec "\${CKMS_VENV:-$venv}/bin/python" -u -m pulumi.dynamic "\$@"
 EOF
 for f in pulumi-language-python pulumi-resource-pulumi-python; do
   chmod 755 "$bin/$f.new" && mv -f "$bin/$f.new" "$bin/$f"

@@ -2,6 +2,7 @@
 # file backend with the per-machine passphrase. Builds the CLI first when it is not cached.
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${CKMS_VENV:-$repo/.venv}
+export CKMS_VENV=$venv
 cache=${CKMS_TOOL_CACHE:-$HOME/.cache/ckms}
 export CKMS_TOOL_CACHE=$cache
 stack=${CKMS_LAB_STACK:-lab}

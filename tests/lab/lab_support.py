@@ -68,7 +68,7 @@ def pulumi_environment() -> dict[str, str]:
     bin_dir = subprocess.run([str(REPO / "scripts/build-pulumi.sh"), str(REPO / ".venv")], capture_output=True,
                              text=True, check=True).stdout.strip()
     return dict(
-        lab_env(), PATH=f"{bin_dir}:{REPO / '.venv/bin'}:{os.environ['PATH']}",
+        lab_env(), CKMS_VENV=str(REPO / ".venv"), PATH=f"{bin_dir}:{REPO / '.venv/bin'}:{os.environ['PATH']}",
         PULUMI_HOME=str(cache / "pulumi/home"), PULUMI_BACKEND_URL=f"file://{REPO / 'pulumi/.state'}",
         PULUMI_CONFIG_PASSPHRASE_FILE=str(cache / "pulumi/passphrase"), PULUMI_SKIP_UPDATE_CHECK="true",
         PULUMI_DIY_BACKEND_NO_LEGACY_WARNING="true",
