@@ -7,7 +7,7 @@ CACHE ?= $(HOME)/.cache/ckms
 export CKMS_TOOL_CACHE := $(CACHE)
 BIN := $(VENV)/bin
 
-.PHONY: help deps tools test test-unit bench lab lab-up lab-down lab-status clean
+.PHONY: help deps tools test test-unit bench lab lab-up lab-down lab-status clean wheelhouse converge report
 
 help:
 	@echo "make test      install what is missing, then run the whole suite"
@@ -43,7 +43,23 @@ pulumi-cli: deps
 lab-up: deps
 	scripts/lab-up.sh
 
-lab: lab-up
+# The whole lab: hosts up, converge (site.yml: harden + CA + backups), verify from the terminal and the
+# rogue host, a first backup, the hardening report; prints where the report is and how to enrol.
+lab: deps tools
+	scripts/lab-up.sh
+	scripts/lab-converge.sh --all
+
+# Offline wheelhouse the CA hosts install the daemon from (build/wheelhouse; cached).
+wheelhouse: deps
+	scripts/build-wheelhouse.sh
+
+# Ansible against the running lab: PLAYBOOK=site.yml (default) | deploy_ca.yml | backup.yml | restore.yml ...
+converge: deps tools
+	scripts/lab-converge.sh $(or $(PLAYBOOK),site.yml)
+
+# Hardening checks over SSH + the per-item report (build/report; LANG_REPORT=ja|en, CKMS_INVENTORY=...).
+report: deps
+	scripts/report.sh
 
 lab-down: deps
 	scripts/lab-down.sh

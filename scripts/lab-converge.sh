@@ -8,7 +8,8 @@
 # cache ($CKMS_TOOL_CACHE/ansible/vault-pass); the vault file with the token PINs and the backup
 # recipient key pair are generated once per stack (the vault into the generated inventory's group_vars,
 # the recipient key into the tool cache, where the custodians of a real CA would keep it offline).
-# Env: CKMS_LAB_STACK (default lab), CKMS_TOOL_CACHE.
+# Env: CKMS_LAB_STACK (default lab), CKMS_TOOL_CACHE, CKMS_SKIP_TAGS (ansible --skip-tags, e.g. harden,perimeter
+# while those roles are being developed), CKMS_REPORT_STRICT=1 (make lab fails when a check fails).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=${CKMS_VENV:-$repo/.venv}
@@ -58,10 +59,12 @@ ckms_ca_clock_source: none
 YML
 }
 
+skip=()
+[ -n "${CKMS_SKIP_TAGS:-}" ] && skip=(--skip-tags "$CKMS_SKIP_TAGS")
 play() {
   local pb=$1; shift
-  log "ansible-playbook $pb $*"
-  ansible-playbook -i "$inv" "$repo/ansible/$pb" "$@"
+  log "ansible-playbook $pb ${skip[*]} $*"
+  ansible-playbook -i "$inv" "${skip[@]}" "$repo/ansible/$pb" "$@"
 }
 
 secrets
@@ -76,17 +79,22 @@ play site.yml;   t1=$(date +%s)
 play verify.yml; t2=$(date +%s)
 play backup.yml; t3=$(date +%s)
 rc=0; "$repo/scripts/report.sh" || rc=$?; t4=$(date +%s)
+failed=$("$venv/bin/python" -c 'import json,sys; print(sum(r["outcome"] == "failed" for r in json.load(open(sys.argv[1]))))' \
+  "${REPORT_OUT:-$repo/build/report}/results.json" 2>/dev/null || echo "?")
 key=$cache/lab/ssh/id_ed25519
 term=$("$venv/bin/python" -c 'import sys,yaml; print(yaml.safe_load(open(sys.argv[1]))["all"]["hosts"]["terminal"]["ansible_host"])' "$inv")
 kh=$gen/known_hosts
 cat <<TXT
 
 == ckms lab is up (converge $((t1 - t0)) s, verify $((t2 - t1)) s, backup $((t3 - t2)) s, report $((t4 - t3)) s) ==
-Report:  $repo/build/report/report.html   (also summary.md, report.json, junit.xml; LANG_REPORT=ja|en)
+Report:  ${REPORT_OUT:-$repo/build/report}/report.html  ($failed failing checks)   (also summary.md, report.json, junit.xml; LANG_REPORT=ja|en)
 Issue a first certificate from the terminal (EST over mutual TLS 1.3, through the router):
   ssh -i $key -o UserKnownHostsFile=$kh root@$term ckms-enroll device-0001 /root/certs
 Again without the script: see /usr/local/bin/ckms-enroll on the terminal (openssl + curl).
-Restore drill:  ANSIBLE_CONFIG=ansible/ansible.cfg scripts/lab-converge.sh restore.yml
+Restore drill:  make converge PLAYBOOK=restore.yml
 Tear down:      make lab-down
 TXT
-exit $rc
+# The report is the result: failing checks are in it (and fail `make report`); make lab itself fails on
+# them only with CKMS_REPORT_STRICT=1.
+[ "${CKMS_REPORT_STRICT:-0}" = 1 ] && exit $rc
+exit 0
