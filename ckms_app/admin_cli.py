@@ -95,7 +95,9 @@ _OPERATION = {("entity", None): "entity.manage", ("acl", None): "acl.manage", ("
 def run(args: argparse.Namespace, home: Path) -> int:
     config = load_config(home)
     sub = getattr(args, "audit_command", None)
-    operation = _OPERATION.get((args.command, sub), _OPERATION.get((args.command, None), ""))
+    operation: str | None = _OPERATION.get((args.command, sub), _OPERATION.get((args.command, None), ""))
+    if args.command == "entity" and args.entity_command == "passwd":
+        operation = None  # anyone changes their own; set_password requires entity.manage for others
     cert = args.cert
     if args.as_entity is None and cert is None:
         default = config.home / "credentials" / f"{args.actor_default_role}.pem"

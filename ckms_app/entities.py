@@ -115,7 +115,7 @@ class AdminContext:
 
     # --- authentication --------------------------------------------------------------------------
     def authenticate(self, *, entity_id: str | None, cert_path: Path | None, password: str | None,
-                     operation: str, token_pin_ok: bool = False) -> Principal:
+                     operation: str | None, token_pin_ok: bool = False) -> Principal:
         """Credential + password (or the token PIN, proven by logging in), then the ACL.
 
         Every refusal is audited under the entity's ID. The token-PIN path lets the holder of a
@@ -133,7 +133,7 @@ class AdminContext:
             row = conn.execute(query).first()
             acl = load_acl(conn)
         if row is None:
-            self.record("auth.deny", operation, "denied", {"reason": "unknown entity or credential",
+            self.record("auth.deny", operation or "-", "denied", {"reason": "unknown entity or credential",
                                                            "claimed": entity_id or str(cert_path)})
             raise NotAuthenticated("no such entity for these credentials")
         secret_ok = token_pin_ok or (password is not None and verify_password(password, row.password_hash))
@@ -142,10 +142,11 @@ class AdminContext:
                 "wrong token PIN" if password is None else
                 "no password set (use --token-pin-file once, then ckms entity passwd)" if not row.password_hash
                 else "wrong password")
-            self.record("auth.deny", operation, "denied", {"reason": reason}, entity_id=row.entity_id, role=row.role)
+            self.record("auth.deny", operation or "-", "denied", {"reason": reason}, entity_id=row.entity_id,
+                        role=row.role)
             raise NotAuthenticated(f"authentication of {row.entity_id} failed ({reason})")
         principal = Principal(row.entity_id, row.role, permissions_for(row.role, acl))
-        if not principal.allows(operation):
+        if operation is not None and not principal.allows(operation):
             self.record(operation, "-", "denied", {"reason": f"role {row.role} may not perform {operation}"},
                         actor=principal)
             raise NotAuthorized(f"{row.entity_id} (role {row.role}) may not perform {operation}")

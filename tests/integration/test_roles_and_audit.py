@@ -102,6 +102,20 @@ def test_token_pin_instead_of_a_password(home: CaHome, tmp_path: Path) -> None:
     assert "wrong token PIN" in trail(home, "action='auth.deny'")[-1][6]
 
 
+def test_password_change_is_self_service_but_others_need_an_administrator(home: CaHome, tmp_path: Path) -> None:
+    new = tmp_path / "new.pw"
+    new.write_text("a brand new long passphrase\n")
+    new.chmod(0o600)
+    proc = admin(home, "entity", "passwd", "demo-operator", "--new-password-file", str(new), role="auditor",
+                 check=False)
+    assert proc.returncode == 1 and "only an administrator" in proc.stderr
+    old_pw = home.home / "credentials" / "auditor.password"
+    admin(home, "entity", "passwd", "demo-auditor", "--new-password-file", str(new), role="auditor")
+    new.replace(old_pw)  # keep the home's password file right for the other tests
+    assert admin(home, "audit", "verify", role="auditor").returncode == 0
+    assert [r[1] for r in trail(home, "action='entity.password' AND outcome='success'")][-1] == "demo-auditor"
+
+
 def test_conflicting_roles_are_refused_and_audited(home: CaHome) -> None:
     admin(home, "entity", "add", "carol", "--role", "operator")
     for args, target in ((("entity", "grant", "carol", "auditor"), "carol:auditor"),
