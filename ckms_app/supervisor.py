@@ -15,6 +15,7 @@ import ctypes
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -95,15 +96,12 @@ def supervise(config: Config) -> None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    # Start workers one after another: SoftHSM's file-backed token can fail C_Initialize/OpenSession
+    # (GeneralError, "no token") when several processes load it at the same instant.
     for i in range(n):
         spawn(i)
-    ready = 0
-    while ready < n:
-        chunk = os.read(ready_r, n - ready)
-        if not chunk:
-            break
-        ready += len(chunk)
-        if any(_reap(children, block=False)):
+        if not _wait_ready(ready_r, children):
+            forward(signal.SIGTERM, None)
             raise SystemExit("a worker exited during start-up; see the log above")
     print(json.dumps({"event": "ready", "workers": n, "est_url": config.server.est_url,
                       "crl_url": f"{config.server.crl_base_url}/full.crl"}), flush=True)
@@ -122,6 +120,16 @@ def supervise(config: Config) -> None:
             time.sleep(0.5)
             spawn(index)
     print(json.dumps({"event": "stopped"}), flush=True)
+
+
+def _wait_ready(ready_r: int, children: dict[int, int]) -> bool:
+    """Wait for one worker's ready byte; False if a worker died first."""
+    while True:
+        readable, _, _ = select.select([ready_r], [], [], 0.2)
+        if readable:
+            return bool(os.read(ready_r, 1))
+        if _reap(children, block=False):
+            return False
 
 
 def _reap(children: dict[int, int], block: bool) -> list[int]:
