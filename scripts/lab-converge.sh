@@ -46,6 +46,9 @@ PY
     ansible-vault encrypt --output "$gen/group_vars/ca/vault.yml" "$gen/group_vars/ca/vault.yml.plain" >/dev/null
     rm -f "$gen/group_vars/ca/vault.yml.plain"
   fi
+  # The CA's clock gate (A.33) needs chrony synchronised, which the ntp role (perimeter plays) provides.
+  local clock=chrony
+  case ",${CKMS_SKIP_TAGS:-}," in *,perimeter,*) clock=none ;; esac
   cat >"$gen/group_vars/all/lab.yml" <<YML
 ---
 # Written by scripts/lab-converge.sh (lab only; production inventories set these themselves).
@@ -54,8 +57,11 @@ backup_recipient_key_src: $keydir/backup-recipient.key
 backup_fetch_dir: $repo/build/backups/$stack/{{ inventory_hostname }}
 # two cores shared by the whole lab: one worker process
 ckms_ca_workers: 1
-# no time source in the lab until the ntp role is deployed (A.33 gate off; production: chrony)
-ckms_ca_clock_source: none
+# chrony from the router's lab time source (ntp role); none only when the perimeter plays are skipped
+ckms_ca_clock_source: $clock
+# The lab is managed as root over the isolated management network with the per-machine key: keep that
+# login open from the controller only once os_hardening closes root login.
+os_hardening_ssh_root_login_from: ["{{ (ckms_controller_address | default('')).split('/')[0] }}"]
 YML
 }
 
