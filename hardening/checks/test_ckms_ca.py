@@ -59,7 +59,7 @@ def test_ckms_runs_unprivileged_and_sandboxed(host, evidence):
     assert p["CapabilityBoundingSet"] == ""
     assert set(p["RestrictAddressFamilies"].split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}
     assert p["ReadWritePaths"].split() == [HOME]
-    procs = host.run(f"ps -o user= -C ckms -C python3 --no-headers; ps -eo user=,args= | grep '[c]kms ca serve'").stdout
+    procs = host.run("ps -o user= -C ckms -C python3 --no-headers; ps -eo user=,args= | grep '[c]kms ca serve'").stdout
     evidence.add("daemon processes", procs.strip())
     assert "root" not in {line.split()[0] for line in procs.splitlines() if "ckms ca serve" in line}
     sec = host.run(f"systemd-analyze security --no-pager {UNIT}")

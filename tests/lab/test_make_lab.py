@@ -58,7 +58,14 @@ def test_second_converge_changes_nothing(made):
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-6000:]
     recap = _recap(proc.stdout)
-    assert recap and all(c.get("changed", 0) == 0 and c.get("failed", 0) == 0 for c in recap.values()), recap
+    changed, task = [], ""
+    for line in proc.stdout.splitlines():  # name the tasks that changed, so the owner of the role is obvious
+        if line.startswith("TASK ["):
+            task = line.split("[", 1)[1].rsplit("]", 1)[0]
+        elif line.startswith("changed:"):
+            changed.append(f"{task}: {line[:120]}")
+    assert recap and all(c.get("changed", 0) == 0 and c.get("failed", 0) == 0 for c in recap.values()), \
+        (recap, changed)
 
 
 def test_terminal_enrols_through_the_router(made, lab):
