@@ -4,6 +4,8 @@
 #   CKMS_INVENTORY   inventory file (default: inventories/$CKMS_LAB_STACK/generated/hosts.yml, stack lab)
 #   LANG_REPORT      ja | en (default en)
 #   REPORT_OUT       output directory (default build/report)
+#   CKMS_DRILL_RESULTS  drill records to include (default $REPORT_OUT/drills.json, when present)
+# Each check module names its hosts (testinfra_hosts: ca, router), so no --hosts here.
 # Exit status: that of the checks (the report is written either way).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,9 +23,12 @@ mkdir -p "$out"
 start=$(date +%s)
 rc=0
 (cd "$repo" && pytest -q -p no:cacheprovider hardening/checks --rootdir "$repo/hardening/checks" \
-   --ansible-inventory "$inv" --hosts 'ansible://ca' --ckms-results "$out/results.json" \
+   --ansible-inventory "$inv" --ckms-results "$out/results.json" \
    --junitxml "$out/checks-junit.xml") || rc=$?
-(cd "$repo" && python -m hardening.report --results "$out/results.json" --out "$out" --lang "$lang")
+# Drill records (tests/lab/drills, CKMS_DRILL_RESULTS) join the report when a drill run wrote them.
+drills=${CKMS_DRILL_RESULTS:-$out/drills.json}
+extra=(); [ -s "$drills" ] && extra=(--results "$drills")
+(cd "$repo" && python -m hardening.report --results "$out/results.json" "${extra[@]}" --out "$out" --lang "$lang")
 log "checks exit $rc; report in $out ($(( $(date +%s) - start )) s)"
 ls "$out" >&2
 exit $rc

@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# The CA hosts (harden.yml); make report and the Molecule scenarios (instances in group ca) both use this.
+testinfra_hosts = ["ansible://ca"]
+
 REPO = Path(__file__).resolve().parents[2]
 
 

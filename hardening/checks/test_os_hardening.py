@@ -21,6 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# The CA hosts (harden.yml); make report and the Molecule scenarios (instances in group ca) both use this.
+testinfra_hosts = ["ansible://ca"]
+
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
