@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 from lab_support import (
     REPO,
     STACK,
     Lab,
+    converge_env,
     footprint,
     lab_env,
     lab_unavailable,
@@ -40,3 +42,16 @@ def lab() -> Lab:
 @pytest.fixture(scope="session")
 def pulumi_env() -> dict[str, str]:
     return pulumi_environment()
+
+
+@pytest.fixture(scope="session")
+def converged_lab(lab) -> str:
+    """`make lab` once on the session lab (site.yml, verify, first backup, report): shared by
+    test_make_lab.py and the drills (test_make_lab_drills.py, which sorts after it). Returns make's output."""
+    start = time.monotonic()
+    proc = subprocess.run(["make", "lab"], cwd=REPO, env=converge_env(), capture_output=True, text=True,
+                          timeout=2400)
+    print(f"make lab (stack {STACK}): {time.monotonic() - start:.0f} s")
+    if proc.returncode != 0:
+        pytest.fail(f"make lab failed:\n{(proc.stdout + proc.stderr)[-8000:]}")
+    return proc.stdout + proc.stderr

@@ -25,6 +25,12 @@ def lab_env() -> dict[str, str]:
     return dict(os.environ, CKMS_LAB_STACK=STACK, CKMS_LAB_NAME=LAB)
 
 
+def converge_env() -> dict[str, str]:
+    """Environment of make lab / scripts/lab-converge.sh on the suite's stack (report in build/report-labtest)."""
+    return dict(os.environ, CKMS_LAB_STACK=STACK, CKMS_LAB_NAME=LAB, ANSIBLE_FORCE_COLOR="0",
+                REPORT_OUT=str(REPO / "build" / "report-labtest"))
+
+
 def lab_unavailable() -> str | None:
     """Why lab hosts cannot run here (None: they can)."""
     if os.geteuid() != 0:

@@ -3,19 +3,13 @@
 * The comparison of a router rule set with the flow model (hardening/checks/test_router.py) is tested
   offline: the rendered rule set passes, and widening any accept rule (source, destination, port, a
   rule without a port) makes it fail with a message that names F.18 a.
-* The drills run against a lab whose perimeter (and, for the CA parts, the daemon) is deployed:
-  ``CKMS_DRILL_INVENTORY`` names its inventory (a converged ``make lab``: inventories/lab/generated/
-  hosts.yml, or the Molecule drill topology of roles/router/molecule/drills). Without it they skip:
-  the suite's own lab stack has bare hosts, and converging the whole site there would add minutes to
-  ``make test``. Results go to build/report/drills.json (CKMS_DRILL_RESULTS).
+* The drills themselves run in test_make_lab_drills.py, against the session lab converged by ``make lab``
+  (or the inventory named by ``CKMS_DRILL_INVENTORY``).
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -135,27 +129,3 @@ def test_widened_rule_fails_and_names_the_item(widen: str) -> None:
     item = "A.66" if widen == "router_input" else "F.18 a"
     assert all(p.startswith(("F.18 a:", "A.66:")) for p in problems)
     assert any(p.startswith(item) for p in problems), problems
-
-
-# ------------------------------------------------------------------------------------------- drills
-def _inventory() -> Path:
-    inv = os.environ.get("CKMS_DRILL_INVENTORY")
-    if not inv:
-        pytest.skip("set CKMS_DRILL_INVENTORY to a lab converged with ansible/site.yml (or the Molecule drill "
-                    "topology) to run the drills")
-    return Path(inv)
-
-
-@pytest.mark.lab
-@pytest.mark.parametrize("drill", ["flows", "dos", "router_compromise", "time_source", "power", "hsm"])
-def test_drill(drill: str) -> None:
-    inv = _inventory()
-    results = Path(os.environ.get("CKMS_DRILL_RESULTS", REPO / "build" / "report" / "drills.json"))
-    proc = subprocess.run([sys.executable, str(DRILLS / f"{drill}.py"), "--inventory", str(inv),
-                           "--results", str(results)], capture_output=True, text=True, timeout=900)
-    print(proc.stdout[-3000:])
-    assert proc.returncode == 0, f"drill {drill} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-1000:]}"
-    records = [r for r in json.loads(results.read_text()) if r["test"].endswith(f"/{drill}.py")]
-    assert records, f"drill {drill} wrote no check records"
-    assert all(set(r) >= {"check", "test", "host", "outcome", "duration_s", "message", "evidence", "at"}
-               for r in records)

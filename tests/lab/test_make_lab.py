@@ -1,25 +1,24 @@
 """`make lab` end to end on the suite's own lab stack (labtest): converge (site.yml), verify, first backup
 and the hardening report; then a second converge changes nothing, a certificate is issued from the
 terminal over EST through the router, the rogue host cannot reach the daemon, and a restore drill brings
-back the same CA. The session ``lab`` fixture brings the stack up first and tears it down at the end."""
+back the same CA. The session ``lab`` fixture brings the stack up first and tears it down at the end; the
+session ``converged_lab`` fixture (conftest.py) runs make lab once, shared with the drills
+(test_make_lab_drills.py, which runs after this module)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import time
 
 import pytest
-from lab_support import LAB, REPO, STACK
+from lab_support import REPO, converge_env
 
 pytestmark = pytest.mark.lab
 
 
 def _env() -> dict[str, str]:
-    return dict(os.environ, CKMS_LAB_STACK=STACK, CKMS_LAB_NAME=LAB, ANSIBLE_FORCE_COLOR="0",
-                REPORT_OUT=str(REPO / "build" / "report-labtest"))
+    return converge_env()
 
 
 def _recap(output: str) -> dict[str, dict[str, int]]:
@@ -33,13 +32,8 @@ def _recap(output: str) -> dict[str, dict[str, int]]:
 
 
 @pytest.fixture(scope="module")
-def made(lab):
-    start = time.monotonic()
-    proc = subprocess.run(["make", "lab"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=2400)
-    took = time.monotonic() - start
-    print(f"make lab (stack {STACK}): {took:.0f} s")
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-8000:]
-    return proc.stdout + proc.stderr
+def made(converged_lab):
+    return converged_lab
 
 
 def test_make_lab_ends_with_report_and_enrolment_instructions(made):

@@ -14,7 +14,7 @@ from drill import Lab, ca_daemon_deployed, ca_health, main, wait
 
 EVENTS = "/var/log/ckms-ups-events.log"
 SHUTDOWN_LOG = "/var/log/ckms-ups-shutdown.log"
-AUDIT_Q = ("import sqlite3,sys; c=sqlite3.connect('file:/var/lib/ckms/ckms.db?mode=ro', uri=True); "
+AUDIT_Q = ("import sqlite3,sys; c=sqlite3.connect('file:/var/lib/ckms/db/ckms.sqlite3?mode=ro', uri=True); "
            "print(c.execute(\"select count(*) from audit_events where action='daemon.stop'\").fetchone()[0])")
 
 
