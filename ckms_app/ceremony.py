@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .config import CONFIG_NAME, Config, load_config
 from .clock import ClockGate
 from .clock import default_source as default_clock_source
+from .config import CONFIG_NAME, Config, load_config
 from .crl_publisher import CrlPublisher
 from .csr_policy import public_key_sha256
 from .errors import CkmsError, ConfigError, LintFailed

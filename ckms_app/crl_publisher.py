@@ -29,7 +29,16 @@ from .linter import AsyncLinter, Linter
 from .rbac import SYSTEM, Principal
 from .revocation import REASONS
 from .service_state import SigningGuard
-from .storage import GroupCommitWriter, Inserts, append_audit, audit_events, audit_row, crls, revocations, utcnow
+from .storage import (
+    GroupCommitWriter,
+    Inserts,
+    append_audit,
+    audit_events,
+    audit_row,
+    crls,
+    revocations,
+    utcnow,
+)
 
 log = logging.getLogger("ckms.crl")
 

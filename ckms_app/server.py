@@ -26,18 +26,25 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from sqlalchemy import desc, select, text
 
-from . import __version__, est_encoding
+from . import __version__, est_encoding, server_guard
 from .config import Config, load_config
 from .crl_publisher import CrlPublisher, latest_crl_der
 from .errors import CkmsError, NotFound
 from .hsm import Token
-from . import server_guard
 from .issuance import Issuer
-from .service_state import ServiceState, SigningGuard
 from .linter import AsyncLinter, find_linter_binary
 from .rbac import SYSTEM, Principal, PrincipalCache
 from .revocation import parse_serial, revoke
-from .storage import GroupCommitWriter, append_audit, audit_row, certificates, migrate, open_engine, revocations
+from .service_state import ServiceState, SigningGuard
+from .storage import (
+    GroupCommitWriter,
+    append_audit,
+    audit_row,
+    certificates,
+    migrate,
+    open_engine,
+    revocations,
+)
 
 log = logging.getLogger("ckms.server")
 PKCS7_CERTS = "application/pkcs7-mime; smime-type=certs-only"

@@ -16,9 +16,9 @@ from aiohttp import web
 
 from . import selftest
 from .clock import ClockGate
+from .config import Config
 from .errors import CkmsError, ErrorStateActive
 from .service_state import ServiceState, SigningGuard, poll_state
-from .config import Config
 from .storage import GroupCommitWriter, Inserts, audit_events, audit_row
 
 log = logging.getLogger("ckms.guard")

@@ -43,7 +43,7 @@ def custody_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[CaHome, dict
     creds = {n: (root / "shares" / f"{n}.share", pp_dir / n) for n in CUSTODIANS}
     # nothing secret left in the clear: no SO PIN file, no PIN or passphrase in any share or record
     assert not (home.home / "secrets" / "token-so-pin").exists()
-    for name, (share, _) in creds.items():
+    for share, _ in creds.values():
         assert share.stat().st_mode & 0o777 == 0o600
         text = share.read_text()
         assert so_pin not in text and "correct horse" not in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def deploy():
         committed = yaml.safe_load((PULUMI_DIR / "stacks" / f"{stack}.yaml").read_text())["config"]
         config = {**{k.removeprefix("ckms:"): str(v) for k, v in committed.items()}, **(config or {})}
         mocks = RecordingMocks()
+        # Pulumi's mock runtime uses the thread's current event loop; a test that ran asyncio.run()
+        # before leaves none behind, so give each deployment a fresh one.
+        asyncio.set_event_loop(asyncio.new_event_loop())
         pulumi.runtime.set_mocks(mocks, project="ckms", stack=stack, preview=False)
         pulumi.runtime.set_all_config({f"ckms:{k}": v for k, v in (config or {}).items()})
         from ckms_env import program
