@@ -41,6 +41,7 @@ from .storage import (
 )
 
 log = logging.getLogger("ckms.crl")
+_POLL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,9 @@ class CrlPublisher:
                 log.exception("CRL publication failed unexpectedly")
             waiter = asyncio.create_task(self._wake.wait())
             stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({waiter, stopper}, timeout=max(1, cfg.max_publish_delay_seconds),
+            # Poll the database every second as well: a revocation taken by another worker process
+            # or another CA node never reaches this process's wake event.
+            await asyncio.wait({waiter, stopper}, timeout=min(_POLL_SECONDS, max(0.1, cfg.max_publish_delay_seconds)),
                                return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             stopper.cancel()
