@@ -174,6 +174,11 @@ def main(name: str, doc: str, body: Callable[[Lab, Drill, argparse.Namespace], N
     if extra:
         extra(p)
     args = p.parse_args()
+    # A converged lab's inventory holds the Ansible-Vault-encrypted token PINs (group_vars/ca/vault.yml):
+    # ansible-inventory, the re-converge and the checks need the per-machine vault password, as make report.
+    vault = Path(os.environ.get("CKMS_TOOL_CACHE", Path.home() / ".cache" / "ckms")) / "ansible" / "vault-pass"
+    if vault.is_file() and vault.stat().st_size:
+        os.environ.setdefault("ANSIBLE_VAULT_PASSWORD_FILE", str(vault))
     drill = Drill(name, args.results)
     try:
         body(Lab(args.inventory), drill, args)
