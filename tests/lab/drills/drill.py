@@ -179,6 +179,8 @@ def main(name: str, doc: str, body: Callable[[Lab, Drill, argparse.Namespace], N
     vault = Path(os.environ.get("CKMS_TOOL_CACHE", Path.home() / ".cache" / "ckms")) / "ansible" / "vault-pass"
     if vault.is_file() and vault.stat().st_size:
         os.environ.setdefault("ANSIBLE_VAULT_PASSWORD_FILE", str(vault))
+    # the checks a drill runs (testinfra's ansible backend) call ansible-inventory: the venv's, first
+    os.environ["PATH"] = f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"
     drill = Drill(name, args.results)
     try:
         body(Lab(args.inventory), drill, args)

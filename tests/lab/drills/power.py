@@ -7,6 +7,7 @@ power-off); on power return the CA comes back healthy.
 """
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 
@@ -24,7 +25,7 @@ def state(ca, dev: str, status: str, charge: int, runtime: int) -> None:
 
 
 def audit_stops(ca) -> int | None:
-    out = ca.run(f"python3 -c \"{AUDIT_Q}\"")
+    out = ca.run(f"python3 -c {shlex.quote(AUDIT_Q)}")  # the query has both quote kinds
     return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else None
 
 
