@@ -8,7 +8,7 @@ PINs are generated, written to 0600 files under ``secrets/`` and never printed o
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
@@ -26,13 +26,13 @@ from .clock import default_source as default_clock_source
 from .config import CONFIG_NAME, Config, load_config
 from .crl_publisher import CrlPublisher
 from .csr_policy import public_key_sha256
-from .errors import CkmsError, ConfigError, LintFailed
+from .errors import ConfigError, LintFailed
 from .hsm import DEFAULT_SOFTHSM_MODULE, Token, curve_by_name, provision_softhsm_token, write_secret_file
 from .issuance import certificate_row
 from .linter import AsyncLinter, find_linter_binary
 from .passwords import hash_password
 from .profiles import ca_builder, end_entity_builder, new_serial
-from .rbac import ROLES
+from .rbac import ROLES, certificate_fingerprint
 from .storage import (
     GroupCommitWriter,
     append_audit,
@@ -243,8 +243,8 @@ async def _issue_identities(config: Config, key: Any, ca_cert: x509.Certificate,
                                                 if engine.dialect.name == "sqlite" else certificates.insert(), ca_row))
 
         host = config.server.public_host
-        sans: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(_ip("127.0.0.1"))]
-        sans.append(x509.IPAddress(_ip(host)) if _is_ip(host) else x509.DNSName(host))
+        sans: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        sans.append(_host_name(host))
         tls_key = ec.generate_private_key(ec.SECP256R1())
         tls_cert = await _issue(config, key, ca_cert, writer, linter, "tls-server", host, tuple(dict.fromkeys(sans)),
                                 tls_key, kind="tls-server")
@@ -260,8 +260,6 @@ async def _issue_identities(config: Config, key: Any, ca_cert: x509.Certificate,
             cert_path = config.home / "credentials" / f"{role}.pem"
             _write_key_and_cert(key_path, cert_path, client_key, cert)
             der = cert.public_bytes(serialization.Encoding.DER)
-            import hashlib
-
             # Each demo individual gets a generated password for admin CLI actions, in a 0600 file
             # next to its key (a real entity sets its own: ckms entity add / passwd, at a prompt).
             password = secrets.token_urlsafe(18)
@@ -269,7 +267,7 @@ async def _issue_identities(config: Config, key: Any, ca_cert: x509.Certificate,
             if password_path.exists():
                 password_path.unlink()
             write_secret_file(password_path, password)
-            entity = {"entity_id": entity_id, "role": role, "cert_sha256": hashlib.sha256(der).hexdigest(),
+            entity = {"entity_id": entity_id, "role": role, "cert_sha256": certificate_fingerprint(der),
                       "cert_serial": format(cert.serial_number, "x"), "status": "active", "created_at": utcnow(),
                       "password_hash": hash_password(password)}
             audit = audit_row(entity_id="ceremony", role="administrator", action="entity.create",
@@ -333,18 +331,9 @@ def _write_key_and_cert(key_path: Path, cert_path: Path, key: ec.EllipticCurvePr
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _ip(text: str):  # type: ignore[no-untyped-def]
-    import ipaddress
-
-    return ipaddress.ip_address(text)
-
-
-def _is_ip(text: str) -> bool:
+def _host_name(host: str) -> x509.GeneralName:
+    """The TLS server's own name: an IP address SAN for an address, a DNS SAN otherwise."""
     try:
-        _ip(text)
-        return True
+        return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
-        return False
-
-
-__all__ = ["InitOptions", "init_ca", "import_ca_certificate", "CkmsError", "dt"]
+        return x509.DNSName(host)

@@ -153,10 +153,18 @@ def test_reenrol_keeps_subject_and_issues_new_certificate(ca: CaHome, daemon: Da
     csr, _ = make_csr("device-renew-1")
     body, code = split_status(curl_enroll(ca, csr, tmp_path, op="simplereenroll").stdout)
     assert code == 200, body
+    renewed = x509.load_pem_x509_certificate(
+        openssl("pkcs7", "-inform", "DER", "-print_certs", input=base64.b64decode(body)).stdout)
+    assert renewed.subject == first.subject and renewed.serial_number != first.serial_number
+    assert ca.audit("certificate.reissue")[-1][3] == format(renewed.serial_number, "x")
+    # The renewed certificate is a new one; the first stays valid until it is revoked.
+    with ca.db() as conn:
+        status = conn.execute("SELECT status FROM certificates WHERE serial=?",
+                              (format(first.serial_number, "x"),)).fetchone()[0]
+    assert status == "valid"
     csr_other, _ = make_csr("device-never-issued")
     body, code = split_status(curl_enroll(ca, csr_other, tmp_path, op="simplereenroll").stdout)
     assert code == 400 and b"no valid certificate" in body
-    assert first.serial_number  # first certificate stays valid; renewal is a new certificate
 
 
 def test_cli_issue_and_lookup(ca: CaHome, daemon: Daemon, tmp_path: Path) -> None:
