@@ -5,12 +5,23 @@ revocations since the current *base* full CRL. A new base starts every ``full_in
 so a client that keeps the hourly base only needs the small delta in between. Full and delta
 CRLs share one CRL-number sequence, which only grows. Each CRL is linted (throwaway-signed copy)
 before the HSM signs it, stored in the database, and written atomically to the CRL directory.
+
+Several publishers share one sequence: every worker process of a node may publish on request, and
+several CA nodes share one PostgreSQL database. Reading ``max(crl_number) + 1``, signing, and then
+inserting would let two of them pick the same number, or commit a higher number before a lower one
+with fewer revocations in it. So a publication holds a database-wide lock from the moment it picks
+its number until its rows are committed (:func:`_publication_transaction`): on PostgreSQL a
+transaction-scoped advisory lock, on SQLite the database write lock (``BEGIN IMMEDIATE``). CRL
+numbers are therefore strictly increasing in commit order on every node, and each CRL holds every
+revocation committed before it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fcntl
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -19,7 +30,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import Connection, Engine
 
 from .config import Config
@@ -36,12 +47,15 @@ from .storage import (
     audit_events,
     audit_row,
     crls,
+    open_engine,
     revocations,
     utcnow,
 )
 
 log = logging.getLogger("ckms.crl")
 _POLL_SECONDS = 1.0
+# pg_advisory_xact_lock key of the CRL-number sequence ("ckms_crl" in ASCII); one lock per database.
+CRL_LOCK_KEY = 0x636B6D735F63726C
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,7 @@ class CrlPublisher:
         self._delta_url = f"{config.server.crl_base_url}/delta.crl"
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._lock_engine: Engine | None = None  # opened at the first publication
 
     # --- scheduling ---------------------------------------------------------------------------
     def notify_revocation(self) -> None:
@@ -82,7 +97,9 @@ class CrlPublisher:
         while not stop.is_set():
             try:
                 if self.needs_publication():
-                    await self.publish(principal=SYSTEM)
+                    # Another node (or worker) may publish the same revocations first: re-checked
+                    # under the lock, so a burst is published once, not once per node.
+                    await self._publish(SYSTEM, only_if_needed=True)
             except CkmsError as exc:
                 log.error("CRL publication failed: %s", exc)
             except Exception:  # the loop must outlive any single failure; the next round retries
@@ -101,10 +118,13 @@ class CrlPublisher:
                 await asyncio.sleep(min(0.5, cfg.max_publish_delay_seconds / 10))
 
     def needs_publication(self) -> bool:
-        cfg = self._config.crl
         with self._reader.connect() as conn:
-            latest = _latest(conn, ("full", "base"))
-            newest_revocation = conn.execute(select(func.max(revocations.c.id))).scalar() or 0
+            return self._needs_publication(conn)
+
+    def _needs_publication(self, conn: Connection) -> bool:
+        cfg = self._config.crl
+        latest = _latest(conn, ("full", "base"))
+        newest_revocation = conn.execute(select(func.max(revocations.c.id))).scalar() or 0
         if latest is None:
             return True
         age = (utcnow() - latest.this_update).total_seconds()
@@ -113,6 +133,11 @@ class CrlPublisher:
 
     # --- building -----------------------------------------------------------------------------
     async def publish(self, principal: Principal = SYSTEM) -> Published:
+        published = await self._publish(principal, only_if_needed=False)
+        assert published is not None  # only_if_needed=False always publishes or raises
+        return published
+
+    async def _publish(self, principal: Principal, *, only_if_needed: bool) -> Published | None:
         async with self._lock:
             if self._guard is not None:
                 try:
@@ -122,40 +147,82 @@ class CrlPublisher:
                                         target="crl", outcome="error", detail={"code": exc.code, "reason": str(exc)})
                     await self._writer.submit(Inserts(((audit_events, refusal),)))
                     raise
-            now = utcnow().replace(microsecond=0)
-            with self._reader.connect() as conn:
-                base = _latest(conn, ("base",))
-                number = (conn.execute(select(func.max(crls.c.crl_number))).scalar() or 0) + 1
-                rows = conn.execute(select(revocations).order_by(revocations.c.id)).all()
-            max_id = rows[-1].id if rows else 0
-            new_base = base is None or (now - base.this_update).total_seconds() >= self._config.crl.full_interval_seconds
-            base_number = number if new_base else base.crl_number  # type: ignore[union-attr]
-            base_max_id = max_id if new_base else base.max_revocation_id  # type: ignore[union-attr]
-            full_next = now + dt.timedelta(hours=self._config.crl.validity_hours)
-            delta_next = now + dt.timedelta(hours=self._config.crl.delta_validity_hours)
+            conn = await asyncio.to_thread(self._publication_transaction)
+            try:
+                if only_if_needed and not await asyncio.to_thread(self._needs_publication, conn):
+                    await asyncio.to_thread(conn.rollback)
+                    return None
+                result, files = await self._publish_locked(conn, principal)
+            except BaseException:
+                await asyncio.to_thread(conn.rollback)
+                raise
+            finally:
+                await asyncio.to_thread(conn.close)
+            self._write_files(*files)
+            return result
 
-            full_der = await self._sign(self._builder(rows, number, now, full_next, delta_base=None), "full CRL")
-            delta_rows = [r for r in rows if r.id > base_max_id]
-            delta_der = await self._sign(
-                self._builder(delta_rows, number + 1, now, delta_next, delta_base=base_number), "delta CRL")
+    def _publication_transaction(self) -> Connection:
+        """A connection inside a transaction that holds the CRL-number lock until it ends.
 
-            records = [
-                {"crl_number": number, "kind": "base" if new_base else "full", "base_crl_number": None,
-                 "this_update": now, "next_update": full_next, "max_revocation_id": max_id, "der": full_der},
-                {"crl_number": number + 1, "kind": "delta", "base_crl_number": base_number,
-                 "this_update": now, "next_update": delta_next, "max_revocation_id": max_id, "der": delta_der},
-            ]
-            audit = audit_row(entity_id=principal.entity_id, role=principal.role, action="crl.publish",
-                              target=f"crl:{number}", outcome="success",
-                              detail={"full": number, "delta": number + 1, "base": base_number, "entries": len(rows)})
+        PostgreSQL: ``pg_advisory_xact_lock`` serialises publishers on every node without blocking
+        issuance or revocation. SQLite (one node): the connection comes from a writer engine, whose
+        ``BEGIN IMMEDIATE`` takes the database write lock, so the worker processes' writers wait
+        for the few milliseconds a publication takes.
+        """
+        if self._lock_engine is None:
+            self._lock_engine = open_engine(self._config.database_url, writer=True)
+        conn = self._lock_engine.connect()
+        try:
+            conn.begin()
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CRL_LOCK_KEY})
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
-            def store(conn: Connection) -> None:
-                conn.execute(crls.insert(), records)
-                append_audit(conn, [audit])
+    async def _publish_locked(self, conn: Connection, principal: Principal
+                              ) -> tuple[Published, tuple[int, bytes, bytes, bytes | None]]:
+        """Pick the next number, sign full and delta CRLs, store and commit them: under the lock."""
+        now = utcnow().replace(microsecond=0)
 
-            await self._writer.submit(store)
-            self._write_files(full_der, delta_der, full_der if new_base else None)
-            return Published(number, number + 1, base_number, len(rows), now)
+        def read() -> tuple:  # type: ignore[type-arg]
+            base = _latest(conn, ("base",))
+            number = (conn.execute(select(func.max(crls.c.crl_number))).scalar() or 0) + 1
+            rows = conn.execute(select(revocations).order_by(revocations.c.id)).all()
+            return base, number, rows
+
+        base, number, rows = await asyncio.to_thread(read)
+        max_id = rows[-1].id if rows else 0
+        new_base = base is None or (now - base.this_update).total_seconds() >= self._config.crl.full_interval_seconds
+        base_number = number if new_base else base.crl_number
+        base_max_id = max_id if new_base else base.max_revocation_id
+        full_next = now + dt.timedelta(hours=self._config.crl.validity_hours)
+        delta_next = now + dt.timedelta(hours=self._config.crl.delta_validity_hours)
+
+        full_der = await self._sign(self._builder(rows, number, now, full_next, delta_base=None), "full CRL")
+        delta_rows = [r for r in rows if r.id > base_max_id]
+        delta_der = await self._sign(
+            self._builder(delta_rows, number + 1, now, delta_next, delta_base=base_number), "delta CRL")
+
+        records = [
+            {"crl_number": number, "kind": "base" if new_base else "full", "base_crl_number": None,
+             "this_update": now, "next_update": full_next, "max_revocation_id": max_id, "der": full_der},
+            {"crl_number": number + 1, "kind": "delta", "base_crl_number": base_number,
+             "this_update": now, "next_update": delta_next, "max_revocation_id": max_id, "der": delta_der},
+        ]
+        audit = audit_row(entity_id=principal.entity_id, role=principal.role, action="crl.publish",
+                          target=f"crl:{number}", outcome="success",
+                          detail={"full": number, "delta": number + 1, "base": base_number, "entries": len(rows)})
+
+        def store() -> None:
+            conn.execute(crls.insert(), records)
+            append_audit(conn, [audit])
+            conn.commit()  # durable, and the lock is released
+
+        await asyncio.to_thread(store)
+        return (Published(number, number + 1, base_number, len(rows), now),
+                (number, full_der, delta_der, full_der if new_base else None))
 
     def _builder(self, rows: list, number: int, now: dt.datetime, next_update: dt.datetime,  # type: ignore[type-arg]
                  delta_base: int | None) -> x509.CertificateRevocationListBuilder:
@@ -196,12 +263,31 @@ class CrlPublisher:
                 await self._guard.hsm_failed(exc)
             raise
 
-    def _write_files(self, full: bytes, delta: bytes, base: bytes | None) -> None:
+    def _write_files(self, number: int, full: bytes, delta: bytes, base: bytes | None) -> None:
+        """Copy a committed publication to this node's CRL directory, never over a newer one.
+
+        Workers write after their commit, so a slower worker could finish after a newer
+        publication; a file lock and the recorded numbers keep the newest CRLs in place.
+        """
         directory = self._config.crl.directory
         directory.mkdir(parents=True, exist_ok=True)
-        for name, data in (("full.crl", full), ("delta.crl", delta), ("base.crl", base)):
-            if data is not None:
-                _atomic_write(directory / name, data)
+        with open(directory / ".publish.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            numbers_path = directory / ".numbers.json"
+            try:
+                written = json.loads(numbers_path.read_text())
+            except (FileNotFoundError, ValueError):
+                written = {}
+            changed = False
+            if number > int(written.get("full", 0)):
+                _atomic_write(directory / "full.crl", full)
+                _atomic_write(directory / "delta.crl", delta)
+                written["full"], changed = number, True
+            if base is not None and number > int(written.get("base", 0)):
+                _atomic_write(directory / "base.crl", base)
+                written["base"], changed = number, True
+            if changed:
+                _atomic_write(numbers_path, json.dumps(written).encode())
 
 
 def _latest(conn: Connection, kinds: tuple[str, ...]):  # type: ignore[no-untyped-def]

@@ -83,6 +83,14 @@ async def revoke(writer: GroupCommitWriter, principal: Principal, serial: str, r
     now = utcnow()
 
     def unit(conn: Connection) -> Revoked:
+        # The audit record first: append_audit locks the chain head until this transaction ends, so
+        # on PostgreSQL concurrent revocations (other workers, other nodes) queue here. The status
+        # read below then sees any revocation of the same serial committed meanwhile, and the
+        # revocation ids are drawn in commit order, which the CRL publisher relies on (it publishes
+        # revocations up to the highest id it has seen).
+        append_audit(conn, [audit_row(entity_id=principal.entity_id, role=principal.role,
+                                      action="certificate.revoke", target=serial_hex,
+                                      outcome="success", detail={"reason": reason_name})])
         row = conn.execute(
             select(certificates.c.status, certificates.c.kind).where(certificates.c.serial == serial_hex)
         ).first()
@@ -95,9 +103,6 @@ async def revoke(writer: GroupCommitWriter, principal: Principal, serial: str, r
         conn.execute(update(certificates).where(certificates.c.serial == serial_hex).values(status="revoked"))
         conn.execute(revocations.insert().values(serial=serial_hex, reason=reason_name, revoked_at=now,
                                                  revoked_by=principal.entity_id))
-        append_audit(conn, [audit_row(entity_id=principal.entity_id, role=principal.role,
-                                      action="certificate.revoke", target=serial_hex,
-                                      outcome="success", detail={"reason": reason_name})])
         if row.kind == "identity":  # someone's credential: every worker must refuse it from now on
             bump_entity_generation(conn)
         return Revoked(serial_hex, reason_name, now.isoformat())

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.postgres_server import PostgresServer
+from ckms_app.throwaway_postgres import PostgresServer
 
 
 @pytest.fixture(scope="session")

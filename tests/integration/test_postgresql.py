@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 from ckms_app.client import CkmsClient, Credentials
 from ckms_app.config import load_config
 from ckms_app.storage import certificates, migrate, open_engine
-from tests.postgres_server import PostgresServer
+from ckms_app.throwaway_postgres import PostgresServer
 
 from .conftest import CaHome, Daemon, ckms, free_port, make_csr
 

@@ -1,4 +1,7 @@
-"""A private, throwaway PostgreSQL server for tests (real server, unix socket only).
+"""A private, throwaway PostgreSQL server for the tests and ``make bench`` (real server, unix socket only).
+
+It lives in the package rather than under ``tests/`` so the benchmark can start one without
+importing the test suite.
 
 PostgreSQL refuses to run as root, so when the suite runs as root the cluster belongs to the
 ``postgres`` system user that Debian's package creates.
