@@ -13,16 +13,17 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from .config import Config
+from .config import Config, Profile
 from .csr_policy import CheckedCsr, check_csr, public_key_sha256
 from .errors import CkmsError, Conflict, CsrRejected, HsmError, LintFailed
 from .hsm import HsmEcPrivateKey
 from .linter import AsyncLinter, LintReport
-from .profiles import end_entity_builder, new_serial
+from .point_reads import PointReader
+from .profiles import EndEntityTemplate, new_serial
 from .rbac import Principal
 from .service_state import SigningGuard
 from .storage import GroupCommitWriter, Inserts, audit_events, audit_row, certificates, utcnow
@@ -41,18 +42,20 @@ def serial_hex(serial: int) -> str:
 
 
 def certificate_row(cert: x509.Certificate, der: bytes, *, kind: str, profile: str, requested_by: str,
-                    csr_sha256: str | None, pubkey_sha256: str) -> dict[str, object]:
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        san_text = ",".join(f"{type(n).__name__}:{n.value}" for n in sans)
-    except x509.ExtensionNotFound:
-        san_text = ""
+                    csr_sha256: str | None, pubkey_sha256: str,
+                    sans: tuple[x509.GeneralName, ...] | None = None) -> dict[str, object]:
+    """The ``certificates`` row. ``sans``, when the caller already has them, saves re-parsing the extensions."""
+    if sans is None:
+        try:
+            sans = tuple(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+        except x509.ExtensionNotFound:
+            sans = ()
     return {
         "serial": serial_hex(cert.serial_number),
         "kind": kind,
         "profile": profile,
         "subject": cert.subject.rfc4514_string(),
-        "sans": san_text,
+        "sans": ",".join(f"{type(n).__name__}:{n.value}" for n in sans),
         "not_before": cert.not_valid_before_utc,
         "not_after": cert.not_valid_after_utc,
         "issued_at": utcnow(),
@@ -83,6 +86,10 @@ class Issuer:
         self._ca_cert = ca_cert
         self._writer = writer
         self._reader = reader
+        # Duplicate-request lookup on every enrolment: a driver-level point read (see point_reads).
+        self._point_reader = PointReader(reader)
+        self._der_for_csr = self._point_reader.prepare(
+            select(certificates.c.der).where(certificates.c.csr_sha256 == bindparam("csr_sha256")))
         self._linter = linter
         self._hash = ca_key.curve_info.hash_algorithm
         self._ca_pubkey_sha256 = public_key_sha256(ca_cert.public_key())  # type: ignore[arg-type]
@@ -91,6 +98,7 @@ class Issuer:
         self.hash_name = self._hash.name  # e.g. "sha256": the CA's signature algorithm, for csrattrs
         base = config.server.crl_base_url
         self._crl_url, self._delta_url = f"{base}/full.crl", f"{base}/delta.crl"
+        self._templates: dict[str, EndEntityTemplate] = {}
 
     async def enroll(
         self, csr_der: bytes, principal: Principal, *, profile_name: str | None = None,
@@ -114,11 +122,10 @@ class Issuer:
             if existing is not None:
                 return existing
             # 4. build the TBSCertificate
-            builder = end_entity_builder(
-                profile=profile, subject=checked.subject, sans=checked.sans,
+            builder = self._template(profile).builder(
+                subject=checked.subject, sans=checked.sans,
                 public_key=checked.csr.public_key(),  # type: ignore[arg-type]
-                issuer=self._ca_cert, serial=new_serial(), now=utcnow(),
-                crl_url=self._crl_url, delta_crl_url=self._delta_url,
+                serial=new_serial(), now=utcnow(),
             )
             # 5. lint a copy signed with the throwaway key
             precert = builder.sign(self._lint_key, self._hash)
@@ -140,7 +147,7 @@ class Issuer:
         # 7. store + audit, one durable commit
         der = cert.public_bytes(serialization.Encoding.DER)
         row = certificate_row(cert, der, kind="end-entity", profile=profile.name, requested_by=principal.entity_id,
-                              csr_sha256=checked.csr_sha256, pubkey_sha256=checked.pubkey_sha256)
+                              csr_sha256=checked.csr_sha256, pubkey_sha256=checked.pubkey_sha256, sans=checked.sans)
         audit = audit_row(entity_id=principal.entity_id, role=principal.role, action=action,
                           target=row["serial"], outcome="success",  # type: ignore[arg-type]
                           detail={"subject": row["subject"], "profile": profile.name,
@@ -156,17 +163,25 @@ class Issuer:
             return existing
         return Issued(cert, der, row["serial"], reused=False)  # type: ignore[arg-type]
 
+    def _template(self, profile: Profile) -> EndEntityTemplate:
+        template = self._templates.get(profile.name)
+        if template is None:
+            template = self._templates[profile.name] = EndEntityTemplate(
+                profile=profile, issuer=self._ca_cert, crl_url=self._crl_url, delta_crl_url=self._delta_url)
+        return template
+
     def _existing_for(self, checked: CheckedCsr) -> Issued | None:
-        with self._reader.connect() as conn:
-            found = conn.execute(
-                select(certificates.c.der).where(certificates.c.csr_sha256 == checked.csr_sha256)
-            ).first()
+        found = self._point_reader.first(self._der_for_csr, csr_sha256=checked.csr_sha256)
         if found is None:
             return None
         if self._config.csr.duplicate_csr == "reject":
             raise CsrRejected("this exact request was already answered", code="csr_duplicate")
-        cert = x509.load_der_x509_certificate(found.der)
-        return Issued(cert, found.der, serial_hex(cert.serial_number), reused=True)
+        der = bytes(found[0])
+        cert = x509.load_der_x509_certificate(der)
+        return Issued(cert, der, serial_hex(cert.serial_number), reused=True)
+
+    def close(self) -> None:
+        self._point_reader.close()
 
     async def record_refusal(self, principal: Principal, action: str, profile: str, exc: CkmsError) -> None:
         audit = audit_row(entity_id=principal.entity_id, role=principal.role, action=action, target=profile,

@@ -19,13 +19,13 @@ import datetime as dt
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from .errors import NotAuthenticated, NotAuthorized
-from .storage import certificates, entities, entity_generation, role_permissions, utcnow
+from .point_reads import PointReader
+from .storage import certificates, entities, role_permissions, security_state, utcnow
 
 ROLES = ("authority", "administrator", "operator", "auditor")
 
@@ -167,39 +167,22 @@ class PrincipalCache:
     ACL or identity certificate changed anywhere) are the cached principals and the ACL dropped and
     looked up again. So a revocation is effective from the next request in every worker.
 
-    The counter is read over one long-lived driver connection in autocommit mode (each read sees
-    the latest commit): about 8 µs on SQLite, against about 300 µs for a pooled SQLAlchemy
-    round trip, which would cost the hot path several percent.
+    The counter is a driver-level point read (see ``point_reads``): about 8 µs on SQLite, against
+    about 300 µs for a pooled SQLAlchemy round trip, which would cost the hot path several percent.
     """
-
-    _GENERATION_SQL = "SELECT value FROM security_state WHERE name = 'entity_generation'"
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._generation = -1
         self._acl: frozenset[tuple[str, str, str]] | None = None
         self._entries: dict[bytes, tuple[Principal, dt.datetime | None]] = {}
-        self._raw: Any = None
+        self._point_reader = PointReader(engine)
+        self._generation_read = self._point_reader.prepare(
+            select(security_state.c.value).where(security_state.c.name == "entity_generation"))
 
     def _read_generation(self) -> int:
-        try:
-            if self._raw is None:
-                self._raw = self._engine.raw_connection()
-                if self._engine.dialect.name != "sqlite":
-                    self._raw.driver_connection.autocommit = True
-            cursor = self._raw.cursor()
-            try:
-                cursor.execute(self._GENERATION_SQL)
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-            return int(row[0]) if row else 0
-        except Exception:  # noqa: BLE001 - a dropped connection: start over with a fresh one
-            raw, self._raw = self._raw, None
-            if raw is not None:
-                raw.invalidate()
-            with self._engine.connect() as conn:
-                return entity_generation(conn)
+        row = self._point_reader.first(self._generation_read)
+        return int(row[0]) if row else 0
 
     def resolve(self, peer_cert_der: bytes | None) -> Principal:
         generation = self._read_generation()
@@ -226,3 +209,6 @@ class PrincipalCache:
     def clear(self) -> None:
         self._entries.clear()
         self._generation = -1
+
+    def close(self) -> None:
+        self._point_reader.close()

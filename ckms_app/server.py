@@ -389,7 +389,10 @@ async def serve(config: Config, est_sock: socket.socket, crl_sock: socket.socket
             log.exception("final audit seal failed")
     if rt.linter is not None:
         await rt.linter.close()
+    rt.issuer.close()
+    rt.principals.close()
     rt.writer.close()
+    log.info("worker %d: %d database units in %d commits", worker, rt.writer.units, rt.writer.commits)
     rt.token.close()
 
 

