@@ -16,7 +16,9 @@ Reference formats (validated):
                     pulumi:<thing>            the environment model, e.g. pulumi:flows
                     ansible:<playbook>.yml    hardening:<tool>    hsm:<token capability>    doc:docs/<file>.md[#anchor]
     checks          check:<item>[.<letter>].<slug>   e.g. check:F.06.j.ports_closed (slug: 2+ chars [a-z0-9_])
-                    test:tests/<path>.py::<name>
+                    the checks that decide the item's status in the report (run on the hosts or by drills)
+    tests           test:tests/<path>.py::<name>    supporting evidence from the test suite: listed in the
+                    report next to the item, never counted as a host check
     procedure       docs/<file>.md#<anchor>   e.g. docs/operations.md#key-ceremony
 
 The loader is strict: unknown keys, malformed references, missing or duplicated items are errors, all
@@ -82,9 +84,9 @@ IMPL_RES: tuple[re.Pattern[str], ...] = (
 )
 
 _ITEM_KEYS_REQUIRED = ("id", "fr", "sp800_130", "title_ja", "title_en", "summary_en", "applicability")
-_ITEM_KEYS_OPTIONAL = ("procedure", "reason", "implemented_by", "checks", "status", "subitems", "note")
+_ITEM_KEYS_OPTIONAL = ("procedure", "reason", "implemented_by", "checks", "tests", "status", "subitems", "note")
 _SUB_KEYS_REQUIRED = ("title_ja", "title_en", "applicability")
-_SUB_KEYS_OPTIONAL = ("summary_en", "procedure", "reason", "implemented_by", "checks", "status", "note")
+_SUB_KEYS_OPTIONAL = ("summary_en", "procedure", "reason", "implemented_by", "checks", "tests", "status", "note")
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -128,6 +130,7 @@ class SubItem:
     reason: str | None = None
     implemented_by: tuple[str, ...] = ()
     checks: tuple[str, ...] = ()
+    tests: tuple[str, ...] = ()
     status: str | None = None
     note: str | None = None
 
@@ -147,6 +150,7 @@ class Control:
     reason: str | None = None
     implemented_by: tuple[str, ...] = ()
     checks: tuple[str, ...] = ()
+    tests: tuple[str, ...] = ()
     status: str | None = None
     subitems: Mapping[str, SubItem] = field(default_factory=dict)
     note: str | None = None
@@ -161,6 +165,13 @@ class Control:
         seen: dict[str, None] = dict.fromkeys(self.checks)
         for sub in self.subitems.values():
             seen.update(dict.fromkeys(sub.checks))
+        return tuple(seen)
+
+    def all_tests(self) -> tuple[str, ...]:
+        """Supporting suite tests of the item and of its sub-items (``test:`` references)."""
+        seen: dict[str, None] = dict.fromkeys(self.tests)
+        for sub in self.subitems.values():
+            seen.update(dict.fromkeys(sub.tests))
         return tuple(seen)
 
     def all_implemented_by(self) -> tuple[str, ...]:
@@ -266,6 +277,7 @@ def _check_common(
     reason: str | None,
     implemented_by: tuple[str, ...],
     checks: tuple[str, ...],
+    tests: tuple[str, ...],
     status: str | None,
     problems: list[str],
     *,
@@ -286,6 +298,11 @@ def _check_common(
             problems.append(f"{where}: malformed implemented_by reference {ref!r}")
     if len(set(checks)) != len(checks):
         problems.append(f"{where}: a check is listed twice")
+    if len(set(tests)) != len(tests):
+        problems.append(f"{where}: a test is listed twice")
+    for ref in tests:
+        if not TEST_RE.match(ref):
+            problems.append(f"{where}: malformed test reference {ref!r} (expected 'test:tests/<path>.py::<name>')")
     for cid in checks:
         try:
             parsed = parse_check_id(cid)
@@ -293,6 +310,7 @@ def _check_common(
             problems.append(f"{where}: {exc}")
             continue
         if parsed is None:
+            problems.append(f"{where}: {cid!r} is a suite test: list it under 'tests', 'checks' are host checks")
             continue
         if parsed.item != item_id or parsed.sub != letter:
             expected = f"check:{item_id}{'.' + letter if letter else ''}.<slug>"
@@ -325,6 +343,7 @@ def _load_subitem(item_id: str, letter: str, raw: object, source: str, problems:
         reason=raw.get("reason"),  # type: ignore[arg-type]
         implemented_by=_as_tuple(raw.get("implemented_by"), where, "implemented_by", problems),
         checks=_as_tuple(raw.get("checks"), where, "checks", problems),
+        tests=_as_tuple(raw.get("tests"), where, "tests", problems),
         status=raw.get("status"),  # type: ignore[arg-type]
         note=raw.get("note"),  # type: ignore[arg-type]
     )
@@ -337,6 +356,7 @@ def _load_subitem(item_id: str, letter: str, raw: object, source: str, problems:
         sub.reason,
         sub.implemented_by,
         sub.checks,
+        sub.tests,
         sub.status,
         problems,
     )
@@ -411,6 +431,7 @@ def _load_item(raw: object, chapter: str, source: str, problems: list[str]) -> C
         reason=raw.get("reason"),  # type: ignore[arg-type]
         implemented_by=_as_tuple(raw.get("implemented_by"), where, "implemented_by", problems),
         checks=_as_tuple(raw.get("checks"), where, "checks", problems),
+        tests=_as_tuple(raw.get("tests"), where, "tests", problems),
         status=raw.get("status"),  # type: ignore[arg-type]
         subitems=subitems,
         note=raw.get("note"),  # type: ignore[arg-type]
@@ -425,6 +446,7 @@ def _load_item(raw: object, chapter: str, source: str, problems: list[str]) -> C
         control.reason,
         control.implemented_by,
         control.checks,
+        control.tests,
         control.status,
         problems,
         has_sub_checks=any(s.checks for s in subitems.values()),
@@ -603,7 +625,8 @@ def render_markdown(catalog: Mapping[str, Control]) -> str:
         "(A.01-A.69, E.01-E.37, F.01-F.57; lettered sub-items as extra rows). Titles are the project's own "
         "short wording. `automated`: ckms code or roles implement it and a check verifies it; `procedural`: "
         "the named operations section covers it; `not-applicable`: the toy model has no such case. "
-        "Check status `planned` means the check is named but not written yet.",
+        "Check status `planned` means the check is named but not written yet. \"+ N suite tests\": tests of the "
+        "suite listed as supporting evidence (`tests:`), shown in the report but not counted as host checks.",
         "",
         "| chapter | automated | procedural | not-applicable | total |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -631,6 +654,8 @@ def render_markdown(catalog: Mapping[str, Control]) -> str:
                 continue
             n_checks = len(c.checks)
             checks = f"{n_checks} {c.status}" if n_checks else ("-" if not c.subitems else "see sub-items")
+            if c.tests:
+                checks += f" + {len(c.tests)} suite test{'s' if len(c.tests) > 1 else ''}"
             out.append(
                 f"| {c.id} | {', '.join(c.fr)} | {c.sp800_130} | {_cell(c.title_en)} | {c.applicability} "
                 f"| {_impl_cell(c.applicability, c.procedure, c.reason, c.implemented_by)} | {checks} |"
@@ -638,6 +663,8 @@ def render_markdown(catalog: Mapping[str, Control]) -> str:
             for s in c.subitems.values():
                 status = s.status or c.status
                 sub_checks = f"{len(s.checks)} {status}" if s.checks else "-"
+                if s.tests:
+                    sub_checks += f" + {len(s.tests)} suite test{'s' if len(s.tests) > 1 else ''}"
                 out.append(
                     f"| {c.id} {s.letter}) | | | {_cell(s.title_en)} | {s.applicability} "
                     f"| {_impl_cell(s.applicability, s.procedure, s.reason, s.implemented_by)} | {sub_checks} |"

@@ -4,6 +4,12 @@ A security reviewer reads it item by item: what the guidance asks (in our words)
 it automatically (and the checks that prove it, per host, with evidence), procedurally (with the
 document section) or not at all in the toy model (with the reason).
 
+An item's status comes from its ``checks`` only: a check counts as passed when a record of it passed
+and none failed (a check that one source skips and another -- e.g. a drill -- runs and passes is
+passed). Results that carry a ``limitation`` (what the platform did not let the check observe, e.g.
+AppArmor enforcement in a lab container) are listed as such next to the item. The catalog's ``tests``
+(suite tests) are listed as supporting evidence and never counted.
+
     python -m hardening.report --results build/report/results.json [--results drills.json] \
         --out build/report --lang ja|en [--require F]
 """
@@ -30,12 +36,14 @@ TEXT = {
            "evidence": "Evidence", "host": "Host", "check": "Check", "generated": "Generated",
            "summary": "Summary", "reason": "Reason", "procedure": "Procedure", "failures": "Failing checks",
            "pass": "pass", "fail": "FAIL", "partial": "partial", "not-run": "not run", "procedural": "procedural",
-           "not-applicable": "not applicable", "none": "none"},
+           "not-applicable": "not applicable", "none": "none", "limited": "Verified with a limitation of this environment",
+           "limit": "limitation", "tests": "Supporting suite tests (not counted)"},
     "ja": {"title": "ckms 堅牢化レポート", "item": "項目", "status": "状態", "how": "対応方法",
            "evidence": "証跡", "host": "ホスト", "check": "チェック", "generated": "生成日時",
            "summary": "集計", "reason": "理由", "procedure": "手順書", "failures": "不合格のチェック",
            "pass": "合格", "fail": "不合格", "partial": "一部", "not-run": "未実施", "procedural": "手続き",
-           "not-applicable": "対象外", "none": "なし"},
+           "not-applicable": "対象外", "none": "なし", "limited": "この環境の制約つきで検証した項目",
+           "limit": "制約", "tests": "補足の自動テスト（集計対象外）"},
 }
 
 
@@ -45,6 +53,15 @@ class ItemResult:
     status: str
     results: list[dict[str, Any]] = field(default_factory=list)
     missing_checks: list[str] = field(default_factory=list)
+
+    @property
+    def limitations(self) -> list[dict[str, Any]]:
+        """Passed results that could verify only part of their control here (one per check and host)."""
+        seen: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in self.results:
+            if r.get("limitation") and r["outcome"] == "passed":
+                seen.setdefault((r["check"], r["host"]), r)
+        return list(seen.values())
 
 
 def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
@@ -73,7 +90,8 @@ def evaluate(catalog: Mapping[str, Control], records: list[dict[str, Any]]) -> l
         if control.applicability == "procedural" and not checks:
             out.append(ItemResult(control, "procedural"))
             continue
-        outcomes = {r["outcome"] for r in results}
+        per_check = {c: _check_outcome(by_check[c]) for c in checks if c in by_check}
+        outcomes = set(per_check.values())
         if "failed" in outcomes:
             status = "fail"
         elif not results or outcomes == {"skipped"}:
@@ -84,6 +102,12 @@ def evaluate(catalog: Mapping[str, Control], records: list[dict[str, Any]]) -> l
             status = "pass"
         out.append(ItemResult(control, status, results, missing))
     return out
+
+
+def _check_outcome(records: list[dict[str, Any]]) -> str:
+    """One check's outcome over all its records (hosts, runs, drills): failed > passed > skipped."""
+    outcomes = {r["outcome"] for r in records}
+    return "failed" if "failed" in outcomes else "passed" if "passed" in outcomes else "skipped"
 
 
 def _order(item_id: str) -> tuple[int, int]:
@@ -116,6 +140,9 @@ def to_json(items: list[ItemResult], lang: str, generated: str) -> dict[str, Any
             "procedure": i.control.procedure,
             "reason": i.control.reason,
             "checks_without_results": i.missing_checks,
+            "limitations": [{"check": r["check"], "host": r["host"], "limitation": r["limitation"]}
+                            for r in i.limitations],
+            "supporting_tests": list(i.control.all_tests()),
             "results": i.results,
         } for i in items],
     }
@@ -163,8 +190,14 @@ def to_markdown(items: list[ItemResult], lang: str, generated: str) -> str:
         lines += [f"| {i.control.id} | `{r['check']}` | {r['host']} | {_md(r.get('message') or '')} |" for i, r in failing]
     else:
         lines.append(t["none"])
+    limited = [(i, r) for i in items for r in i.limitations]
+    if limited:
+        lines += ["", f"## {t['limited']}", "", f"| {t['item']} | {t['check']} | {t['host']} | {t['limit']} |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {i.control.id} | `{r['check']}` | {r['host']} | {_md(r['limitation'])} |" for i, r in limited]
     lines += ["", f"| {t['item']} | {t['status']} | {t['how']} |", "| --- | --- | --- |"]
-    lines += [f"| {i.control.id} {_md(_title(i.control, lang))} | {t[i.status]} | {_md(_how(i.control))} |" for i in items]
+    lines += [f"| {i.control.id} {_md(_title(i.control, lang))} | {t[i.status]}{' *' if i.limitations else ''} "
+              f"| {_md(_how(i.control))} |" for i in items]
     return "\n".join(lines) + "\n"
 
 
@@ -176,7 +209,8 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{bord
 td,th{border:1px solid #ccc;padding:.3em .5em;vertical-align:top;text-align:left}th{background:#f4f4f4}
 .pass{background:#e6f4ea}.fail{background:#fce8e6;font-weight:bold}.partial{background:#fff4e5}
 .not-run{background:#f1f3f4}.procedural{background:#e8f0fe}.not-applicable{color:#777}
-details pre{white-space:pre-wrap;font-size:.85em;background:#fafafa;padding:.5em}"""
+details pre{white-space:pre-wrap;font-size:.85em;background:#fafafa;padding:.5em}
+.limit{margin:.2em 0;padding:.2em .4em;border-left:4px solid #f9ab00;background:#fef7e0;font-size:.9em}"""
 
 
 def to_html(items: list[ItemResult], lang: str, generated: str) -> str:
@@ -195,6 +229,12 @@ def to_html(items: list[ItemResult], lang: str, generated: str) -> str:
                              f"<pre>{e(ev + msg)}</pre>")
             parts += [f"<b>{e(c)}</b>: {e(t['not-run'])}<br>" for c in i.missing_checks]
             details = f"<details><summary>{e(t['evidence'])} ({len(i.results)})</summary>{''.join(parts)}</details>"
+        if i.limitations:
+            details = "".join(f"<p class='limit'>{e(t['limit'])} ({e(r['check'])} @ {e(r['host'])}): "
+                              f"{e(r['limitation'])}</p>" for r in i.limitations) + details
+        if i.control.all_tests():
+            details += (f"<details><summary>{e(t['tests'])} ({len(i.control.all_tests())})</summary><ul>"
+                        + "".join(f"<li><code>{e(x)}</code></li>" for x in i.control.all_tests()) + "</ul></details>")
         how = _how(i.control)
         if i.control.applicability == "procedural" and i.control.procedure:
             how = f'<a href="../../{e(i.control.procedure)}">{e(i.control.procedure)}</a>'
@@ -235,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     files = write_report(args.out, items, args.lang)
     counts = Counter(i.status for i in items)
     print(" ".join(f"{s}={counts.get(s, 0)}" for s in STATUSES))
+    for i in items:
+        for r in i.limitations:
+            print(f"{i.control.id}: pass, limited here ({r['check']} @ {r['host']}): {r['limitation']}")
     print(f"report: {files['html']}")
     bad = [i for i in items if i.control.chapter in args.require and i.control.applicability == "automated"
            and i.status != "pass"]

@@ -10,6 +10,11 @@ Checks are testinfra tests run over SSH against an Ansible inventory::
 
 ``--ckms-results FILE`` writes one JSON record per (check, host): outcome, duration, evidence and, on
 failure, the assertion message. ``hardening.report`` joins these records with the control catalog.
+
+A check that can verify only part of its control on this platform (a lab container has no AppArmor in
+its kernel, no visible firmware, no signature download) verifies that part and states what it could
+not see with ``evidence.limit("...")``: the record carries it as ``limitation`` and the report shows
+it next to the item, so a pass at configuration level is never mistaken for a full one.
 """
 
 from __future__ import annotations
@@ -38,10 +43,16 @@ class Evidence:
 
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
+        self.limitations: list[str] = []
 
     def add(self, label: str, value: Any) -> None:
         text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
         self.items.append({"label": label, "value": text[:4000]})
+
+    def limit(self, what_was_not_verifiable: str) -> None:
+        """Record what this platform does not let the check observe (shown in the report)."""
+        self.limitations.append(what_was_not_verifiable)
+        self.add("not verifiable here", what_was_not_verifiable)
 
 
 @pytest.fixture
@@ -80,6 +91,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
             "message": str(report.longrepr.reprcrash.message) if report.failed and hasattr(report.longrepr, "reprcrash")
             else (str(report.longrepr[2]) if report.skipped and isinstance(report.longrepr, tuple) else None),
             "evidence": ev.items if ev else [],
+            "limitation": "; ".join(ev.limitations) if ev and ev.limitations else None,
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
 

@@ -422,3 +422,34 @@ def test_cli_counts_and_markdown(capsys):
     assert "total 69" in out and "total 37" in out and "total 57" in out
     assert cat.main(["--markdown"]) == 0
     assert capsys.readouterr().out.startswith("# Guidance items")
+
+
+# ------------------------------------------------------------------------------ suite tests (tests:)
+
+
+def test_suite_tests_are_listed_apart_from_checks(tmp_path):
+    ref = "test:tests/unit/test_x.py::test_y"
+    loaded = load_catalog(_write(tmp_path, [{**GOOD_A01, "tests": [ref]}]), require_complete=False)
+    assert loaded["A.01"].tests == (ref,) and loaded["A.01"].all_tests() == (ref,)
+    assert ref not in loaded["A.01"].all_checks()
+
+
+def test_suite_test_under_checks_is_refused(tmp_path):
+    item = {**GOOD_A01, "checks": ["check:A.01.policy_present", "test:tests/unit/test_x.py::test_y"]}
+    assert "is a suite test: list it under 'tests'" in _problems(tmp_path, [item])
+
+
+def test_only_suite_tests_do_not_make_an_item_automated(tmp_path):
+    item = {**{k: v for k, v in GOOD_A01.items() if k != "checks"}, "tests": ["test:tests/unit/test_x.py::test_y"]}
+    assert "automated but lists no check" in _problems(tmp_path, [item])
+
+
+def test_malformed_suite_test_reference(tmp_path):
+    item = {**GOOD_A01, "tests": ["tests/unit/test_x.py::test_y"]}
+    assert "malformed test reference" in _problems(tmp_path, [item])
+
+
+def test_real_catalog_keeps_suite_tests_out_of_checks(catalog):
+    for c in catalog.values():
+        assert not [x for x in c.all_checks() if x.startswith("test:")], c.id
+    assert any(c.all_tests() for c in catalog.values())

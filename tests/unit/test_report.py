@@ -59,3 +59,32 @@ def test_all_formats_and_languages(tmp_path: Path) -> None:
 def test_write_report_returns_paths(tmp_path: Path) -> None:
     files = write_report(tmp_path, evaluate(load_catalog(), []), "en")
     assert all(p.exists() for p in files.values())
+
+
+def test_a_check_skipped_by_one_source_and_passed_by_another_passes() -> None:
+    catalog = load_catalog()
+    checks = catalog["F.52"].all_checks()
+    records = [record(c, "passed") for c in checks] + [record(checks[-1], "skipped", message="runs as a drill")]
+    assert {i.control.id: i for i in evaluate(catalog, records)}["F.52"].status == "pass"
+    only_skipped = [record(checks[0], "passed"), record(checks[-1], "skipped")]
+    assert {i.control.id: i for i in evaluate(catalog, only_skipped)}["F.52"].status == "partial"
+
+
+def test_limitations_and_suite_tests_are_shown(tmp_path: Path) -> None:
+    catalog = load_catalog()
+    checks = catalog["F.06"].all_checks()
+    limited = {**record("check:F.06.k.apparmor_enforcing", "passed"), "limitation": "no AppArmor in the lab kernel"}
+    records = [record(c, "passed") for c in checks if c != limited["check"]] + [limited]
+    items = evaluate(catalog, records)
+    f06 = {i.control.id: i for i in items}["F.06"]
+    assert f06.status == "pass" and [r["check"] for r in f06.limitations] == ["check:F.06.k.apparmor_enforcing"]
+    write_report(tmp_path, items, "en")
+    doc = json.loads((tmp_path / "report.json").read_text())
+    item = next(i for i in doc["items"] if i["id"] == "F.06")
+    assert item["limitations"] == [{"check": "check:F.06.k.apparmor_enforcing", "host": "ca1",
+                                    "limitation": "no AppArmor in the lab kernel"}]
+    assert "no AppArmor in the lab kernel" in (tmp_path / "summary.md").read_text()
+    assert "no AppArmor in the lab kernel" in (tmp_path / "report.html").read_text()
+    f14 = next(i for i in doc["items"] if i["id"] == "F.14")
+    assert f14["supporting_tests"] and all(t.startswith("test:") for t in f14["supporting_tests"])
+    assert not [c for c in f14["checks_without_results"] if c.startswith("test:")]
