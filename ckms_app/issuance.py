@@ -1,7 +1,7 @@
 """The issuance hot path, top to bottom (A.37, A.38, A.40, A.61, A.62).
 
 authorise → check the CSR → duplicate handling → build the TBSCertificate → lint a throwaway-signed
-copy → HSM signs → certificate row + audit record in one durable commit → return.
+copy → the HSM signs those very TBS bytes → certificate row + audit record in one durable commit → return.
 Nothing is signed by the HSM unless every check and the linter passed, and nothing is returned
 to the client before it is committed.
 """
@@ -17,6 +17,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from .certificate_assembly import sign_linted
 from .config import Config, Profile
 from .csr_policy import CheckedCsr, check_csr, public_key_sha256
 from .errors import CkmsError, Conflict, CsrRejected, HsmError, LintFailed
@@ -92,6 +93,7 @@ class Issuer:
             select(certificates.c.der).where(certificates.c.csr_sha256 == bindparam("csr_sha256")))
         self._linter = linter
         self._hash = ca_key.curve_info.hash_algorithm
+        self._signature_algorithm = ec.ECDSA(self._hash)
         self._ca_pubkey_sha256 = public_key_sha256(ca_cert.public_key())  # type: ignore[arg-type]
         # Throwaway key on the CA's curve: signs the copy the linter sees, never anything issued.
         self._lint_key = ec.generate_private_key(ca_key.curve_info.crypto_curve)
@@ -129,23 +131,21 @@ class Issuer:
             )
             # 5. lint a copy signed with the throwaway key
             precert = builder.sign(self._lint_key, self._hash)
+            precert_der = precert.public_bytes(serialization.Encoding.DER)
             if self._linter is not None:
-                report = await self._linter.lint_certificate(precert.public_bytes(serialization.Encoding.DER))
+                report = await self._linter.lint_certificate(precert_der)
                 _raise_if_blocking(report, "certificate")
-            # 6. the HSM signs the same TBSCertificate
+            # 6. the HSM signs exactly the linted TBSCertificate
             try:
-                cert = builder.sign(self._ca_key, self._hash)
+                cert, der = sign_linted(precert, precert_der, self._ca_key, self._signature_algorithm)
             except HsmError as exc:
                 if self._guard is not None:
                     await self._guard.hsm_failed(exc)
                 raise
-            if cert.tbs_certificate_bytes != precert.tbs_certificate_bytes:
-                raise LintFailed("the signed certificate differs from the linted one")
         except CkmsError as exc:
             await self.record_refusal(principal, action, profile.name, exc)
             raise
         # 7. store + audit, one durable commit
-        der = cert.public_bytes(serialization.Encoding.DER)
         row = certificate_row(cert, der, kind="end-entity", profile=profile.name, requested_by=principal.entity_id,
                               csr_sha256=checked.csr_sha256, pubkey_sha256=checked.pubkey_sha256, sans=checked.sans)
         audit = audit_row(entity_id=principal.entity_id, role=principal.role, action=action,

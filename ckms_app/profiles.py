@@ -1,7 +1,8 @@
 """Turn a profile plus a checked subject and key into an RFC 5280 v3 certificate builder.
 
-The builder is signed twice: first with a throwaway key for the linter, then by the HSM. Both
-signatures cover the same TBSCertificate because the builder is immutable.
+The builder is signed once with a throwaway key for the linter; the HSM then signs the very
+TBSCertificate bytes the linter saw (see ``certificate_assembly``). Other callers (the ceremony,
+identity certificates) simply sign the builder with the CA key.
 """
 
 from __future__ import annotations

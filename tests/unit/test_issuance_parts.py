@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
+from ckms_app.certificate_assembly import assemble, sign_linted, signature_algorithm_der
 from ckms_app.config import Profile
 from ckms_app.csr_policy import check_csr
 from ckms_app.errors import ConfigError, CsrRejected
@@ -137,3 +138,28 @@ def test_serial_parsing() -> None:
     for bad in ["", "xyz", "1" * 41, "12 34"]:
         with pytest.raises(BadRequest):
             parse_serial(bad)
+
+
+def test_assembled_certificate_carries_the_linted_tbs_and_verifies() -> None:
+    """The issued certificate = linted TBS + CA signature; the DER parses and verifies under the CA key."""
+    for curve, hash_algorithm in ((ec.SECP256R1(), hashes.SHA256()), (ec.SECP384R1(), hashes.SHA384())):
+        ca_key, throwaway, subject_key = (ec.generate_private_key(curve) for _ in range(3))
+        now = dt.datetime.now(dt.UTC)
+        # A long SAN pushes the TBS over 255 bytes of content: exercises long-form DER lengths.
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev-1")]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
+                   .public_key(subject_key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName("d" * 60 + f".n{i}.example")
+                                                                 for i in range(8)]), critical=False))
+        precert = builder.sign(throwaway, hash_algorithm)
+        precert_der = precert.public_bytes(serialization.Encoding.DER)
+        cert, der = sign_linted(precert, precert_der, ca_key, ec.ECDSA(hash_algorithm))
+        assert cert.tbs_certificate_bytes == precert.tbs_certificate_bytes
+        assert cert.signature_algorithm_oid == precert.signature_algorithm_oid
+        assert cert.public_bytes(serialization.Encoding.DER) == der
+        ca_key.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hash_algorithm))
+        # Re-assembling the throwaway-signed copy from its parts gives back its exact DER.
+        assert assemble(precert.tbs_certificate_bytes, signature_algorithm_der(precert_der),
+                        precert.signature) == precert_der
