@@ -6,6 +6,15 @@ processes, each request with a fresh, pre-generated CSR:
 1. closed loop with N concurrent clients: certificates/s and latency percentiles;
 2. open loop at a fixed rate (default 200/s): latency percentiles under a steady load;
 3. the in-process ceiling: CSR checks + build + lint + HSM sign without HTTP or storage.
+
+``--db postgresql`` runs the same phases on a throwaway PostgreSQL server (fsync on), and
+``--nodes 2`` starts a second daemon on the same database with its own token holding the CA key
+restored from a wrapped backup (``ckms_app.multinode``); the client processes are split between
+the two daemons. ``--matrix`` (``make bench-matrix``) runs SQLite and PostgreSQL with 1 and 2
+nodes. All daemons, their workers, the linters, the database and the load generator share this
+machine's CPUs, so a second node adds no CPU here: it shows that nodes scale out correctly and
+what their coordination costs, not what a second machine would add. Two nodes on SQLite share one
+file on one host, which only a benchmark does (SQLite cannot be shared between hosts).
 """
 
 from __future__ import annotations
@@ -24,7 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -167,16 +178,18 @@ def _client_process(home: str, csrs: list[bytes], threads: int, duration: float,
     queue.put((latencies, errors))
 
 
-def drive(home: Path, csrs: list[bytes], *, processes: int, threads: int, duration: float,
+def drive(homes: Path | list[Path], csrs: list[bytes], *, processes: int, threads: int, duration: float,
           rate: float | None) -> dict[str, float]:
+    """Load from ``processes`` client processes; with several homes (nodes) process i uses node i mod n."""
+    nodes = [homes] if isinstance(homes, Path) else homes
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     start_at = time.monotonic() + 2.0
     share = len(csrs) // processes
     per_process_rate = rate / processes if rate else None
     procs = [ctx.Process(target=_client_process,
-                         args=(str(home), csrs[i * share:(i + 1) * share], threads, duration, per_process_rate,
-                               start_at, queue)) for i in range(processes)]
+                         args=(str(nodes[i % len(nodes)]), csrs[i * share:(i + 1) * share], threads, duration,
+                               per_process_rate, start_at, queue)) for i in range(processes)]
     for p in procs:
         p.start()
     latencies: list[float] = []
@@ -239,53 +252,144 @@ async def _ceiling(home: Path, csrs: list[bytes], duration: float) -> dict[str, 
             "p99_ms": round(_percentile(latencies, 0.99) * 1000, 3)}
 
 
+_CLI = [sys.executable, "-m", "ckms_app.cli"]
+
+
+def _homes(workdir: Path, db: str, nodes: int, stack: ExitStack) -> list[Path]:
+    """A throwaway CA (on SQLite in its home, or on a fresh PostgreSQL server) and its nodes."""
+    first = workdir / "home"
+    init = [*_CLI, "ca", "init", "--home", str(first), "--est-port", str(_free_port()),
+            "--crl-port", str(_free_port())]
+    if db == "postgresql":
+        from .throwaway_postgres import PostgresServer
+
+        server = PostgresServer().start()
+        stack.callback(server.stop)
+        init += ["--database-url", server.create_database("ckms_bench")]
+    subprocess.run(init, check=True, capture_output=True)
+    homes = [first]
+    if nodes > 1:
+        from . import multinode
+
+        custody = multinode.split_custody(first, workdir / "custody")
+        backup = workdir / "ca-key.backup"
+        multinode.backup_ca_key(first, custody, backup)
+        for n in range(2, nodes + 1):
+            home = workdir / f"home{n}"
+            multinode.add_node(first, home, backup=backup, custody=custody, est_port=_free_port(),
+                               crl_port=_free_port(), same_host_sqlite=db == "sqlite")
+            homes.append(home)
+    return homes
+
+
+def _start_daemons(homes: list[Path], stack: ExitStack) -> None:
+    for home in homes:
+        daemon = subprocess.Popen([*_CLI, "ca", "serve", "--home", str(home)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True)
+
+        def stop(d: subprocess.Popen[str] = daemon) -> None:
+            d.send_signal(signal.SIGTERM)
+            d.wait(30)
+
+        stack.callback(stop)
+        assert daemon.stdout is not None
+        while '"ready"' not in daemon.stdout.readline():
+            if daemon.poll() is not None:
+                raise SystemExit(f"daemon in {home} failed to start")
+
+
+def run_setup(workdir: Path, csrs: list[bytes], args: argparse.Namespace, *, db: str, nodes: int,
+              ceiling: bool) -> dict[str, Any]:
+    """Closed and open loop against ``nodes`` daemons on ``db``; then (if asked) the in-process ceiling."""
+    processes = max(args.processes, nodes)
+    with ExitStack() as stack:
+        homes = _homes(workdir, db, nodes, stack)
+        with ExitStack() as daemons:
+            _start_daemons(homes, daemons)
+            half = len(csrs) // 2
+            throughput = drive(homes, csrs[:half], processes=processes, threads=args.clients // processes,
+                               duration=args.duration, rate=None)
+            steady = drive(homes, csrs[half:], processes=processes, threads=max(8, args.clients // processes),
+                           duration=args.duration, rate=args.rate)
+        result: dict[str, Any] = {"db": db, "nodes": nodes, "closed_loop": {"clients": args.clients, **throughput},
+                                  "open_loop": {"rate_per_s": args.rate, **steady}}
+        if ceiling:
+            result["in_process_ceiling"] = asyncio.run(_ceiling(homes[0], csrs[:3000], min(args.duration, 5.0)))
+    return result
+
+
+def _generate_csrs(args: argparse.Namespace) -> list[bytes]:
+    needed = int(max(1500, 1200 * args.duration) + args.rate * args.duration * 1.2)
+    with mp.get_context("fork").Pool(os.cpu_count() or 2) as pool:
+        chunks = pool.map(_make_csrs, [("bench", i * 1000, 1000) for i in range(needed // 1000 + 1)])
+    return [c for chunk in chunks for c in chunk]
+
+
+def _print_single(result: dict[str, Any], args: argparse.Namespace, headline: bool) -> None:
+    throughput, steady = result["closed_loop"], result["open_loop"]
+    if not headline:
+        print(f"{result['db']}, {result['nodes']} node{'s' if result['nodes'] > 1 else ''}:")
+    print(f"end to end, {args.clients} keep-alive mTLS clients: {throughput['certs_per_s']} certs/s, "
+          f"p50 {throughput['p50_ms']} ms, p99 {throughput['p99_ms']} ms, errors {throughput['errors']}")
+    print(f"end to end, open loop at {args.rate:.0f}/s: {steady['certs_per_s']} certs/s, "
+          f"p50 {steady['p50_ms']} ms, p99 {steady['p99_ms']} ms, errors {steady['errors']}")
+    ceiling = result.get("in_process_ceiling")
+    if ceiling is not None:
+        print(f"in-process build+lint+HSM sign ceiling: {ceiling['certs_per_s']} certs/s, "
+              f"p50 {ceiling['p50_ms']} ms, p99 {ceiling['p99_ms']} ms  ({os.cpu_count()} CPUs)")
+
+
+def _print_matrix(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(f"| database | nodes | closed loop ({args.clients} clients) certs/s | p50 ms | p99 ms "
+          f"| open loop {args.rate:.0f}/s certs/s | p50 ms | p99 ms | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        c, o = r["closed_loop"], r["open_loop"]
+        print(f"| {r['db']} | {r['nodes']} | {c['certs_per_s']} | {c['p50_ms']} | {c['p99_ms']} "
+              f"| {o['certs_per_s']} | {o['p50_ms']} | {o['p99_ms']} | {c['errors'] + o['errors']} |")
+    ceiling = results[0].get("in_process_ceiling")
+    if ceiling is not None:
+        print(f"in-process build+lint+HSM sign ceiling: {ceiling['certs_per_s']} certs/s, "
+              f"p50 {ceiling['p50_ms']} ms, p99 {ceiling['p99_ms']} ms  ({os.cpu_count()} CPUs; all daemons, "
+              f"the database and the clients share them)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ckms_app.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ckms_app.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients in the closed loop")
-    parser.add_argument("--processes", type=int, default=2, help="client processes")
+    parser.add_argument("--processes", type=int, default=2, help="client processes (at least one per node)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     parser.add_argument("--rate", type=float, default=200.0, help="open-loop requests/s for the latency phase")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the database of the CA (postgresql: a throwaway local server)")
+    parser.add_argument("--nodes", type=int, choices=(1, 2), default=1,
+                        help="daemons on the one database, each with its own token")
+    parser.add_argument("--matrix", action="store_true", help="sqlite and postgresql, 1 and 2 nodes (ignores "
+                        "--db and --nodes)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory(prefix="ckms-bench-") as tmp:
-        home = Path(tmp) / "home"
-        cli = [sys.executable, "-m", "ckms_app.cli"]
-        subprocess.run([*cli, "ca", "init", "--home", str(home), "--est-port", str(_free_port()),
-                        "--crl-port", str(_free_port())], check=True, capture_output=True)
-        needed = int(max(1500, 1200 * args.duration) + args.rate * args.duration * 1.2)
-        with mp.get_context("fork").Pool(os.cpu_count() or 2) as pool:
-            chunks = pool.map(_make_csrs, [("bench", i * 1000, 1000) for i in range(needed // 1000 + 1)])
-        csrs = [c for chunk in chunks for c in chunk]
-        daemon = subprocess.Popen([*cli, "ca", "serve", "--home", str(home)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True)
-        try:
-            assert daemon.stdout is not None
-            while '"ready"' not in daemon.stdout.readline():
-                if daemon.poll() is not None:
-                    raise SystemExit("daemon failed to start")
-            half = len(csrs) // 2
-            throughput = drive(home, csrs[:half], processes=args.processes, threads=args.clients // args.processes,
-                               duration=args.duration, rate=None)
-            steady = drive(home, csrs[half:], processes=args.processes, threads=max(8, args.clients // args.processes),
-                           duration=args.duration, rate=args.rate)
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(30)
-        ceiling = asyncio.run(_ceiling(home, csrs[:3000], min(args.duration, 5.0)))
-
-    result = {"closed_loop": {"clients": args.clients, **throughput},
-              "open_loop": {"rate_per_s": args.rate, **steady},
-              "in_process_ceiling": ceiling, "cpus": os.cpu_count()}
+    csrs = _generate_csrs(args)
+    setups = ([(db, n) for db in ("sqlite", "postgresql") for n in (1, 2)] if args.matrix
+              else [(args.db, args.nodes)])
+    results = []
+    for index, (db, nodes) in enumerate(setups):
+        with tempfile.TemporaryDirectory(prefix="ckms-bench-") as tmp:
+            # Each setup has its own database, so the same CSRs serve every setup.
+            results.append(run_setup(Path(tmp), csrs, args, db=db, nodes=nodes, ceiling=index == 0))
+    cpus = os.cpu_count()
     if args.json:
-        print(json.dumps(result, indent=2))
+        if args.matrix:
+            print(json.dumps({"matrix": results, "cpus": cpus}, indent=2))
+        else:
+            single = results[0]
+            print(json.dumps({k: v for k, v in single.items() if k not in ("db", "nodes")}
+                             | {"cpus": cpus, "db": single["db"], "nodes": single["nodes"]}, indent=2))
+    elif args.matrix:
+        _print_matrix(results, args)
     else:
-        print(f"end to end, {args.clients} keep-alive mTLS clients: {throughput['certs_per_s']} certs/s, "
-              f"p50 {throughput['p50_ms']} ms, p99 {throughput['p99_ms']} ms, errors {throughput['errors']}")
-        print(f"end to end, open loop at {args.rate:.0f}/s: {steady['certs_per_s']} certs/s, "
-              f"p50 {steady['p50_ms']} ms, p99 {steady['p99_ms']} ms, errors {steady['errors']}")
-        print(f"in-process build+lint+HSM sign ceiling: {ceiling['certs_per_s']} certs/s, "
-              f"p50 {ceiling['p50_ms']} ms, p99 {ceiling['p99_ms']} ms  ({os.cpu_count()} CPUs)")
+        _print_single(results[0], args, headline=(args.db, args.nodes) == ("sqlite", 1))
     return 0
 
 

@@ -83,19 +83,24 @@ def backup_ca_key(home: Path, custody: Custody, out: Path, custodians: tuple[str
 
 
 def add_node(first: Path, new: Path, *, backup: Path, custody: Custody, est_port: int, crl_port: int,
-             custodians: tuple[str, str] = ("bob", "carol")) -> dict[str, Any]:
+             custodians: tuple[str, str] = ("bob", "carol"), same_host_sqlite: bool = False) -> dict[str, Any]:
     """Create the home of another node of ``first``'s CA and restore the CA key into its own token.
 
+    The nodes share ``first``'s PostgreSQL database. ``same_host_sqlite`` (for ``make bench`` only)
+    lets a second daemon on the same host share ``first``'s SQLite file instead: SQLite's locks work
+    between processes of one host, never between hosts, so this is no deployment.
     Returns ``ckms hsm restore``'s summary (restored labels, token directory, pairwise test).
     """
     if new.exists():
         raise NodeSetupError(f"{new} exists; a new node gets a new home")
-    new.mkdir(mode=0o700, parents=True)
     config = (first / "ckms.toml").read_text()
     if "postgresql" not in config:
-        raise NodeSetupError("another node needs a shared database: init the first node with --database-url")
-    config = _set_port(config, "est_port", est_port)
-    config = _set_port(config, "crl_port", crl_port)
+        if not same_host_sqlite:
+            raise NodeSetupError("another node needs a shared database: init the first node with --database-url")
+        config = _set_line(config, "url", f'"sqlite:///{(first / "db" / "ckms.sqlite3").resolve()}"')
+    new.mkdir(mode=0o700, parents=True)
+    config = _set_line(config, "est_port", str(est_port))
+    config = _set_line(config, "crl_port", str(crl_port))
     (new / "ckms.toml").write_text(config)
     for rel in _SHARED:
         src, dst = first / rel, new / rel
@@ -114,8 +119,8 @@ def add_node(first: Path, new: Path, *, backup: Path, custody: Custody, est_port
     return restored
 
 
-def _set_port(config: str, key: str, port: int) -> str:
-    updated, count = re.subn(rf"(?m)^{key} = \d+$", f"{key} = {port}", config)
+def _set_line(config: str, key: str, value: str) -> str:
+    updated, count = re.subn(rf"(?m)^{key} = .*$", lambda _: f"{key} = {value}", config)
     if count != 1:
         raise NodeSetupError(f"ckms.toml has {count} '{key}' lines; expected one")
     return updated

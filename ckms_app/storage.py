@@ -290,6 +290,8 @@ def migrate(engine: Engine) -> int:
     Without it two nodes would both create the tables or apply the same migration twice.
     """
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
         schema_migrations.create(conn, checkfirst=True)
         done = {row[0] for row in conn.execute(select(schema_migrations.c.version))}
         for version, apply in MIGRATIONS:

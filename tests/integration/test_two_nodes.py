@@ -26,7 +26,18 @@ from sqlalchemy import select
 from ckms_app import multinode
 from ckms_app.client import CkmsClient, Credentials
 from ckms_app.config import load_config
-from ckms_app.storage import audit_events, certificates, crls, open_engine, revocations
+from ckms_app.storage import (
+    MIGRATIONS,
+    audit_chain_head,
+    audit_events,
+    certificates,
+    crls,
+    migrate,
+    open_engine,
+    revocations,
+    schema_migrations,
+    security_state,
+)
 from ckms_app.throwaway_postgres import PostgresServer
 
 from .conftest import CaHome, Daemon, ckms, free_port, make_csr
@@ -225,6 +236,40 @@ def test_two_nodes_issue_revoke_and_publish_concurrently(two_nodes: tuple[str, l
                     str(home.home / "credentials" / "auditor.password"), "--cert", str(home.cred("auditor")[0]))
         report = json.loads(proc.stdout)
         assert report["ok"] and report["seals_checked"], report
+
+
+def test_nodes_starting_together_migrate_once(postgres: PostgresServer) -> None:
+    """Nodes that start at the same moment on a fresh (or older) database apply each migration once."""
+    url = postgres.create_database("ckms_migrate_race")
+    engines = [open_engine(url) for _ in range(4)]
+    start = threading.Barrier(len(engines))
+    versions: list[int] = []
+    failures: list[str] = []
+
+    def node(engine) -> None:  # type: ignore[no-untyped-def]
+        start.wait()
+        try:
+            versions.append(migrate(engine))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=node, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    try:
+        assert not failures, failures
+        assert versions == [max(v for v, _ in MIGRATIONS)] * len(engines)
+        with engines[0].connect() as conn:
+            applied = [r.version for r in conn.execute(select(schema_migrations.c.version))]
+            heads = conn.execute(select(audit_chain_head)).all()
+            counters = [r.name for r in conn.execute(select(security_state.c.name))]
+        assert sorted(applied) == [v for v, _ in MIGRATIONS]
+        assert len(heads) == 1 and counters.count("entity_generation") == 1
+    finally:
+        for e in engines:
+            e.dispose()
 
 
 def _fetch(home: CaHome, which: str) -> bytes:
