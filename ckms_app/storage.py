@@ -11,14 +11,17 @@ the commit, so a killed process never loses a certificate a client holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import fcntl
 import functools
 import hashlib
 import json
+import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -430,6 +433,46 @@ class Inserts:
 Unit = Callable[[Connection], Any]
 
 
+class WriteTurn:
+    """Group-commit writers on one SQLite file take turns through an advisory file lock.
+
+    SQLite has no queue for its write lock: a writer that finds it taken must poll (BEGIN
+    IMMEDIATE every millisecond here), and each failed attempt costs Python time in the waiting
+    process while the holder is waiting for its fsync. The daemon's worker processes each own a
+    writer, so they would spend CPU polling each other. Holding ``<database>-writer.lock`` (flock)
+    from BEGIN to COMMIT makes the next writer sleep in the kernel and wake the moment the previous
+    commit is done. Other writers (CLI commands) still meet the real lock, BEGIN IMMEDIATE, and poll.
+    PostgreSQL queues lock waiters itself: there the turn is a no-op.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+        self._fd: int | None = None
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> WriteTurn:
+        database = engine.url.database if engine.dialect.name == "sqlite" else None
+        return cls(f"{database}-writer.lock" if database and database != ":memory:" else None)
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        if self._path is None:
+            yield
+            return
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
 class GroupCommitWriter:
     """One thread owning the write connection; units of work are batched into durable commits.
 
@@ -439,6 +482,7 @@ class GroupCommitWriter:
 
     def __init__(self, engine: Engine, max_batch: int = 256) -> None:
         self._engine = engine
+        self._turn = WriteTurn.for_engine(engine)
         self._max_batch = max_batch
         self._queue: queue.Queue[tuple[Callable[[Connection], Any], Future[Any]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="ckms-group-commit", daemon=True)
@@ -467,6 +511,7 @@ class GroupCommitWriter:
             self._queue.put(None)
             self._thread.join()
             self._engine.dispose()
+            self._turn.close()
 
     def _loop(self) -> None:
         stop = False
@@ -513,7 +558,7 @@ class GroupCommitWriter:
     def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]],
                    isolate: bool) -> list[tuple[Future[Any], bool, Any]]:
         results: list[tuple[Future[Any], bool, Any]] = []
-        with self._engine.begin() as conn:
+        with self._turn(), self._engine.begin() as conn:
             if not isolate:
                 try:
                     self._run_optimistic(conn, batch, results)
