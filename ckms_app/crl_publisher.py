@@ -9,11 +9,12 @@ before the HSM signs it, stored in the database, and written atomically to the C
 Several publishers share one sequence: every worker process of a node may publish on request, and
 several CA nodes share one PostgreSQL database. Reading ``max(crl_number) + 1``, signing, and then
 inserting would let two of them pick the same number, or commit a higher number before a lower one
-with fewer revocations in it. So a publication holds a database-wide lock from the moment it picks
-its number until its rows are committed (:func:`_publication_transaction`): on PostgreSQL a
-transaction-scoped advisory lock, on SQLite the database write lock (``BEGIN IMMEDIATE``). CRL
-numbers are therefore strictly increasing in commit order on every node, and each CRL holds every
-revocation committed before it.
+with fewer revocations in it. So a publication holds a lock from the moment it picks its number
+until its rows are committed (:class:`_PostgresSequence`, :class:`_SqliteSequence`): on PostgreSQL
+a transaction-scoped advisory lock, which every node sees; on SQLite (one host) a lock file next to
+the database. Neither holds up issuance: signing a CRL with thousands of entries takes a good part
+of a second, far too long to keep SQLite's write lock. CRL numbers are therefore strictly increasing
+in commit order on every node, and each CRL holds every revocation committed before it.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ import fcntl
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 
 from .config import Config
 from .errors import CkmsError, HsmError, LintFailed
@@ -52,6 +55,7 @@ from .storage import (
     utcnow,
 )
 
+T = TypeVar("T")
 log = logging.getLogger("ckms.crl")
 _POLL_SECONDS = 1.0
 # pg_advisory_xact_lock key of the CRL-number sequence ("ckms_crl" in ASCII); one lock per database.
@@ -147,52 +151,48 @@ class CrlPublisher:
                                         target="crl", outcome="error", detail={"code": exc.code, "reason": str(exc)})
                     await self._writer.submit(Inserts(((audit_events, refusal),)))
                     raise
-            conn = await asyncio.to_thread(self._publication_transaction)
+            sequence = await self._sequence()
             try:
-                if only_if_needed and not await asyncio.to_thread(self._needs_publication, conn):
-                    await asyncio.to_thread(conn.rollback)
+                if only_if_needed and not await sequence.read(self._needs_publication):
                     return None
-                result, files = await self._publish_locked(conn, principal)
-            except BaseException:
-                await asyncio.to_thread(conn.rollback)
-                raise
+                result, files = await self._publish_locked(sequence, principal)
             finally:
-                await asyncio.to_thread(conn.close)
+                await sequence.release()
             self._write_files(*files)
             return result
 
-    def _publication_transaction(self) -> Connection:
-        """A connection inside a transaction that holds the CRL-number lock until it ends.
+    async def _sequence(self) -> _PostgresSequence | _SqliteSequence:
+        """Take the CRL-number lock of this database (waits for a publication in progress).
 
-        PostgreSQL: ``pg_advisory_xact_lock`` serialises publishers on every node without blocking
-        issuance or revocation. SQLite (one node): the connection comes from a writer engine, whose
-        ``BEGIN IMMEDIATE`` takes the database write lock, so the worker processes' writers wait
-        for the few milliseconds a publication takes.
+        The wait runs in a thread that a cancelled caller (a client that hung up) cannot stop, so
+        a lock it obtains after the cancellation is released at once instead of blocking every
+        publisher on every node for good.
         """
-        if self._lock_engine is None:
-            self._lock_engine = open_engine(self._config.database_url, writer=True)
-        conn = self._lock_engine.connect()
+        if make_url(self._config.database_url).get_backend_name() == "postgresql":
+            if self._lock_engine is None:
+                self._lock_engine = open_engine(self._config.database_url)
+            acquiring = asyncio.ensure_future(asyncio.to_thread(_PostgresSequence.acquire, self._lock_engine))
+        else:
+            acquiring = asyncio.ensure_future(asyncio.to_thread(
+                _SqliteSequence.acquire, self._config.database_url, self._reader, self._writer))
         try:
-            conn.begin()
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CRL_LOCK_KEY})
-        except BaseException:
-            conn.close()
+            return await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+            acquiring.add_done_callback(_close_if_acquired)
             raise
-        return conn
 
-    async def _publish_locked(self, conn: Connection, principal: Principal
+    async def _publish_locked(self, sequence: _PostgresSequence | _SqliteSequence, principal: Principal
                               ) -> tuple[Published, tuple[int, bytes, bytes, bytes | None]]:
         """Pick the next number, sign full and delta CRLs, store and commit them: under the lock."""
         now = utcnow().replace(microsecond=0)
 
-        def read() -> tuple:  # type: ignore[type-arg]
+        def read(conn: Connection) -> tuple:  # type: ignore[type-arg]
             base = _latest(conn, ("base",))
             number = (conn.execute(select(func.max(crls.c.crl_number))).scalar() or 0) + 1
             rows = conn.execute(select(revocations).order_by(revocations.c.id)).all()
             return base, number, rows
 
-        base, number, rows = await asyncio.to_thread(read)
+        base, number, rows = await sequence.read(read)
         max_id = rows[-1].id if rows else 0
         new_base = base is None or (now - base.this_update).total_seconds() >= self._config.crl.full_interval_seconds
         base_number = number if new_base else base.crl_number
@@ -215,12 +215,11 @@ class CrlPublisher:
                           target=f"crl:{number}", outcome="success",
                           detail={"full": number, "delta": number + 1, "base": base_number, "entries": len(rows)})
 
-        def store() -> None:
+        def store(conn: Connection) -> None:
             conn.execute(crls.insert(), records)
             append_audit(conn, [audit])
-            conn.commit()  # durable, and the lock is released
 
-        await asyncio.to_thread(store)
+        await sequence.store(store)
         return (Published(number, number + 1, base_number, len(rows), now),
                 (number, full_der, delta_der, full_der if new_base else None))
 
@@ -288,6 +287,97 @@ class CrlPublisher:
                 written["base"], changed = number, True
             if changed:
                 _atomic_write(numbers_path, json.dumps(written).encode())
+
+
+class _PostgresSequence:
+    """The CRL-number lock on PostgreSQL: ``pg_advisory_xact_lock`` in a transaction of its own.
+
+    Reads and the final insert run in that transaction, so the lock is held from picking the number
+    until the commit and released by it, on whichever node. It blocks nothing but other publishers.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def acquire(cls, engine: Engine) -> _PostgresSequence:
+        conn = engine.connect()
+        try:
+            conn.begin()
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CRL_LOCK_KEY})
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn)
+
+    async def read(self, query: Callable[[Connection], T]) -> T:
+        return await asyncio.to_thread(query, self._conn)
+
+    async def store(self, unit: Callable[[Connection], Any]) -> None:
+        def run() -> None:
+            unit(self._conn)
+            self._conn.commit()
+
+        await asyncio.to_thread(run)
+
+    async def release(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        try:
+            self._conn.rollback()  # nothing to undo after store(); ends the transaction otherwise
+        finally:
+            self._conn.close()
+
+
+class _SqliteSequence:
+    """The CRL-number lock on SQLite: an exclusive ``flock`` on ``<database>.crl-lock``.
+
+    SQLite serves one host, so a lock file orders its worker processes. Reads see every commit made
+    before the lock was taken, and the insert goes through the durable group-commit writer before the
+    lock is let go; the database write lock is held only for that commit, as for any write.
+    """
+
+    def __init__(self, lock_fd: int | None, reader: Engine, writer: GroupCommitWriter) -> None:
+        self._lock_fd = lock_fd
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    def acquire(cls, url: str, reader: Engine, writer: GroupCommitWriter) -> _SqliteSequence:
+        database = make_url(url).database
+        lock_fd = None
+        if database and database != ":memory:":  # an in-memory database has a single connection anyway
+            lock_fd = os.open(f"{database}.crl-lock", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(lock_fd)
+                raise
+        return cls(lock_fd, reader, writer)
+
+    async def read(self, query: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self._reader.connect() as conn:
+                return query(conn)
+
+        return await asyncio.to_thread(run)
+
+    async def store(self, unit: Callable[[Connection], Any]) -> None:
+        await self._writer.submit(unit)
+
+    async def release(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the file releases the flock
+            self._lock_fd = None
+
+
+def _close_if_acquired(acquiring: asyncio.Future[_PostgresSequence | _SqliteSequence]) -> None:
+    if not acquiring.cancelled() and acquiring.exception() is None:
+        acquiring.result().close()
 
 
 def _latest(conn: Connection, kinds: tuple[str, ...]):  # type: ignore[no-untyped-def]

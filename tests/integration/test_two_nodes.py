@@ -40,7 +40,7 @@ from ckms_app.storage import (
 )
 from ckms_app.throwaway_postgres import PostgresServer
 
-from .conftest import CaHome, Daemon, ckms, free_port, make_csr
+from .conftest import CaHome, Daemon, ckms, free_port, init_home, make_csr
 
 NODES = 2
 ENROLLERS_PER_NODE = 3
@@ -174,15 +174,11 @@ def test_two_nodes_issue_revoke_and_publish_concurrently(two_nodes: tuple[str, l
         with engine.connect() as conn:
             stored = {r.serial: r for r in conn.execute(select(certificates.c.serial, certificates.c.der,
                                                                certificates.c.status, certificates.c.kind))}
-            crl_rows = conn.execute(select(crls).order_by(crls.c.crl_number)).all()
             revoked_rows = conn.execute(select(revocations.c.id, revocations.c.serial)
                                         .order_by(revocations.c.id)).all()
-            publish_events = conn.execute(select(audit_events.c.seq, audit_events.c.detail)
-                                          .where(audit_events.c.action == "crl.publish",
-                                                 audit_events.c.outcome == "success")
-                                          .order_by(audit_events.c.seq)).all()
     finally:
         engine.dispose()
+    crl_rows, publish_events = _crl_state(url)
     end_entity = {s: r for s, r in stored.items() if r.kind == "end-entity"}
     assert len(end_entity) == total and set(end_entity) == set(serials)
     for _, cert in issued:
@@ -193,28 +189,11 @@ def test_two_nodes_issue_revoke_and_publish_concurrently(two_nodes: tuple[str, l
     assert [r.serial for r in revoked_rows if r.serial in end_entity] and \
         Counter(r.serial for r in revoked_rows).most_common(1)[0][1] == 1
 
-    # one CRL sequence: the numbers each publication got are unique, and in the order publications
-    # committed (the audit chain's order) they strictly increase; every stored CRL is one of them
-    in_commit_order = [json.loads(e.detail)["full"] for e in publish_events]
-    assert in_commit_order == sorted(in_commit_order) and len(set(in_commit_order)) == len(in_commit_order)
+    # one CRL sequence, whose numbers each publication got once and in commit order
+    in_commit_order = _assert_one_crl_sequence(crl_rows, publish_events, ca_cert, revoked)
     assert {p["full_crl_number"] for p in published + final} <= set(in_commit_order)
     assert len({p["full_crl_number"] for p in published}) == NODES * PUBLICATIONS_PER_NODE
-    numbers = [r.crl_number for r in crl_rows]
-    assert sorted({n for f in in_commit_order for n in (f, f + 1)}) == numbers
     public_key = ca_cert.public_key()
-    previous: set[int] = set()
-    for row in crl_rows:
-        crl = x509.load_der_x509_crl(row.der)
-        assert crl.is_signature_valid(public_key)  # type: ignore[arg-type]
-        assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == row.crl_number
-        if row.kind in ("full", "base"):
-            listed = {c.serial_number for c in crl}
-            assert previous <= listed, f"CRL {row.crl_number} lost revocations listed by an earlier CRL"
-            previous = listed
-        else:
-            base = crl.extensions.get_extension_for_class(x509.DeltaCRLIndicator).value.crl_number
-            assert base in numbers and base < row.crl_number
-    assert previous == {int(s, 16) for s in revoked}
 
     # what each node serves over HTTP and holds in its own CRL directory verifies under the CA
     newest = max(p["full_crl_number"] for p in final)
@@ -236,6 +215,96 @@ def test_two_nodes_issue_revoke_and_publish_concurrently(two_nodes: tuple[str, l
                     str(home.home / "credentials" / "auditor.password"), "--cert", str(home.cred("auditor")[0]))
         report = json.loads(proc.stdout)
         assert report["ok"] and report["seals_checked"], report
+
+
+def _assert_one_crl_sequence(crl_rows: list, publish_events: list, ca_cert: x509.Certificate,  # type: ignore[type-arg]
+                             revoked: list[str]) -> list[int]:
+    """The CRLs form one sequence: in the order publications committed (the audit chain's order)
+    their numbers strictly increase, every stored CRL belongs to one of them, each verifies under the
+    CA and lists every revocation an earlier CRL listed; the newest lists exactly ``revoked``."""
+    in_commit_order = [json.loads(e.detail)["full"] for e in publish_events]
+    assert in_commit_order == sorted(in_commit_order) and len(set(in_commit_order)) == len(in_commit_order)
+    numbers = [r.crl_number for r in crl_rows]
+    assert sorted({n for f in in_commit_order for n in (f, f + 1)}) == numbers
+    public_key = ca_cert.public_key()
+    previous: set[int] = set()
+    for row in crl_rows:
+        crl = x509.load_der_x509_crl(row.der)
+        assert crl.is_signature_valid(public_key)  # type: ignore[arg-type]
+        assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == row.crl_number
+        if row.kind in ("full", "base"):
+            listed = {c.serial_number for c in crl}
+            assert previous <= listed, f"CRL {row.crl_number} lost revocations listed by an earlier CRL"
+            previous = listed
+        else:
+            base = crl.extensions.get_extension_for_class(x509.DeltaCRLIndicator).value.crl_number
+            assert base in numbers and base < row.crl_number
+    assert previous == {int(s, 16) for s in revoked}
+    return in_commit_order
+
+
+def _crl_state(url: str) -> tuple[list, list]:  # type: ignore[type-arg]
+    engine = open_engine(url)
+    try:
+        with engine.connect() as conn:
+            crl_rows = conn.execute(select(crls).order_by(crls.c.crl_number)).all()
+            publish_events = conn.execute(select(audit_events.c.seq, audit_events.c.detail)
+                                          .where(audit_events.c.action == "crl.publish",
+                                                 audit_events.c.outcome == "success")
+                                          .order_by(audit_events.c.seq)).all()
+    finally:
+        engine.dispose()
+    return crl_rows, publish_events
+
+
+def test_workers_of_one_sqlite_node_share_one_crl_sequence(tmp_path: Path) -> None:
+    """On SQLite the worker processes of one node publish concurrently too (lock file, not the write lock)."""
+    home = init_home(tmp_path / "sqlite-node")
+    ca_cert = x509.load_pem_x509_certificate(home.ca_cert.read_bytes())
+    config = load_config(home.home)
+    creds = Credentials(*home.cred("operator"))
+    daemon = Daemon(home)
+    daemon.start()
+    published: list[int] = []
+    revoked: list[str] = []
+    errors: list[str] = []
+    try:
+        with CkmsClient(config, creds) as c:
+            serials = [format(c.enroll(make_csr(f"device-w{i}")[0]).serial_number, "x") for i in range(12)]
+
+        def publisher() -> None:
+            try:
+                for _ in range(5):
+                    with CkmsClient(config, creds) as c:  # a new connection: any worker may take it
+                        published.append(c.publish_crl()["full_crl_number"])
+            except Exception as exc:  # noqa: BLE001
+                errors.append(repr(exc))
+
+        def revoker(mine: list[str]) -> None:
+            try:
+                for serial in mine:
+                    with CkmsClient(config, creds) as c:
+                        c.revoke(serial, "superseded")
+                    revoked.append(serial)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=publisher) for _ in range(4)]
+        threads += [threading.Thread(target=revoker, args=(serials[k::2],)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors, errors[:3]
+        with CkmsClient(config, creds) as c:
+            published.append(c.publish_crl()["full_crl_number"])
+    finally:
+        daemon.stop()
+    assert len(set(published)) == len(published) == 21
+    crl_rows, publish_events = _crl_state(load_config(home.home).database_url)
+    assert set(published) <= set(_assert_one_crl_sequence(crl_rows, publish_events, ca_cert, revoked))
+    local = x509.load_der_x509_crl((home.home / "crl" / "full.crl").read_bytes())
+    assert local.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == max(published)
 
 
 def test_nodes_starting_together_migrate_once(postgres: PostgresServer) -> None:
