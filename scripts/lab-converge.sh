@@ -2,14 +2,15 @@
 # Run the Ansible playbooks against the lab (inventories/<stack>/generated, written by make lab-up).
 #
 #   scripts/lab-converge.sh [PLAYBOOK [ansible-playbook args…]]   default PLAYBOOK: site.yml
-#   scripts/lab-converge.sh --all       make lab after lab-up: site.yml, verify.yml, backup.yml, report
+#   scripts/lab-converge.sh --all       make lab after lab-up: site.yml, verify.yml, backup.yml, drills, report
 #
 # Lab secrets are per machine and never committed: the Ansible Vault password is generated into the tool
 # cache ($CKMS_TOOL_CACHE/ansible/vault-pass); the vault file with the token PINs and the backup
 # recipient key pair are generated once per stack (the vault into the generated inventory's group_vars,
 # the recipient key into the tool cache, where the custodians of a real CA would keep it offline).
 # Env: CKMS_LAB_STACK (default lab), CKMS_TOOL_CACHE, CKMS_SKIP_TAGS (ansible --skip-tags, e.g. harden,perimeter
-# while those roles are being developed), CKMS_REPORT_STRICT=1 (make lab fails when a check fails).
+# while those roles are being developed), CKMS_REPORT_STRICT=1 (make lab fails when a check fails),
+# CKMS_LAB_DRILLS=0 (--all without the drills of docs/drills.md; their checks are then "not run" in the report).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=${CKMS_VENV:-$repo/.venv}
@@ -84,7 +85,22 @@ t0=$(date +%s)
 play site.yml;   t1=$(date +%s)
 play verify.yml; t2=$(date +%s)
 play backup.yml; t3=$(date +%s)
-rc=0; "$repo/scripts/report.sh" || rc=$?; t4=$(date +%s)
+# The drills (docs/drills.md) prove the perimeter, detection, time, power and HSM controls on the running lab;
+# their records (this run's only) join the report. They leave the lab as they found it.
+out=${REPORT_OUT:-$repo/build/report}
+drills=skipped
+if [ "${CKMS_LAB_DRILLS:-1}" != 0 ]; then
+  mkdir -p "$out"; rm -f "$out/drills.json"
+  export CKMS_DRILL_RECONVERGE=${CKMS_DRILL_RECONVERGE:-"$repo/scripts/lab-converge.sh site.yml --limit router --tags router_firewall"}
+  drills=ok
+  "$repo/tests/lab/drills/run_all.sh" --inventory "$inv" --results "$out/drills.json" >"$out/drills.log" 2>&1 \
+    || drills="failed (see $out/drills.log)"
+  log "drills: $drills"
+else
+  rm -f "$out/drills.json"
+fi
+t4=$(date +%s)
+rc=0; CKMS_DRILL_RESULTS="$out/drills.json" "$repo/scripts/report.sh" || rc=$?; t5=$(date +%s)
 failed=$("$venv/bin/python" -c 'import json,sys; print(sum(r["outcome"] == "failed" for r in json.load(open(sys.argv[1]))))' \
   "${REPORT_OUT:-$repo/build/report}/results.json" 2>/dev/null || echo "?")
 key=$cache/lab/ssh/id_ed25519
@@ -92,7 +108,7 @@ term=$("$venv/bin/python" -c 'import sys,yaml; print(yaml.safe_load(open(sys.arg
 kh=$gen/known_hosts
 cat <<TXT
 
-== ckms lab is up (converge $((t1 - t0)) s, verify $((t2 - t1)) s, backup $((t3 - t2)) s, report $((t4 - t3)) s) ==
+== ckms lab is up (converge $((t1 - t0)) s, verify $((t2 - t1)) s, backup $((t3 - t2)) s, drills $((t4 - t3)) s: $drills, report $((t5 - t4)) s) ==
 Report:  ${REPORT_OUT:-$repo/build/report}/report.html  ($failed failing checks)   (also summary.md, report.json, junit.xml; LANG_REPORT=ja|en)
 Issue a first certificate from the terminal (EST over mutual TLS 1.3, through the router):
   ssh -i $key -o UserKnownHostsFile=$kh root@$term ckms-enroll device-0001 /root/certs

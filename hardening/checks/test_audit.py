@@ -9,35 +9,14 @@ the run-time check (rules loaded, immutable) skips with that reason. On a real s
 from __future__ import annotations
 
 import re
-from functools import cache
-from pathlib import Path
 
 import pytest
-import yaml
+from ckms_checks import in_container, policy
 
 # The CA hosts (harden.yml); make report and the Molecule scenarios (instances in group ca) both use this.
 testinfra_hosts = ["ansible://ca"]
 
-REPO = Path(__file__).resolve().parents[2]
 LINT = "/usr/local/lib/ckms/audit-rules-lint"
-
-
-@cache
-def _defaults() -> dict:
-    return yaml.safe_load((REPO / "roles" / "audit" / "defaults" / "main.yml").read_text()) or {}
-
-
-def policy(host, name: str):
-    try:
-        inv = host.ansible.get_variables()
-    except Exception:
-        inv = {}
-    return inv.get(name, _defaults().get(name))
-
-
-def in_container(host) -> bool:
-    out = host.run("systemd-detect-virt --container")
-    return out.rc == 0 and out.stdout.strip() not in ("", "none")
 
 
 def compiled_rules(host) -> list[str]:

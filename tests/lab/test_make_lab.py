@@ -1,5 +1,5 @@
-"""`make lab` end to end on the suite's own lab stack (labtest): converge (site.yml), verify, first backup
-and the hardening report; then a second converge changes nothing, a certificate is issued from the
+"""`make lab` end to end on the suite's own lab stack (labtest): converge (site.yml), verify, first backup,
+the drills and the hardening report, in which every automated F item passes (issue 5); then a second converge changes nothing, a certificate is issued from the
 terminal over EST through the router, the rogue host cannot reach the daemon, and a restore drill brings
 back the same CA. The session ``lab`` fixture brings the stack up first and tears it down at the end; the
 session ``converged_lab`` fixture (conftest.py) runs make lab once, shared with the drills
@@ -45,6 +45,22 @@ def test_make_lab_ends_with_report_and_enrolment_instructions(made):
     mine = [r for r in results if r["test"].split("::")[0].rsplit("/", 1)[-1]
             in ("test_hsm_client.py", "test_ckms_ca.py", "test_backup.py")]
     assert mine and not [r for r in mine if r["outcome"] == "failed"], [r for r in mine if r["outcome"] == "failed"]
+
+
+def test_make_lab_report_passes_every_automated_f_item(made):
+    """Acceptance of issue 5: every automated F item passes on the lab CA server (drills included)."""
+    out = REPO / "build" / "report-labtest"
+    assert (out / "drills.json").is_file(), "make lab ran no drills"
+    proc = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "hardening.report", "--results",
+                           str(out / "results.json"), "--results", str(out / "drills.json"), "--out",
+                           str(out), "--require", "F"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    doc = json.loads((out / "report.json").read_text())
+    f_items = [i for i in doc["items"] if i["id"].startswith("F.") and i["applicability"] == "automated"]
+    assert f_items and all(i["status"] == "pass" for i in f_items)
+    # what the containers hide is said, not silently passed: AppArmor enforcement, secure boot
+    limited = {lim["check"] for i in f_items for lim in i["limitations"]}
+    assert {"check:F.06.k.apparmor_enforcing", "check:F.07.secure_boot_enabled"} <= limited, limited
 
 
 def test_second_converge_changes_nothing(made):

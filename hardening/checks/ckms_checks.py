@@ -1,0 +1,88 @@
+"""Helpers shared by the hardening check modules (not a test module: pytest does not collect it).
+
+``policy(host, name)`` is the value a role applies: the host's inventory variable when set, else the
+default of the role the variable belongs to (variables are role-prefixed: ``audit_*`` comes from
+``roles/audit/defaults/main.yml``), so a role and its checks cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ROLES_DIR = REPO / "roles"
+
+
+@cache
+def role_defaults(role: str) -> dict[str, Any]:
+    path = ROLES_DIR / role / "defaults" / "main.yml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
+
+@cache
+def _roles() -> tuple[str, ...]:
+    # longest first, so ckms_ca_* is not taken for a role "ckms"
+    return tuple(sorted((p.name for p in ROLES_DIR.iterdir() if (p / "defaults").is_dir()), key=len, reverse=True))
+
+
+def role_of(name: str) -> str | None:
+    return next((r for r in _roles() if name.startswith(r + "_")), None)
+
+
+def inventory_vars(host) -> dict[str, Any]:
+    try:
+        return host.ansible.get_variables()
+    except Exception:  # not an ansible backend (local://, ssh://)
+        return {}
+
+
+def policy(host, name: str, role: str | None = None):
+    """Inventory variable ``name`` if set, else the default of ``role`` (by default: the name's prefix)."""
+    inv = inventory_vars(host)
+    if name in inv:
+        return inv[name]
+    role = role or role_of(name)
+    return role_defaults(role).get(name) if role else None
+
+
+def in_container(host) -> bool:
+    out = host.run("systemd-detect-virt --container")
+    return out.rc == 0 and out.stdout.strip() not in ("", "none")
+
+
+# --- the CA host ----------------------------------------------------------------------------------
+CA_USER = "ckms"
+CA_HOME = "/var/lib/ckms"
+CA_VENV = "/opt/ckms/venv"
+SOFTHSM_CONF = f"{CA_HOME}/hsm/softhsm2.conf"
+_PROBE = Path(__file__).resolve().parent / "ckms_probe.py"
+
+
+def as_ckms(host, command: str, env: dict[str, str] | None = None):
+    """Run ``command`` (a shell command line) as the CA service user with the CA's environment."""
+    extra = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
+    return host.run(f"runuser -u {CA_USER} -- env CKMS_HOME={CA_HOME} SOFTHSM2_CONF={SOFTHSM_CONF} {extra} "
+                    f"sh -c {shlex.quote(command)}")
+
+
+def probe(host, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run hardening/checks/ckms_probe.py on the host with the CA's python, as the CA user; its JSON.
+
+    Raises AssertionError (with stderr) when the probe fails, so the calling check fails naming why."""
+    code = base64.b64encode(_PROBE.read_bytes()).decode()
+    argv = " ".join(shlex.quote(a) for a in args)
+    out = as_ckms(host, f'cd / && {CA_VENV}/bin/python -c "$(echo {code} | base64 -d)" {argv}', env)
+    assert out.rc == 0, f"probe {args[0]} failed on the host (rc={out.rc}): {out.stderr.strip()[-800:]}"
+    return json.loads(out.stdout)
+
+
+def systemd_props(host, unit: str, *props: str) -> dict[str, str]:
+    out = host.run(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props)).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
