@@ -6,7 +6,10 @@ They exercise the deployed daemon and its own code on the CA host, without harmi
 * what has to be damaged to show that damage is caught is a scratch copy that the check removes:
   a copy of the database with one record edited (F.48), a copy of the installed code with one file
   changed (F.56), a backup restored into a scratch home and token (F.54);
-* issuance and CRL tests (F.35) go through the deployed daemon from the certificate-management terminal.
+* issuance and CRL tests (F.35) go through the deployed daemon from the certificate-management terminal;
+* the token's login and PINs (F.06 f, F.08) and the hash-pinned wheelhouse (F.11 a, F.27) of the deployed CA.
+
+They need the whole deployment (site.yml), so no role's Molecule scenario runs this module.
 """
 
 from __future__ import annotations
@@ -565,3 +568,139 @@ def test_suite_passes(host, evidence, committed_tree):
     evidence.add("installed code vs the tested commit", same)
     assert run.returncode == 0, f"F.55: the unit tests of the CA code fail: {summary} {run.stdout[-600:]}"
     assert not same["differ"], f"F.55: the installed code is not the tested commit {head}: {same['differ']}"
+
+
+# ------------------------------------------------------------------------------------ F.06 f / F.08
+def _token_module(host) -> str:
+    m = re.search(r'^module\s*=\s*"([^"]+)"', host.file(f"{CA_HOME}/ckms.toml").content_string, re.M)
+    return m.group(1) if m else ""
+
+
+def _token(host) -> dict:
+    # Wrong-PIN probing can lock a vendor HSM's PIN: only SoftHSM (no retry counter) is probed.
+    return probe(host, "token", *(["--probe-defaults"] if "softhsm" in _token_module(host) else []))
+
+
+@pytest.mark.check("check:F.06.f.no_default_token_pins")
+def test_no_default_token_pins(host, evidence):
+    t = _token(host)
+    so_pin = str(policy(host, "hsm_client_so_pin") or "")
+    user_pin = str(policy(host, "hsm_client_user_pin") or "")
+    evidence.add("user PIN in use", {"length": t["user_pin_length"], "a well-known default": t["user_pin_is_a_default"]})
+    evidence.add("default PINs the token accepted", t.get("default_pins_accepted", "not probed (vendor module)"))
+    evidence.add("token flags", t["flags"])
+    evidence.add("vault PINs (lengths only)", {"user": len(user_pin), "so": len(so_pin), "distinct": user_pin != so_pin})
+    assert not t["user_pin_is_a_default"] and t["user_pin_length"] >= 12, "F.06 f: the token's user PIN is weak"
+    assert not {"USER_PIN_TO_BE_CHANGED", "SO_PIN_TO_BE_CHANGED"} & set(t["flags"]), \
+        "F.06 f: the token still asks for its initial PIN to be changed"
+    accepted = t.get("default_pins_accepted", {})
+    assert not t.get("probe_errors"), f"F.06 f: default PINs could not be tried: {t.get('probe_errors')}"
+    assert not accepted.get("user") and not accepted.get("so"), f"F.06 f: the token accepts a default PIN: {accepted}"
+    if so_pin or user_pin:  # the vault is readable here (make report): the PINs set are not defaults either
+        assert len(so_pin) >= 12 and len(user_pin) >= 12 and so_pin != user_pin, \
+            "F.06 f: the vault's token PINs are short or identical"
+
+
+@pytest.mark.check("check:F.08.token_requires_user_login")
+def test_token_requires_user_login(host, evidence):
+    t = _token(host)
+    evidence.add("token", {k: t[k] for k in ("module", "label", "flags")})
+    evidence.add("objects seen", {k: t[k] for k in ("private_keys_visible_without_login",
+                                                    "public_keys_visible_without_login",
+                                                    "private_keys_after_login")})
+    assert "LOGIN_REQUIRED" in t["flags"], "F.08: the token does not require a login for cryptographic use"
+    assert t["private_keys_visible_without_login"] == 0, "F.08: private keys are visible without a login"
+    assert t["private_keys_after_login"] >= 1, "F.08: no private key after the user login (wrong token?)"
+
+
+@pytest.mark.check("check:F.08.token_so_pin_not_default")
+def test_token_so_pin_not_default(host, evidence):
+    t = _token(host)
+    accepted = t.get("default_pins_accepted")
+    so_file = host.run(f"find {CA_HOME} /etc /root -name '*so*pin*' 2>/dev/null").stdout.strip()
+    evidence.add("SO login attempts with well-known default PINs", {
+        "probed": t.get("probed", 0), "accepted": (accepted or {}).get("so", "not probed (vendor module)"),
+        "errors": t.get("probe_errors", [])})
+    evidence.add("SO PIN files on the host", so_file or "none (2-of-3 custody: the SO PIN is split among custodians)")
+    assert "SO_PIN_LOCKED" not in t["flags"], "F.08: the SO PIN is locked"
+    assert "SO_PIN_TO_BE_CHANGED" not in t["flags"], "F.08: the token's SO PIN is still the initial one"
+    if accepted is not None:
+        assert not t.get("probe_errors"), f"F.08: default SO PINs could not be tried: {t.get('probe_errors')}"
+        assert not accepted["so"], "F.08: the token's security officer accepts a default PIN"
+    else:
+        evidence.limit("vendor PKCS#11 module: default SO PINs are not tried (it could lock the HSM)")
+    assert not so_file, f"F.08: an SO PIN is kept on the host: {so_file}"
+
+
+# ------------------------------------------------------------------------------ F.11 a / F.27: wheels
+WHEELHOUSE = "/opt/ckms/wheelhouse"
+CA_PIP = "/opt/ckms/venv/bin/pip"
+
+
+def _pins(host) -> dict[str, tuple[str, str]]:
+    """requirements.txt of the host's wheelhouse: name -> (version, sha256)."""
+    f = host.file(f"{WHEELHOUSE}/requirements.txt")
+    pins = {}
+    for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==(\S+) --hash=sha256:([0-9a-f]{64})$", f.content_string if f.exists else "",
+                         re.M):
+        pins[m.group(1).lower().replace("-", "_").replace(".", "_")] = (m.group(2), m.group(3))
+    return pins
+
+
+@pytest.mark.check("check:F.11.a.wheelhouse_hashes_verified")
+def test_wheelhouse_hashes_verified(host, evidence):
+    pins = _pins(host)
+    on_host = {}
+    for line in host.run(f"cd {WHEELHOUSE} && sha256sum *.whl").stdout.splitlines():
+        digest, _, name = line.partition("  ")
+        on_host[name.strip()] = digest
+    controller = Path(os.environ.get("CKMS_WHEELHOUSE", REPO / "build" / "wheelhouse"))
+    built = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in controller.glob("*.whl")}
+    installed = dict(line.split("==", 1) for line in
+                     host.run(f"{CA_PIP} list --format=freeze --disable-pip-version-check").stdout.split() if "==" in line)
+    installed = {k.lower().replace("-", "_").replace(".", "_"): v for k, v in installed.items()}
+    problems = []
+    for wheel, digest in on_host.items():
+        name, version = wheel.split("-")[0].lower().replace(".", "_"), wheel.split("-")[1]
+        pin = pins.get(name)
+        if pin is None:
+            problems.append(f"{wheel}: not pinned")
+        elif pin != (version, digest):
+            problems.append(f"{wheel}: differs from its pin")
+        if built and built.get(wheel) not in (None, digest):
+            problems.append(f"{wheel}: differs from the controller's build")
+    wrong_version = sorted(n for n, (v, _) in pins.items() if n in installed and installed[n] != v)
+    evidence.add("pinned wheels (requirements.txt)", len(pins))
+    evidence.add("wheels on the host", len(on_host))
+    evidence.add("controller wheelhouse compared", str(controller) if built else "not on this controller")
+    evidence.add("installed versions that differ from the pins", wrong_version or "none")
+    evidence.add("problems", problems or "none")
+    assert pins, "F.11 a: no hash-pinned requirements in the wheelhouse (install not hash-verified)"
+    assert not problems, f"F.11 a: {problems[:5]}"
+    assert not wrong_version, f"F.11 a: installed packages differ from the pinned versions: {wrong_version}"
+    assert "ckms" in pins and "ckms" in installed, "F.11 a: ckms itself is not pinned/installed"
+
+
+@pytest.mark.check("check:F.27.wheelhouse_hash_mismatch_rejected")
+def test_wheelhouse_hash_mismatch_rejected(host, evidence):
+    pins = _pins(host)
+    assert "ckms" in pins, "F.27: no hash pin for ckms in the wheelhouse"
+    version, digest = pins["ckms"]
+    wheel = host.run(f"ls {WHEELHOUSE}/ckms-{version}-*.whl").stdout.split()
+    assert wheel, f"F.27: ckms {version} wheel missing from the wheelhouse"
+    scratch = host.run("mktemp -d /var/tmp/check-f27-XXXXXX").stdout.strip()
+    try:
+        host.run(f"cp {wheel[0]} {scratch}/ && echo 'ckms=={version} --hash=sha256:{digest}' > {scratch}/req.txt")
+        cmd = (f"env PYTHONDONTWRITEBYTECODE=1 {CA_PIP} download --no-cache-dir --no-index --no-deps --require-hashes --disable-pip-version-check "
+               f"--find-links {scratch} -d {scratch}/out -r {scratch}/req.txt")
+        good = host.run(cmd)
+        host.run(f"rm -rf {scratch}/out; printf 'x' >> {scratch}/$(basename {wheel[0]})")
+        bad = host.run(cmd)
+    finally:
+        host.run(f"rm -rf {scratch}")
+    evidence.add("pip with the wheel as built", f"rc={good.rc} {good.stdout.strip()[-300:]}")
+    evidence.add("pip with one byte appended to a copy of the wheel", f"rc={bad.rc} {(bad.stdout + bad.stderr).strip()[-600:]}")
+    evidence.add("live wheelhouse", "untouched (copies under /var/tmp, removed)")
+    assert good.rc == 0, f"F.27: the untouched wheel is not accepted: {good.stderr.strip()[-300:]}"
+    assert bad.rc != 0 and "DO NOT MATCH THE HASHES" in (bad.stdout + bad.stderr), \
+        "F.27: a modified wheel was not refused by the hash-pinned install"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from ckms_checks import policy, probe
 
 testinfra_hosts = ["ansible://ca"]
 
@@ -71,59 +70,3 @@ def test_token_offers_required_mechanisms(host, evidence):
     evidence.add("offered", sorted(names))
     assert out.rc == 0 and need <= names
 
-
-# ------------------------------------------------------------------------------------ F.06 f / F.08
-def _token(host) -> dict:
-    # Wrong-PIN probing can lock a vendor HSM's PIN: only SoftHSM (no retry counter) is probed.
-    return probe(host, "token", *(["--probe-defaults"] if "softhsm" in MODULE else []))
-
-
-@pytest.mark.check("check:F.06.f.no_default_token_pins")
-def test_no_default_token_pins(host, evidence):
-    t = _token(host)
-    so_pin = str(policy(host, "hsm_client_so_pin") or "")
-    user_pin = str(policy(host, "hsm_client_user_pin") or "")
-    evidence.add("user PIN in use", {"length": t["user_pin_length"], "a well-known default": t["user_pin_is_a_default"]})
-    evidence.add("default PINs the token accepted", t.get("default_pins_accepted", "not probed (vendor module)"))
-    evidence.add("token flags", t["flags"])
-    evidence.add("vault PINs (lengths only)", {"user": len(user_pin), "so": len(so_pin), "distinct": user_pin != so_pin})
-    assert not t["user_pin_is_a_default"] and t["user_pin_length"] >= 12, "F.06 f: the token's user PIN is weak"
-    assert not {"USER_PIN_TO_BE_CHANGED", "SO_PIN_TO_BE_CHANGED"} & set(t["flags"]), \
-        "F.06 f: the token still asks for its initial PIN to be changed"
-    accepted = t.get("default_pins_accepted", {})
-    assert not t.get("probe_errors"), f"F.06 f: default PINs could not be tried: {t.get('probe_errors')}"
-    assert not accepted.get("user") and not accepted.get("so"), f"F.06 f: the token accepts a default PIN: {accepted}"
-    if so_pin or user_pin:  # the vault is readable here (make report): the PINs set are not defaults either
-        assert len(so_pin) >= 12 and len(user_pin) >= 12 and so_pin != user_pin, \
-            "F.06 f: the vault's token PINs are short or identical"
-
-
-@pytest.mark.check("check:F.08.token_requires_user_login")
-def test_token_requires_user_login(host, evidence):
-    t = _token(host)
-    evidence.add("token", {k: t[k] for k in ("module", "label", "flags")})
-    evidence.add("objects seen", {k: t[k] for k in ("private_keys_visible_without_login",
-                                                    "public_keys_visible_without_login",
-                                                    "private_keys_after_login")})
-    assert "LOGIN_REQUIRED" in t["flags"], "F.08: the token does not require a login for cryptographic use"
-    assert t["private_keys_visible_without_login"] == 0, "F.08: private keys are visible without a login"
-    assert t["private_keys_after_login"] >= 1, "F.08: no private key after the user login (wrong token?)"
-
-
-@pytest.mark.check("check:F.08.token_so_pin_not_default")
-def test_token_so_pin_not_default(host, evidence):
-    t = _token(host)
-    accepted = t.get("default_pins_accepted")
-    so_file = host.run(f"find {HOME} /etc /root -name '*so*pin*' 2>/dev/null").stdout.strip()
-    evidence.add("SO login attempts with well-known default PINs", {
-        "probed": t.get("probed", 0), "accepted": (accepted or {}).get("so", "not probed (vendor module)"),
-        "errors": t.get("probe_errors", [])})
-    evidence.add("SO PIN files on the host", so_file or "none (2-of-3 custody: the SO PIN is split among custodians)")
-    assert "SO_PIN_LOCKED" not in t["flags"], "F.08: the SO PIN is locked"
-    assert "SO_PIN_TO_BE_CHANGED" not in t["flags"], "F.08: the token's SO PIN is still the initial one"
-    if accepted is not None:
-        assert not t.get("probe_errors"), f"F.08: default SO PINs could not be tried: {t.get('probe_errors')}"
-        assert not accepted["so"], "F.08: the token's security officer accepts a default PIN"
-    else:
-        evidence.limit("vendor PKCS#11 module: default SO PINs are not tried (it could lock the HSM)")
-    assert not so_file, f"F.08: an SO PIN is kept on the host: {so_file}"
