@@ -80,9 +80,15 @@ def ensure_audit_key(token: Token, home: Path, curve: Curve, label: str = AUDIT_
     A file lock in the home keeps two processes from generating two keys with the same label.
     The public half is written to ``ca/audit-key.pub.pem`` so an auditor can check an export
     without the token.
+
+    Once that file exists the CA's trail is sealed with that key, on every node: a token without it
+    (another node's, or a replacement restored from an old backup) must get it from the CA's wrapped
+    backup, and one holding a different key under the label is refused. Generating a new key there
+    would make this node's seals and every other node's fail each other's verification.
     """
     lock_path = home / "db" / ".audit-key.lock"
     lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pub_path = home / AUDIT_PUBLIC_KEY_FILE
     with open(lock_path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -90,12 +96,18 @@ def ensure_audit_key(token: Token, home: Path, curve: Curve, label: str = AUDIT_
         except HsmError as exc:
             if "no EC key pair" not in str(exc):
                 raise
+            if pub_path.exists():
+                raise HsmError(f"the token has no audit key {label!r}, but this CA's trail is sealed with the key "
+                               f"in {pub_path}: restore it from the CA's wrapped backup (ckms hsm restore) "
+                               "instead of starting a second one") from None
             key = token.generate_ec_key(label, curve)
             log.info("generated the audit sealing key %r in the token", label)
-        pub_path = home / AUDIT_PUBLIC_KEY_FILE
+        pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         if not pub_path.exists():
-            pub_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                               serialization.PublicFormat.SubjectPublicKeyInfo))
+            pub_path.write_bytes(pem)
+        elif serialization.load_pem_public_key(pub_path.read_bytes()) != key.public_key():
+            raise HsmError(f"the token's audit key {label!r} is not the key this CA's trail is sealed with "
+                           f"({pub_path}); its seals would not verify")
     return key
 
 

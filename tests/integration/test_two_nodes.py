@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections import Counter
@@ -310,6 +312,42 @@ def test_workers_of_one_sqlite_node_share_one_crl_sequence(tmp_path: Path) -> No
     assert set(published) <= set(_assert_one_crl_sequence(crl_rows, publish_events, ca_cert, revoked))
     local = x509.load_der_x509_crl((home.home / "crl" / "full.crl").read_bytes())
     assert local.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == max(published)
+
+
+AUDIT_KEY_PROBE = r"""
+import json, sys
+from pathlib import Path
+from ckms_app.audit import ensure_audit_key
+from ckms_app.config import load_config
+from ckms_app.errors import HsmError
+from ckms_app.hsm import Token
+cfg = load_config(Path(sys.argv[1]))
+out = {}
+with Token(cfg.token) as token:
+    curve = token.load_ec_key(cfg.ca_key_label).curve_info
+    out["same"] = ensure_audit_key(token, cfg.home, curve).label
+    token.generate_ec_key("other-audit-key", curve)
+    for case, label in (("missing", "no-such-audit-key"), ("different", "other-audit-key")):
+        try:
+            ensure_audit_key(token, cfg.home, curve, label)
+            out[case] = "accepted"
+        except HsmError as exc:
+            out[case] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def test_a_token_without_the_cas_audit_key_does_not_start_a_second_one(tmp_path: Path) -> None:
+    """A node whose token lacks the CA's audit key, or holds another, must not seal: its seals and
+    the other nodes' would fail each other's verification. It is told to restore the key instead."""
+    home = init_home(tmp_path / "audit-key-node")
+    probe = subprocess.run([sys.executable, "-c", AUDIT_KEY_PROBE, str(home.home)], capture_output=True, text=True,
+                           timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    out = json.loads(probe.stdout)
+    assert out["same"] == "ckms-audit-key"
+    assert "restore it from the CA's wrapped backup" in out["missing"]
+    assert "is not the key this CA's trail is sealed with" in out["different"]
 
 
 def test_nodes_starting_together_migrate_once(postgres: PostgresServer) -> None:
