@@ -202,6 +202,10 @@ class AdminContext:
         ]
 
         def unit(conn: Connection) -> None:
+            # The audit chain head first: every writer locks it before any other row (the daemon's
+            # revocations too), so a change here and a revocation elsewhere never wait on each
+            # other in opposite order, and revocation ids are drawn in commit order (PostgreSQL).
+            append_audit(conn, audit_rows)
             conn.execute(certificates.insert(), cert_row)
             conn.execute(entities.insert().values(
                 entity_id=entity_id, role=label, cert_sha256=certificate_fingerprint(der),
@@ -209,7 +213,6 @@ class AdminContext:
             conn.execute(entity_roles.insert(), [{"entity_id": entity_id, "role": r, "granted_at": now,
                                                   "granted_by": actor.entity_id} for r in roles])
             bump_entity_generation(conn)
-            append_audit(conn, audit_rows)
 
         self.change(unit, audit_rows)
         out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -241,11 +244,12 @@ class AdminContext:
                         outcome="success", detail={"role": role, "roles": new})
 
         def unit(conn: Connection) -> None:
+            # chain head first: the lock order every writer keeps (see the first unit above)
+            append_audit(conn, [row])
             conn.execute(entity_roles.insert().values(entity_id=entity_id, role=role, granted_at=utcnow(),
                                                       granted_by=actor.entity_id))
             conn.execute(update(entities).where(entities.c.entity_id == entity_id).values(role=role_label(new)))
             bump_entity_generation(conn)
-            append_audit(conn, [row])
 
         self.change(unit, [row])
         return {"entity_id": entity_id, "roles": new}
@@ -265,11 +269,12 @@ class AdminContext:
                         outcome="success", detail={"role": role, "roles": new})
 
         def unit(conn: Connection) -> None:
+            # chain head first: the lock order every writer keeps (see the first unit above)
+            append_audit(conn, [row])
             conn.execute(delete(entity_roles).where(entity_roles.c.entity_id == entity_id,
                                                     entity_roles.c.role == role))
             conn.execute(update(entities).where(entities.c.entity_id == entity_id).values(role=role_label(new)))
             bump_entity_generation(conn)
-            append_audit(conn, [row])
 
         self.change(unit, [row])
         return {"entity_id": entity_id, "roles": new}
@@ -297,6 +302,8 @@ class AdminContext:
                                   target=serial, outcome="success", detail={"reason": reason, "entity": entity_id}))
 
         def unit(conn: Connection) -> None:
+            # chain head first: the lock order every writer keeps (see the first unit above)
+            append_audit(conn, rows)
             conn.execute(update(entities).where(entities.c.entity_id == entity_id).values(status="disabled"))
             if serial:
                 status = conn.execute(select(certificates.c.status).where(certificates.c.serial == serial)).scalar()
@@ -305,7 +312,6 @@ class AdminContext:
                     conn.execute(revocations.insert().values(serial=serial, reason=reason, revoked_at=now,
                                                              revoked_by=actor.entity_id))
             bump_entity_generation(conn)
-            append_audit(conn, rows)
 
         self.change(unit, rows)
         return {"entity_id": entity_id, "status": "disabled", "revoked_serial": serial}
@@ -323,8 +329,8 @@ class AdminContext:
                         outcome="success", detail={})
 
         def unit(conn: Connection) -> None:
+            append_audit(conn, [row])  # chain head first: the lock order every writer keeps
             conn.execute(update(entities).where(entities.c.entity_id == entity_id).values(password_hash=password_hash))
-            append_audit(conn, [row])
 
         self.change(unit, [row])
 
@@ -372,6 +378,8 @@ class AdminContext:
                         detail={"role": role, "operation": operation, "resource": resource})
 
         def unit(conn: Connection) -> None:
+            # chain head first: the lock order every writer keeps (see the first unit above)
+            append_audit(conn, [row])
             if grant:
                 conn.execute(role_permissions.insert().values(role=role, operation=operation, resource=resource))
             else:
@@ -379,7 +387,6 @@ class AdminContext:
                                                             role_permissions.c.operation == operation,
                                                             role_permissions.c.resource == resource))
             bump_entity_generation(conn)
-            append_audit(conn, [row])
 
         self.change(unit, [row])
         return {"role": role, "operation": operation, "resource": resource, "change": action}
