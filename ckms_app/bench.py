@@ -213,12 +213,14 @@ def drive(homes: Path | list[Path], csrs: list[bytes], *, processes: int, thread
 
 
 async def _ceiling(home: Path, csrs: list[bytes], duration: float) -> dict[str, float]:
-    """In-process build + sign: CSR checks, TBS, throwaway sign, lint, HSM sign; no HTTP, no storage."""
+    """The issuance path's own steps in-process, on one core: CSR checks, TBS from the profile
+    template, throwaway sign, lint, HSM sign of the linted TBS; no HTTP, no storage, no audit."""
+    from .certificate_assembly import sign_linted
     from .config import load_config
     from .csr_policy import check_csr
     from .hsm import Token
     from .linter import AsyncLinter, find_linter_binary
-    from .profiles import end_entity_builder, new_serial
+    from .profiles import EndEntityTemplate, new_serial
     from .storage import utcnow
 
     config = load_config(home)
@@ -227,21 +229,24 @@ async def _ceiling(home: Path, csrs: list[bytes], duration: float) -> dict[str, 
     ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
     linter = await AsyncLinter.start(find_linter_binary(config.lint_binary)) if config.lint_enabled else None
     profile = config.profile(None)
+    template = EndEntityTemplate(profile=profile, issuer=ca_cert, crl_url="http://x/full.crl",
+                                 delta_crl_url="http://x/delta.crl")
     throwaway = ec.generate_private_key(ec.SECP256R1())
+    signature_algorithm = ec.ECDSA(hashes.SHA256())
     latencies: list[float] = []
     end = time.monotonic() + duration
     i = 0
     while time.monotonic() < end and i < len(csrs):
         t0 = time.monotonic()
         checked = check_csr(csrs[i], profile, config.csr.max_bytes)
-        builder = end_entity_builder(profile=profile, subject=checked.subject, sans=checked.sans,
-                                     public_key=checked.csr.public_key(), issuer=ca_cert,  # type: ignore[arg-type]
-                                     serial=new_serial(), now=utcnow(), crl_url="http://x/full.crl",
-                                     delta_crl_url="http://x/delta.crl")
+        builder = template.builder(subject=checked.subject, sans=checked.sans,
+                                   public_key=checked.csr.public_key(),  # type: ignore[arg-type]
+                                   serial=new_serial(), now=utcnow())
         pre = builder.sign(throwaway, hashes.SHA256())
+        pre_der = pre.public_bytes(serialization.Encoding.DER)
         if linter is not None:
-            await linter.lint_certificate(pre.public_bytes(serialization.Encoding.DER))
-        builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+            await linter.lint_certificate(pre_der)
+        sign_linted(pre, pre_der, key, signature_algorithm)
         latencies.append(time.monotonic() - t0)
         i += 1
     if linter is not None:

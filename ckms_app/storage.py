@@ -423,10 +423,11 @@ class Inserts:
     rows: tuple[tuple[Table, dict[str, Any]], ...]
 
     def __call__(self, conn: Connection) -> None:
+        audit = [row for table, row in self.rows if table is audit_events]
+        if audit:
+            append_audit(conn, audit)  # chain head first: the lock order of every writer
         for table, row in self.rows:
-            if table is audit_events:
-                append_audit(conn, [row])
-            else:
+            if table is not audit_events:
                 conn.execute(insert_into(table), row)
 
 
@@ -584,11 +585,14 @@ class GroupCommitWriter:
         pending: dict[Table, list[dict[str, Any]]] = {}
 
         def flush() -> None:
+            # The audit chain head first: every writer (revocation, entity changes, other nodes)
+            # takes that row lock before touching other tables, so lock order is the same
+            # everywhere and concurrent writers on PostgreSQL queue instead of deadlocking.
+            audit = pending.pop(audit_events, None)
+            if audit:
+                append_audit(conn, audit)  # one chain-head read and update for the whole batch
             for table, rows in pending.items():
-                if table is audit_events:
-                    append_audit(conn, rows)  # one chain-head read and update for the whole batch
-                else:
-                    conn.execute(insert_into(table), rows)
+                conn.execute(insert_into(table), rows)
             pending.clear()
 
         for unit, fut in batch:
