@@ -60,6 +60,9 @@ backup_fetch_dir: $repo/build/backups/$stack/{{ inventory_hostname }}
 ckms_ca_workers: 1
 # chrony from the router's lab time source (ntp role); none only when the perimeter plays are skipped
 ckms_ca_clock_source: $clock
+# The lab's UPS is simulated (dummy-ups): its state file is device state the power drill changes, not
+# configuration, so the integrity baseline leaves it out (a real UPS has no such file).
+integrity_aide_excludes_extra: ["/etc/nut/{{ ups_name | default('ckmsups') }}.dev"]
 # The lab is managed as root over the isolated management network with the per-machine key: keep that
 # login open from the controller only once os_hardening closes root login.
 os_hardening_ssh_root_login_from: ["{{ (ckms_controller_address | default('')).split('/')[0] }}"]

@@ -7,6 +7,7 @@ apt's effective configuration and the sources.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -97,3 +98,27 @@ def test_aide_baseline_covers_ca_code(host, evidence):
     conf = host.file(policy(host, "integrity_aide_config")).content_string
     assert "sha256" in conf, "F.56: baseline does not hash file contents"
 
+
+
+@pytest.mark.check("check:F.21.b.inventory_matches_installed_versions")
+def test_inventory_matches_installed_versions(host, evidence):
+    path = policy(host, "integrity_inventory_file")
+    f = host.file(path)
+    assert f.exists, f"F.21 b: no configuration inventory at {path}"
+    recorded = json.loads(f.content_string)
+    venvs = ":".join(policy(host, "integrity_inventory_venvs") or [])
+    now = json.loads(host.check_output(f"/usr/bin/python3 {policy(host, 'integrity_lib_dir')}/installed-versions "
+                                       f"{venvs}"))
+    diff = {}
+    for kind in ("debian", "python"):
+        a, b = recorded.get(kind, {}), now.get(kind, {})
+        if kind == "python":  # venv -> {package: version}
+            a = {f"{v} {k}": x for v, pk in a.items() for k, x in pk.items()}
+            b = {f"{v} {k}": x for v, pk in b.items() for k, x in pk.items()}
+        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        diff[kind] = [f"{k}: {a.get(k, 'absent')} -> {b.get(k, 'absent')}" for k in changed]
+    evidence.add("inventory", {"file": path, "debian packages": len(recorded.get("debian", {})),
+                               "venvs": {v: len(p) for v, p in recorded.get("python", {}).items()}})
+    evidence.add("installed now vs the inventory", {k: v[:30] or "no difference" for k, v in diff.items()})
+    assert not diff["debian"] and not diff["python"], \
+        f"F.21 b: installed versions differ from the configuration inventory: {(diff['debian'] + diff['python'])[:10]}"
