@@ -7,12 +7,12 @@ CACHE ?= $(HOME)/.cache/ckms
 export CKMS_TOOL_CACHE := $(CACHE)
 BIN := $(VENV)/bin
 
-.PHONY: help deps tools test test-unit bench bench-matrix lab lab-up lab-down lab-status clean wheelhouse converge report
+.PHONY: help deps tools test test-unit bench bench-single lab lab-up lab-down lab-status clean wheelhouse converge report
 
 help:
 	@echo "make test      install what is missing, then run the whole suite"
-	@echo "make bench     issuance benchmark against a running daemon (SoftHSM, durable storage)"
-	@echo "make bench-matrix  the same on SQLite and PostgreSQL, with 1 and 2 CA nodes"
+	@echo "make bench     issuance benchmark against real daemons (SoftHSM, durable storage): SQLite and"
+	@echo "               PostgreSQL, 1 and 2 CA nodes; make bench-single: SQLite, one node only"
 	@echo "make lab       (see README) bring up the throwaway lab environment"
 
 # Debian packages + the project venv with pinned dependencies; re-runs only when inputs change.
@@ -34,11 +34,10 @@ test-unit: deps tools
 	$(BIN)/pytest -q tests/unit
 
 bench: deps tools
-	$(BIN)/python -m ckms_app.bench
-
-# SQLite and PostgreSQL (throwaway local server), 1 and 2 CA nodes each with its own token.
-bench-matrix: deps tools
 	$(BIN)/python -m ckms_app.bench --matrix
+
+bench-single: deps tools
+	$(BIN)/python -m ckms_app.bench
 
 # Throwaway lab: pinned Pulumi CLI built from Go modules and a golden image, both cached per machine.
 .PHONY: pulumi-cli
