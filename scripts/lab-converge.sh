@@ -2,7 +2,8 @@
 # Run the Ansible playbooks against the lab (inventories/<stack>/generated, written by make lab-up).
 #
 #   scripts/lab-converge.sh [PLAYBOOK [ansible-playbook args…]]   default PLAYBOOK: site.yml
-#   scripts/lab-converge.sh --all       make lab after lab-up: site.yml, verify.yml, backup.yml, drills, report
+#   scripts/lab-converge.sh --all       make lab after lab-up: site.yml, verify.yml, backup.yml, restore.yml
+#                                       (the first backup restored and proven: F.49, F.57), drills, report
 #
 # Lab secrets are per machine and never committed: the Ansible Vault password is generated into the tool
 # cache ($CKMS_TOOL_CACHE/ansible/vault-pass); the vault file with the token PINs and the backup
@@ -87,7 +88,10 @@ t0=$(date +%s)
 "$repo/scripts/build-wheelhouse.sh" >/dev/null
 play site.yml;   t1=$(date +%s)
 play verify.yml; t2=$(date +%s)
-play backup.yml; t3=$(date +%s)
+play backup.yml
+# Restore drill (F.49, F.57): the backup just taken is restored onto the CA host, the daemon passes its
+# start-up self-tests on the restored home before it serves, and it is the same CA.
+play restore.yml; t3=$(date +%s)
 # The drills (docs/drills.md) prove the perimeter, detection, time, power and HSM controls on the running lab;
 # their records (this run's only) join the report. They leave the lab as they found it.
 out=${REPORT_OUT:-$repo/build/report}
@@ -111,12 +115,12 @@ term=$("$venv/bin/python" -c 'import sys,yaml; print(yaml.safe_load(open(sys.arg
 kh=$gen/known_hosts
 cat <<TXT
 
-== ckms lab is up (converge $((t1 - t0)) s, verify $((t2 - t1)) s, backup $((t3 - t2)) s, drills $((t4 - t3)) s: $drills, report $((t5 - t4)) s) ==
+== ckms lab is up (converge $((t1 - t0)) s, verify $((t2 - t1)) s, backup + restore drill $((t3 - t2)) s, drills $((t4 - t3)) s: $drills, report $((t5 - t4)) s) ==
 Report:  ${REPORT_OUT:-$repo/build/report}/report.html  ($failed failing checks)   (also summary.md, report.json, junit.xml; LANG_REPORT=ja|en)
 Issue a first certificate from the terminal (EST over mutual TLS 1.3, through the router):
   ssh -i $key -o UserKnownHostsFile=$kh root@$term ckms-enroll device-0001 /root/certs
 Again without the script: see /usr/local/bin/ckms-enroll on the terminal (openssl + curl).
-Restore drill:  make converge PLAYBOOK=restore.yml
+Restore drill again:  make converge PLAYBOOK=restore.yml
 Tear down:      make lab-down
 TXT
 # The report is the result: failing checks are in it (and fail `make report`); make lab itself fails on
