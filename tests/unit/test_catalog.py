@@ -93,6 +93,20 @@ def test_references_are_well_formed(catalog):
             parse_check_id(cid)  # raises on a malformed id
 
 
+def test_suite_test_references_resolve(catalog):
+    """Every ``tests:`` reference names a test function that exists, so the report never cites a ghost."""
+    missing = []
+    for c in catalog.values():
+        for ref in c.all_tests():
+            path, *names = ref.removeprefix("test:").split("::")
+            source = REPO / path
+            name = names[-1].split("[")[0]
+            if not source.is_file() or not re.search(rf"^\s*(async )?def {re.escape(name)}\(", source.read_text(),
+                                                     re.MULTILINE):
+                missing.append((c.id, ref))
+    assert missing == []
+
+
 def test_checks_name_known_items_and_are_unique(catalog):
     all_checks = [cid for c in catalog.values() for cid in c.all_checks()]
     assert unknown_items(all_checks, catalog) == []
