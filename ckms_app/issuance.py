@@ -86,7 +86,6 @@ class Issuer:
         self._ca_key = ca_key
         self._ca_cert = ca_cert
         self._writer = writer
-        self._reader = reader
         # Duplicate-request lookup on every enrolment: a driver-level point read (see point_reads).
         self._point_reader = PointReader(reader)
         self._der_for_csr = self._point_reader.prepare(

@@ -49,9 +49,7 @@ class PointReader:
 
     def prepare(self, statement: Select) -> PreparedRead:  # type: ignore[type-arg]
         compiled = statement.compile(dialect=self._engine.dialect)
-        positional = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else None
-        if compiled.positional and positional is None:
-            positional = ()
+        positional = tuple(compiled.positiontup or ()) if compiled.positional else None
         return PreparedRead(compiled.string, positional, dict(compiled.params))
 
     def all(self, prepared: PreparedRead, **values: Any) -> list[tuple[Any, ...]]:
