@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,35 @@ def lab_unavailable() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} not installed (make deps installs the Debian packages; Go is needed for the CLI)"
     return None
+
+
+def run_molecule(role: str, scenario: str, *, lab: str, network: dict[str, str],
+                 timeout: float = 1200) -> tuple[str, float]:
+    """``molecule test -s scenario`` of a role on its own Molecule lab (``lab``; ``network``: the
+    CKMS_MOLECULE_NET/PFX it segments), then destroy that lab and assert nothing of it is left.
+
+    Returns the combined output and the seconds it took; the caller asserts what the scenario must show.
+    """
+    import pytest
+
+    reason = lab_unavailable()
+    if reason:
+        pytest.skip(reason)
+    env = dict(os.environ, PATH=f"{REPO / '.venv/bin'}:{os.environ['PATH']}", CKMS_MOLECULE_LAB=lab,
+               ANSIBLE_FORCE_COLOR="0", PY_COLORS="0", NO_COLOR="1", **network)
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(["molecule", "test", "-s", scenario], cwd=REPO / "roles" / role, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    finally:
+        subprocess.run([str(REPO / ".venv/bin/python"), "-m", "ckms_lab.hosts", "destroy", "--lab", lab, "--all"],
+                       cwd=REPO, check=False, capture_output=True, timeout=180)
+    elapsed = time.monotonic() - start
+    left = hosts.lab_footprint(lab)
+    assert not any(left.values()), left
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    return out, elapsed
 
 
 @dataclass

@@ -6,53 +6,23 @@ naming its guidance item. Serial, one Molecule lab (``mola``, 10.236.0.0/24) reu
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
-
 import pytest
-from lab_support import REPO, lab_unavailable
-
-from ckms_lab import hosts
+from lab_support import run_molecule
 
 pytestmark = pytest.mark.lab
 
-MOLECULE_LAB = "mola"
-MOLECULE_NET = "10.236.0"
-
-
-def _molecule(role: str, scenario: str) -> tuple[subprocess.CompletedProcess, float]:
-    reason = lab_unavailable()
-    if reason:
-        pytest.skip(reason)
-    env = dict(os.environ, PATH=f"{REPO / '.venv/bin'}:{os.environ['PATH']}", CKMS_MOLECULE_LAB=MOLECULE_LAB,
-               CKMS_MOLECULE_NET=MOLECULE_NET, ANSIBLE_FORCE_COLOR="0", PY_COLORS="0", NO_COLOR="1")
-    start = time.monotonic()
-    try:
-        proc = subprocess.run(["molecule", "test", "-s", scenario], cwd=REPO / "roles" / role, env=env,
-                              capture_output=True, text=True, timeout=1200)
-    finally:
-        subprocess.run([str(REPO / ".venv/bin/python"), "-m", "ckms_lab.hosts", "destroy", "--lab", MOLECULE_LAB,
-                        "--all"], cwd=REPO, check=False, capture_output=True, timeout=180)
-    elapsed = time.monotonic() - start
-    left = hosts.lab_footprint(MOLECULE_LAB)
-    assert not any(left.values()), left
-    return proc, elapsed
+NETWORK = {"CKMS_MOLECULE_NET": "10.236.0"}
 
 
 @pytest.mark.parametrize("role", ["os_hardening", "audit", "integrity", "antimalware"])
 def test_molecule_scenario_passes_with_idempotence(role):
-    proc, elapsed = _molecule(role, "default")
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
+    out, elapsed = run_molecule(role, "default", lab="mola", network=NETWORK)
     assert "idempotence: Executed: Successful" in out
     assert "verify: Executed: Successful" in out
     print(f"molecule test {role}: {elapsed:.0f} s")
 
 
 def test_breakage_checks_fail_naming_the_item():
-    proc, elapsed = _molecule("os_hardening", "breakage")
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
+    out, elapsed = run_molecule("os_hardening", "breakage", lab="mola", network=NETWORK)
     assert "verify: Executed: Successful" in out
     print(f"molecule test os_hardening/breakage: {elapsed:.0f} s")
