@@ -57,6 +57,11 @@ lab: deps tools
 wheelhouse: deps
 	scripts/build-wheelhouse.sh
 
+# The roles as the Ansible collection ckms.ca (build/collection/ckms-ca-<version>.tar.gz; cached).
+.PHONY: collection
+collection: deps
+	scripts/build-collection.sh
+
 # Ansible against the running lab: PLAYBOOK=site.yml (default) | deploy_ca.yml | backup.yml | restore.yml ...
 converge: deps tools
 	scripts/lab-converge.sh $(or $(PLAYBOOK),site.yml)
