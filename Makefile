@@ -34,10 +34,10 @@ test-unit: deps tools
 	$(BIN)/pytest -q tests/unit
 
 bench: deps tools
-	$(BIN)/python -m ckms_app.bench --matrix
+	$(BIN)/python -m ckms_lab.bench --matrix
 
 bench-single: deps tools
-	$(BIN)/python -m ckms_app.bench
+	$(BIN)/python -m ckms_lab.bench
 
 # Throwaway lab: pinned Pulumi CLI built from Go modules and a golden image, both cached per machine.
 .PHONY: pulumi-cli

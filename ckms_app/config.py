@@ -15,11 +15,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .clock import ClockConfig
-from .errors import ConfigError
-from .hsm import CURVES, TokenConfig
+from ckms_app.algorithms import CURVES
+from ckms_app.errors import ConfigError
 
 CONFIG_NAME = "ckms.toml"
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """Where the token is and how to log in. The PIN itself is read from ``pin_file`` at open."""
+
+    module: str
+    token_label: str
+    pin_file: Path
+    softhsm_conf: Path | None = None  # set only for a SoftHSM token owned by this CA home
+
+SOURCES = ("chrony", "none")
+
+
+@dataclass(frozen=True)
+class ClockConfig:
+    source: str = "none"
+    max_offset_seconds: float = 10.0
+    cache_seconds: float = 1.0
+    chronyc: str = "chronyc"
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError(f"[clock] source must be one of {', '.join(SOURCES)}, not {self.source!r}")
+        if self.max_offset_seconds <= 0:
+            raise ConfigError("[clock] max_offset_seconds must be positive")
 
 
 def resolve_home(home: str | os.PathLike[str] | None) -> Path:

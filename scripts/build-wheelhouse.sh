@@ -32,12 +32,12 @@ PY
 pip_pin=$("$py" -m pip --version | awk '{print $2}')
 dep_want=$(printf '%s\n%s\npip==%s\n' "$abi" "$deps" "$pip_pin" | sha256sum | cut -d' ' -f1)
 source_kind=${CKMS_WHEEL_SOURCE:-head}
-paths=(pyproject.toml README.md ckms_app ckms_lab)
+paths=(pyproject.toml README.md ckms_app)
 if [ "$source_kind" = head ] && git -C "$repo" rev-parse --verify -q HEAD >/dev/null; then
-  src_want=head-$(git -C "$repo" rev-parse "HEAD:ckms_app" "HEAD:ckms_lab" "HEAD:pyproject.toml" | sha256sum | cut -d' ' -f1)
+  src_want=head-$(git -C "$repo" rev-parse "HEAD:ckms_app" "HEAD:pyproject.toml" | sha256sum | cut -d' ' -f1)
   export_tree() { git -C "$repo" archive HEAD "${paths[@]}" | tar xf - -C "$1"; }
 else
-  src_want=tree-$( (cd "$repo" && find ckms_app ckms_lab -name '*.py' -o -name py.typed | sort | xargs cat pyproject.toml) \
+  src_want=tree-$( (cd "$repo" && find ckms_app -name '*.py' -o -name py.typed | sort | xargs cat pyproject.toml) \
     | sha256sum | cut -d' ' -f1)
   export_tree() { (cd "$repo" && tar cf - "${paths[@]}") | tar xf - -C "$1"; }
 fi

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ckms_app.throwaway_postgres import PostgresServer
+from ckms_lab.throwaway_postgres import PostgresServer
 
 
 @pytest.fixture(scope="session")

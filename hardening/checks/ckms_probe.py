@@ -40,7 +40,8 @@ def _config(home: Path | None = None):
 def _rows(url: str, since: str | None, actions: list[str], limit: int) -> list[dict]:
     from sqlalchemy import select
 
-    from ckms_app.storage import audit_events, open_engine
+    from ckms_app.store.engine import open_engine
+    from ckms_app.store.schema import audit_events
 
     q = select(audit_events).order_by(audit_events.c.seq.desc()).limit(limit)
     if actions:
@@ -58,9 +59,9 @@ def _rows(url: str, since: str | None, actions: list[str], limit: int) -> list[d
 def _audit_public_key(config):
     from cryptography.hazmat.primitives import serialization
 
-    from ckms_app.audit import AUDIT_PUBLIC_KEY_FILE, load_audit_config
+    from ckms_app.audit.seals import AUDIT_PUBLIC_KEY_FILE, load_audit_config
     from ckms_app.errors import HsmError
-    from ckms_app.hsm import Token
+    from ckms_app.hsm.token import Token
 
     try:
         with Token(config.token) as token:
@@ -77,7 +78,7 @@ def cmd_trail(args) -> dict:
 
 
 def cmd_kat(args) -> dict:
-    from ckms_app import selftest
+    from ckms_app.authority import selftest
 
     return {"checks": [c.__dict__ for c in selftest.known_answer_tests()]}
 
@@ -85,7 +86,7 @@ def cmd_kat(args) -> dict:
 def cmd_integrity(args) -> dict:
     from cryptography import x509
 
-    from ckms_app import selftest
+    from ckms_app.authority import selftest
 
     config = _config()
     check = selftest.integrity_test(config, x509.load_pem_x509_certificate(config.ca_cert.read_bytes()))
@@ -93,11 +94,11 @@ def cmd_integrity(args) -> dict:
 
 
 def cmd_verify_db(args) -> dict:
-    from ckms_app import audit
-    from ckms_app.storage import open_engine
+    from ckms_app.audit import seals, verify
+    from ckms_app.store.engine import open_engine
 
     public_key, source = _audit_public_key(_config())
-    report = audit.verify_database(open_engine(f"sqlite:///{args.file}"), public_key)
+    report = verify.verify_database(open_engine(f"sqlite:///{args.file}"), public_key)
     return {**report.as_dict(), "audit_key_from": source}
 
 
@@ -147,9 +148,10 @@ def cmd_spare(args) -> dict:
     """Self-tests and trail verification of a restored home (a spare node's view of the backup)."""
     from cryptography import x509
 
-    from ckms_app import audit, selftest
-    from ckms_app.hsm import Token
-    from ckms_app.storage import open_engine
+    from ckms_app.audit import seals, verify
+    from ckms_app.authority import selftest
+    from ckms_app.hsm.token import Token
+    from ckms_app.store.engine import open_engine
 
     config = _config(Path(args.home))
     if config.token.softhsm_conf:
@@ -160,7 +162,7 @@ def cmd_spare(args) -> dict:
         checks.append(selftest.pairwise_test(token.load_ec_key(config.ca_key_label), ca_cert))
     checks.append(selftest.integrity_test(config, ca_cert))
     public_key, source = _audit_public_key(config)
-    trail = audit.verify_database(open_engine(config.database_url), public_key)
+    trail = verify.verify_database(open_engine(config.database_url), public_key)
     return {"checks": [c.__dict__ for c in checks], "trail": trail.as_dict(), "audit_key_from": source,
             "ca_subject": ca_cert.subject.rfc4514_string(),
             "ca_sha256": ca_cert.fingerprint(__import__("cryptography.hazmat.primitives.hashes",

@@ -399,22 +399,22 @@ def test_tampered_code_blocks_start(host, evidence):
     scratch = host.run(f"runuser -u {CA_USER} -- mktemp -d /var/tmp/check-f56-XXXXXX").stdout.strip()
     try:
         cp = host.run(f"runuser -u {CA_USER} -- cp -r {pkg} {scratch}/ckms_app && "
-                      f"runuser -u {CA_USER} -- rm -rf {scratch}/ckms_app/__pycache__")
+                      f"runuser -u {CA_USER} -- find {scratch}/ckms_app -name __pycache__ -prune -exec rm -rf {{}} +")
         assert cp.rc == 0, f"F.56: could not copy the code: {cp.stderr}"
         same = probe(host, "integrity", env={"PYTHONPATH": scratch})
         # one changed byte in the copy of the issuance code, as a modified binary would be
-        host.run(f"runuser -u {CA_USER} -- sh -c 'echo \"# tampered\" >> {scratch}/ckms_app/issuance.py'")
+        host.run(f"runuser -u {CA_USER} -- sh -c 'echo \"# tampered\" >> {scratch}/ckms_app/authority/issuance.py'")
         tampered = probe(host, "integrity", env={"PYTHONPATH": scratch})
     finally:
         host.run(f"rm -rf {shlex.quote(scratch)}")
-    gate = host.run(f"grep -n 'start-up self-test failed' {pkg}/server_guard.py").stdout.strip()
+    gate = host.run(f"grep -n 'start-up self-test failed' {pkg}/daemon/guard_routes.py").stdout.strip()
     evidence.add("integrity test over an untouched copy", same)
     evidence.add("integrity test over a copy with issuance.py changed", tampered)
     evidence.add("start-up gate in the daemon (enters the error state on a failed self-test)", gate)
     evidence.add("live install", "untouched (copies under /var/tmp, removed)")
     assert same["ok"] and same["code_dir"].startswith(scratch), f"F.56: the untouched copy does not verify: {same}"
     assert tampered["code_dir"].startswith(scratch)
-    assert not tampered["ok"] and "code/issuance.py modified" in tampered["detail"], \
+    assert not tampered["ok"] and "code/authority/issuance.py modified" in tampered["detail"], \
         f"F.56: the start-up integrity test did not name the changed file: {tampered}"
     assert gate, "F.56: the daemon's start-up does not gate on the self-test"
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-CKMS = [sys.executable, "-m", "ckms_app.cli"]
+CKMS = [sys.executable, "-m", "ckms_app.cli.main"]
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from ckms_app.client import CkmsClient, ClientError, Credentials
+from ckms_app.cli.client import CkmsClient, ClientError, Credentials
 from ckms_app.config import load_config
 
 from .conftest import CaHome, Daemon, init_home, make_csr

@@ -128,7 +128,7 @@ from pathlib import Path
 import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from ckms_app.config import load_config
-from ckms_app.hsm import Token
+from ckms_app.hsm.token import Token
 cfg = load_config(Path(sys.argv[1]))
 out = {}
 with Token(cfg.token) as token:

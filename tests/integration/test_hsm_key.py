@@ -21,7 +21,7 @@ import json, sys
 from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from ckms_app.config import load_config
-from ckms_app.hsm import Token
+from ckms_app.hsm.token import Token
 import pkcs11
 from pkcs11 import Attribute, ObjectClass
 cfg = load_config(Path(sys.argv[1]))

@@ -8,10 +8,12 @@ from pathlib import Path
 from cryptography import x509
 from sqlalchemy import func, select, text
 
-from ckms_app.client import CkmsClient, Credentials
+from ckms_app.cli.client import CkmsClient, Credentials
 from ckms_app.config import load_config
-from ckms_app.storage import certificates, migrate, open_engine
-from ckms_app.throwaway_postgres import PostgresServer
+from ckms_app.store.engine import open_engine
+from ckms_app.store.migrations import migrate
+from ckms_app.store.schema import certificates
+from ckms_lab.throwaway_postgres import PostgresServer
 
 from .conftest import CaHome, Daemon, ckms, free_port, make_csr
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from ckms_app.client import CkmsClient, ClientError, Credentials
+from ckms_app.cli.client import CkmsClient, ClientError, Credentials
 from ckms_app.config import load_config
 
 from .conftest import CaHome, Daemon, ckms, curl_enroll, init_home, make_csr, split_status

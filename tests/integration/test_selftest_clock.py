@@ -19,8 +19,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
-from ckms_app.clock import parse_tracking
+from ckms_app.authority.clock import parse_tracking
 
 from .conftest import CaHome, Daemon, ckms, curl_enroll, free_port, make_csr, split_status
 
@@ -145,6 +146,39 @@ def test_issuance_refused_while_clock_unsynchronised(clock_ca, tmp_path: Path) -
     wait_health(home, 200)
 
 
+def test_nothing_at_all_is_signed_while_the_clock_is_unsynchronised(clock_ca) -> None:
+    """Every signing path goes through the one signer, so the clock gate holds for all of them: an
+    identity certificate (ckms entity add), a renewal of the daemon's TLS certificate and a CRL."""
+    home, bin_dir = clock_ca
+    with home.db() as db:
+        before = db.execute("SELECT count(*), (SELECT max(crl_number) FROM crls) FROM certificates").fetchone()
+    tls_before = (home.home / "tls" / "server.pem").read_bytes()
+    path = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    set_clock(bin_dir, "unsync")
+    try:
+        add = ckms("entity", "add", "clock-erin", "--role", "operator", "--home", str(home.home),
+                   "--password-file", str(home.home / "credentials" / "administrator.password"),
+                   "--cert", str(home.cred("administrator")[0]), check=False, env=path)
+        renew = ckms("ca", "renew-tls", "--home", str(home.home), check=False, env=path)
+        code, body = https_json(home, "POST", "/api/v1/crl/publish", role="operator")
+    finally:
+        set_clock(bin_dir, "sync")
+    assert add.returncode != 0 and "not synchronised" in add.stderr, add.stderr
+    assert renew.returncode != 0 and "not synchronised" in renew.stderr, renew.stderr
+    assert code == 503 and body["error"] == "clock_unsynchronised"
+    with home.db() as db:
+        after = db.execute("SELECT count(*), (SELECT max(crl_number) FROM crls) FROM certificates").fetchone()
+        entity = db.execute("SELECT count(*) FROM entities WHERE entity_id = 'clock-erin'").fetchone()
+    assert after == before and entity == (0,), "something was signed or stored with the clock gate closed"
+    assert (home.home / "tls" / "server.pem").read_bytes() == tls_before
+    # With the clock back, the same renewal goes through the same signer.
+    renewed = json.loads(ckms("ca", "renew-tls", "--home", str(home.home), "--json", env=path).stdout)
+    cert = x509.load_pem_x509_certificate((home.home / "tls" / "server.pem").read_bytes())
+    assert format(cert.serial_number, "x") == renewed["serial"] and cert.issuer == x509.load_pem_x509_certificate(
+        home.ca_cert.read_bytes()).subject
+    assert any(r[3] == renewed["serial"] for r in home.audit("certificate.issue"))
+
+
 # --- self-tests and the error state ----------------------------------------------------------------
 def test_selftest_cli_passes_on_a_fresh_ca(ca: CaHome) -> None:
     out = ckms("selftest", "--home", str(ca.home), "--json")
@@ -171,7 +205,7 @@ class CopyDaemon(Daemon):
 
 
 def ckms_copy(code_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "ckms_app.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "ckms_app.cli.main", *args], capture_output=True, text=True,
                           cwd=code_dir, timeout=120)
     if check and proc.returncode != 0:
         raise AssertionError(f"ckms {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -188,7 +222,7 @@ def test_corrupted_code_puts_daemon_in_error_state_until_recovered(tmp_path: Pat
     assert manifest["code_dir"] == str(code_dir / "ckms_app")
     daemon = CopyDaemon(home, code_dir)
     daemon.start()
-    victim = code_dir / "ckms_app" / "profiles.py"
+    victim = code_dir / "ckms_app" / "x509" / "profiles.py"
     original = victim.read_bytes()
     try:
         wait_health(home, 200)
@@ -200,7 +234,7 @@ def test_corrupted_code_puts_daemon_in_error_state_until_recovered(tmp_path: Pat
         assert code == 403
         victim.write_bytes(original + b"\n# tampered\n")
         code, body = https_json(home, "POST", "/api/v1/admin/selftest")
-        assert code == 503 and body["error_state"] and "code/profiles.py modified" in body["reason"]
+        assert code == 503 and body["error_state"] and "code/x509/profiles.py modified" in body["reason"]
 
         health = wait_health(home, 503)
         assert "profiles.py modified" in health["checks"]["error_state"]

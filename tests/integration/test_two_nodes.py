@@ -1,7 +1,7 @@
 """Two CA nodes on one PostgreSQL database under concurrent load (A.41, A.42; issue 3's last line).
 
 Node 1 is created with ``ckms ca init`` on a real PostgreSQL server; its CA key is backed up wrapped
-under 2-of-3 custody and restored into node 2's own, fresh token (``ckms_app.multinode`` drives the
+under 2-of-3 custody and restored into node 2's own, fresh token (``ckms_lab.multinode`` drives the
 real ``ckms hsm`` commands). Both daemons (each with its worker processes) then take enrolments,
 revocations and forced CRL publications at the same time, and the test checks what a relying party
 and an auditor would: every certificate is unique, stored and signed by the one CA key; the CRL
@@ -25,22 +25,21 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
-from ckms_app import multinode
-from ckms_app.client import CkmsClient, Credentials
+from ckms_app.cli.client import CkmsClient, Credentials
 from ckms_app.config import load_config
-from ckms_app.storage import (
-    MIGRATIONS,
+from ckms_app.store.engine import open_engine
+from ckms_app.store.migrations import MIGRATIONS, migrate
+from ckms_app.store.schema import (
     audit_chain_head,
     audit_events,
     certificates,
     crls,
-    migrate,
-    open_engine,
     revocations,
     schema_migrations,
     security_state,
 )
-from ckms_app.throwaway_postgres import PostgresServer
+from ckms_lab import multinode
+from ckms_lab.throwaway_postgres import PostgresServer
 
 from .conftest import CaHome, Daemon, ckms, free_port, init_home, make_csr
 
@@ -317,10 +316,10 @@ def test_workers_of_one_sqlite_node_share_one_crl_sequence(tmp_path: Path) -> No
 AUDIT_KEY_PROBE = r"""
 import json, sys
 from pathlib import Path
-from ckms_app.audit import ensure_audit_key
+from ckms_app.audit.seals import ensure_audit_key
 from ckms_app.config import load_config
 from ckms_app.errors import HsmError
-from ckms_app.hsm import Token
+from ckms_app.hsm.token import Token
 cfg = load_config(Path(sys.argv[1]))
 out = {}
 with Token(cfg.token) as token:

@@ -17,20 +17,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
-from ckms_app.audit import export_lines, seal_unit, verify_database, verify_export
-from ckms_app.hsm import CURVES
-from ckms_app.passwords import PasswordError, hash_password, read_password, verify_password
-from ckms_app.rbac import CONFLICTING_ROLES, ROLES, Principal, role_conflicts
-from ckms_app.storage import (
-    AuditBypass,
-    GroupCommitWriter,
-    Inserts,
-    append_audit,
-    audit_events,
-    audit_row,
-    migrate,
-    open_engine,
-)
+from ckms_app.algorithms import CURVES
+from ckms_app.audit.seals import seal_unit
+from ckms_app.audit.verify import export_lines, verify_database, verify_export
+from ckms_app.authority.passwords import PasswordError, hash_password, read_password, verify_password
+from ckms_app.authority.rbac import CONFLICTING_ROLES, ROLES, Principal, role_conflicts
+from ckms_app.store.chain import AuditBypass, append_audit, audit_row
+from ckms_app.store.engine import open_engine
+from ckms_app.store.migrations import migrate
+from ckms_app.store.schema import audit_events
+from ckms_app.store.writer import GroupCommitWriter, Inserts
 
 
 @dataclass
@@ -137,8 +133,8 @@ def test_deleted_tail_is_named(trail) -> None:  # type: ignore[no-untyped-def]
 
 def test_recomputed_chain_is_caught_by_the_hsm_seal(trail) -> None:  # type: ignore[no-untyped-def]
     """Someone with write access edits record 4 and recomputes every later hash and the head."""
-    from ckms_app.audit import _record_dict
-    from ckms_app.storage import GENESIS_HASH, audit_record_hash
+    from ckms_app.audit.verify import _record_dict
+    from ckms_app.store.chain import GENESIS_HASH, audit_record_hash
 
     reader, key, path = trail
     sql(path, "UPDATE audit_events SET target='forged' WHERE seq=4")

@@ -11,13 +11,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from ckms_app.certificate_assembly import assemble, sign_linted, signature_algorithm_der
+from ckms_app.authority.revocation import BadRequest, parse_reason, parse_serial
 from ckms_app.config import Profile
-from ckms_app.csr_policy import check_csr
 from ckms_app.errors import ConfigError, CsrRejected
-from ckms_app.est_encoding import csr_attributes
-from ckms_app.profiles import end_entity_builder, key_usage, new_serial
-from ckms_app.revocation import BadRequest, parse_reason, parse_serial
+from ckms_app.x509.assembly import assemble, signature_algorithm_der
+from ckms_app.x509.csr_policy import check_csr
+from ckms_app.x509.est_encoding import csr_attributes
+from ckms_app.x509.profiles import end_entity_builder, key_usage, new_serial
 
 PROFILE = Profile(
     name="device", validity_days=365, key_usage=("digital_signature",), extended_key_usage=("client_auth",),
@@ -155,7 +155,9 @@ def test_assembled_certificate_carries_the_linted_tbs_and_verifies() -> None:
                                                                  for i in range(8)]), critical=False))
         precert = builder.sign(throwaway, hash_algorithm)
         precert_der = precert.public_bytes(serialization.Encoding.DER)
-        cert, der = sign_linted(precert, precert_der, ca_key, ec.ECDSA(hash_algorithm))
+        tbs = precert.tbs_certificate_bytes
+        der = assemble(tbs, signature_algorithm_der(precert_der), ca_key.sign(tbs, ec.ECDSA(hash_algorithm)))
+        cert = x509.load_der_x509_certificate(der)
         assert cert.tbs_certificate_bytes == precert.tbs_certificate_bytes
         assert cert.signature_algorithm_oid == precert.signature_algorithm_oid
         assert cert.public_bytes(serialization.Encoding.DER) == der
@@ -163,3 +165,15 @@ def test_assembled_certificate_carries_the_linted_tbs_and_verifies() -> None:
         # Re-assembling the throwaway-signed copy from its parts gives back its exact DER.
         assert assemble(precert.tbs_certificate_bytes, signature_algorithm_der(precert_der),
                         precert.signature) == precert_der
+        # CRLs have the same outer shape: the linted TBSCertList signed by the CA verifies as a CRL.
+        crl_copy = (x509.CertificateRevocationListBuilder()
+                    .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
+                    .last_update(now).next_update(now + dt.timedelta(hours=1))
+                    .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(7)
+                                             .revocation_date(now).build())
+                    .sign(throwaway, hash_algorithm))
+        crl_der = assemble(crl_copy.tbs_certlist_bytes, signature_algorithm_der(crl_copy.public_bytes(
+            serialization.Encoding.DER)), ca_key.sign(crl_copy.tbs_certlist_bytes, ec.ECDSA(hash_algorithm)))
+        crl = x509.load_der_x509_crl(crl_der)
+        assert crl.tbs_certlist_bytes == crl_copy.tbs_certlist_bytes
+        assert crl.is_signature_valid(ca_key.public_key())

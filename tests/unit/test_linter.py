@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ckms_app import linter as linter_mod
-from ckms_app.linter import AsyncLinter, Linter, LintReport, LintUnavailable, find_linter_binary
+from ckms_app.authority import linter as linter_mod
+from ckms_app.authority.linter import AsyncLinter, Linter, LintReport, LintUnavailable, find_linter_binary
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)

@@ -9,16 +9,11 @@ from pathlib import Path
 
 from sqlalchemy import bindparam, select, update
 
-from ckms_app.point_reads import PointReader
-from ckms_app.storage import (
-    GroupCommitWriter,
-    Inserts,
-    certificates,
-    migrate,
-    open_engine,
-    security_state,
-    utcnow,
-)
+from ckms_app.store.engine import open_engine
+from ckms_app.store.migrations import migrate
+from ckms_app.store.point_reads import PointReader
+from ckms_app.store.schema import certificates, security_state, utcnow
+from ckms_app.store.writer import GroupCommitWriter, Inserts
 
 
 def _cert_row(serial: str, csr_hash: str) -> dict:

@@ -9,16 +9,11 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from ckms_app.storage import (
-    GroupCommitWriter,
-    Inserts,
-    audit_events,
-    audit_row,
-    certificates,
-    migrate,
-    open_engine,
-    utcnow,
-)
+from ckms_app.store.chain import audit_row
+from ckms_app.store.engine import open_engine
+from ckms_app.store.migrations import migrate
+from ckms_app.store.schema import audit_events, certificates, utcnow
+from ckms_app.store.writer import GroupCommitWriter, Inserts
 
 
 def cert_row(serial: str, csr_hash: str | None = None) -> dict:
@@ -104,3 +99,12 @@ def test_closed_writer_refuses_new_work(db) -> None:  # type: ignore[no-untyped-
     writer.close()
     with pytest.raises(RuntimeError, match="closed"):
         writer.run(Inserts(((certificates, cert_row("ab")),)))
+
+
+def test_migration_2_seeds_the_default_acl_as_released() -> None:
+    """The frozen copy in the migration equals the live default today; if the default changes, a new
+    migration must carry the change (this test then tells whoever changed it)."""
+    from ckms_app.authority.rbac import DEFAULT_ACL
+    from ckms_app.store.migrations import _MIGRATION_2_ACL
+
+    assert set(_MIGRATION_2_ACL) == set(DEFAULT_ACL)

@@ -1,0 +1,213 @@
+"""The tamper-evident audit trail: HSM-signed seals, verification and export (A.06, A.31, F.12–F.14).
+
+Records are hash-chained as they are written (:func:`ckms_app.storage.append_audit`). A chain
+alone shows an edit, a deletion, an insertion or a reordering, but someone able to rewrite the
+database could recompute every later hash. So the chain is *sealed*: every ``seal_every_records``
+records or ``seal_interval_seconds`` seconds, the chain head (sequence number and hash) is signed
+with a dedicated audit key that lives in the HSM (label ``ckms-audit-key``, never extractable),
+and the seal itself is recorded in the chain as an ``audit.seal`` event, so removing a seal is
+also seen. A rewrite of sealed history cannot be re-signed without the token; what is not yet
+sealed is covered by the chain and the chain head only, for at most one seal interval.
+
+``verify_trail`` walks records and seals in order and names the first record that does not fit.
+The same function checks the database and a JSON-lines export (``ckms audit export``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import logging
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, Engine
+
+from ckms_app.algorithms import Curve
+from ckms_app.errors import HsmError
+from ckms_app.hsm.token import HsmEcPrivateKey, Token
+from ckms_app.store.chain import append_audit, audit_row
+from ckms_app.store.schema import audit_chain_head, audit_events, audit_seals
+from ckms_app.store.writer import GroupCommitWriter
+
+log = logging.getLogger("ckms.audit")
+AUDIT_KEY_LABEL = "ckms-audit-key"
+EXPORT_FORMAT = "ckms-audit-export/1"
+AUDIT_PUBLIC_KEY_FILE = Path("ca") / "audit-key.pub.pem"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    key_label: str = AUDIT_KEY_LABEL
+    seal_every_records: int = 1000
+    seal_interval_seconds: float = 60.0
+
+
+def load_audit_config(home: Path) -> AuditConfig:
+    """The ``[audit]`` table of ckms.toml (all keys optional)."""
+    try:
+        raw = tomllib.loads((home / "ckms.toml").read_text()).get("audit", {})
+    except (FileNotFoundError, tomllib.TOMLDecodeError):
+        raw = {}
+    return AuditConfig(key_label=str(raw.get("key_label", AUDIT_KEY_LABEL)),
+                       seal_every_records=int(raw.get("seal_every_records", 1000)),
+                       seal_interval_seconds=float(raw.get("seal_interval_seconds", 60.0)))
+
+
+# --- the audit key ------------------------------------------------------------------------------
+def ensure_audit_key(token: Token, home: Path, curve: Curve, label: str = AUDIT_KEY_LABEL) -> HsmEcPrivateKey:
+    """Load the audit key from the token, generating it there on first use (existing CA homes).
+
+    A file lock in the home keeps two processes from generating two keys with the same label.
+    The public half is written to ``ca/audit-key.pub.pem`` so an auditor can check an export
+    without the token.
+
+    Once that file exists the CA's trail is sealed with that key, on every node: a token without it
+    (another node's, or a replacement restored from an old backup) must get it from the CA's wrapped
+    backup, and one holding a different key under the label is refused. Generating a new key there
+    would make this node's seals and every other node's fail each other's verification.
+    """
+    lock_path = home / "db" / ".audit-key.lock"
+    lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pub_path = home / AUDIT_PUBLIC_KEY_FILE
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            key = token.load_ec_key(label)
+        except HsmError as exc:
+            if "no EC key pair" not in str(exc):
+                raise
+            if pub_path.exists():
+                raise HsmError(f"the token has no audit key {label!r}, but this CA's trail is sealed with the key "
+                               f"in {pub_path}: restore it from the CA's wrapped backup (ckms hsm restore) "
+                               "instead of starting a second one") from None
+            key = token.generate_ec_key(label, curve)
+            log.info("generated the audit sealing key %r in the token", label)
+        pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if not pub_path.exists():
+            pub_path.write_bytes(pem)
+        elif serialization.load_pem_public_key(pub_path.read_bytes()) != key.public_key():
+            raise HsmError(f"the token's audit key {label!r} is not the key this CA's trail is sealed with "
+                           f"({pub_path}); its seals would not verify")
+    return key
+
+
+def seal_message(up_to_seq: int, chain_hash: str, sealed_at: dt.datetime | str) -> bytes:
+    if isinstance(sealed_at, dt.datetime):
+        sealed_at = _iso(sealed_at)
+    return f"ckms-audit-seal/1\n{int(up_to_seq)}\n{chain_hash}\n{sealed_at}".encode()
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --- sealing ------------------------------------------------------------------------------------
+def seal_unit(key: HsmEcPrivateKey, *, force: bool = False):  # type: ignore[no-untyped-def]
+    """A writer unit: sign the chain head and record the seal, in one transaction.
+
+    Returns the new seal's ``up_to_seq``, or None when nothing new was written since the last
+    seal (its own ``audit.seal`` record does not count, or an idle CA would seal forever).
+    """
+
+    def unit(conn: Connection) -> int | None:
+        head = conn.execute(select(audit_chain_head).where(audit_chain_head.c.chain_id == 1).with_for_update()).first()
+        if head is None or head.last_seq == 0:
+            return None
+        last = conn.execute(select(func.max(audit_seals.c.up_to_seq))).scalar() or 0
+        if not force and head.last_seq <= last + 1:
+            return None
+        sealed_at = dt.datetime.now(dt.UTC)
+        signature = key.sign(seal_message(head.last_seq, head.last_hash, sealed_at),
+                             ec.ECDSA(key.curve_info.hash_algorithm))
+        conn.execute(audit_seals.insert().values(up_to_seq=head.last_seq, chain_hash=head.last_hash,
+                                                 sealed_at=sealed_at, key_label=key.label, signature=signature))
+        append_audit(conn, [audit_row(entity_id="ckms", role="system", action="audit.seal",
+                                      target=f"seq:{head.last_seq}", outcome="success",
+                                      detail={"chain_hash": head.last_hash, "key": key.label})])
+        return int(head.last_seq)
+
+    return unit
+
+
+class AuditSealer:
+    """Seals the chain every N records or T seconds; one per CA daemon (the CRL-scheduling worker).
+
+    The key is loaded (or, in a CA home that predates it, generated) at the first seal rather
+    than at start, so the token is not written while the other workers are logging in.
+    """
+
+    def __init__(self, config: AuditConfig, key: Callable[[], HsmEcPrivateKey], writer: GroupCommitWriter,
+                 reader: Engine) -> None:
+        self._config = config
+        self._key_provider = key
+        self._key_loaded: HsmEcPrivateKey | None = None
+        self._writer = writer
+        self._reader = reader
+
+    @property
+    def _key(self) -> HsmEcPrivateKey:
+        if self._key_loaded is None:
+            self._key_loaded = self._key_provider()
+        return self._key_loaded
+
+    def _due(self, last_sealed_at: float, now: float) -> bool:
+        with self._reader.connect() as conn:
+            head = conn.execute(select(audit_chain_head.c.last_seq)).scalar() or 0
+            sealed = conn.execute(select(func.max(audit_seals.c.up_to_seq))).scalar() or 0
+        pending = head - sealed
+        if pending >= self._config.seal_every_records:
+            return True
+        return pending > 1 and now - last_sealed_at >= self._config.seal_interval_seconds
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        tick = min(1.0, max(0.05, self._config.seal_interval_seconds / 4))
+        while not stop.is_set():
+            try:
+                if self._due(last, loop.time()):
+                    await self._writer.submit(seal_unit(self._key))
+                    last = loop.time()
+            except Exception:  # the loop must outlive one failure; the next tick retries
+                log.exception("audit sealing failed")
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=tick)
+            except TimeoutError:
+                pass
+
+    async def seal_now(self) -> int | None:
+        """One more seal if anything is unsealed (the daemon calls this last on its way out)."""
+        return await self._writer.submit(seal_unit(self._key))
+
+
+# --- configuration changes ----------------------------------------------------------------------
+def config_change_unit(home: Path):  # type: ignore[no-untyped-def]
+    """A writer unit: record ``config.change`` when ckms.toml differs from the last recorded hash.
+
+    The daemon runs it at start, so every configuration in force is on the trail, in order, with
+    the hash an auditor can compare with the file (F.12). Returns the audit row, or None.
+    """
+    digest = hashlib.sha256((home / "ckms.toml").read_bytes()).hexdigest()
+
+    def unit(conn: Connection) -> dict[str, Any] | None:
+        last = conn.execute(select(audit_events.c.detail).where(audit_events.c.action == "config.change")
+                            .order_by(audit_events.c.seq.desc()).limit(1)).scalar()
+        previous = json.loads(last).get("config_sha256") if last else None
+        if previous == digest:
+            return None
+        row = audit_row(entity_id="ckms", role="system", action="config.change", target="ckms.toml",
+                        outcome="success", detail={"config_sha256": digest, "previous_sha256": previous})
+        append_audit(conn, [row])
+        return row
+
+    return unit

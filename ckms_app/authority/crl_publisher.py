@@ -1,0 +1,369 @@
+"""Full and delta CRLs (RFC 5280 §5; A.38, A.59, A.64).
+
+Every publication signs a new *full* CRL holding every revocation, and a *delta* CRL holding the
+revocations since the current *base* full CRL. A new base starts every ``full_interval_seconds``,
+so a client that keeps the hourly base only needs the small delta in between. Full and delta
+CRLs share one CRL-number sequence, which only grows. Each CRL is linted (throwaway-signed copy)
+before the HSM signs it, stored in the database, and written atomically to the CRL directory.
+
+Several publishers share one sequence: every worker process of a node may publish on request, and
+several CA nodes share one PostgreSQL database. Reading ``max(crl_number) + 1``, signing, and then
+inserting would let two of them pick the same number, or commit a higher number before a lower one
+with fewer revocations in it. So a publication holds a lock from the moment it picks its number
+until its rows are committed (:class:`_PostgresSequence`, :class:`_SqliteSequence`): on PostgreSQL
+a transaction-scoped advisory lock, which every node sees; on SQLite (one host) a lock file next to
+the database. Neither holds up issuance: signing a CRL with thousands of entries takes a good part
+of a second, far too long to keep SQLite's write lock. CRL numbers are therefore strictly increasing
+in commit order on every node, and each CRL holds every revocation committed before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography import x509
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from ckms_app.authority.rbac import SYSTEM, Principal
+from ckms_app.authority.revocation import REASONS
+from ckms_app.authority.signer import Signer
+from ckms_app.config import Config
+from ckms_app.errors import CkmsError
+from ckms_app.store.chain import append_audit, audit_row
+from ckms_app.store.engine import open_engine
+from ckms_app.store.schema import audit_events, crls, revocations, utcnow
+from ckms_app.store.writer import GroupCommitWriter, Inserts
+
+T = TypeVar("T")
+log = logging.getLogger("ckms.crl")
+_POLL_SECONDS = 1.0
+# pg_advisory_xact_lock key of the CRL-number sequence ("ckms_crl" in ASCII); one lock per database.
+CRL_LOCK_KEY = 0x636B6D735F63726C
+
+
+@dataclass(frozen=True)
+class Published:
+    full_number: int
+    delta_number: int
+    base_number: int
+    revoked_count: int
+    this_update: dt.datetime
+
+
+class CrlPublisher:
+    def __init__(self, config: Config, signer: Signer, ca_cert: x509.Certificate, writer: GroupCommitWriter,
+                 reader: Engine) -> None:
+        self._config = config
+        self._signer = signer  # guard (error state, clock gate) → lint → the HSM signs the linted TBS
+        self._ca_cert = ca_cert
+        self._writer = writer
+        self._reader = reader
+        self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+            ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value)
+        self._delta_url = f"{config.server.crl_base_url}/delta.crl"
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._lock_engine: Engine | None = None  # opened at the first publication
+
+    # --- scheduling ---------------------------------------------------------------------------
+    def notify_revocation(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish at start, after revocations (debounced) and before the current CRLs go stale."""
+        cfg = self._config.crl
+        while not stop.is_set():
+            try:
+                if self.needs_publication():
+                    # Another node (or worker) may publish the same revocations first: re-checked
+                    # under the lock, so a burst is published once, not once per node.
+                    await self._publish(SYSTEM, only_if_needed=True)
+            except CkmsError as exc:
+                log.error("CRL publication failed: %s", exc)
+            except Exception:  # the loop must outlive any single failure; the next round retries
+                log.exception("CRL publication failed unexpectedly")
+            waiter = asyncio.create_task(self._wake.wait())
+            stopper = asyncio.create_task(stop.wait())
+            # Poll the database every second as well: a revocation taken by another worker process
+            # or another CA node never reaches this process's wake event.
+            await asyncio.wait({waiter, stopper}, timeout=min(_POLL_SECONDS, max(0.1, cfg.max_publish_delay_seconds)),
+                               return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            if self._wake.is_set():
+                self._wake.clear()
+                # Short debounce: a burst of revocations lands in one CRL.
+                await asyncio.sleep(min(0.5, cfg.max_publish_delay_seconds / 10))
+
+    def needs_publication(self) -> bool:
+        with self._reader.connect() as conn:
+            return self._needs_publication(conn)
+
+    def _needs_publication(self, conn: Connection) -> bool:
+        cfg = self._config.crl
+        latest = _latest(conn, ("full", "base"))
+        newest_revocation = conn.execute(select(func.max(revocations.c.id))).scalar() or 0
+        if latest is None:
+            return True
+        age = (utcnow() - latest.this_update).total_seconds()
+        stale_after = min(cfg.full_interval_seconds, cfg.delta_validity_hours * 3600 / 2)
+        return newest_revocation > latest.max_revocation_id or age >= stale_after
+
+    # --- building -----------------------------------------------------------------------------
+    async def publish(self, principal: Principal = SYSTEM) -> Published:
+        published = await self._publish(principal, only_if_needed=False)
+        assert published is not None  # only_if_needed=False always publishes or raises
+        return published
+
+    async def _publish(self, principal: Principal, *, only_if_needed: bool) -> Published | None:
+        async with self._lock:
+            try:
+                await self._signer.guard.check()  # refuse before taking the CRL-number lock
+            except CkmsError as exc:
+                refusal = audit_row(entity_id=principal.entity_id, role=principal.role, action="crl.publish",
+                                    target="crl", outcome="error", detail={"code": exc.code, "reason": str(exc)})
+                await self._writer.submit(Inserts(((audit_events, refusal),)))
+                raise
+            sequence = await self._sequence()
+            try:
+                if only_if_needed and not await sequence.read(self._needs_publication):
+                    return None
+                result, files = await self._publish_locked(sequence, principal)
+            finally:
+                await sequence.release()
+            self._write_files(*files)
+            return result
+
+    async def _sequence(self) -> _PostgresSequence | _SqliteSequence:
+        """Take the CRL-number lock of this database (waits for a publication in progress).
+
+        The wait runs in a thread that a cancelled caller (a client that hung up) cannot stop, so
+        a lock it obtains after the cancellation is released at once instead of blocking every
+        publisher on every node for good.
+        """
+        if make_url(self._config.database_url).get_backend_name() == "postgresql":
+            if self._lock_engine is None:
+                self._lock_engine = open_engine(self._config.database_url)
+            acquiring = asyncio.ensure_future(asyncio.to_thread(_PostgresSequence.acquire, self._lock_engine))
+        else:
+            acquiring = asyncio.ensure_future(asyncio.to_thread(
+                _SqliteSequence.acquire, self._config.database_url, self._reader, self._writer))
+        try:
+            return await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+            acquiring.add_done_callback(_close_if_acquired)
+            raise
+
+    async def _publish_locked(self, sequence: _PostgresSequence | _SqliteSequence, principal: Principal
+                              ) -> tuple[Published, tuple[int, bytes, bytes, bytes | None]]:
+        """Pick the next number, sign full and delta CRLs, store and commit them: under the lock."""
+        now = utcnow().replace(microsecond=0)
+
+        def read(conn: Connection) -> tuple:  # type: ignore[type-arg]
+            base = _latest(conn, ("base",))
+            number = (conn.execute(select(func.max(crls.c.crl_number))).scalar() or 0) + 1
+            rows = conn.execute(select(revocations).order_by(revocations.c.id)).all()
+            return base, number, rows
+
+        base, number, rows = await sequence.read(read)
+        max_id = rows[-1].id if rows else 0
+        new_base = base is None or (now - base.this_update).total_seconds() >= self._config.crl.full_interval_seconds
+        base_number = number if new_base else base.crl_number
+        base_max_id = max_id if new_base else base.max_revocation_id
+        full_next = now + dt.timedelta(hours=self._config.crl.validity_hours)
+        delta_next = now + dt.timedelta(hours=self._config.crl.delta_validity_hours)
+
+        full_der = await self._signer.crl(self._builder(rows, number, now, full_next, delta_base=None), "full CRL")
+        delta_rows = [r for r in rows if r.id > base_max_id]
+        delta_der = await self._signer.crl(
+            self._builder(delta_rows, number + 1, now, delta_next, delta_base=base_number), "delta CRL")
+
+        records = [
+            {"crl_number": number, "kind": "base" if new_base else "full", "base_crl_number": None,
+             "this_update": now, "next_update": full_next, "max_revocation_id": max_id, "der": full_der},
+            {"crl_number": number + 1, "kind": "delta", "base_crl_number": base_number,
+             "this_update": now, "next_update": delta_next, "max_revocation_id": max_id, "der": delta_der},
+        ]
+        audit = audit_row(entity_id=principal.entity_id, role=principal.role, action="crl.publish",
+                          target=f"crl:{number}", outcome="success",
+                          detail={"full": number, "delta": number + 1, "base": base_number, "entries": len(rows)})
+
+        def store(conn: Connection) -> None:
+            conn.execute(crls.insert(), records)
+            append_audit(conn, [audit])
+
+        await sequence.store(store)
+        return (Published(number, number + 1, base_number, len(rows), now),
+                (number, full_der, delta_der, full_der if new_base else None))
+
+    def _builder(self, rows: list, number: int, now: dt.datetime, next_update: dt.datetime,  # type: ignore[type-arg]
+                 delta_base: int | None) -> x509.CertificateRevocationListBuilder:
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._ca_cert.subject)
+            .last_update(now)
+            .next_update(next_update)
+            .add_extension(self._aki, critical=False)
+            .add_extension(x509.CRLNumber(number), critical=False)
+        )
+        if delta_base is None:
+            builder = builder.add_extension(
+                x509.FreshestCRL([x509.DistributionPoint([x509.UniformResourceIdentifier(self._delta_url)],
+                                                         None, None, None)]), critical=False)
+        else:
+            builder = builder.add_extension(x509.DeltaCRLIndicator(delta_base), critical=True)
+        for row in rows:
+            entry = x509.RevokedCertificateBuilder().serial_number(int(row.serial, 16)).revocation_date(row.revoked_at)
+            if row.reason != "unspecified":  # RFC 5280: omit the reason rather than say unspecified
+                entry = entry.add_extension(x509.CRLReason(REASONS[row.reason]), critical=False)
+            builder = builder.add_revoked_certificate(entry.build())
+        return builder
+
+    def _write_files(self, number: int, full: bytes, delta: bytes, base: bytes | None) -> None:
+        """Copy a committed publication to this node's CRL directory, never over a newer one.
+
+        Workers write after their commit, so a slower worker could finish after a newer
+        publication; a file lock and the recorded numbers keep the newest CRLs in place.
+        """
+        directory = self._config.crl.directory
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / ".publish.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            numbers_path = directory / ".numbers.json"
+            try:
+                written = json.loads(numbers_path.read_text())
+            except (FileNotFoundError, ValueError):
+                written = {}
+            changed = False
+            if number > int(written.get("full", 0)):
+                _atomic_write(directory / "full.crl", full)
+                _atomic_write(directory / "delta.crl", delta)
+                written["full"], changed = number, True
+            if base is not None and number > int(written.get("base", 0)):
+                _atomic_write(directory / "base.crl", base)
+                written["base"], changed = number, True
+            if changed:
+                _atomic_write(numbers_path, json.dumps(written).encode())
+
+
+class _PostgresSequence:
+    """The CRL-number lock on PostgreSQL: ``pg_advisory_xact_lock`` in a transaction of its own.
+
+    Reads and the final insert run in that transaction, so the lock is held from picking the number
+    until the commit and released by it, on whichever node. It blocks nothing but other publishers.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def acquire(cls, engine: Engine) -> _PostgresSequence:
+        conn = engine.connect()
+        try:
+            conn.begin()
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CRL_LOCK_KEY})
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn)
+
+    async def read(self, query: Callable[[Connection], T]) -> T:
+        return await asyncio.to_thread(query, self._conn)
+
+    async def store(self, unit: Callable[[Connection], Any]) -> None:
+        def run() -> None:
+            unit(self._conn)
+            self._conn.commit()
+
+        await asyncio.to_thread(run)
+
+    async def release(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        try:
+            self._conn.rollback()  # nothing to undo after store(); ends the transaction otherwise
+        finally:
+            self._conn.close()
+
+
+class _SqliteSequence:
+    """The CRL-number lock on SQLite: an exclusive ``flock`` on ``<database>.crl-lock``.
+
+    SQLite serves one host, so a lock file orders its worker processes. Reads see every commit made
+    before the lock was taken, and the insert goes through the durable group-commit writer before the
+    lock is let go; the database write lock is held only for that commit, as for any write.
+    """
+
+    def __init__(self, lock_fd: int | None, reader: Engine, writer: GroupCommitWriter) -> None:
+        self._lock_fd = lock_fd
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    def acquire(cls, url: str, reader: Engine, writer: GroupCommitWriter) -> _SqliteSequence:
+        database = make_url(url).database
+        lock_fd = None
+        if database and database != ":memory:":  # an in-memory database has a single connection anyway
+            lock_fd = os.open(f"{database}.crl-lock", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(lock_fd)
+                raise
+        return cls(lock_fd, reader, writer)
+
+    async def read(self, query: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self._reader.connect() as conn:
+                return query(conn)
+
+        return await asyncio.to_thread(run)
+
+    async def store(self, unit: Callable[[Connection], Any]) -> None:
+        await self._writer.submit(unit)
+
+    async def release(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the file releases the flock
+            self._lock_fd = None
+
+
+def _close_if_acquired(acquiring: asyncio.Future[_PostgresSequence | _SqliteSequence]) -> None:
+    if not acquiring.cancelled() and acquiring.exception() is None:
+        acquiring.result().close()
+
+
+def _latest(conn: Connection, kinds: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    return conn.execute(
+        select(crls).where(crls.c.kind.in_(kinds)).order_by(crls.c.crl_number.desc()).limit(1)
+    ).first()
+
+
+def latest_crl_der(conn: Connection, which: str) -> bytes | None:
+    """``which`` is ``full`` (newest complete CRL), ``delta`` or ``base``."""
+    kinds = {"full": ("full", "base"), "delta": ("delta",), "base": ("base",)}[which]
+    row = _latest(conn, kinds)
+    return None if row is None else row.der
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

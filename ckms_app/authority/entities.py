@@ -1,0 +1,420 @@
+"""Entity, role-grant and ACL administration for ``ckms entity`` / ``ckms acl`` (A.27–A.30, E.03–E.05, F.15).
+
+Each individual is an entity with an ID, one client certificate (signed by the CA key in the HSM
+through the same lint-then-sign path as the ceremony's identities) and role grants. The local CLI
+authenticates the acting individual twice: by their credential (the entity bound to the client
+certificate, or ``--as``) and by their password (scrypt), then checks the ACL.
+
+Every change is one transaction that also writes the audit record and bumps ``entity_generation``
+(so each daemon worker drops its cached principals before the next request); every change and
+every refusal raises a real-time alert. A grant that would give one entity two conflicting roles
+(:data:`ckms_app.authority.rbac.CONFLICTING_ROLES`) is refused, audited and alerted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from sqlalchemy import delete, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from ckms_app.audit.alerts import is_alerting, load_alert_config, send_alert
+from ckms_app.authority.ceremony import write_key_and_cert
+from ckms_app.authority.issuance import certificate_row
+from ckms_app.authority.passwords import hash_password, verify_password
+from ckms_app.authority.rbac import (
+    OPERATIONS,
+    ROLES,
+    Principal,
+    certificate_fingerprint,
+    load_acl,
+    permissions_for,
+    role_conflicts,
+    role_label,
+)
+from ckms_app.authority.signer import open_signer
+from ckms_app.config import Config
+from ckms_app.errors import CkmsError, Conflict, NotAuthenticated, NotAuthorized, NotFound
+from ckms_app.hsm.token import Token
+from ckms_app.store.chain import append_audit, audit_row
+from ckms_app.store.engine import open_engine
+from ckms_app.store.migrations import migrate
+from ckms_app.store.queries import bump_entity_generation
+from ckms_app.store.schema import certificates, entities, entity_roles, revocations, role_permissions, utcnow
+from ckms_app.store.writer import GroupCommitWriter
+from ckms_app.x509.csr_policy import public_key_sha256
+from ckms_app.x509.profiles import end_entity_builder, new_serial
+
+ENTITY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class SeparationOfDuties(NotAuthorized):
+    code = "separation_of_duties"
+
+
+@dataclass
+class AdminContext:
+    """An open CA home for one CLI action: config, reader, writer and the authenticated actor."""
+
+    config: Config
+    reader: Engine
+    writer: GroupCommitWriter
+    actor: Principal | None = None
+
+    @classmethod
+    def open(cls, config: Config) -> AdminContext:
+        reader = open_engine(config.database_url)
+        migrate(reader)
+        return cls(config, reader, GroupCommitWriter(open_engine(config.database_url, writer=True)))
+
+    def close(self) -> None:
+        self.writer.close()
+        self.reader.dispose()
+
+    def __enter__(self) -> AdminContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- audit + alert ---------------------------------------------------------------------------
+    def record(self, action: str, target: str, outcome: str, detail: dict[str, Any] | None = None,
+               *, actor: Principal | None = None, entity_id: str | None = None, role: str | None = None) -> None:
+        """Write one audit record on its own (refusals; changes write theirs inside their unit)."""
+        who = actor or self.actor
+        row = audit_row(entity_id=entity_id or (who.entity_id if who else "unauthenticated"),
+                        role=role or (who.role if who else "none"), action=action, target=target,
+                        outcome=outcome, detail=detail)
+        self.writer.run(lambda c: append_audit(c, [row]))
+        self.alert(row)
+
+    def alert(self, row: dict[str, Any]) -> list[Any]:
+        if not is_alerting(row["action"]):
+            return []
+        event = {k: row[k] for k in ("entity_id", "role", "action", "target", "outcome")}
+        event["at"] = row["at"].isoformat()
+        event["detail"] = row["detail"]
+        return send_alert(load_alert_config(self.config.home), event)
+
+    def change(self, unit: Any, rows: list[dict[str, Any]]) -> Any:
+        """Run a change unit that appends ``rows`` to the audit chain; alert once it is committed."""
+        result = self.writer.run(unit)
+        for row in rows:
+            self.alert(row)
+        return result
+
+    # --- authentication --------------------------------------------------------------------------
+    def authenticate(self, *, entity_id: str | None, cert_path: Path | None, password: str | None,
+                     operation: str | None, token_pin_ok: bool = False) -> Principal:
+        """Credential + password (or the token PIN, proven by logging in), then the ACL.
+
+        Every refusal is audited under the entity's ID. The token-PIN path lets the holder of a
+        personal HSM PIN act, and lets an entity from before passwords existed set its first one.
+        """
+        with self.reader.connect() as conn:
+            query = select(entities)
+            if entity_id is not None:
+                query = query.where(entities.c.entity_id == entity_id)
+            elif cert_path is not None:
+                der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
+                query = query.where(entities.c.cert_sha256 == certificate_fingerprint(der))
+            else:
+                raise NotAuthenticated("say who you are: --as ENTITY, --cert FILE or --role ROLE")
+            row = conn.execute(query).first()
+            acl = load_acl(conn)
+        if row is None:
+            self.record("auth.deny", operation or "-", "denied", {"reason": "unknown entity or credential",
+                                                           "claimed": entity_id or str(cert_path)})
+            raise NotAuthenticated("no such entity for these credentials")
+        secret_ok = token_pin_ok or (password is not None and verify_password(password, row.password_hash))
+        if row.status != "active" or not secret_ok:
+            reason = f"entity is {row.status}" if row.status != "active" else (
+                "wrong token PIN" if password is None else
+                "no password set (use --token-pin-file once, then ckms entity passwd)" if not row.password_hash
+                else "wrong password")
+            self.record("auth.deny", operation or "-", "denied", {"reason": reason}, entity_id=row.entity_id,
+                        role=row.role)
+            raise NotAuthenticated(f"authentication of {row.entity_id} failed ({reason})")
+        principal = Principal(row.entity_id, row.role, permissions_for(row.role, acl))
+        if operation is not None and not principal.allows(operation):
+            self.record(operation, "-", "denied", {"reason": f"role {row.role} may not perform {operation}"},
+                        actor=principal)
+            raise NotAuthorized(f"{row.entity_id} (role {row.role}) may not perform {operation}")
+        self.actor = principal
+        return principal
+
+    def _actor(self) -> Principal:
+        if self.actor is None:
+            raise NotAuthenticated("not authenticated")
+        return self.actor
+
+    def _refuse(self, action: str, target: str, exc: CkmsError) -> None:
+        self.record(action, target, "denied", {"code": exc.code, "reason": str(exc)})
+        raise exc
+
+    # --- entities --------------------------------------------------------------------------------
+    def add_entity(self, entity_id: str, roles: list[str], *, password: str | None, out_dir: Path) -> dict[str, Any]:
+        actor = self._actor()
+        try:
+            _check_entity_id(entity_id)
+            roles = sorted(set(roles))
+            if not roles:
+                raise CkmsError("give at least one --role", code="bad_request")
+            for r in roles:
+                _check_role(r)
+            for i, r in enumerate(roles):
+                clash = role_conflicts(roles[:i], r)
+                if clash:
+                    raise SeparationOfDuties(f"separation of duties: {r} may not be combined with {', '.join(clash)}")
+            with self.reader.connect() as conn:
+                if conn.execute(select(entities.c.entity_id).where(entities.c.entity_id == entity_id)).first():
+                    raise Conflict(f"entity {entity_id} already exists")
+            password_hash = hash_password(password) if password is not None else None
+        except CkmsError as exc:
+            self._refuse("entity.create", entity_id, exc)
+        client_key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue_identity(self.config, self.writer, entity_id, client_key)
+        der = cert.public_bytes(serialization.Encoding.DER)
+
+        cert_row = certificate_row(cert, der, kind="identity", profile="identity", requested_by=actor.entity_id,
+                                   csr_sha256=None, pubkey_sha256=public_key_sha256(client_key.public_key()))
+        now = utcnow()
+        label = role_label(roles)
+        audit_rows = [
+            audit_row(entity_id=actor.entity_id, role=actor.role, action="certificate.issue",
+                      target=str(cert_row["serial"]), outcome="success",
+                      detail={"kind": "identity", "subject": cert_row["subject"]}),
+            audit_row(entity_id=actor.entity_id, role=actor.role, action="entity.create", target=entity_id,
+                      outcome="success", detail={"roles": roles, "cert_serial": cert_row["serial"],
+                                                 "password_set": password_hash is not None}),
+        ]
+
+        def unit(conn: Connection) -> None:
+            # The audit chain head first: every writer locks it before any other row (the daemon's
+            # revocations too), so a change here and a revocation elsewhere never wait on each
+            # other in opposite order, and revocation ids are drawn in commit order (PostgreSQL).
+            append_audit(conn, audit_rows)
+            conn.execute(certificates.insert(), cert_row)
+            conn.execute(entities.insert().values(
+                entity_id=entity_id, role=label, cert_sha256=certificate_fingerprint(der),
+                cert_serial=cert_row["serial"], status="active", created_at=now, password_hash=password_hash))
+            conn.execute(entity_roles.insert(), [{"entity_id": entity_id, "role": r, "granted_at": now,
+                                                  "granted_by": actor.entity_id} for r in roles])
+            bump_entity_generation(conn)
+
+        self.change(unit, audit_rows)
+        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key_path, cert_path = out_dir / f"{entity_id}.key", out_dir / f"{entity_id}.pem"
+        write_key_and_cert(key_path, cert_path, client_key, cert)
+        cert_path.chmod(0o600)
+        return {"entity_id": entity_id, "roles": roles, "cert": str(cert_path), "key": str(key_path),
+                "cert_serial": cert_row["serial"]}
+
+    def grant(self, entity_id: str, role: str) -> dict[str, Any]:
+        actor = self._actor()
+        try:
+            _check_role(role)
+            if entity_id == actor.entity_id:
+                raise SeparationOfDuties("an administrator may not change their own role grants")
+            current = self._grants(entity_id)
+            if role in current:
+                raise Conflict(f"{entity_id} already holds {role}")
+            clash = role_conflicts(current, role)
+            if clash:
+                raise SeparationOfDuties(f"separation of duties: {entity_id} holds {', '.join(clash)}, "
+                                         f"which may not be combined with {role}")
+        except CkmsError as exc:
+            self._refuse("entity.grant", f"{entity_id}:{role}", exc)
+        new = sorted({*current, role})
+        row = audit_row(entity_id=actor.entity_id, role=actor.role, action="entity.grant", target=entity_id,
+                        outcome="success", detail={"role": role, "roles": new})
+
+        def unit(conn: Connection) -> None:
+            # chain head first: the lock order every writer keeps (see the first unit above)
+            append_audit(conn, [row])
+            conn.execute(entity_roles.insert().values(entity_id=entity_id, role=role, granted_at=utcnow(),
+                                                      granted_by=actor.entity_id))
+            conn.execute(update(entities).where(entities.c.entity_id == entity_id).values(role=role_label(new)))
+            bump_entity_generation(conn)
+
+        self.change(unit, [row])
+        return {"entity_id": entity_id, "roles": new}
+
+    def revoke_role(self, entity_id: str, role: str) -> dict[str, Any]:
+        actor = self._actor()
+        try:
+            if entity_id == actor.entity_id:
+                raise SeparationOfDuties("an administrator may not change their own role grants")
+            current = self._grants(entity_id)
+            if role not in current:
+                raise NotFound(f"{entity_id} does not hold {role}")
+        except CkmsError as exc:
+            self._refuse("entity.revoke-role", f"{entity_id}:{role}", exc)
+        new = sorted(set(current) - {role})
+        row = audit_row(entity_id=actor.entity_id, role=actor.role, action="entity.revoke-role", target=entity_id,
+                        outcome="success", detail={"role": role, "roles": new})
+
+        def unit(conn: Connection) -> None:
+            # chain head first: the lock order every writer keeps (see the first unit above)
+            append_audit(conn, [row])
+            conn.execute(delete(entity_roles).where(entity_roles.c.entity_id == entity_id,
+                                                    entity_roles.c.role == role))
+            conn.execute(update(entities).where(entities.c.entity_id == entity_id).values(role=role_label(new)))
+            bump_entity_generation(conn)
+
+        self.change(unit, [row])
+        return {"entity_id": entity_id, "roles": new}
+
+    def disable(self, entity_id: str, reason: str = "privilegeWithdrawn") -> dict[str, Any]:
+        """Disable the entity and revoke its credential, effective in every worker at once."""
+        actor = self._actor()
+        try:
+            if entity_id == actor.entity_id:
+                raise SeparationOfDuties("an administrator may not disable themselves")
+            with self.reader.connect() as conn:
+                row = conn.execute(select(entities).where(entities.c.entity_id == entity_id)).first()
+            if row is None:
+                raise NotFound(f"no entity {entity_id}")
+            if row.status != "active":
+                raise Conflict(f"entity {entity_id} is already {row.status}")
+        except CkmsError as exc:
+            self._refuse("entity.disable", entity_id, exc)
+        serial = row.cert_serial
+        now = utcnow()
+        rows = [audit_row(entity_id=actor.entity_id, role=actor.role, action="entity.disable", target=entity_id,
+                          outcome="success", detail={"reason": reason, "cert_serial": serial})]
+        if serial:
+            rows.append(audit_row(entity_id=actor.entity_id, role=actor.role, action="certificate.revoke",
+                                  target=serial, outcome="success", detail={"reason": reason, "entity": entity_id}))
+
+        def unit(conn: Connection) -> None:
+            # chain head first: the lock order every writer keeps (see the first unit above)
+            append_audit(conn, rows)
+            conn.execute(update(entities).where(entities.c.entity_id == entity_id).values(status="disabled"))
+            if serial:
+                status = conn.execute(select(certificates.c.status).where(certificates.c.serial == serial)).scalar()
+                if status == "valid":
+                    conn.execute(update(certificates).where(certificates.c.serial == serial).values(status="revoked"))
+                    conn.execute(revocations.insert().values(serial=serial, reason=reason, revoked_at=now,
+                                                             revoked_by=actor.entity_id))
+            bump_entity_generation(conn)
+
+        self.change(unit, rows)
+        return {"entity_id": entity_id, "status": "disabled", "revoked_serial": serial}
+
+    def set_password(self, entity_id: str, password: str) -> None:
+        actor = self._actor()
+        try:
+            password_hash = hash_password(password)
+            if entity_id != actor.entity_id and not actor.allows("entity.manage"):
+                raise NotAuthorized("only an administrator sets another entity's password")
+            self._grants(entity_id)  # exists?
+        except CkmsError as exc:
+            self._refuse("entity.password", entity_id, exc)
+        row = audit_row(entity_id=actor.entity_id, role=actor.role, action="entity.password", target=entity_id,
+                        outcome="success", detail={})
+
+        def unit(conn: Connection) -> None:
+            append_audit(conn, [row])  # chain head first: the lock order every writer keeps
+            conn.execute(update(entities).where(entities.c.entity_id == entity_id).values(password_hash=password_hash))
+
+        self.change(unit, [row])
+
+    def list_entities(self) -> list[dict[str, Any]]:
+        with self.reader.connect() as conn:
+            grants: dict[str, list[str]] = {}
+            for g in conn.execute(select(entity_roles).order_by(entity_roles.c.role)):
+                grants.setdefault(g.entity_id, []).append(g.role)
+            return [{"entity_id": r.entity_id, "roles": grants.get(r.entity_id, []), "status": r.status,
+                     "cert_serial": r.cert_serial, "password_set": bool(r.password_hash),
+                     "created_at": r.created_at.isoformat()}
+                    for r in conn.execute(select(entities).order_by(entities.c.entity_id))]
+
+    def _grants(self, entity_id: str) -> list[str]:
+        with self.reader.connect() as conn:
+            if conn.execute(select(entities.c.entity_id).where(entities.c.entity_id == entity_id)).first() is None:
+                raise NotFound(f"no entity {entity_id}")
+            return [r.role for r in conn.execute(select(entity_roles.c.role)
+                                                 .where(entity_roles.c.entity_id == entity_id))]
+
+    # --- ACL -------------------------------------------------------------------------------------
+    def acl_list(self) -> list[dict[str, str]]:
+        with self.reader.connect() as conn:
+            return [{"role": r, "operation": op, "resource": res} for r, op, res in sorted(load_acl(conn))]
+
+    def acl_change(self, grant: bool, role: str, operation: str, resource: str) -> dict[str, str]:
+        actor = self._actor()
+        action = "acl.grant" if grant else "acl.revoke"
+        target = f"{role}:{operation}:{resource}"
+        try:
+            _check_role(role)
+            if operation not in OPERATIONS:
+                raise CkmsError(f"unknown operation {operation!r}; one of {', '.join(OPERATIONS)}", code="bad_request")
+            if resource != "*" and not re.fullmatch(r"(profile|key):[A-Za-z0-9._-]{1,64}", resource):
+                raise CkmsError("resource is '*', 'profile:NAME' or 'key:LABEL'", code="bad_request")
+            if role in actor.roles and operation in ("acl.manage", "entity.manage"):
+                raise SeparationOfDuties("an administrator may not change the ACL entries of their own role's "
+                                         "administration rights")
+            present = (role, operation, resource) in set(self._acl())
+            if grant == present:
+                raise Conflict(f"{target} is {'already' if present else 'not'} in the ACL")
+        except CkmsError as exc:
+            self._refuse(action, target, exc)
+        row = audit_row(entity_id=actor.entity_id, role=actor.role, action=action, target=target, outcome="success",
+                        detail={"role": role, "operation": operation, "resource": resource})
+
+        def unit(conn: Connection) -> None:
+            # chain head first: the lock order every writer keeps (see the first unit above)
+            append_audit(conn, [row])
+            if grant:
+                conn.execute(role_permissions.insert().values(role=role, operation=operation, resource=resource))
+            else:
+                conn.execute(delete(role_permissions).where(role_permissions.c.role == role,
+                                                            role_permissions.c.operation == operation,
+                                                            role_permissions.c.resource == resource))
+            bump_entity_generation(conn)
+
+        self.change(unit, [row])
+        return {"role": role, "operation": operation, "resource": resource, "change": action}
+
+    def _acl(self) -> frozenset[tuple[str, str, str]]:
+        with self.reader.connect() as conn:
+            return load_acl(conn)
+
+
+def _check_entity_id(entity_id: str) -> None:
+    if not ENTITY_ID.fullmatch(entity_id):
+        raise CkmsError(f"entity ID {entity_id!r} must match {ENTITY_ID.pattern}", code="bad_request")
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise CkmsError(f"unknown role {role!r}; one of {', '.join(ROLES)}", code="bad_request")
+
+
+def _issue_identity(config: Config, writer: GroupCommitWriter, entity_id: str,
+                    client_key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """The entity's client certificate, signed through the signer (guard, lint, HSM)."""
+    ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
+    base = config.server.crl_base_url
+    builder = end_entity_builder(
+        profile=config.profile("identity"), subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, entity_id)]),
+        sans=(), public_key=client_key.public_key(), issuer=ca_cert, serial=new_serial(), now=utcnow(),
+        crl_url=f"{base}/full.crl", delta_crl_url=f"{base}/delta.crl")
+
+    async def sign() -> x509.Certificate:
+        async with open_signer(config, key, writer) as signer:
+            cert, _ = await signer.certificate(builder, "identity certificate")
+        return cert
+
+    with Token(config.token) as token:
+        key = token.load_ec_key(config.ca_key_label)
+        return asyncio.run(sign())

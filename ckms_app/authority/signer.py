@@ -1,0 +1,119 @@
+"""The signer: the only component that uses the CA key (A.38, A.43, E.36, A.33).
+
+Every certificate, CRL (full and delta) and CA request ckms signs goes through :class:`Signer`:
+EST issuance and re-issuance, the ceremony's CA, TLS and identity certificates, ``ckms entity add``,
+``ckms ca renew-tls`` and the CRL publisher. For each signature, in this order:
+
+1. the guard is asked: no signature in the error state (E.36) or while the clock is not
+   synchronised (A.33);
+2. the to-be-signed structure is signed with a throwaway key on the CA's curve and the copy is
+   linted (zlint: RFC 5280, CA/B baseline); a blocking finding refuses the signature;
+3. the HSM signs exactly the TBS bytes the linter saw, and the structure is assembled around them
+   (:mod:`ckms_app.x509.assembly`): nothing is encoded twice, so what is issued is what was linted.
+
+An HSM failure at step 3 puts the daemon in its error state. Because the guard and the linter live
+here and not in the callers, no path can sign around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ckms_app.authority.guard import SigningGuard, make_guard
+from ckms_app.authority.linter import AsyncLinter, Linter, LintReport, find_linter_binary
+from ckms_app.config import Config
+from ckms_app.errors import HsmError, LintFailed
+from ckms_app.hsm.token import HsmEcPrivateKey
+from ckms_app.store.writer import GroupCommitWriter
+from ckms_app.x509.assembly import assemble, signature_algorithm_der
+
+_DER = serialization.Encoding.DER
+
+
+class Signer:
+    """Guard → lint → HSM signs the linted bytes. One per process that signs."""
+
+    def __init__(self, ca_key: HsmEcPrivateKey, linter: AsyncLinter | Linter | None, guard: SigningGuard) -> None:
+        self._ca_key = ca_key
+        self._linter = linter  # None only where the CA's configuration disables linting ([lint] enabled = false)
+        self.guard = guard
+        self.curve = ca_key.curve_info
+        self.hash_algorithm = ca_key.curve_info.hash_algorithm
+        self._signature_algorithm = ec.ECDSA(self.hash_algorithm)
+        # Signs the copies the linter sees; never anything that leaves the signer.
+        self._throwaway = ec.generate_private_key(ca_key.curve_info.crypto_curve)
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._ca_key.public_key()
+
+    async def certificate(self, builder: x509.CertificateBuilder, what: str = "certificate"
+                          ) -> tuple[x509.Certificate, bytes]:
+        """Sign a certificate: the parsed certificate and its DER."""
+        await self.guard.check()
+        linted = builder.sign(self._throwaway, self.hash_algorithm)
+        linted_der = linted.public_bytes(_DER)
+        if self._linter is not None:
+            _refuse_if_blocking(await _awaited(self._linter.lint_certificate(linted_der)), what)
+        der = await self._sign_tbs(linted.tbs_certificate_bytes, linted_der)
+        return x509.load_der_x509_certificate(der), der
+
+    async def crl(self, builder: x509.CertificateRevocationListBuilder, what: str = "CRL") -> bytes:
+        """Sign a full or delta CRL: its DER."""
+        await self.guard.check()
+        linted = builder.sign(self._throwaway, self.hash_algorithm)
+        linted_der = linted.public_bytes(_DER)
+        if self._linter is not None:
+            _refuse_if_blocking(await _awaited(self._linter.lint_crl(linted_der)), what)
+        return await self._sign_tbs(linted.tbs_certlist_bytes, linted_der)
+
+    async def request(self, builder: x509.CertificateSigningRequestBuilder) -> x509.CertificateSigningRequest:
+        """Sign the CA's own certificate request (for a parent CA to certify). A request carries the
+        signer's public key, so no throwaway copy can stand in for it and there is nothing to lint: the
+        HSM signs the request as cryptography encodes it. The guard still applies."""
+        await self.guard.check()
+        try:
+            return builder.sign(self._ca_key, self.hash_algorithm)
+        except HsmError as exc:
+            await self.guard.hsm_failed(exc)
+            raise
+
+    async def _sign_tbs(self, tbs: bytes, linted_der: bytes) -> bytes:
+        """The one place where the HSM signs a certificate or a CRL: exactly ``tbs``."""
+        try:
+            signature = self._ca_key.sign(tbs, self._signature_algorithm)
+        except HsmError as exc:
+            await self.guard.hsm_failed(exc)
+            raise
+        return assemble(tbs, signature_algorithm_der(linted_der), signature)
+
+
+@asynccontextmanager
+async def open_signer(config: Config, ca_key: HsmEcPrivateKey, writer: GroupCommitWriter | None = None
+                      ) -> AsyncIterator[Signer]:
+    """A signer for one command (ceremony, ``entity add``, ``ca renew-tls``): the CA home's guard and, unless
+    the configuration disables it, a linter helper of its own for the command's duration."""
+    linter = await AsyncLinter.start(find_linter_binary(config.lint_binary)) if config.lint_enabled else None
+    try:
+        yield Signer(ca_key, linter, make_guard(config, writer))
+    finally:
+        if linter is not None:
+            await linter.close()
+
+
+async def _awaited(report: LintReport | Awaitable[LintReport]) -> LintReport:
+    if asyncio.iscoroutine(report) or isinstance(report, asyncio.Future):
+        return await report
+    assert isinstance(report, LintReport)
+    return report
+
+
+def _refuse_if_blocking(report: LintReport, what: str) -> None:
+    if not report.ok:
+        findings = "; ".join(f"{f.lint}: {f.details}".rstrip(": ") for f in report.blocking)
+        raise LintFailed(f"pre-issuance lint blocked the {what}: {findings or report.parse_error}")

@@ -1,0 +1,1 @@
+"""The ``ckms`` command line: CA, operator (terminal), admin, HSM and audit subcommands."""

@@ -1,0 +1,225 @@
+"""``ckms entity …``, ``ckms acl …`` and ``ckms audit …``: local administration and audit commands.
+
+These run on the CA host against the CA home (database and token), not through the daemon. The
+acting individual is identified by a credential (``--as ENTITY``, or ``--cert FILE``, by default
+the home's credential for the command's role) and authenticated by their password, read from a
+prompt or a 0600 ``--password-file`` (never argv, never logged). Then the ACL decides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ckms_app.authority.entities import AdminContext
+from ckms_app.authority.passwords import read_password
+from ckms_app.config import Config, load_config
+
+COMMANDS = ("entity", "acl", "audit")
+
+
+def _add_actor(p: argparse.ArgumentParser, default_role: str) -> None:
+    p.add_argument("--home", help="CA home directory (default: $CKMS_HOME)")
+    p.add_argument("--as", dest="as_entity", metavar="ENTITY", help="act as this entity (default: the home's "
+                   f"{default_role} credential)")
+    p.add_argument("--cert", type=Path, help="your client certificate (PEM), identifying you")
+    p.add_argument("--password-file", type=Path, help="0600 file holding your password (default: prompt)")
+    p.add_argument("--token-pin-file", type=Path, help="instead of a password: 0600 file with the token's user "
+                   "PIN (bootstraps entities that have no password yet)")
+    p.set_defaults(actor_default_role=default_role)
+
+
+def add_parsers(sub: Any) -> None:
+    entity = sub.add_parser("entity", help="individuals and their roles (administrators)").add_subparsers(
+        dest="entity_command", required=True)
+    add = entity.add_parser("add", help="register an individual, grant roles, issue its client certificate")
+    _add_actor(add, "administrator")
+    add.add_argument("entity_id")
+    add.add_argument("--role", dest="roles", action="append", default=[], required=True,
+                     help="role to grant (authority, administrator, operator, auditor)")
+    add.add_argument("--new-password-file", type=Path, help="0600 file with the new entity's password")
+    add.add_argument("--out-dir", type=Path, help="where to write ENTITY.pem/.key (default: HOME/credentials/entities)")
+    grant = entity.add_parser("grant", help="grant a role (refused if it conflicts with one held)")
+    _add_actor(grant, "administrator")
+    grant.add_argument("entity_id")
+    grant.add_argument("role")
+    revoke = entity.add_parser("revoke", help="withdraw a role, or (without --role) disable the entity and "
+                                              "revoke its credential")
+    _add_actor(revoke, "administrator")
+    revoke.add_argument("entity_id")
+    revoke.add_argument("--role", help="withdraw only this role grant")
+    revoke.add_argument("--reason", default="privilegeWithdrawn", help="CRL reason for the credential")
+    lst = entity.add_parser("list", help="list entities, grants and credentials")
+    _add_actor(lst, "administrator")
+    passwd = entity.add_parser("passwd", help="set a password (your own, or as administrator anyone's)")
+    _add_actor(passwd, "administrator")
+    passwd.add_argument("entity_id")
+    passwd.add_argument("--new-password-file", type=Path, help="0600 file with the new password (default: prompt)")
+
+    acl = sub.add_parser("acl", help="role → operation → resource access-control list").add_subparsers(
+        dest="acl_command", required=True)
+    acl_list = acl.add_parser("list")
+    _add_actor(acl_list, "administrator")
+    for name in ("grant", "revoke"):
+        p = acl.add_parser(name)
+        _add_actor(p, "administrator")
+        p.add_argument("role")
+        p.add_argument("operation")
+        p.add_argument("--resource", default="*", help="'*', 'profile:NAME' or 'key:LABEL' (default *)")
+
+    audit = sub.add_parser("audit", help="the tamper-evident audit trail").add_subparsers(
+        dest="audit_command", required=True)
+    verify = audit.add_parser("verify", help="check the hash chain and HSM seals; name the first bad record")
+    _add_actor(verify, "auditor")
+    verify.add_argument("--export", type=Path, help="verify this JSON-lines export instead of the database")
+    verify.add_argument("--audit-public-key", type=Path, help="PEM public key of the audit key (default: from "
+                        "the token, else HOME/ca/audit-key.pub.pem)")
+    verify.add_argument("--json", action="store_true")
+    export = audit.add_parser("export", help="write the trail and its seals as JSON lines for the auditor")
+    _add_actor(export, "auditor")
+    export.add_argument("--out", type=Path, required=True)
+    seal = audit.add_parser("seal", help="seal the chain now with the HSM audit key")
+    _add_actor(seal, "administrator")
+
+
+_OPERATION = {("entity", None): "entity.manage", ("acl", None): "acl.manage", ("audit", "verify"): "audit.read",
+              ("audit", "export"): "audit.export", ("audit", "seal"): "key.manage"}
+
+
+def run(args: argparse.Namespace, home: Path) -> int:
+    config = load_config(home)
+    sub = getattr(args, "audit_command", None)
+    operation: str | None = _OPERATION.get((args.command, sub), _OPERATION.get((args.command, None), ""))
+    if args.command == "entity" and args.entity_command == "passwd":
+        operation = None  # anyone changes their own; set_password requires entity.manage for others
+    cert = args.cert
+    if args.as_entity is None and cert is None:
+        default = config.home / "credentials" / f"{args.actor_default_role}.pem"
+        cert = default if default.exists() else None
+    pin_ok, password = False, None
+    if args.token_pin_file is not None:
+        pin_ok = _token_pin_matches(config, args.token_pin_file)
+    else:
+        password = read_password(args.password_file, "your password: ")
+    with AdminContext.open(config) as ctx:
+        ctx.authenticate(entity_id=args.as_entity, cert_path=cert, password=password, operation=operation,
+                         token_pin_ok=pin_ok)
+        if args.command == "entity":
+            return _entity(ctx, args)
+        if args.command == "acl":
+            return _acl(ctx, args)
+        return _audit(ctx, config, args)
+
+
+def _print(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, default=str))
+
+
+def _entity(ctx: AdminContext, args: argparse.Namespace) -> int:
+    cmd = args.entity_command
+    if cmd == "add":
+        new_password = (read_password(args.new_password_file, "new entity's password: ")
+                        if args.new_password_file or sys.stdin.isatty() else None)
+        out_dir = args.out_dir or ctx.config.home / "credentials" / "entities"
+        _print(ctx.add_entity(args.entity_id, args.roles, password=new_password, out_dir=out_dir))
+    elif cmd == "grant":
+        _print(ctx.grant(args.entity_id, args.role))
+    elif cmd == "revoke":
+        _print(ctx.revoke_role(args.entity_id, args.role) if args.role else ctx.disable(args.entity_id, args.reason))
+    elif cmd == "list":
+        _print(ctx.list_entities())
+    elif cmd == "passwd":
+        ctx.set_password(args.entity_id, read_password(args.new_password_file, "new password: "))
+        print(f"password of {args.entity_id} changed")
+    return 0
+
+
+def _acl(ctx: AdminContext, args: argparse.Namespace) -> int:
+    if args.acl_command == "list":
+        _print(ctx.acl_list())
+    else:
+        _print(ctx.acl_change(args.acl_command == "grant", args.role, args.operation, args.resource))
+    return 0
+
+
+def _audit(ctx: AdminContext, config: Config, args: argparse.Namespace) -> int:
+    from ckms_app.audit import seals, verify
+
+    if args.audit_command == "seal":
+        from ckms_app.hsm.token import Token
+
+        with Token(config.token) as token:
+            ca_key = token.load_ec_key(config.ca_key_label)
+            key = seals.ensure_audit_key(token, config.home, ca_key.curve_info,
+                                         seals.load_audit_config(config.home).key_label)
+            sealed = ctx.writer.run(seals.seal_unit(key, force=True))
+        _print({"sealed_up_to_seq": sealed})
+        return 0
+    public_key = _audit_public_key(config, getattr(args, "audit_public_key", None))
+    if args.audit_command == "export":
+        count = 0
+        with open(args.out, "w") as out:
+            for line in verify.export_lines(ctx.reader, public_key, config.ca_name):
+                out.write(line + "\n")
+                count += 1
+        ctx.record("audit.export", str(args.out), "success", {"lines": count})
+        print(f"wrote {count} lines to {args.out}")
+        return 0
+    if args.export is not None:
+        with open(args.export) as f:
+            report = verify.verify_export(f, public_key)
+    else:
+        report = verify.verify_database(ctx.reader, public_key)
+    try:
+        ctx.record("audit.verify", str(args.export or "database"), "success" if report.ok else "error",
+                   {"ok": report.ok, "first_bad_seq": report.first_bad_seq})
+    except Exception as exc:  # noqa: BLE001 - a damaged trail may refuse new records; still report it
+        print(f"ckms: warning: could not record this verification in the trail: {type(exc).__name__}",
+              file=sys.stderr)
+    if args.json:
+        _print({**report.as_dict(), "seals_checked": public_key is not None})
+    elif report.ok:
+        print(f"audit trail OK: {report.records} records, {report.seals} seals "
+              f"({report.unsealed_records} records after the last seal)"
+              + ("" if public_key is not None else "; no audit public key, seal signatures NOT checked"))
+    else:
+        print(f"audit trail BROKEN at record {report.first_bad_seq}: {report.problem}")
+    return 0 if report.ok else 2
+
+
+def _token_pin_matches(config: Config, pin_file: Path) -> bool:
+    """True if the PIN in ``pin_file`` (0600) is the token's user PIN.
+
+    Compared with the configured PIN in constant time rather than tried on the token, so a wrong
+    guess never counts towards the token's PIN lockout (which would stop the CA).
+    """
+    import hmac
+
+    from ckms_app.hsm.token import read_secret_file
+
+    given = read_secret_file(pin_file)
+    return hmac.compare_digest(given.encode(), read_secret_file(config.token.pin_file).encode())
+
+
+def _audit_public_key(config: Config, explicit: Path | None) -> ec.EllipticCurvePublicKey | None:
+    """The audit key's public half: given, else from the token (authoritative), else the home's copy."""
+    from ckms_app.audit.seals import AUDIT_PUBLIC_KEY_FILE, load_audit_config
+    from ckms_app.errors import HsmError
+    from ckms_app.hsm.token import Token
+
+    if explicit is not None:
+        return serialization.load_pem_public_key(explicit.read_bytes())  # type: ignore[return-value]
+    try:
+        with Token(config.token) as token:
+            return token.load_ec_key(load_audit_config(config.home).key_label).public_key()
+    except HsmError:
+        path = config.home / AUDIT_PUBLIC_KEY_FILE
+        if path.exists():
+            return serialization.load_pem_public_key(path.read_bytes())  # type: ignore[return-value]
+        return None

@@ -1,0 +1,166 @@
+"""The operator client: EST enrolment, revocation, lookups and CRL download (for ``ckms`` CLI).
+
+It speaks the same protocols as any standard EST client, over mutual TLS 1.3 with the role's
+client certificate from the CA home (or one given explicitly). Errors come back as
+:class:`ClientError` with the server's own explanation.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import ssl
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import pkcs7
+
+from ckms_app.config import Config
+
+
+class ClientError(Exception):
+    """A request failed; the message says why (server's words when it answered)."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    cert: Path
+    key: Path
+
+    @classmethod
+    def for_role(cls, config: Config, role: str) -> Credentials:
+        cert, key = config.home / "credentials" / f"{role}.pem", config.home / "credentials" / f"{role}.key"
+        if not cert.exists() or not key.exists():
+            raise ClientError(f"no credentials for role {role!r} in {config.home / 'credentials'}")
+        return cls(cert, key)
+
+
+def client_ssl_context(config: Config, creds: Credentials | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(config.ca_cert))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    if creds is not None:
+        try:
+            ctx.load_cert_chain(creds.cert, creds.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ClientError(f"cannot load client credentials {creds.cert}: {exc}") from None
+    return ctx
+
+
+class CkmsClient:
+    """One keep-alive connection to the daemon's TLS listener."""
+
+    def __init__(self, config: Config, creds: Credentials | None, timeout: float = 30.0) -> None:
+        url = urllib.parse.urlsplit(config.server.est_url)
+        self._host, self._port = url.hostname or "127.0.0.1", url.port or 443
+        self._ctx = client_ssl_context(config, creds)
+        self._timeout = timeout
+        self._creds = creds
+        self._conn: http.client.HTTPSConnection | None = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> CkmsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        for attempt in (1, 2):  # one reconnect: the server may have closed an idle keep-alive
+            if self._conn is None:
+                self._conn = http.client.HTTPSConnection(self._host, self._port, context=self._ctx,
+                                                         timeout=self._timeout)
+            try:
+                self._conn.request(method, path, body=body, headers=headers or {})
+                resp = self._conn.getresponse()
+                data = resp.read()
+                return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+            except ssl.SSLCertVerificationError as exc:
+                self.close()
+                raise ClientError(f"the server at {self._host}:{self._port} is not trusted: {exc.verify_message}") from None
+            except (ssl.SSLEOFError, http.client.RemoteDisconnected) as exc:
+                # TLS 1.3 checks the client certificate after the client thinks the handshake is
+                # done; the server's refusal often arrives as a bare close.
+                self.close()
+                if attempt == 2:
+                    raise ClientError(self._closed_message(exc)) from None
+            except ssl.SSLError as exc:
+                self.close()
+                reason = exc.reason or str(exc)
+                if "UNKNOWN_CA" in reason or "CERTIFICATE" in reason.upper():
+                    raise ClientError(self._closed_message(exc)) from None
+                raise ClientError(f"TLS with {self._host}:{self._port} failed: {reason}") from None
+            except (ConnectionError, http.client.BadStatusLine) as exc:
+                self.close()
+                if attempt == 2:
+                    raise ClientError(f"connection to {self._host}:{self._port} failed: {exc}") from None
+            except OSError as exc:
+                self.close()
+                raise ClientError(f"cannot reach {self._host}:{self._port}: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def _closed_message(self, exc: BaseException) -> str:
+        if self._creds is None:
+            return f"{self._host}:{self._port} closed the connection: {exc}"
+        return (f"{self._host}:{self._port} closed the connection without answering: it most likely refused the "
+                f"client certificate {self._creds.cert} (not issued by this CA, or expired)")
+
+    def enroll(self, csr_der: bytes, *, renew: bool = False, label: str | None = None) -> x509.Certificate:
+        op = "simplereenroll" if renew else "simpleenroll"
+        path = f"/.well-known/est/{label}/{op}" if label else f"/.well-known/est/{op}"
+        status, _, data = self.request("POST", path, base64.encodebytes(csr_der),
+                                       {"Content-Type": "application/pkcs10", "Content-Transfer-Encoding": "base64"})
+        if status != 200:
+            raise ClientError(f"enrolment refused (HTTP {status}): {data.decode(errors='replace').strip()}")
+        certs = pkcs7.load_der_pkcs7_certificates(base64.b64decode(data))
+        return certs[0]
+
+    def cacerts(self) -> list[x509.Certificate]:
+        status, _, data = self.request("GET", "/.well-known/est/cacerts")
+        if status != 200:
+            raise ClientError(f"cacerts failed (HTTP {status})")
+        return pkcs7.load_der_pkcs7_certificates(base64.b64decode(data))
+
+    def _json(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = json.dumps(payload).encode() if payload is not None else None
+        status, _, data = self.request(method, path, body, {"Content-Type": "application/json"} if body else None)
+        try:
+            doc = json.loads(data) if data else {}
+        except json.JSONDecodeError:
+            doc = {"message": data.decode(errors="replace")}
+        if status != 200:
+            raise ClientError(f"{doc.get('message', 'request failed')} (HTTP {status}, {doc.get('error', 'error')})")
+        return doc
+
+    def revoke(self, serial: str, reason: str) -> dict[str, Any]:
+        return self._json("POST", "/api/v1/revocations", {"serial": serial, "reason": reason})
+
+    def certificate(self, serial: str) -> dict[str, Any]:
+        return self._json("GET", f"/api/v1/certificates/{urllib.parse.quote(serial)}")
+
+    def publish_crl(self) -> dict[str, Any]:
+        return self._json("POST", "/api/v1/crl/publish", {})
+
+
+def fetch_crl(config: Config, which: str = "full", timeout: float = 10.0) -> bytes:
+    url = urllib.parse.urlsplit(f"{config.server.crl_base_url}/{which}.crl")
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=timeout)
+    try:
+        conn.request("GET", url.path)
+        resp = conn.getresponse()
+        data = resp.read()
+    except OSError as exc:
+        raise ClientError(f"cannot fetch {url.geturl()}: {exc}") from None
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise ClientError(f"{url.geturl()}: HTTP {resp.status} {data.decode(errors='replace').strip()}")
+    return data

@@ -1,0 +1,213 @@
+"""``ckms``: one command for the CA home — init, serve, the operator client and CRL tools.
+
+Every subcommand takes ``--home DIR`` (default ``$CKMS_HOME``). Errors print one line that says
+what went wrong and exit non-zero; no traceback for expected failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ckms_app.authority.linter import LintUnavailable
+from ckms_app.cli.client import CkmsClient, ClientError, Credentials, fetch_crl
+from ckms_app.config import load_config, resolve_home
+from ckms_app.errors import CkmsError
+
+
+def _add_home(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", help="CA home directory (default: $CKMS_HOME)")
+
+
+def _add_identity(p: argparse.ArgumentParser, default_role: str) -> None:
+    p.add_argument("--role", default=default_role, help=f"use this role's credentials from the home (default {default_role})")
+    p.add_argument("--cert", type=Path, help="client certificate (PEM) instead of the role's")
+    p.add_argument("--key", type=Path, help="client private key (PEM) instead of the role's")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ckms", description="ckms private CA")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ca = sub.add_parser("ca", help="set up and run the CA").add_subparsers(dest="ca_command", required=True)
+    init = ca.add_parser("init", help="create a complete CA in an empty home directory")
+    _add_home(init)
+    init.add_argument("--curve", default="P-256", choices=["P-256", "P-384"])
+    init.add_argument("--ca-name", default="ckms Private CA", help="CN of the CA certificate")
+    init.add_argument("--ca-validity-days", type=int, default=3650)
+    init.add_argument("--pkcs11-module", default=None, help="PKCS#11 module (default: SoftHSM2, token created in the home)")
+    init.add_argument("--token-label", default="ckms-ca")
+    init.add_argument("--pin-file", type=Path, help="0600 file with the user PIN of an existing (vendor) token")
+    init.add_argument("--listen", default="127.0.0.1")
+    init.add_argument("--public-host", default=None, help="name/address clients use (default: --listen)")
+    init.add_argument("--est-port", type=int, default=8443)
+    init.add_argument("--crl-port", type=int, default=8080)
+    init.add_argument("--csr-out", type=Path, help="write a CA CSR for an external root instead of self-signing")
+    init.add_argument("--policy-oid", help="certificate policy OID of your CP/CPS (A.05); default: a random example-arc OID")
+    init.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the home), e.g. postgresql+psycopg://…")
+    init.add_argument("--no-lint", action="store_true", help="disable pre-issuance linting (not recommended)")
+    init.add_argument("--clock-source", choices=["chrony", "none"],
+                      help="clock gate for signing (A.33); default: chrony if chronyc is installed, else none")
+    init.add_argument("--json", action="store_true", help="print a JSON summary")
+    imp = ca.add_parser("import-cert", help="finish a CA whose certificate an external root signed")
+    _add_home(imp)
+    imp.add_argument("--cert", type=Path, required=True)
+    imp.add_argument("--chain", type=Path, help="PEM chain up to the external root")
+    imp.add_argument("--json", action="store_true")
+    serve = ca.add_parser("serve", help="run the daemon (EST + API over mTLS, CRLs over HTTP)")
+    _add_home(serve)
+    renew_tls = ca.add_parser("renew-tls", help="new key and certificate for the daemon's TLS listener (next start)")
+    _add_home(renew_tls)
+    renew_tls.add_argument("--json", action="store_true")
+
+    issue = sub.add_parser("issue", help="enrol a PKCS#10 request over EST")
+    _add_home(issue)
+    _add_identity(issue, "operator")
+    issue.add_argument("--csr", type=Path, required=True, help="PKCS#10 request, PEM or DER")
+    issue.add_argument("--out", type=Path, required=True, help="where to write the certificate (PEM)")
+    issue.add_argument("--profile", help="certificate profile (EST label); default: the CA's default")
+    issue.add_argument("--renew", action="store_true", help="use simplereenroll (same subject as a valid certificate)")
+
+    revoke = sub.add_parser("revoke", help="revoke a certificate by serial")
+    _add_home(revoke)
+    _add_identity(revoke, "operator")
+    revoke.add_argument("--serial", required=True, help="hex serial, as openssl prints it")
+    revoke.add_argument("--reason", default="unspecified", help="RFC 5280 reason name or code")
+
+    cert = sub.add_parser("cert", help="certificate lookups").add_subparsers(dest="cert_command", required=True)
+    show = cert.add_parser("show", help="show a certificate's record and status")
+    _add_home(show)
+    _add_identity(show, "operator")
+    show.add_argument("--serial", required=True)
+
+    crl = sub.add_parser("crl", help="CRL tools").add_subparsers(dest="crl_command", required=True)
+    fetch = crl.add_parser("fetch", help="download the current CRL")
+    _add_home(fetch)
+    fetch.add_argument("--which", choices=["full", "delta", "base"], default="full")
+    fetch.add_argument("--out", type=Path, required=True)
+    fetch.add_argument("--pem", action="store_true", help="write PEM instead of DER")
+    publish = crl.add_parser("publish", help="publish new full and delta CRLs now")
+    _add_home(publish)
+    _add_identity(publish, "operator")
+
+    from ckms_app.cli import admin as admin_cli
+
+    admin_cli.add_parsers(sub)  # entity, acl, audit
+    from ckms_app.cli import hsm as custody_cli
+
+    custody_cli.add_parsers(sub, ca)  # hsm ..., selftest, ca recover
+    return parser
+
+
+def _creds(args: argparse.Namespace, config) -> Credentials:  # type: ignore[no-untyped-def]
+    if args.cert or args.key:
+        if not (args.cert and args.key):
+            raise ClientError("--cert and --key go together")
+        return Credentials(args.cert, args.key)
+    return Credentials.for_role(config, args.role)
+
+
+def _read_csr(path: Path) -> bytes:
+    data = path.read_bytes()
+    if b"-----BEGIN" in data:
+        try:
+            return x509.load_pem_x509_csr(data).public_bytes(serialization.Encoding.DER)
+        except ValueError as exc:
+            raise ClientError(f"{path}: not a PEM certificate request: {exc}") from None
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    home = resolve_home(args.home)
+    if args.command in ("hsm", "selftest") or (args.command == "ca" and args.ca_command == "recover"):
+        from ckms_app.cli import hsm as custody_cli
+
+        return custody_cli.run(args, home)
+    if args.command == "ca":
+        from ckms_app.authority import ceremony
+
+        if args.ca_command == "init":
+            from ckms_app.hsm.token import DEFAULT_SOFTHSM_MODULE
+
+            summary = ceremony.init_ca(home, ceremony.InitOptions(
+                curve=args.curve, ca_name=args.ca_name, ca_validity_days=args.ca_validity_days,
+                module=args.pkcs11_module or DEFAULT_SOFTHSM_MODULE, token_label=args.token_label,
+                pin_file=args.pin_file, listen=args.listen, public_host=args.public_host or args.listen,
+                est_port=args.est_port, crl_port=args.crl_port, csr_out=args.csr_out, lint=not args.no_lint,
+                policy_oid=args.policy_oid, database_url=args.database_url, clock_source=args.clock_source))
+            _print_summary(summary, args.json)
+            return 0
+        if args.ca_command == "import-cert":
+            _print_summary(ceremony.import_ca_certificate(home, args.cert, args.chain), args.json)
+            return 0
+        if args.ca_command == "renew-tls":
+            _print_summary(ceremony.renew_tls(home), args.json)
+            return 0
+        from ckms_app.daemon.supervisor import run as serve
+
+        serve(home)
+        return 0
+
+    if args.command in ("entity", "acl", "audit"):
+        from ckms_app.cli import admin as admin_cli
+
+        return admin_cli.run(args, home)
+    config = load_config(home)
+    if args.command == "crl" and args.crl_command == "fetch":
+        der = fetch_crl(config, args.which)
+        if args.pem:
+            crl_obj = x509.load_der_x509_crl(der)
+            args.out.write_bytes(crl_obj.public_bytes(serialization.Encoding.PEM))
+        else:
+            args.out.write_bytes(der)
+        print(f"wrote {args.which} CRL to {args.out}")
+        return 0
+    with CkmsClient(config, _creds(args, config)) as client:
+        if args.command == "issue":
+            cert = client.enroll(_read_csr(args.csr), renew=args.renew, label=args.profile)
+            args.out.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            print(f"issued serial {cert.serial_number:x} for {cert.subject.rfc4514_string()} -> {args.out}")
+        elif args.command == "revoke":
+            done = client.revoke(args.serial, args.reason)
+            print(f"revoked {done['serial']} ({done['reason']}); in the published CRL within "
+                  f"{done['crl_within_seconds']} s (force with 'ckms crl publish')")
+        elif args.command == "cert":
+            print(json.dumps(client.certificate(args.serial), indent=2))
+        elif args.command == "crl":
+            print(json.dumps(client.publish_crl(), indent=2))
+    return 0
+
+
+def _print_summary(summary: dict, as_json: bool) -> None:  # type: ignore[type-arg]
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    for key, value in summary.items():
+        if key == "credentials":
+            for role, paths in value.items():
+                print(f"credentials.{role}: {paths['cert']} / {paths['key']}")
+        else:
+            print(f"{key}: {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (CkmsError, ClientError, LintUnavailable) as exc:
+        print(f"ckms: error: {exc}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"ckms: error: {exc.filename}: no such file", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The CA daemon: supervisor, runtime and thin HTTP routes."""

@@ -1,0 +1,365 @@
+"""The CA's signing key, held in a PKCS#11 token (E.08–E.15, A.43).
+
+The private key is generated inside the token with ``CKA_SENSITIVE=true`` and, so that it can be
+backed up wrapped, ``CKA_EXTRACTABLE=true`` with ``CKA_WRAP_WITH_TRUSTED=true`` (only a key the
+security officer marked trusted can wrap it; see :func:`ca_private_key_template`). The only
+operation this module exposes on it is *sign a digest*.
+:class:`HsmEcPrivateKey` plugs into pyca/cryptography as an external signer, so certificates and
+CRLs are built by cryptography and signed by the token. Every accessor that would reveal key
+material raises :class:`~ckms_app.errors.HsmError`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pkcs11
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.util.ec import encode_ecdsa_signature, encode_named_curve_parameters
+
+from ckms_app.algorithms import CURVES, Curve, curve_of
+from ckms_app.config import TokenConfig
+from ckms_app.errors import HsmError
+
+DEFAULT_SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+_PKCS11_CURVE_NAMES = {"P-256": "secp256r1", "P-384": "secp384r1"}
+
+
+def read_secret_file(path: Path) -> str:
+    """Read a PIN/passphrase file, refusing one that others can read (secure by default)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise HsmError(f"secret file {path} does not exist") from None
+    if st.st_mode & 0o077:
+        raise HsmError(f"secret file {path} is readable by group/others (mode {st.st_mode & 0o777:o}); chmod 600 it")
+    return path.read_text().strip()
+
+
+def write_secret_file(path: Path, value: str) -> None:
+    """Create a 0600 file atomically so the secret is never briefly world-readable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+
+
+def ca_private_key_template() -> dict[Attribute, Any]:
+    """Attributes of the CA private key, at generation and when a backup is restored (E.10–E.12).
+
+    ``SENSITIVE`` (one-way: can never be cleared) keeps the value from being read;
+    ``EXTRACTABLE`` with ``WRAP_WITH_TRUSTED`` (also one-way) lets the key leave the token only
+    wrapped under a key the security officer marked ``CKA_TRUSTED``, which exists only while two
+    HSM custodians are present (see :mod:`ckms_app.hsm.admin`). So a plaintext export is
+    impossible by token attributes, and a wrapped backup needs 2 of 3 custodians.
+    """
+    return {
+        Attribute.SIGN: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: True,
+        Attribute.WRAP_WITH_TRUSTED: True,
+        Attribute.PRIVATE: True,
+        Attribute.TOKEN: True,
+        Attribute.DECRYPT: False,
+        Attribute.UNWRAP: False,
+        Attribute.DERIVE: False,
+    }
+
+
+class Token:
+    """A logged-in read/write session on the CA token.
+
+    One instance per process. PKCS#11 sessions are not safe for concurrent use, so a lock
+    serialises operations; the daemon's event loop makes contention rare anyway.
+    """
+
+    def __init__(self, config: TokenConfig) -> None:
+        self.config = config
+        if config.softhsm_conf is not None:
+            # SoftHSM reads its configuration at C_Initialize; it must be set before loading.
+            os.environ["SOFTHSM2_CONF"] = str(config.softhsm_conf)
+        pin = read_secret_file(config.pin_file)
+        try:
+            self._lib = pkcs11.lib(config.module)
+            self._token = self._open_token(config.token_label)
+            self._session = self._token.open(user_pin=pin, rw=True)
+        except pkcs11.exceptions.NoSuchToken:
+            raise HsmError(f"no PKCS#11 token labelled {config.token_label!r} in {config.module}") from None
+        except pkcs11.exceptions.PinIncorrect:
+            raise HsmError(f"the token {config.token_label!r} refused the PIN") from None
+        except pkcs11.exceptions.PinLocked:
+            raise HsmError(f"the token {config.token_label!r} is locked (too many wrong PINs)") from None
+        except pkcs11.PKCS11Error as exc:
+            raise HsmError(f"cannot open token {config.token_label!r}: {type(exc).__name__} {exc}") from None
+        self._lock = threading.Lock()
+
+    def _open_token(self, label: str, attempts: int = 20) -> Any:
+        """Find the token, rescanning briefly if it is missing or unreadable.
+
+        A file-backed token (SoftHSM) is skipped at C_Initialize while a sibling worker process is
+        rewriting its store (e.g. creating a key), so a worker starting at that moment would not see
+        it; re-initialising the library a few times over ~1 s rides that out.
+        """
+        for attempt in range(attempts):
+            try:
+                return self._lib.get_token(token_label=label)
+            except (pkcs11.exceptions.NoSuchToken, pkcs11.exceptions.GeneralError):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.05)
+                self._lib.reinitialize()
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        try:
+            self._session.close()
+        except pkcs11.PKCS11Error:
+            pass
+
+    def is_alive(self) -> bool:
+        """Cheap liveness probe for health checks: the session still answers the token."""
+        try:
+            with self._lock:
+                self._token.slot.get_token()
+            return True
+        except pkcs11.PKCS11Error:
+            return False
+
+    def __enter__(self) -> Token:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def generate_ec_key(self, label: str, curve: Curve) -> HsmEcPrivateKey:
+        """Generate a sensitive EC key pair inside the token, exportable only wrapped by a trusted key."""
+        if self._find(ObjectClass.PRIVATE_KEY, label) is not None:
+            raise HsmError(f"a private key labelled {label!r} already exists in the token")
+        key_id = secrets.token_bytes(16)
+        with self._lock:
+            params = self._session.create_domain_parameters(
+                KeyType.EC,
+                {Attribute.EC_PARAMS: encode_named_curve_parameters(_PKCS11_CURVE_NAMES[curve.name])},
+                local=True,
+            )
+            params.generate_keypair(
+                store=True,
+                label=label,
+                id=key_id,
+                public_template={Attribute.VERIFY: True, Attribute.TOKEN: True},
+                private_template=ca_private_key_template(),
+            )
+        return self.load_ec_key(label)
+
+    def _find(self, object_class: ObjectClass, label: str) -> Any | None:
+        with self._lock:
+            found = list(self._session.get_objects({Attribute.CLASS: object_class, Attribute.LABEL: label}))
+        if len(found) > 1:
+            raise HsmError(f"{len(found)} objects labelled {label!r} in the token; labels must be unique")
+        return found[0] if found else None
+
+    def load_ec_key(self, label: str) -> HsmEcPrivateKey:
+        private = self._find(ObjectClass.PRIVATE_KEY, label)
+        public = self._find(ObjectClass.PUBLIC_KEY, label)
+        if private is None or public is None:
+            raise HsmError(f"no EC key pair labelled {label!r} in token {self.config.token_label!r}")
+        with self._lock:
+            ec_point = public[Attribute.EC_POINT]
+        # CKA_EC_POINT is a DER OCTET STRING around the X9.62 point.
+        point = _unwrap_octet_string(ec_point)
+        for curve in CURVES.values():
+            try:
+                public_key = ec.EllipticCurvePublicKey.from_encoded_point(curve.crypto_curve, point)
+            except ValueError:
+                continue
+            return HsmEcPrivateKey(self, private, public_key, label)
+        raise HsmError(f"key {label!r} is not on a supported curve")
+
+    def private_key_attributes(self, label: str) -> dict[str, Any]:
+        """Security attributes of a private key, for self-checks and reports."""
+        private = self._find(ObjectClass.PRIVATE_KEY, label)
+        if private is None:
+            raise HsmError(f"no private key labelled {label!r}")
+        with self._lock:
+            return {
+                "sensitive": bool(private[Attribute.SENSITIVE]),
+                "extractable": bool(private[Attribute.EXTRACTABLE]),
+                "always_sensitive": bool(private[Attribute.ALWAYS_SENSITIVE]),
+                "never_extractable": bool(private[Attribute.NEVER_EXTRACTABLE]),
+                "local": bool(private[Attribute.LOCAL]),
+                "wrap_with_trusted": bool(private[Attribute.WRAP_WITH_TRUSTED]),
+            }
+
+    def read_private_value(self, label: str) -> bytes:
+        """Ask the token for the raw private scalar. A compliant token refuses; this exists so a
+        test can prove that it does (E.12–E.15)."""
+        private = self._find(ObjectClass.PRIVATE_KEY, label)
+        if private is None:
+            raise HsmError(f"no private key labelled {label!r}")
+        with self._lock:
+            return bytes(private[Attribute.VALUE])
+
+    def sign_digest(self, private: Any, digest: bytes) -> bytes:
+        try:
+            with self._lock:
+                raw = private.sign(digest, mechanism=Mechanism.ECDSA)
+        except pkcs11.PKCS11Error as exc:
+            raise HsmError(f"the token refused to sign: {type(exc).__name__}") from None
+        return encode_ecdsa_signature(raw)
+
+
+def _unwrap_octet_string(der: bytes) -> bytes:
+    if not der or der[0] != 0x04:
+        return der
+    length = der[1]
+    offset = 2
+    if length & 0x80:
+        n = length & 0x7F
+        length = int.from_bytes(der[2 : 2 + n], "big")
+        offset = 2 + n
+    return der[offset : offset + length]
+
+
+class HsmEcPrivateKey(ec.EllipticCurvePrivateKey):
+    """An EC private key that lives in the token: it can sign and nothing else.
+
+    pyca/cryptography calls :meth:`sign` with the to-be-signed bytes; the digest is computed here
+    and only the digest goes to the token (SoftHSM offers plain CKM_ECDSA, not CKM_ECDSA_SHA256).
+    """
+
+    def __init__(self, token: Token, handle: Any, public_key: ec.EllipticCurvePublicKey, label: str) -> None:
+        self._token = token
+        self._handle = handle
+        self._public_key = public_key
+        self.label = label
+        self.curve_info = curve_of(public_key)
+
+    @property
+    def curve(self) -> ec.EllipticCurve:
+        return self._public_key.curve
+
+    @property
+    def key_size(self) -> int:
+        return self._public_key.curve.key_size
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._public_key
+
+    def sign(self, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
+        algorithm = signature_algorithm.algorithm
+        if not isinstance(algorithm, hashes.HashAlgorithm):
+            raise HsmError("prehashed input is not accepted by the CA signer")
+        digest = hashlib.new(algorithm.name, data).digest()
+        return self._token.sign_digest(self._handle, digest)
+
+    def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
+        raise HsmError("the CA key is for signing only")
+
+    def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
+        raise HsmError("the CA private key never leaves the token")
+
+    def private_bytes(
+        self,
+        encoding: serialization.Encoding,
+        format: serialization.PrivateFormat,
+        encryption_algorithm: serialization.KeySerializationEncryption,
+    ) -> bytes:
+        raise HsmError("the CA private key never leaves the token")
+
+    def __copy__(self) -> HsmEcPrivateKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> HsmEcPrivateKey:
+        return self
+
+
+# --- SoftHSM2 provisioning -------------------------------------------------------------------
+# python-pkcs11 does not expose C_InitToken, so a fresh SoftHSM token is initialised through
+# ctypes. This keeps the PINs out of any command line (softhsm2-util would need them in argv).
+
+class _CK_TOKEN_INFO_PAD(ctypes.Structure):  # only used as an opaque buffer
+    _fields_ = [("data", ctypes.c_ubyte * 512)]
+
+
+def provision_softhsm_token(
+    module: str, conf_path: Path, token_dir: Path, label: str, so_pin: str, user_pin: str
+) -> None:
+    """Create ``conf_path`` pointing at ``token_dir`` and initialise a new token in a free slot."""
+    token_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(token_dir, 0o700)
+    conf_path.parent.mkdir(parents=True, exist_ok=True)
+    conf_path.write_text(
+        "# SoftHSM2 configuration for this CA home (written by ckms ca init)\n"
+        f"directories.tokendir = {token_dir}\n"
+        "objectstore.backend = file\n"
+        "log.level = ERROR\n"
+        "slots.removable = false\n"
+    )
+    os.environ["SOFTHSM2_CONF"] = str(conf_path)
+    lib = ctypes.CDLL(module)
+    ck_ulong = ctypes.c_ulong
+
+    def check(rv: int, what: str) -> None:
+        if rv != 0:
+            raise HsmError(f"SoftHSM {what} failed with CKR 0x{rv:x}")
+
+    check(lib.C_Initialize(None), "C_Initialize")
+    try:
+        count = ck_ulong(0)
+        check(lib.C_GetSlotList(ctypes.c_ubyte(0), None, ctypes.byref(count)), "C_GetSlotList")
+        slots = (ck_ulong * count.value)()
+        check(lib.C_GetSlotList(ctypes.c_ubyte(0), slots, ctypes.byref(count)), "C_GetSlotList")
+        free_slot = None
+        for slot in slots[: count.value]:
+            info = _CK_TOKEN_INFO_PAD()
+            check(lib.C_GetTokenInfo(ck_ulong(slot), ctypes.byref(info)), "C_GetTokenInfo")
+            # CK_TOKEN_INFO: label[32], manufacturerID[32], model[16], serialNumber[16], flags
+            flags = int.from_bytes(bytes(info.data[96:104]), "little")
+            if not flags & 0x400:  # CKF_TOKEN_INITIALIZED
+                free_slot = slot
+                break
+        if free_slot is None:
+            raise HsmError("SoftHSM has no free slot for a new token")
+        so = so_pin.encode()
+        padded_label = label.encode().ljust(32, b" ")[:32]
+        check(
+            lib.C_InitToken(ck_ulong(free_slot), ctypes.c_char_p(so), ck_ulong(len(so)), ctypes.c_char_p(padded_label)),
+            "C_InitToken",
+        )
+        # Set the user PIN as the security officer. SoftHSM moves the initialised token to a
+        # new slot, so look it up again by label.
+        session = ck_ulong(0)
+        slot = _find_slot_by_label(lib, padded_label)
+        rw_serial = ck_ulong(0x2 | 0x4)  # CKF_RW_SESSION | CKF_SERIAL_SESSION
+        check(lib.C_OpenSession(ck_ulong(slot), rw_serial, None, None, ctypes.byref(session)), "C_OpenSession")
+        try:
+            check(lib.C_Login(session, ck_ulong(0), ctypes.c_char_p(so), ck_ulong(len(so))), "C_Login(SO)")
+            user = user_pin.encode()
+            check(lib.C_InitPIN(session, ctypes.c_char_p(user), ck_ulong(len(user))), "C_InitPIN")
+            lib.C_Logout(session)
+        finally:
+            lib.C_CloseSession(session)
+    finally:
+        lib.C_Finalize(None)
+
+
+def _find_slot_by_label(lib: ctypes.CDLL, padded_label: bytes) -> int:
+    ck_ulong = ctypes.c_ulong
+    count = ck_ulong(0)
+    lib.C_GetSlotList(ctypes.c_ubyte(1), None, ctypes.byref(count))
+    slots = (ck_ulong * count.value)()
+    lib.C_GetSlotList(ctypes.c_ubyte(1), slots, ctypes.byref(count))
+    for slot in slots[: count.value]:
+        info = _CK_TOKEN_INFO_PAD()
+        if lib.C_GetTokenInfo(ck_ulong(slot), ctypes.byref(info)) == 0 and bytes(info.data[:32]) == padded_label:
+            return int(slot)
+    raise HsmError("the newly initialised token is not visible")

@@ -1,0 +1,64 @@
+"""Durable state of the CA: certificates, revocations, CRLs, entities and the audit trail.
+
+SQLAlchemy Core over SQLite (WAL, ``synchronous=FULL``) by default or PostgreSQL for several CA
+nodes. Writes go through :class:`GroupCommitWriter`: the daemon hands it one *unit of work* per
+request (for an issuance: the certificate row and its audit record), and the writer commits
+many units in one durable transaction, each inside its own savepoint so one failing unit (say, a
+duplicate request) does not take the others with it. A client only gets its certificate after
+the commit, so a killed process never loses a certificate a client holds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import (
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
+
+
+def open_engine(url: str, *, writer: bool = False) -> Engine:
+    """An engine for reads, or (``writer=True``) for the one thread that writes.
+
+    SQLite: readers use deferred transactions, which never block in WAL mode. The writer takes
+    the write lock up front (BEGIN IMMEDIATE) and retries it itself every millisecond instead of
+    relying on SQLite's busy handler, whose back-off sleeps up to 100 ms at a time and would
+    turn lock contention between worker processes into latency spikes.
+    """
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": 0 if writer else 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy emit BEGIN itself so SAVEPOINTs work with pysqlite.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")  # durable at commit, also across power loss
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(conn: Connection) -> None:
+        if not writer:
+            conn.exec_driver_sql("BEGIN")
+            return
+        deadline = time.monotonic() + _WRITE_LOCK_TIMEOUT
+        while True:
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.001)
+
+    return engine
+
+
+_WRITE_LOCK_TIMEOUT = 30.0

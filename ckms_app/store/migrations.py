@@ -1,0 +1,122 @@
+"""Durable state of the CA: certificates, revocations, CRLs, entities and the audit trail.
+
+SQLAlchemy Core over SQLite (WAL, ``synchronous=FULL``) by default or PostgreSQL for several CA
+nodes. Writes go through :class:`GroupCommitWriter`: the daemon hands it one *unit of work* per
+request (for an issuance: the certificate row and its audit record), and the writer commits
+many units in one durable transaction, each inside its own savepoint so one failing unit (say, a
+duplicate request) does not take the others with it. A client only gets its certificate after
+the commit, so a killed process never loses a certificate a client holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+
+from ckms_app.store.chain import (
+    GENESIS_HASH,
+    audit_record_hash,
+)
+from ckms_app.store.schema import (
+    audit_chain_head,
+    audit_events,
+    audit_seals,
+    certificates,
+    crls,
+    entities,
+    entity_roles,
+    metadata,
+    revocations,
+    role_permissions,
+    schema_migrations,
+    security_state,
+    utcnow,
+)
+
+# The ACL that migration 2 seeds, frozen as it was released: a migration never follows later changes
+# of the live default (ckms_app.authority.rbac.DEFAULT_ACL); a change to it is a new migration.
+_MIGRATION_2_ACL: tuple[tuple[str, str, str], ...] = (
+    ("administrator", "acl.manage", "*"),
+    ("administrator", "certificate.read", "*"),
+    ("administrator", "crl.publish", "*"),
+    ("administrator", "entity.manage", "*"),
+    ("administrator", "hsm.manage", "*"),
+    ("administrator", "key.manage", "key:ckms-audit-key"),
+    ("administrator", "key.manage", "key:ckms-ca-key"),
+    ("auditor", "audit.export", "*"),
+    ("auditor", "audit.read", "*"),
+    ("auditor", "certificate.read", "*"),
+    ("authority", "audit.export", "*"),
+    ("authority", "audit.read", "*"),
+    ("authority", "certificate.read", "*"),
+    ("operator", "certificate.issue", "profile:device"),
+    ("operator", "certificate.read", "*"),
+    ("operator", "certificate.revoke", "*"),
+    ("operator", "crl.publish", "*"),
+)
+
+
+def _migration_1(conn: Connection) -> None:
+    """Initial schema."""
+    metadata.create_all(conn, tables=[certificates, revocations, crls, entities, audit_events])
+
+
+def _migration_2(conn: Connection) -> None:
+    """Role grants, ACLs, passwords, the audit hash chain and seals.
+
+    Version 1 databases get the new columns; a fresh database already has them (migration 1 creates
+    the current table definitions), hence the column check. Existing entities keep their role as a
+    grant, and existing audit records are chained in order, so the chain starts at record 1.
+    """
+    for table, column in ((audit_events, audit_events.c.chain_hash), (entities, entities.c.password_hash)):
+        present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+        if column.name not in present:
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"
+            conn.exec_driver_sql(ddl)
+    metadata.create_all(conn, tables=[entity_roles, role_permissions, audit_chain_head, audit_seals, security_state])
+    now = utcnow()
+    for row in conn.execute(select(entities.c.entity_id, entities.c.role)).all():
+        conn.execute(entity_roles.insert().values(entity_id=row.entity_id, role=row.role, granted_at=now,
+                                                  granted_by="migration-2"))
+    conn.execute(role_permissions.insert(), [{"role": r, "operation": op, "resource": res}
+                                             for r, op, res in _MIGRATION_2_ACL])
+    conn.execute(security_state.insert().values(name="entity_generation", value=1))
+    prev, last_seq = GENESIS_HASH, 0
+    for record in conn.execute(select(audit_events).order_by(audit_events.c.seq)).mappings().all():
+        prev = audit_record_hash(prev, record)
+        last_seq = record["seq"]
+        conn.execute(update(audit_events).where(audit_events.c.seq == last_seq).values(chain_hash=prev))
+    conn.execute(audit_chain_head.insert().values(chain_id=1, last_seq=last_seq, last_hash=prev))
+
+
+# Ordered, append-only. A migration never changes once released; add a new one instead.
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _migration_1), (2, _migration_2)]
+
+
+# pg_advisory_xact_lock key of the schema migrations ("ckms_mig" in ASCII).
+MIGRATION_LOCK_KEY = 0x636B6D735F6D6967
+
+
+def migrate(engine: Engine) -> int:
+    """Apply pending migrations; returns the schema version. Safe to run on every start.
+
+    On PostgreSQL several CA nodes may start at once (after an upgrade, say): a transaction-scoped
+    advisory lock lets one of them apply what is pending while the others wait, then find it done.
+    Without it two nodes would both create the tables or apply the same migration twice.
+    """
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+        schema_migrations.create(conn, checkfirst=True)
+        done = {row[0] for row in conn.execute(select(schema_migrations.c.version))}
+        for version, apply in MIGRATIONS:
+            if version not in done:
+                apply(conn)
+                conn.execute(schema_migrations.insert().values(version=version, applied_at=utcnow()))
+        return max(v for v, _ in MIGRATIONS)
