@@ -30,6 +30,30 @@ class TokenConfig:
     pin_file: Path
     softhsm_conf: Path | None = None  # set only for a SoftHSM token owned by this CA home
 
+AUDIT_KEY_LABEL = "ckms-audit-key"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """``[audit]``: how often the hash chain is sealed with the HSM audit key (all keys optional)."""
+
+    key_label: str = AUDIT_KEY_LABEL
+    seal_every_records: int = 1000
+    seal_interval_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    """``[alerts]``: where real-time alerts go (all keys optional)."""
+
+    syslog: bool = True
+    syslog_address: str = "/dev/log"
+    command: tuple[str, ...] = ()
+    webhook: str | None = None
+    timeout_seconds: float = 10.0
+    fallback_file: Path | None = None  # where alerts go when there is no syslog socket
+
+
 SOURCES = ("chrony", "none")
 
 
@@ -154,6 +178,8 @@ class Config:
     default_profile: str
     profiles: dict[str, Profile] = field(default_factory=dict)
     clock: ClockConfig = field(default_factory=ClockConfig)  # [clock]: the signing clock gate (A.33)
+    audit: AuditConfig = field(default_factory=lambda: AuditConfig())  # [audit]: seals of the hash chain
+    alerts: AlertConfig = field(default_factory=lambda: AlertConfig())  # [alerts]: real-time alerts (F.15)
 
     def profile(self, name: str | None) -> Profile:
         key = name or self.default_profile
@@ -177,15 +203,20 @@ def _req(table: dict[str, Any], key: str, where: str) -> Any:
         raise ConfigError(f"{where}: missing key {key!r}") from None
 
 
-def load_config(home: Path) -> Config:
+def read_raw_config(home: Path) -> dict[str, Any]:
+    """The parsed TOML of the home's ckms.toml; a missing or malformed file is a ConfigError, never {}."""
     path = home / CONFIG_NAME
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path} not found: run 'ckms ca init --home {home}' first") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return parse_config(home, raw)
+
+
+def load_config(home: Path) -> Config:
+    """The one loader of ckms.toml: every table the CA reads, typed and validated."""
+    return parse_config(home, read_raw_config(home))
 
 
 def parse_config(home: Path, raw: dict[str, Any]) -> Config:
@@ -260,7 +291,32 @@ def parse_config(home: Path, raw: dict[str, Any]) -> Config:
         default_profile=default_profile,
         profiles=profiles,
         clock=_clock(raw.get("clock", {})),
+        audit=_audit(raw.get("audit", {})),
+        alerts=_alerts(home, raw.get("alerts", {})),
     )
+
+
+def _audit(table: dict[str, Any]) -> AuditConfig:
+    try:
+        return AuditConfig(key_label=str(table.get("key_label", AUDIT_KEY_LABEL)),
+                           seal_every_records=int(table.get("seal_every_records", 1000)),
+                           seal_interval_seconds=float(table.get("seal_interval_seconds", 60.0)))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[audit]: {exc}") from None
+
+
+def _alerts(home: Path, table: dict[str, Any]) -> AlertConfig:
+    command = table.get("command", ())
+    if isinstance(command, str):
+        command = (command,)
+    try:
+        return AlertConfig(syslog=bool(table.get("syslog", True)),
+                           syslog_address=str(table.get("syslog_address", "/dev/log")),
+                           command=tuple(str(c) for c in command), webhook=table.get("webhook") or None,
+                           timeout_seconds=float(table.get("timeout_seconds", 10.0)),
+                           fallback_file=home / "log" / "alerts.log")
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[alerts]: {exc}") from None
 
 
 def _clock(table: dict[str, Any]) -> ClockConfig:

@@ -1,7 +1,7 @@
 """Errors with a stable code, an HTTP status and a message a person can act on.
 
-Every rejection the CA makes is one of these, so the EST/JSON layers and the audit trail
-report the same code and wording.
+Every error class ckms raises is defined here, so the EST/JSON layers, the CLI and the audit trail
+report the same code and wording, and no layer has to import another to catch its errors.
 """
 
 from __future__ import annotations
@@ -95,3 +95,39 @@ class CustodyError(CkmsError):
 class SelfTestFailed(CkmsError):
     code = "selftest_failed"
     http_status = 503
+
+
+class PasswordError(CkmsError):
+    code = "password"
+    http_status = 400
+
+
+class BadRequest(CkmsError):
+    code = "bad_request"
+    http_status = 400
+
+
+class SeparationOfDuties(NotAuthorized):
+    code = "separation_of_duties"
+
+
+class LintUnavailable(ServiceUnavailable):
+    """The linter cannot answer (binary missing, helper died or hung): nothing may be signed."""
+
+    code = "lint_unavailable"
+
+
+class ExportError(CkmsError):
+    code = "audit_export"
+
+
+class AuditBypass(RuntimeError):
+    """Something tried to insert into audit_events without going through :func:`append_audit`."""
+
+
+class ShamirError(ValueError):
+    """Shares that cannot be combined: too few, inconsistent, or failing the integrity tag."""
+
+
+class ClientError(Exception):
+    """A request failed; the message says why (server's words when it answered)."""

@@ -22,46 +22,17 @@ import logging.handlers
 import os
 import socket
 import subprocess
-import tomllib
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from ckms_app.config import AlertConfig
 
 log = logging.getLogger("ckms.alerts")
 
 # Audit actions that raise an alert: account, role-grant and ACL changes (and refusals of them), and
 # a changed CA configuration.
 ALERT_ACTION_PREFIXES = ("entity.", "acl.", "config.")
-
-
-@dataclass(frozen=True)
-class AlertConfig:
-    syslog: bool = True
-    syslog_address: str = "/dev/log"
-    command: tuple[str, ...] = ()
-    webhook: str | None = None
-    timeout_seconds: float = 10.0
-    fallback_file: Path | None = None  # where alerts go when there is no syslog socket
-
-
-def load_alert_config(home: Path) -> AlertConfig:
-    """The ``[alerts]`` table of the home's ckms.toml (all keys optional)."""
-    try:
-        raw = tomllib.loads((home / "ckms.toml").read_text()).get("alerts", {})
-    except (FileNotFoundError, tomllib.TOMLDecodeError):
-        raw = {}
-    command = raw.get("command", ())
-    if isinstance(command, str):
-        command = (command,)
-    return AlertConfig(
-        syslog=bool(raw.get("syslog", True)),
-        syslog_address=str(raw.get("syslog_address", "/dev/log")),
-        command=tuple(str(c) for c in command),
-        webhook=raw.get("webhook") or None,
-        timeout_seconds=float(raw.get("timeout_seconds", 10.0)),
-        fallback_file=home / "log" / "alerts.log",
-    )
 
 
 def is_alerting(action: str) -> bool:

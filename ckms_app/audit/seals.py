@@ -21,9 +21,7 @@ import fcntl
 import hashlib
 import json
 import logging
-import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
 from ckms_app.algorithms import Curve
+from ckms_app.config import AUDIT_KEY_LABEL, AuditConfig
 from ckms_app.errors import HsmError
 from ckms_app.hsm.token import HsmEcPrivateKey, Token
 from ckms_app.store.chain import append_audit, audit_row
@@ -40,27 +39,8 @@ from ckms_app.store.schema import audit_chain_head, audit_events, audit_seals
 from ckms_app.store.writer import GroupCommitWriter
 
 log = logging.getLogger("ckms.audit")
-AUDIT_KEY_LABEL = "ckms-audit-key"
 EXPORT_FORMAT = "ckms-audit-export/1"
 AUDIT_PUBLIC_KEY_FILE = Path("ca") / "audit-key.pub.pem"
-
-
-@dataclass(frozen=True)
-class AuditConfig:
-    key_label: str = AUDIT_KEY_LABEL
-    seal_every_records: int = 1000
-    seal_interval_seconds: float = 60.0
-
-
-def load_audit_config(home: Path) -> AuditConfig:
-    """The ``[audit]`` table of ckms.toml (all keys optional)."""
-    try:
-        raw = tomllib.loads((home / "ckms.toml").read_text()).get("audit", {})
-    except (FileNotFoundError, tomllib.TOMLDecodeError):
-        raw = {}
-    return AuditConfig(key_label=str(raw.get("key_label", AUDIT_KEY_LABEL)),
-                       seal_every_records=int(raw.get("seal_every_records", 1000)),
-                       seal_interval_seconds=float(raw.get("seal_interval_seconds", 60.0)))
 
 
 # --- the audit key ------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from ckms_app.audit.seals import EXPORT_FORMAT, _iso, seal_message
-from ckms_app.errors import CkmsError
+from ckms_app.errors import ExportError
 from ckms_app.store.chain import AUDIT_FIELDS, GENESIS_HASH, audit_record_hash
 from ckms_app.store.schema import audit_chain_head, audit_events, audit_seals
 
@@ -156,10 +156,6 @@ def export_lines(engine: Engine, public_key: ec.EllipticCurvePublicKey | None, c
                               "signature": base64.b64encode(seal["signature"]).decode()}, sort_keys=True)
     if head is not None:
         yield json.dumps({"type": "head", "last_seq": head.last_seq, "last_hash": head.last_hash}, sort_keys=True)
-
-
-class ExportError(CkmsError):
-    code = "audit_export"
 
 
 def verify_export(lines: Iterable[str], public_key: ec.EllipticCurvePublicKey | None) -> VerifyReport:

@@ -30,7 +30,7 @@ from ckms_app.authority.linter import find_linter_binary
 from ckms_app.authority.passwords import hash_password
 from ckms_app.authority.rbac import ROLES, certificate_fingerprint
 from ckms_app.authority.signer import Signer, open_signer
-from ckms_app.config import CONFIG_NAME, Config, load_config
+from ckms_app.config import CONFIG_NAME, Config, load_config, read_raw_config
 from ckms_app.errors import ConfigError
 from ckms_app.hsm.token import (
     DEFAULT_SOFTHSM_MODULE,
@@ -176,17 +176,11 @@ def import_ca_certificate(home: Path, cert_path: Path, chain_path: Path | None) 
         if chain_path is not None:
             chain_target = config.home / "ca" / "chain.pem"
             chain_target.write_bytes(chain_path.read_bytes())
-            raw = _read_raw(config)
+            raw = read_raw_config(config.home)
             raw["ca"]["chain"] = "ca/chain.pem"
             (config.home / CONFIG_NAME).write_text(tomli_w.dumps(raw))
             config = load_config(config.home)
         return _finish(config, token, key, ca_cert)
-
-
-def _read_raw(config: Config) -> dict[str, Any]:
-    import tomllib
-
-    return tomllib.loads((config.home / CONFIG_NAME).read_text())
 
 
 async def _sign_request(config: Config, key: HsmEcPrivateKey,
@@ -309,9 +303,9 @@ async def _issue(config: Config, signer: Signer, ca_cert: x509.Certificate, writ
 
 def _seal_initial_trail(config: Config, token: Token, key: Any, writer: GroupCommitWriter) -> None:
     """Generate the audit sealing key in the token and seal the ceremony's records with it."""
-    from ckms_app.audit.seals import ensure_audit_key, load_audit_config, seal_unit
+    from ckms_app.audit.seals import ensure_audit_key, seal_unit
 
-    audit_key = ensure_audit_key(token, config.home, key.curve_info, load_audit_config(config.home).key_label)
+    audit_key = ensure_audit_key(token, config.home, key.curve_info, config.audit.key_label)
     writer.run(seal_unit(audit_key, force=True))
 
 

@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from ckms_app.audit.alerts import is_alerting, load_alert_config, send_alert
+from ckms_app.audit.alerts import is_alerting, send_alert
 from ckms_app.authority.ceremony import write_key_and_cert
 from ckms_app.authority.issuance import certificate_row
 from ckms_app.authority.passwords import hash_password, verify_password
@@ -42,7 +42,7 @@ from ckms_app.authority.rbac import (
 )
 from ckms_app.authority.signer import open_signer
 from ckms_app.config import Config
-from ckms_app.errors import CkmsError, Conflict, NotAuthenticated, NotAuthorized, NotFound
+from ckms_app.errors import CkmsError, Conflict, NotAuthenticated, NotAuthorized, NotFound, SeparationOfDuties
 from ckms_app.hsm.token import Token
 from ckms_app.store.chain import append_audit, audit_row
 from ckms_app.store.engine import open_engine
@@ -54,10 +54,6 @@ from ckms_app.x509.csr_policy import public_key_sha256
 from ckms_app.x509.profiles import end_entity_builder, new_serial
 
 ENTITY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-class SeparationOfDuties(NotAuthorized):
-    code = "separation_of_duties"
 
 
 @dataclass
@@ -102,7 +98,7 @@ class AdminContext:
         event = {k: row[k] for k in ("entity_id", "role", "action", "target", "outcome")}
         event["at"] = row["at"].isoformat()
         event["detail"] = row["detail"]
-        return send_alert(load_alert_config(self.config.home), event)
+        return send_alert(self.config.alerts, event)
 
     def change(self, unit: Any, rows: list[dict[str, Any]]) -> Any:
         """Run a change unit that appends ``rows`` to the audit chain; alert once it is committed."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ckms_app.errors import ServiceUnavailable
+from ckms_app.errors import LintUnavailable
 
 __all__ = [
     "AsyncLinter",
@@ -49,12 +49,6 @@ DEFAULT_TIMEOUT = 30.0
 BLOCKING_STATUSES = frozenset({"error", "fatal"})
 _LEN = struct.Struct(">I")
 _MAX_RESPONSE = 64 << 20
-
-
-class LintUnavailable(ServiceUnavailable):
-    """The linter cannot answer (binary missing, helper died or hung): nothing may be signed."""
-
-    code = "lint_unavailable"
 
 
 @dataclass(frozen=True)

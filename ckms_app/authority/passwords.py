@@ -17,15 +17,10 @@ import os
 import sys
 from pathlib import Path
 
-from ckms_app.errors import CkmsError
+from ckms_app.errors import PasswordError
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 MIN_LENGTH = 12
-
-
-class PasswordError(CkmsError):
-    code = "password"
-    http_status = 400
 
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:

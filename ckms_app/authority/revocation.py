@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from ckms_app.authority.rbac import Principal
-from ckms_app.errors import CkmsError, Conflict, NotAuthorized, NotFound
+from ckms_app.errors import BadRequest, CkmsError, Conflict, NotAuthorized, NotFound
 from ckms_app.store.chain import append_audit, audit_row
 from ckms_app.store.queries import bump_entity_generation
 from ckms_app.store.schema import certificates, revocations, utcnow
@@ -32,11 +32,6 @@ REASONS: dict[str, x509.ReasonFlags] = {
 }
 _CODES = {0: "unspecified", 1: "keyCompromise", 2: "cACompromise", 3: "affiliationChanged", 4: "superseded",
           5: "cessationOfOperation", 9: "privilegeWithdrawn"}
-
-
-class BadRequest(CkmsError):
-    code = "bad_request"
-    http_status = 400
 
 
 def parse_reason(value: str | int) -> str:

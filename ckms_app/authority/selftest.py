@@ -121,7 +121,8 @@ def pairwise_test(key: HsmEcPrivateKey, ca_cert: x509.Certificate) -> Check:
 def _lint_binary(config: Config) -> Path | None:
     if not config.lint_enabled:
         return None
-    from ckms_app.authority.linter import LintUnavailable, find_linter_binary
+    from ckms_app.authority.linter import find_linter_binary
+    from ckms_app.errors import LintUnavailable
 
     try:
         return find_linter_binary(config.lint_binary)

@@ -157,7 +157,7 @@ def _audit(ctx: AdminContext, config: Config, args: argparse.Namespace) -> int:
         with Token(config.token) as token:
             ca_key = token.load_ec_key(config.ca_key_label)
             key = seals.ensure_audit_key(token, config.home, ca_key.curve_info,
-                                         seals.load_audit_config(config.home).key_label)
+                                         config.audit.key_label)
             sealed = ctx.writer.run(seals.seal_unit(key, force=True))
         _print({"sealed_up_to_seq": sealed})
         return 0
@@ -209,7 +209,7 @@ def _token_pin_matches(config: Config, pin_file: Path) -> bool:
 
 def _audit_public_key(config: Config, explicit: Path | None) -> ec.EllipticCurvePublicKey | None:
     """The audit key's public half: given, else from the token (authoritative), else the home's copy."""
-    from ckms_app.audit.seals import AUDIT_PUBLIC_KEY_FILE, load_audit_config
+    from ckms_app.audit.seals import AUDIT_PUBLIC_KEY_FILE
     from ckms_app.errors import HsmError
     from ckms_app.hsm.token import Token
 
@@ -217,7 +217,7 @@ def _audit_public_key(config: Config, explicit: Path | None) -> ec.EllipticCurve
         return serialization.load_pem_public_key(explicit.read_bytes())  # type: ignore[return-value]
     try:
         with Token(config.token) as token:
-            return token.load_ec_key(load_audit_config(config.home).key_label).public_key()
+            return token.load_ec_key(config.audit.key_label).public_key()
     except HsmError:
         path = config.home / AUDIT_PUBLIC_KEY_FILE
         if path.exists():

@@ -20,10 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from ckms_app.config import Config
-
-
-class ClientError(Exception):
-    """A request failed; the message says why (server's words when it answered)."""
+from ckms_app.errors import ClientError
 
 
 @dataclass(frozen=True)

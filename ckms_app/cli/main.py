@@ -14,10 +14,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ckms_app.authority.linter import LintUnavailable
-from ckms_app.cli.client import CkmsClient, ClientError, Credentials, fetch_crl
+from ckms_app.cli.client import CkmsClient, Credentials, fetch_crl
 from ckms_app.config import load_config, resolve_home
-from ckms_app.errors import CkmsError
+from ckms_app.errors import CkmsError, ClientError, LintUnavailable
 
 
 def _add_home(p: argparse.ArgumentParser) -> None:

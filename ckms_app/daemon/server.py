@@ -258,7 +258,7 @@ async def api_publish_crl(request: web.Request) -> web.Response:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    from ckms_app.authority.revocation import BadRequest
+    from ckms_app.errors import BadRequest
 
     try:
         body = await request.json()
@@ -398,21 +398,21 @@ async def serve(config: Config, est_sock: socket.socket, crl_sock: socket.socket
 
 async def _audit_config_change(rt: Runtime) -> None:
     """A changed ckms.toml since the last start goes on the trail and raises an alert (F.12, F.15)."""
-    from ckms_app.audit.alerts import load_alert_config, send_alert
+    from ckms_app.audit.alerts import send_alert
     from ckms_app.audit.seals import config_change_unit
 
     row = await rt.writer.submit(config_change_unit(rt.config.home))
     if row is not None and row["detail"] and json.loads(row["detail"]).get("previous_sha256"):
         event = {k: row[k] for k in ("entity_id", "role", "action", "target", "outcome", "detail")}
         event["at"] = row["at"].isoformat()
-        await asyncio.to_thread(send_alert, load_alert_config(rt.config.home), event)
+        await asyncio.to_thread(send_alert, rt.config.alerts, event)
 
 
 def _audit_sealer(rt: Runtime) -> Any:
     from ckms_app.algorithms import curve_of
-    from ckms_app.audit.seals import AuditSealer, ensure_audit_key, load_audit_config
+    from ckms_app.audit.seals import AuditSealer, ensure_audit_key
 
-    audit_config = load_audit_config(rt.config.home)
+    audit_config = rt.config.audit
     curve = curve_of(rt.ca_cert.public_key())  # type: ignore[arg-type]
     return AuditSealer(audit_config, lambda: ensure_audit_key(rt.token, rt.config.home, curve, audit_config.key_label),
                        rt.writer, rt.reader)

@@ -19,13 +19,11 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ckms_app.errors import ShamirError
+
 TAG_BYTES = 16
 _TAG_LABEL = b"ckms-shamir-v1\x00"
 MAX_SHARES = 255
-
-
-class ShamirError(ValueError):
-    """Shares that cannot be combined: too few, inconsistent, or failing the integrity tag."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Insert
 
+from ckms_app.errors import AuditBypass
 from ckms_app.store.schema import (
     audit_chain_head,
     audit_events,
@@ -112,10 +113,6 @@ def append_audit(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
         conn.info.pop("ckms_audit_append", None)
     conn.execute(_CHAIN_HEAD_UPDATE, {"new_seq": seq, "new_hash": prev})
     return [r["seq"] for r in chained]
-
-
-class AuditBypass(RuntimeError):
-    """Something tried to insert into audit_events without going through :func:`append_audit`."""
 
 
 @event.listens_for(Engine, "before_execute")

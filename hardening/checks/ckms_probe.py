@@ -59,13 +59,13 @@ def _rows(url: str, since: str | None, actions: list[str], limit: int) -> list[d
 def _audit_public_key(config):
     from cryptography.hazmat.primitives import serialization
 
-    from ckms_app.audit.seals import AUDIT_PUBLIC_KEY_FILE, load_audit_config
+    from ckms_app.audit.seals import AUDIT_PUBLIC_KEY_FILE
     from ckms_app.errors import HsmError
     from ckms_app.hsm.token import Token
 
     try:
         with Token(config.token) as token:
-            return token.load_ec_key(load_audit_config(config.home).key_label).public_key(), "token"
+            return token.load_ec_key(config.audit.key_label).public_key(), "token"
     except HsmError:
         path = config.home / AUDIT_PUBLIC_KEY_FILE
         if path.exists():
@@ -94,7 +94,7 @@ def cmd_integrity(args) -> dict:
 
 
 def cmd_verify_db(args) -> dict:
-    from ckms_app.audit import seals, verify
+    from ckms_app.audit import verify
     from ckms_app.store.engine import open_engine
 
     public_key, source = _audit_public_key(_config())
@@ -148,7 +148,7 @@ def cmd_spare(args) -> dict:
     """Self-tests and trail verification of a restored home (a spare node's view of the backup)."""
     from cryptography import x509
 
-    from ckms_app.audit import seals, verify
+    from ckms_app.audit import verify
     from ckms_app.authority import selftest
     from ckms_app.hsm.token import Token
     from ckms_app.store.engine import open_engine

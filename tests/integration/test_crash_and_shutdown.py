@@ -13,8 +13,9 @@ import threading
 import time
 from pathlib import Path
 
-from ckms_app.cli.client import CkmsClient, ClientError, Credentials
+from ckms_app.cli.client import CkmsClient, Credentials
 from ckms_app.config import load_config
+from ckms_app.errors import ClientError
 
 from .conftest import CaHome, Daemon, init_home, make_csr
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from ckms_app.cli.client import CkmsClient, ClientError, Credentials
+from ckms_app.cli.client import CkmsClient, Credentials
 from ckms_app.config import load_config
+from ckms_app.errors import ClientError
 
 from .conftest import CaHome, Daemon, ckms, curl_enroll, init_home, make_csr, split_status
 

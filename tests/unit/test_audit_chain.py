@@ -20,9 +20,10 @@ from sqlalchemy import select
 from ckms_app.algorithms import CURVES
 from ckms_app.audit.seals import seal_unit
 from ckms_app.audit.verify import export_lines, verify_database, verify_export
-from ckms_app.authority.passwords import PasswordError, hash_password, read_password, verify_password
+from ckms_app.authority.passwords import hash_password, read_password, verify_password
 from ckms_app.authority.rbac import CONFLICTING_ROLES, ROLES, Principal, role_conflicts
-from ckms_app.store.chain import AuditBypass, append_audit, audit_row
+from ckms_app.errors import AuditBypass, PasswordError
+from ckms_app.store.chain import append_audit, audit_row
 from ckms_app.store.engine import open_engine
 from ckms_app.store.migrations import migrate
 from ckms_app.store.schema import audit_events

@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from ckms_app.authority.revocation import BadRequest, parse_reason, parse_serial
+from ckms_app.authority.revocation import parse_reason, parse_serial
 from ckms_app.config import Profile
-from ckms_app.errors import ConfigError, CsrRejected
+from ckms_app.errors import BadRequest, ConfigError, CsrRejected
 from ckms_app.x509.assembly import assemble, signature_algorithm_der
 from ckms_app.x509.csr_policy import check_csr
 from ckms_app.x509.est_encoding import csr_attributes

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ckms_app.authority import linter as linter_mod
-from ckms_app.authority.linter import AsyncLinter, Linter, LintReport, LintUnavailable, find_linter_binary
+from ckms_app.authority.linter import AsyncLinter, Linter, LintReport, find_linter_binary
+from ckms_app.errors import LintUnavailable
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)

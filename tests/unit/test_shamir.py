@@ -9,7 +9,8 @@ from collections import Counter
 
 import pytest
 
-from ckms_app.hsm.shamir import TAG_BYTES, ShamirError, Share, combine, gf_div, gf_mul, split
+from ckms_app.errors import ShamirError
+from ckms_app.hsm.shamir import TAG_BYTES, Share, combine, gf_div, gf_mul, split
 
 
 def slow_mul(a: int, b: int) -> int:

@@ -1,0 +1,45 @@
+"""ckms.toml has one loader (ckms_app.config) and it fails loudly: no table is silently read as empty."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from ckms_app.authority.ceremony import InitOptions, default_config
+from ckms_app.config import load_config
+from ckms_app.errors import ConfigError
+
+
+def write_home(tmp_path: Path, **tables: dict) -> Path:  # type: ignore[type-arg]
+    raw = default_config(tmp_path, InitOptions(clock_source="none"), "secrets/token-pin", None)
+    raw.update(tables)
+    (tmp_path / "ckms.toml").write_text(tomli_w.dumps(raw))
+    return tmp_path
+
+
+def test_audit_and_alert_tables_are_part_of_the_one_config(tmp_path: Path) -> None:
+    home = write_home(tmp_path, audit={"seal_every_records": 5, "key_label": "k"},
+                      alerts={"command": "/usr/local/bin/page", "syslog": False})
+    config = load_config(home)
+    assert (config.audit.seal_every_records, config.audit.key_label) == (5, "k")
+    assert config.alerts.command == ("/usr/local/bin/page",) and not config.alerts.syslog
+    assert config.alerts.fallback_file == home / "log" / "alerts.log"
+
+
+def test_defaults_when_the_tables_are_absent(tmp_path: Path) -> None:
+    config = load_config(write_home(tmp_path))
+    assert config.audit.seal_every_records == 1000 and config.alerts.syslog
+
+
+def test_a_syntax_error_is_an_error_not_an_empty_table(tmp_path: Path) -> None:
+    home = write_home(tmp_path)
+    (home / "ckms.toml").write_text((home / "ckms.toml").read_text() + "\n[audit\nseal_every_records = 1\n")
+    with pytest.raises(ConfigError, match="ckms.toml"):
+        load_config(home)
+
+
+def test_a_bad_value_names_its_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[audit\]"):
+        load_config(write_home(tmp_path, audit={"seal_every_records": "often"}))
