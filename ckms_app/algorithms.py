@@ -16,7 +16,7 @@ class Curve:
     name: str  # the name used in config and on the CLI
     openssl_name: str
     crypto_curve: ec.EllipticCurve
-    hash_algorithm: hashes.HashAlgorithm  # RFC 5758: P-256 → SHA-256, P-384 → SHA-384
+    hash_algorithm: hashes.SHA256 | hashes.SHA384  # RFC 5758: P-256 → SHA-256, P-384 → SHA-384
 
 
 CURVES: dict[str, Curve] = {

@@ -31,10 +31,11 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
 from ckms_app.algorithms import Curve
+from ckms_app.audit.record import SYSTEM, event
 from ckms_app.config import AUDIT_KEY_LABEL, AuditConfig
 from ckms_app.errors import HsmError
 from ckms_app.hsm.token import HsmEcPrivateKey, Token
-from ckms_app.store.chain import append_audit, audit_row
+from ckms_app.store.chain import append_audit
 from ckms_app.store.schema import audit_chain_head, audit_events, audit_seals
 from ckms_app.store.writer import GroupCommitWriter
 
@@ -111,9 +112,7 @@ def seal_unit(key: HsmEcPrivateKey, *, force: bool = False):  # type: ignore[no-
                              ec.ECDSA(key.curve_info.hash_algorithm))
         conn.execute(audit_seals.insert().values(up_to_seq=head.last_seq, chain_hash=head.last_hash,
                                                  sealed_at=sealed_at, key_label=key.label, signature=signature))
-        append_audit(conn, [audit_row(entity_id="ckms", role="system", action="audit.seal",
-                                      target=f"seq:{head.last_seq}", outcome="success",
-                                      detail={"chain_hash": head.last_hash, "key": key.label})])
+        append_audit(conn, [event(SYSTEM, "audit.seal", f"seq:{head.last_seq}", "success", {"chain_hash": head.last_hash, "key": key.label})])
         return int(head.last_seq)
 
     return unit
@@ -185,8 +184,7 @@ def config_change_unit(home: Path):  # type: ignore[no-untyped-def]
         previous = json.loads(last).get("config_sha256") if last else None
         if previous == digest:
             return None
-        row = audit_row(entity_id="ckms", role="system", action="config.change", target="ckms.toml",
-                        outcome="success", detail={"config_sha256": digest, "previous_sha256": previous})
+        row = event(SYSTEM, "config.change", "ckms.toml", "success", {"config_sha256": digest, "previous_sha256": previous})
         append_audit(conn, [row])
         return row
 

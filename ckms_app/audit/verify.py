@@ -68,7 +68,7 @@ def verify_trail(records: Iterable[dict[str, Any]], seals: Iterable[dict[str, An
     seals = list(seals)
     prev, expected, count = GENESIS_HASH, 1, 0
     hashes: dict[int, str] = {}
-    seal_events: dict[int, str] = {}
+    seal_events: dict[int, int] = {}  # sealed-up-to seq -> seq of the audit.seal record
     for record in records:
         count += 1
         seq = record.get("seq")

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ckms_app.algorithms import curve_by_name
+from ckms_app.audit.record import Actor, event, named
 from ckms_app.authority.clock import ClockGate
 from ckms_app.authority.clock import default_source as default_clock_source
 from ckms_app.authority.crl_publisher import CrlPublisher
@@ -39,7 +40,7 @@ from ckms_app.hsm.token import (
     provision_softhsm_token,
     write_secret_file,
 )
-from ckms_app.store.chain import append_audit, audit_row
+from ckms_app.store.chain import append_audit
 from ckms_app.store.engine import open_engine
 from ckms_app.store.migrations import migrate
 from ckms_app.store.schema import certificates, entities, entity_roles, utcnow
@@ -47,6 +48,7 @@ from ckms_app.store.writer import GroupCommitWriter
 from ckms_app.x509.csr_policy import public_key_sha256
 from ckms_app.x509.profiles import ca_builder, end_entity_builder, new_serial
 
+CEREMONY = named("ceremony", "administrator")  # who acts in ckms ca init
 DEVICE_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 
 
@@ -259,8 +261,7 @@ async def _issue_identities(config: Config, key: Any, ca_cert: x509.Certificate,
             entity = {"entity_id": entity_id, "role": role, "cert_sha256": certificate_fingerprint(der),
                       "cert_serial": format(cert.serial_number, "x"), "status": "active", "created_at": utcnow(),
                       "password_hash": hash_password(password)}
-            audit = audit_row(entity_id="ceremony", role="administrator", action="entity.create",
-                              target=entity_id, outcome="success", detail={"roles": [role], "demo": True})
+            audit = event(CEREMONY, "entity.create", entity_id, "success", {"roles": [role], "demo": True})
 
             def store(c: Any, entity: dict[str, Any] = entity, audit: dict[str, Any] = audit) -> None:
                 c.execute(entities.insert(), entity)
@@ -280,7 +281,7 @@ async def _issue_identities(config: Config, key: Any, ca_cert: x509.Certificate,
 async def _issue(config: Config, signer: Signer, ca_cert: x509.Certificate, writer: GroupCommitWriter,
                  profile_name: str, cn: str, sans: tuple[x509.GeneralName, ...],
                  subject_key: ec.EllipticCurvePrivateKey, *, kind: str,
-                 actor: tuple[str, str] = ("ceremony", "administrator")) -> x509.Certificate:
+                 who: Actor = CEREMONY) -> x509.Certificate:
     profile = config.profile(profile_name)
     base = config.server.crl_base_url
     builder = end_entity_builder(
@@ -288,10 +289,9 @@ async def _issue(config: Config, signer: Signer, ca_cert: x509.Certificate, writ
         public_key=subject_key.public_key(), issuer=ca_cert, serial=new_serial(), now=utcnow(),
         crl_url=f"{base}/full.crl", delta_crl_url=f"{base}/delta.crl")
     cert, der = await signer.certificate(builder, f"{kind} certificate")
-    row = certificate_row(cert, der, kind=kind, profile=profile_name, requested_by=actor[0], csr_sha256=None,
+    row = certificate_row(cert, der, kind=kind, profile=profile_name, requested_by=who.entity_id, csr_sha256=None,
                           pubkey_sha256=public_key_sha256(subject_key.public_key()))
-    audit = audit_row(entity_id=actor[0], role=actor[1], action="certificate.issue", target=row["serial"],  # type: ignore[arg-type]
-                      outcome="success", detail={"kind": kind, "subject": row["subject"]})
+    audit = event(who, "certificate.issue", str(row["serial"]), "success", {"kind": kind, "subject": row["subject"]})
 
     def store(c: Any) -> None:
         c.execute(certificates.insert(), row)
@@ -317,6 +317,26 @@ def write_key_and_cert(key_path: Path, cert_path: Path, key: ec.EllipticCurvePri
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
+def issue_identity_certificate(config: Config, writer: GroupCommitWriter, entity_id: str,
+                    client_key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """An individual's client certificate (``ckms entity add``), signed through the signer (guard, lint, HSM)."""
+    ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
+    base = config.server.crl_base_url
+    builder = end_entity_builder(
+        profile=config.profile("identity"), subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, entity_id)]),
+        sans=(), public_key=client_key.public_key(), issuer=ca_cert, serial=new_serial(), now=utcnow(),
+        crl_url=f"{base}/full.crl", delta_crl_url=f"{base}/delta.crl")
+
+    async def sign() -> x509.Certificate:
+        async with open_signer(config, key, writer) as signer:
+            cert, _ = await signer.certificate(builder, "identity certificate")
+        return cert
+
+    with Token(config.token) as token:
+        key = token.load_ec_key(config.ca_key_label)
+        return asyncio.run(sign())
+
+
 def renew_tls(home: Path) -> dict[str, Any]:
     """``ckms ca renew-tls``: a new key and certificate for the daemon's EST/API listener, signed through
     the signer like every certificate (refused in the error state or with the clock unsynchronised).
@@ -334,7 +354,7 @@ def renew_tls(home: Path) -> dict[str, Any]:
             async def issue() -> x509.Certificate:
                 async with open_signer(config, key, writer) as signer:
                     return await _issue(config, signer, ca_cert, writer, "tls-server", config.server.public_host,
-                                        _tls_sans(config), tls_key, kind="tls-server", actor=("ca-host", "system"))
+                                        _tls_sans(config), tls_key, kind="tls-server", who=named("ca-host", "system"))
 
             cert = asyncio.run(issue())
     finally:

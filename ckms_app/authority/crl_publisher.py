@@ -34,15 +34,16 @@ from cryptography import x509
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from ckms_app.audit.record import event, record, refusal
 from ckms_app.authority.rbac import SYSTEM, Principal
 from ckms_app.authority.revocation import REASONS
 from ckms_app.authority.signer import Signer
 from ckms_app.config import Config
 from ckms_app.errors import CkmsError
-from ckms_app.store.chain import append_audit, audit_row
+from ckms_app.store.chain import append_audit
 from ckms_app.store.engine import open_engine
-from ckms_app.store.schema import audit_events, crls, revocations, utcnow
-from ckms_app.store.writer import GroupCommitWriter, Inserts
+from ckms_app.store.schema import crls, revocations, utcnow
+from ckms_app.store.writer import GroupCommitWriter
 
 T = TypeVar("T")
 log = logging.getLogger("ckms.crl")
@@ -117,7 +118,7 @@ class CrlPublisher:
             return True
         age = (utcnow() - latest.this_update).total_seconds()
         stale_after = min(cfg.full_interval_seconds, cfg.delta_validity_hours * 3600 / 2)
-        return newest_revocation > latest.max_revocation_id or age >= stale_after
+        return bool(newest_revocation > latest.max_revocation_id or age >= stale_after)
 
     # --- building -----------------------------------------------------------------------------
     async def publish(self, principal: Principal = SYSTEM) -> Published:
@@ -130,9 +131,7 @@ class CrlPublisher:
             try:
                 await self._signer.guard.check()  # refuse before taking the CRL-number lock
             except CkmsError as exc:
-                refusal = audit_row(entity_id=principal.entity_id, role=principal.role, action="crl.publish",
-                                    target="crl", outcome="error", detail={"code": exc.code, "reason": str(exc)})
-                await self._writer.submit(Inserts(((audit_events, refusal),)))
+                await record(self._writer, principal, "crl.publish", "crl", "error", refusal(exc))
                 raise
             sequence = await self._sequence()
             try:
@@ -151,6 +150,7 @@ class CrlPublisher:
         a lock it obtains after the cancellation is released at once instead of blocking every
         publisher on every node for good.
         """
+        acquiring: asyncio.Future[_PostgresSequence | _SqliteSequence]
         if make_url(self._config.database_url).get_backend_name() == "postgresql":
             if self._lock_engine is None:
                 self._lock_engine = open_engine(self._config.database_url)
@@ -194,9 +194,7 @@ class CrlPublisher:
             {"crl_number": number + 1, "kind": "delta", "base_crl_number": base_number,
              "this_update": now, "next_update": delta_next, "max_revocation_id": max_id, "der": delta_der},
         ]
-        audit = audit_row(entity_id=principal.entity_id, role=principal.role, action="crl.publish",
-                          target=f"crl:{number}", outcome="success",
-                          detail={"full": number, "delta": number + 1, "base": base_number, "entries": len(rows)})
+        audit = event(principal, "crl.publish", f"crl:{number}", "success", {"full": number, "delta": number + 1, "base": base_number, "entries": len(rows)})
 
         def store(conn: Connection) -> None:
             conn.execute(crls.insert(), records)

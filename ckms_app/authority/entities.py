@@ -13,21 +13,20 @@ every refusal raises a real-time alert. A grant that would give one entity two c
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from ckms_app.audit.alerts import is_alerting, send_alert
-from ckms_app.authority.ceremony import write_key_and_cert
+from ckms_app.audit.record import event, named, record_now
+from ckms_app.authority.ceremony import issue_identity_certificate, write_key_and_cert
 from ckms_app.authority.issuance import certificate_row
 from ckms_app.authority.passwords import hash_password, verify_password
 from ckms_app.authority.rbac import (
@@ -40,18 +39,15 @@ from ckms_app.authority.rbac import (
     role_conflicts,
     role_label,
 )
-from ckms_app.authority.signer import open_signer
 from ckms_app.config import Config
 from ckms_app.errors import CkmsError, Conflict, NotAuthenticated, NotAuthorized, NotFound, SeparationOfDuties
-from ckms_app.hsm.token import Token
-from ckms_app.store.chain import append_audit, audit_row
+from ckms_app.store.chain import append_audit
 from ckms_app.store.engine import open_engine
 from ckms_app.store.migrations import migrate
 from ckms_app.store.queries import bump_entity_generation
 from ckms_app.store.schema import certificates, entities, entity_roles, revocations, role_permissions, utcnow
 from ckms_app.store.writer import GroupCommitWriter
 from ckms_app.x509.csr_policy import public_key_sha256
-from ckms_app.x509.profiles import end_entity_builder, new_serial
 
 ENTITY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -86,10 +82,8 @@ class AdminContext:
                *, actor: Principal | None = None, entity_id: str | None = None, role: str | None = None) -> None:
         """Write one audit record on its own (refusals; changes write theirs inside their unit)."""
         who = actor or self.actor
-        row = audit_row(entity_id=entity_id or (who.entity_id if who else "unauthenticated"),
-                        role=role or (who.role if who else "none"), action=action, target=target,
-                        outcome=outcome, detail=detail)
-        self.writer.run(lambda c: append_audit(c, [row]))
+        acting = named(entity_id or (who.entity_id if who else "unauthenticated"), role or (who.role if who else "none"))
+        row = record_now(self.writer, acting, action, target, outcome, detail)
         self.alert(row)
 
     def alert(self, row: dict[str, Any]) -> list[Any]:
@@ -140,10 +134,12 @@ class AdminContext:
                         role=row.role)
             raise NotAuthenticated(f"authentication of {row.entity_id} failed ({reason})")
         principal = Principal(row.entity_id, row.role, permissions_for(row.role, acl))
-        if operation is not None and not principal.allows(operation):
-            self.record(operation, "-", "denied", {"reason": f"role {row.role} may not perform {operation}"},
-                        actor=principal)
-            raise NotAuthorized(f"{row.entity_id} (role {row.role}) may not perform {operation}")
+        if operation is not None:
+            try:
+                principal.require(operation)
+            except NotAuthorized as exc:
+                self.record(operation, "-", "denied", {"reason": str(exc)}, actor=principal)
+                raise NotAuthorized(f"{row.entity_id} (role {row.role}) may not perform {operation}") from None
         self.actor = principal
         return principal
 
@@ -152,7 +148,7 @@ class AdminContext:
             raise NotAuthenticated("not authenticated")
         return self.actor
 
-    def _refuse(self, action: str, target: str, exc: CkmsError) -> None:
+    def _refuse(self, action: str, target: str, exc: CkmsError) -> NoReturn:
         self.record(action, target, "denied", {"code": exc.code, "reason": str(exc)})
         raise exc
 
@@ -177,7 +173,7 @@ class AdminContext:
         except CkmsError as exc:
             self._refuse("entity.create", entity_id, exc)
         client_key = ec.generate_private_key(ec.SECP256R1())
-        cert = _issue_identity(self.config, self.writer, entity_id, client_key)
+        cert = issue_identity_certificate(self.config, self.writer, entity_id, client_key)
         der = cert.public_bytes(serialization.Encoding.DER)
 
         cert_row = certificate_row(cert, der, kind="identity", profile="identity", requested_by=actor.entity_id,
@@ -185,11 +181,8 @@ class AdminContext:
         now = utcnow()
         label = role_label(roles)
         audit_rows = [
-            audit_row(entity_id=actor.entity_id, role=actor.role, action="certificate.issue",
-                      target=str(cert_row["serial"]), outcome="success",
-                      detail={"kind": "identity", "subject": cert_row["subject"]}),
-            audit_row(entity_id=actor.entity_id, role=actor.role, action="entity.create", target=entity_id,
-                      outcome="success", detail={"roles": roles, "cert_serial": cert_row["serial"],
+            event(actor, "certificate.issue", str(cert_row["serial"]), "success", {"kind": "identity", "subject": cert_row["subject"]}),
+            event(actor, "entity.create", entity_id, "success", {"roles": roles, "cert_serial": cert_row["serial"],
                                                  "password_set": password_hash is not None}),
         ]
 
@@ -230,8 +223,7 @@ class AdminContext:
         except CkmsError as exc:
             self._refuse("entity.grant", f"{entity_id}:{role}", exc)
         new = sorted({*current, role})
-        row = audit_row(entity_id=actor.entity_id, role=actor.role, action="entity.grant", target=entity_id,
-                        outcome="success", detail={"role": role, "roles": new})
+        row = event(actor, "entity.grant", entity_id, "success", {"role": role, "roles": new})
 
         def unit(conn: Connection) -> None:
             # chain head first: the lock order every writer keeps (see the first unit above)
@@ -255,8 +247,7 @@ class AdminContext:
         except CkmsError as exc:
             self._refuse("entity.revoke-role", f"{entity_id}:{role}", exc)
         new = sorted(set(current) - {role})
-        row = audit_row(entity_id=actor.entity_id, role=actor.role, action="entity.revoke-role", target=entity_id,
-                        outcome="success", detail={"role": role, "roles": new})
+        row = event(actor, "entity.revoke-role", entity_id, "success", {"role": role, "roles": new})
 
         def unit(conn: Connection) -> None:
             # chain head first: the lock order every writer keeps (see the first unit above)
@@ -285,11 +276,9 @@ class AdminContext:
             self._refuse("entity.disable", entity_id, exc)
         serial = row.cert_serial
         now = utcnow()
-        rows = [audit_row(entity_id=actor.entity_id, role=actor.role, action="entity.disable", target=entity_id,
-                          outcome="success", detail={"reason": reason, "cert_serial": serial})]
+        rows = [event(actor, "entity.disable", entity_id, "success", {"reason": reason, "cert_serial": serial})]
         if serial:
-            rows.append(audit_row(entity_id=actor.entity_id, role=actor.role, action="certificate.revoke",
-                                  target=serial, outcome="success", detail={"reason": reason, "entity": entity_id}))
+            rows.append(event(actor, "certificate.revoke", serial, "success", {"reason": reason, "entity": entity_id}))
 
         def unit(conn: Connection) -> None:
             # chain head first: the lock order every writer keeps (see the first unit above)
@@ -315,8 +304,7 @@ class AdminContext:
             self._grants(entity_id)  # exists?
         except CkmsError as exc:
             self._refuse("entity.password", entity_id, exc)
-        row = audit_row(entity_id=actor.entity_id, role=actor.role, action="entity.password", target=entity_id,
-                        outcome="success", detail={})
+        row = event(actor, "entity.password", entity_id, "success", {})
 
         def unit(conn: Connection) -> None:
             append_audit(conn, [row])  # chain head first: the lock order every writer keeps
@@ -364,8 +352,7 @@ class AdminContext:
                 raise Conflict(f"{target} is {'already' if present else 'not'} in the ACL")
         except CkmsError as exc:
             self._refuse(action, target, exc)
-        row = audit_row(entity_id=actor.entity_id, role=actor.role, action=action, target=target, outcome="success",
-                        detail={"role": role, "operation": operation, "resource": resource})
+        row = event(actor, action, target, "success", {"role": role, "operation": operation, "resource": resource})
 
         def unit(conn: Connection) -> None:
             # chain head first: the lock order every writer keeps (see the first unit above)
@@ -394,23 +381,3 @@ def _check_entity_id(entity_id: str) -> None:
 def _check_role(role: str) -> None:
     if role not in ROLES:
         raise CkmsError(f"unknown role {role!r}; one of {', '.join(ROLES)}", code="bad_request")
-
-
-def _issue_identity(config: Config, writer: GroupCommitWriter, entity_id: str,
-                    client_key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    """The entity's client certificate, signed through the signer (guard, lint, HSM)."""
-    ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
-    base = config.server.crl_base_url
-    builder = end_entity_builder(
-        profile=config.profile("identity"), subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, entity_id)]),
-        sans=(), public_key=client_key.public_key(), issuer=ca_cert, serial=new_serial(), now=utcnow(),
-        crl_url=f"{base}/full.crl", delta_crl_url=f"{base}/delta.crl")
-
-    async def sign() -> x509.Certificate:
-        async with open_signer(config, key, writer) as signer:
-            cert, _ = await signer.certificate(builder, "identity certificate")
-        return cert
-
-    with Token(config.token) as token:
-        key = token.load_ec_key(config.ca_key_label)
-        return asyncio.run(sign())

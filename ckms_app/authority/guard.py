@@ -19,12 +19,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from ckms_app.audit.record import SYSTEM, record
 from ckms_app.authority.clock import ClockGate
 from ckms_app.config import Config
 from ckms_app.errors import ErrorStateActive, HsmError
-from ckms_app.store.chain import audit_row
-from ckms_app.store.schema import audit_events
-from ckms_app.store.writer import GroupCommitWriter, Inserts
+from ckms_app.store.writer import GroupCommitWriter
 
 STATE_FILE = Path("state") / "error-state.json"
 POLL_SECONDS = 0.5
@@ -105,9 +104,7 @@ def make_guard(config: Config, writer: GroupCommitWriter | None) -> SigningGuard
     audit: AuditFn | None = None
     if writer is not None:
         async def audit(action: str, outcome: str, detail: dict[str, Any]) -> None:
-            row = audit_row(entity_id="ckms", role="system", action=action, target="daemon", outcome=outcome,
-                            detail=detail)
-            await writer.submit(Inserts(((audit_events, row),)))
+            await record(writer, SYSTEM, action, "daemon", outcome, detail)
 
     return SigningGuard(ServiceState(config.home), ClockGate(config.clock), audit)
 

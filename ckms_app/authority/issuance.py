@@ -16,11 +16,11 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from ckms_app.audit.record import event, outcome_of, record, refusal
 from ckms_app.authority.rbac import Principal
 from ckms_app.authority.signer import Signer
 from ckms_app.config import Config, Profile
 from ckms_app.errors import CkmsError, Conflict, CsrRejected
-from ckms_app.store.chain import audit_row
 from ckms_app.store.point_reads import PointReader
 from ckms_app.store.schema import audit_events, certificates, utcnow
 from ckms_app.store.writer import GroupCommitWriter, Inserts
@@ -93,7 +93,7 @@ class Issuer:
         action = "certificate.reissue" if renewing is not None else "certificate.issue"
         try:
             # 1. authorise: role → operation → profile; the signer asks the guard again before it signs
-            principal.require("certificate.issue", profile.name)
+            principal.require("certificate.issue", f"profile:{profile.name}")
             await self._signer.guard.check()
             # 2. the request itself
             checked = check_csr(csr_der, profile, self._config.csr.max_bytes)
@@ -119,9 +119,7 @@ class Issuer:
         # 6. store + audit, one durable commit
         row = certificate_row(cert, der, kind="end-entity", profile=profile.name, requested_by=principal.entity_id,
                               csr_sha256=checked.csr_sha256, pubkey_sha256=checked.pubkey_sha256, sans=checked.sans)
-        audit = audit_row(entity_id=principal.entity_id, role=principal.role, action=action,
-                          target=row["serial"], outcome="success",  # type: ignore[arg-type]
-                          detail={"subject": row["subject"], "profile": profile.name,
+        audit = event(principal, action, str(row["serial"]), "success", {"subject": row["subject"], "profile": profile.name,
                                   "renews": serial_hex(renewing.serial_number) if renewing else None})
 
         try:
@@ -155,10 +153,7 @@ class Issuer:
         self._point_reader.close()
 
     async def record_refusal(self, principal: Principal, action: str, profile: str, exc: CkmsError) -> None:
-        audit = audit_row(entity_id=principal.entity_id, role=principal.role, action=action, target=profile,
-                          outcome="denied" if exc.http_status < 500 else "error",
-                          detail={"code": exc.code, "reason": str(exc)})
-        await self._writer.submit(Inserts(((audit_events, audit),)))
+        await record(self._writer, principal, action, profile, outcome_of(exc), refusal(exc))
 
 
 def _check_renewal(checked: CheckedCsr, current: x509.Certificate) -> None:

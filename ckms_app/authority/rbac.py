@@ -38,7 +38,9 @@ OPERATIONS = ("certificate.issue", "certificate.revoke", "certificate.read", "cr
 # logs. Seeded into role_permissions by migration 2; the database copy is the one enforced.
 DEFAULT_ACL: frozenset[tuple[str, str, str]] = frozenset({
     ("operator", "certificate.issue", "profile:device"),
-    ("operator", "certificate.revoke", "*"),
+    ("operator", "certificate.revoke", "kind:end-entity"),
+    ("administrator", "certificate.revoke", "kind:identity"),
+    ("administrator", "certificate.revoke", "kind:tls-server"),
     ("operator", "certificate.read", "*"),
     ("operator", "crl.publish", "*"),
     ("administrator", "certificate.read", "*"),
@@ -100,13 +102,14 @@ class Principal:
             return any(op == operation for op, _ in perms)
         return (operation, "*") in perms or (operation, resource) in perms
 
-    def require(self, operation: str, profile: str | None = None, *, key: str | None = None) -> None:
+    def require(self, operation: str, resource: str | None = None) -> None:
+        """The one authorisation decision, over the ACL in the database: ``operation`` at all, then on
+        ``resource`` (``profile:device``, ``kind:identity``, ``key:ckms-ca-key``) when one is named."""
         if not self.allows(operation):
             raise NotAuthorized(f"role {self.role} may not perform {operation}")
-        if profile is not None and not self.allows(operation, f"profile:{profile}"):
-            raise NotAuthorized(f"role {self.role} may not request profile {profile!r}")
-        if key is not None and not self.allows(operation, f"key:{key}"):
-            raise NotAuthorized(f"role {self.role} may not use key {key!r} for {operation}")
+        if resource is not None and not self.allows(operation, resource):
+            kind, _, name = resource.partition(":")
+            raise NotAuthorized(f"role {self.role} may not perform {operation} on {kind} {name!r}")
 
 
 SYSTEM = Principal("ckms", "system", frozenset())  # the daemon itself (scheduled CRLs, start/stop)

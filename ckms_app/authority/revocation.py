@@ -13,9 +13,10 @@ from cryptography import x509
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
+from ckms_app.audit.record import event, record, refusal
 from ckms_app.authority.rbac import Principal
-from ckms_app.errors import BadRequest, CkmsError, Conflict, NotAuthorized, NotFound
-from ckms_app.store.chain import append_audit, audit_row
+from ckms_app.errors import BadRequest, CkmsError, Conflict, NotFound
+from ckms_app.store.chain import append_audit
 from ckms_app.store.queries import bump_entity_generation
 from ckms_app.store.schema import certificates, revocations, utcnow
 from ckms_app.store.writer import GroupCommitWriter
@@ -68,7 +69,7 @@ async def revoke(writer: GroupCommitWriter, principal: Principal, serial: str, r
         serial_hex = parse_serial(serial)
         reason_name = parse_reason(reason)
     except CkmsError as exc:
-        await _record(writer, principal, str(serial), "denied", {"code": exc.code, "reason": str(exc)})
+        await record(writer, principal, "certificate.revoke", str(serial), "denied", refusal(exc))
         raise
     now = utcnow()
 
@@ -78,16 +79,14 @@ async def revoke(writer: GroupCommitWriter, principal: Principal, serial: str, r
         # read below then sees any revocation of the same serial committed meanwhile, and the
         # revocation ids are drawn in commit order, which the CRL publisher relies on (it publishes
         # revocations up to the highest id it has seen).
-        append_audit(conn, [audit_row(entity_id=principal.entity_id, role=principal.role,
-                                      action="certificate.revoke", target=serial_hex,
-                                      outcome="success", detail={"reason": reason_name})])
+        append_audit(conn, [event(principal, "certificate.revoke", serial_hex, "success", {"reason": reason_name})])
         row = conn.execute(
             select(certificates.c.status, certificates.c.kind).where(certificates.c.serial == serial_hex)
         ).first()
         if row is None:
             raise NotFound(f"no certificate with serial {serial_hex} was issued by this CA")
-        if row.kind != "end-entity" and principal.role != "administrator":
-            raise NotAuthorized(f"certificate {serial_hex} is a {row.kind} certificate; only an administrator revokes it")
+        # Which kinds a role may revoke is in the ACL (operators: devices; administrators: credentials).
+        principal.require("certificate.revoke", f"kind:{row.kind}")
         if row.status == "revoked":
             raise Conflict(f"certificate {serial_hex} is already revoked")
         conn.execute(update(certificates).where(certificates.c.serial == serial_hex).values(status="revoked"))
@@ -100,12 +99,5 @@ async def revoke(writer: GroupCommitWriter, principal: Principal, serial: str, r
     try:
         return await writer.submit(unit)
     except CkmsError as exc:
-        await _record(writer, principal, serial_hex, "denied", {"code": exc.code, "reason": str(exc)})
+        await record(writer, principal, "certificate.revoke", serial_hex, "denied", refusal(exc))
         raise
-
-
-async def _record(writer: GroupCommitWriter, principal: Principal, target: str, outcome: str,
-                  detail: dict[str, str]) -> None:
-    row = audit_row(entity_id=principal.entity_id, role=principal.role, action="certificate.revoke",
-                    target=target, outcome=outcome, detail=detail)
-    await writer.submit(lambda conn: append_audit(conn, [row]))

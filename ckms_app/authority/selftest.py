@@ -45,13 +45,22 @@ _SHA_KATS = (
                        "8086072ba1e7cc2358baeca134c825a7"),
 )
 # RFC 6979, A.2.5: P-256, SHA-256, message "sample".
-_ECDSA_KAT = {
-    "x": 0x60FED4BA255A9D31C961EB74C6356D68C049B8923B61FA6CE669622E60F29FB6,
-    "y": 0x7903FE1008B8BC99A41AE9E95628BC64F2F1B20C2D7E9F5177A3C294D4462299,
-    "r": 0xEFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716,
-    "s": 0xF7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8,
-    "message": b"sample",
-}
+@dataclass(frozen=True)
+class _EcdsaKat:
+    x: int
+    y: int
+    r: int
+    s: int
+    message: bytes
+
+
+_ECDSA_KAT = _EcdsaKat(
+    x=0x60FED4BA255A9D31C961EB74C6356D68C049B8923B61FA6CE669622E60F29FB6,
+    y=0x7903FE1008B8BC99A41AE9E95628BC64F2F1B20C2D7E9F5177A3C294D4462299,
+    r=0xEFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716,
+    s=0xF7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8,
+    message=b"sample",
+)
 
 
 @dataclass(frozen=True)
@@ -85,16 +94,16 @@ def known_answer_tests() -> list[Check]:
         got = hashlib.new(name, message).hexdigest()
         out.append(Check(f"kat.{name}", got == expected, "ok" if got == expected else f"got {got[:16]}…"))
     kat = _ECDSA_KAT
-    public = ec.EllipticCurvePublicNumbers(kat["x"], kat["y"], ec.SECP256R1()).public_key()
-    good = encode_dss_signature(kat["r"], kat["s"])
-    bad = encode_dss_signature(kat["r"], kat["s"] ^ 1)
+    public = ec.EllipticCurvePublicNumbers(kat.x, kat.y, ec.SECP256R1()).public_key()
+    good = encode_dss_signature(kat.r, kat.s)
+    bad = encode_dss_signature(kat.r, kat.s ^ 1)
     try:
-        public.verify(good, kat["message"], ec.ECDSA(hashes.SHA256()))
+        public.verify(good, kat.message, ec.ECDSA(hashes.SHA256()))
         accepted_good = True
     except InvalidSignature:
         accepted_good = False
     try:
-        public.verify(bad, kat["message"], ec.ECDSA(hashes.SHA256()))
+        public.verify(bad, kat.message, ec.ECDSA(hashes.SHA256()))
         rejected_bad = False
     except InvalidSignature:
         rejected_bad = True
@@ -104,12 +113,26 @@ def known_answer_tests() -> list[Check]:
     return out
 
 
+def _ec_public_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise CkmsError("the CA certificate does not carry an EC public key")
+    return key
+
+
+def _hash_of(cert: x509.Certificate) -> hashes.HashAlgorithm:
+    algorithm = cert.signature_hash_algorithm
+    if algorithm is None:
+        raise CkmsError("the CA certificate has no signature hash algorithm")
+    return algorithm
+
+
 def pairwise_test(key: HsmEcPrivateKey, ca_cert: x509.Certificate) -> Check:
     algorithm = key.curve_info.hash_algorithm
     message = b"ckms pairwise self-test " + secrets.token_bytes(16)
     try:
         signature = key.sign(message, ec.ECDSA(algorithm))
-        ca_cert.public_key().verify(signature, message, ec.ECDSA(algorithm))  # type: ignore[call-arg,arg-type]
+        _ec_public_key(ca_cert).verify(signature, message, ec.ECDSA(algorithm))
     except InvalidSignature:
         return Check("hsm.pairwise", False, "the token's signature does not verify under the CA certificate")
     except CkmsError as exc:
@@ -182,9 +205,8 @@ def integrity_test(config: Config, ca_cert: x509.Certificate) -> Check:
         return Check("integrity", False, f"no manifest at {path}: record one with 'ckms selftest --record'")
     except (ValueError, KeyError):
         return Check("integrity", False, f"{path} is not a readable manifest")
-    public = ca_cert.public_key()
     try:
-        public.verify(signature, _canonical(body), ec.ECDSA(ca_cert.signature_hash_algorithm))  # type: ignore[call-arg,arg-type]
+        _ec_public_key(ca_cert).verify(signature, _canonical(body), ec.ECDSA(_hash_of(ca_cert)))
     except (InvalidSignature, TypeError):
         return Check("integrity", False, "the manifest's signature does not verify under the CA certificate")
     expected: dict[str, str] = body.get("files", {})

@@ -17,8 +17,7 @@ here and not in the callers, no path can sign around them.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from cryptography import x509
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ckms_app.authority.guard import SigningGuard, make_guard
-from ckms_app.authority.linter import AsyncLinter, Linter, LintReport, find_linter_binary
+from ckms_app.authority.linter import AsyncLinter, LintReport, find_linter_binary
 from ckms_app.config import Config
 from ckms_app.errors import HsmError, LintFailed
 from ckms_app.hsm.token import HsmEcPrivateKey
@@ -39,7 +38,7 @@ _DER = serialization.Encoding.DER
 class Signer:
     """Guard → lint → HSM signs the linted bytes. One per process that signs."""
 
-    def __init__(self, ca_key: HsmEcPrivateKey, linter: AsyncLinter | Linter | None, guard: SigningGuard) -> None:
+    def __init__(self, ca_key: HsmEcPrivateKey, linter: AsyncLinter | None, guard: SigningGuard) -> None:
         self._ca_key = ca_key
         self._linter = linter  # None only where the CA's configuration disables linting ([lint] enabled = false)
         self.guard = guard
@@ -59,7 +58,7 @@ class Signer:
         linted = builder.sign(self._throwaway, self.hash_algorithm)
         linted_der = linted.public_bytes(_DER)
         if self._linter is not None:
-            _refuse_if_blocking(await _awaited(self._linter.lint_certificate(linted_der)), what)
+            _refuse_if_blocking(await self._linter.lint_certificate(linted_der), what)
         der = await self._sign_tbs(linted.tbs_certificate_bytes, linted_der)
         return x509.load_der_x509_certificate(der), der
 
@@ -69,7 +68,7 @@ class Signer:
         linted = builder.sign(self._throwaway, self.hash_algorithm)
         linted_der = linted.public_bytes(_DER)
         if self._linter is not None:
-            _refuse_if_blocking(await _awaited(self._linter.lint_crl(linted_der)), what)
+            _refuse_if_blocking(await self._linter.lint_crl(linted_der), what)
         return await self._sign_tbs(linted.tbs_certlist_bytes, linted_der)
 
     async def request(self, builder: x509.CertificateSigningRequestBuilder) -> x509.CertificateSigningRequest:
@@ -104,13 +103,6 @@ async def open_signer(config: Config, ca_key: HsmEcPrivateKey, writer: GroupComm
     finally:
         if linter is not None:
             await linter.close()
-
-
-async def _awaited(report: LintReport | Awaitable[LintReport]) -> LintReport:
-    if asyncio.iscoroutine(report) or isinstance(report, asyncio.Future):
-        return await report
-    assert isinstance(report, LintReport)
-    return report
 
 
 def _refuse_if_blocking(report: LintReport, what: str) -> None:

@@ -16,14 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ckms_app.audit.record import named, record_now
 from ckms_app.config import Config, load_config
 from ckms_app.errors import CkmsError, CustodyError, HsmError
 from ckms_app.hsm import admin as hsm_admin
 from ckms_app.hsm import custody
-from ckms_app.store.chain import audit_row
+from ckms_app.hsm.custody import CustodySecret
 from ckms_app.store.engine import open_engine
-from ckms_app.store.schema import audit_events
-from ckms_app.store.writer import GroupCommitWriter, Inserts
+from ckms_app.store.writer import GroupCommitWriter
 
 CUSTODIAN_ROLE = "custodian"
 
@@ -96,8 +96,7 @@ def _audit(config: Config, *, entity: str, role: str, action: str, target: str, 
     if not config.database_url.startswith("sqlite") or (config.home / "db").exists():
         writer = GroupCommitWriter(open_engine(config.database_url, writer=True))
         try:
-            writer.run(Inserts(((audit_events, audit_row(entity_id=entity, role=role, action=action, target=target,
-                                                         outcome=outcome, detail=detail)),)))
+            record_now(writer, named(entity, role), action, target, outcome, detail)
         finally:
             writer.close()
 
@@ -130,7 +129,7 @@ def run(args: argparse.Namespace, home: Path) -> int:
                    getattr(args, "label", "")),
         "destroy-key": ("hsm.key.destroy", lambda s, cid: hsm_admin.destroy_key(config, s, args.label),
                         getattr(args, "label", "")),
-        "custody-check": ("hsm.custody.check", lambda s, cid: (hsm_admin.verify_so(config, s) or {"custody": "ok"}),
+        "custody-check": ("hsm.custody.check", lambda s, cid: _custody_check(config, s),
                           config.token.token_label),
     }
     action, operation, target = operations[args.hsm_command]
@@ -271,3 +270,8 @@ def _recover(config: Config, args: argparse.Namespace) -> int:
     else:
         print("recovered: the CA serves again" if report.ok else f"still in the error state: {report.reason()}")
     return 0 if report.ok else 1
+
+
+def _custody_check(config: Config, secret: CustodySecret) -> dict[str, str]:
+    hsm_admin.verify_so(config, secret)  # raises unless the two custodians' shares open the SO session
+    return {"custody": "ok"}

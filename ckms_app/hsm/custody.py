@@ -32,7 +32,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ckms_app.errors import CustodyError
+from ckms_app.errors import CustodyError, ShamirError
 from ckms_app.hsm import shamir
 from ckms_app.hsm.token import read_secret_file
 
@@ -174,7 +174,7 @@ def unseal(sealed: SealedShare, passphrase: str) -> shamir.Share:
         raise CustodyError(f"custodian {sealed.custodian}: wrong passphrase or altered share file") from None
     try:
         return shamir.Share(int(sealed.header["index"]), int(sealed.header["threshold"]), value)
-    except shamir.ShamirError as exc:
+    except ShamirError as exc:
         raise CustodyError(f"custodian {sealed.custodian}: {exc}") from None
 
 
@@ -231,7 +231,7 @@ def reconstruct(record: CustodyRecord, credentials: Sequence[Credential]) -> tup
     parts = [unseal(c.sealed, c.passphrase) for c in credentials]
     try:
         payload = shamir.combine(parts)
-    except shamir.ShamirError as exc:
+    except ShamirError as exc:
         raise CustodyError(str(exc)) from None
     return CustodySecret.decode(payload), sorted(names)
 

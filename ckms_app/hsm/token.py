@@ -254,7 +254,8 @@ class HsmEcPrivateKey(ec.EllipticCurvePrivateKey):
     def public_key(self) -> ec.EllipticCurvePublicKey:
         return self._public_key
 
-    def sign(self, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
+    def sign(self, data: bytes | bytearray | memoryview, signature_algorithm: ec.EllipticCurveSignatureAlgorithm
+             ) -> bytes:
         algorithm = signature_algorithm.algorithm
         if not isinstance(algorithm, hashes.HashAlgorithm):
             raise HsmError("prehashed input is not accepted by the CA signer")

@@ -95,8 +95,24 @@ def _migration_2(conn: Connection) -> None:
     conn.execute(audit_chain_head.insert().values(chain_id=1, last_seq=last_seq, last_hash=prev))
 
 
+def _migration_3(conn: Connection) -> None:
+    """Revocation rights by certificate kind, in the ACL instead of a role name in the code: operators
+    revoke device certificates, administrators revoke identity and TLS certificates."""
+    conn.execute(role_permissions.delete().where(role_permissions.c.operation == "certificate.revoke",
+                                                 role_permissions.c.resource == "*"))
+    present = {(r.role, r.resource) for r in conn.execute(
+        select(role_permissions.c.role, role_permissions.c.resource)
+        .where(role_permissions.c.operation == "certificate.revoke"))}
+    wanted = [("operator", "kind:end-entity"), ("administrator", "kind:identity"), ("administrator", "kind:tls-server")]
+    rows = [{"role": r, "operation": "certificate.revoke", "resource": res} for r, res in wanted if (r, res) not in present]
+    if rows:
+        conn.execute(role_permissions.insert(), rows)
+    conn.execute(update(security_state).where(security_state.c.name == "entity_generation")
+                 .values(value=security_state.c.value + 1))
+
+
 # Ordered, append-only. A migration never changes once released; add a new one instead.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _migration_1), (2, _migration_2)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _migration_1), (2, _migration_2), (3, _migration_3)]
 
 
 # pg_advisory_xact_lock key of the schema migrations ("ckms_mig" in ASCII).

@@ -114,7 +114,8 @@ class GroupCommitWriter:
         self._thread.start()
 
     def run(self, unit: Callable[[Connection], T]) -> T:
-        return self._enqueue(unit).result()
+        result: T = self._enqueue(unit).result()
+        return result
 
     async def submit(self, unit: Callable[[Connection], T]) -> T:
         return await asyncio.wrap_future(self._enqueue(unit))
