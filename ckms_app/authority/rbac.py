@@ -109,7 +109,9 @@ class Principal:
             raise NotAuthorized(f"role {self.role} may not perform {operation}")
         if resource is not None and not self.allows(operation, resource):
             kind, _, name = resource.partition(":")
-            raise NotAuthorized(f"role {self.role} may not perform {operation} on {kind} {name!r}")
+            what = {"profile": f"request profile {name!r}", "key": f"use key {name!r} for {operation}"}.get(
+                kind, f"perform {operation} on {kind} {name!r}")
+            raise NotAuthorized(f"role {self.role} may not {what}")
 
 
 SYSTEM = Principal("ckms", "system", frozenset())  # the daemon itself (scheduled CRLs, start/stop)

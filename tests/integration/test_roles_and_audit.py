@@ -170,6 +170,23 @@ def test_revoked_operator_is_refused_immediately_by_every_worker(home: CaHome, s
             "revoked"
 
 
+def test_which_kinds_a_role_may_revoke_comes_from_the_acl(home: CaHome, served: Daemon) -> None:
+    """Operators revoke device certificates, not people's credentials; an administrator revokes a
+    credential over the same API. Decided by the ACL rows per certificate kind, audited either way."""
+    out = json.loads(admin(home, "entity", "add", "kate", "--role", "auditor").stdout)
+    serial = out["cert_serial"]
+    config = load_config(home.home)
+    with CkmsClient(config, Credentials(*home.cred("operator"))) as operator:
+        with pytest.raises(ClientError, match=r"may not perform certificate.revoke on kind 'identity' \(HTTP 403"):
+            operator.revoke(serial, "keyCompromise")
+    refused = trail(home, f"action='certificate.revoke' AND target='{serial}' AND outcome='denied'")
+    assert refused and refused[-1][1] == "demo-operator"
+    with CkmsClient(config, Credentials(*home.cred("administrator"))) as administrator:
+        administrator.revoke(serial, "keyCompromise")
+    done = trail(home, f"action='certificate.revoke' AND target='{serial}' AND outcome='success'")
+    assert done and done[-1][1] == "demo-administrator"
+
+
 def test_role_withdrawal_is_effective_at_once(home: CaHome, served: Daemon) -> None:
     out = json.loads(admin(home, "entity", "add", "gina", "--role", "operator").stdout)
     with CkmsClient(load_config(home.home), Credentials(Path(out["cert"]), Path(out["key"]))) as client:
@@ -297,20 +314,3 @@ def test_export_for_the_auditor_verifies_and_an_edit_is_named(home: CaHome, tmp_
     assert admin(home, "audit", "export", "--out", str(tmp_path / "a.jsonl"), role="authority").returncode == 0
     proc = admin(home, "audit", "export", "--out", str(tmp_path / "b.jsonl"), check=False)
     assert proc.returncode == 1 and "may not perform audit.export" in proc.stderr
-
-
-def test_which_kinds_a_role_may_revoke_comes_from_the_acl(home: CaHome, served: Daemon) -> None:
-    """Operators revoke device certificates, not people's credentials; an administrator revokes a
-    credential over the same API. Decided by the ACL rows per certificate kind, audited either way."""
-    out = json.loads(admin(home, "entity", "add", "kate", "--role", "auditor").stdout)
-    serial = out["cert_serial"]
-    config = load_config(home.home)
-    with CkmsClient(config, Credentials(*home.cred("operator"))) as operator:
-        with pytest.raises(ClientError, match="HTTP 403.*kind 'identity'"):
-            operator.revoke(serial, "keyCompromise")
-    refused = trail(home, f"action='certificate.revoke' AND target='{serial}' AND outcome='denied'")
-    assert refused and refused[-1][1] == "demo-operator"
-    with CkmsClient(config, Credentials(*home.cred("administrator"))) as administrator:
-        administrator.revoke(serial, "keyCompromise")
-    done = trail(home, f"action='certificate.revoke' AND target='{serial}' AND outcome='success'")
-    assert done and done[-1][1] == "demo-administrator"
