@@ -22,11 +22,7 @@ import asyncio
 import collections
 import json
 import os
-import select
 import struct
-import subprocess
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +35,6 @@ __all__ = [
     "LintFinding",
     "LintReport",
     "LintUnavailable",
-    "Linter",
     "find_linter_binary",
 ]
 
@@ -133,7 +128,8 @@ def _died(binary: Path, why: str, stderr_tail: Sequence[str]) -> str:
 
 
 class AsyncLinter:
-    """Pipelined client for the asyncio daemon: any number of concurrent awaits share one helper.
+    """The linter client (the daemon, and the signer of every CLI command that signs): any number of
+    concurrent awaits share one pipelined helper.
 
     Each request appends a future to a FIFO and writes its frame without awaiting in between, so the
     queue order is the wire order; one reader task resolves the futures as responses arrive.
@@ -285,221 +281,7 @@ class AsyncLinter:
         await self.close()
 
 
-class Linter:
-    """Blocking client for the CLI (``ckms ca init``) and tests; one request at a time under a lock."""
-
-    def __init__(
-        self,
-        binary: Path | None = None,
-        sources: list[str] | None = None,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> None:
-        self._binary = find_linter_binary(binary)
-        self._timeout = timeout
-        self._lock = threading.Lock()
-        self._dead: str | None = None
-        self._stderr: collections.deque[str] = collections.deque(maxlen=20)
-        try:
-            self._proc = subprocess.Popen(
-                _command(self._binary, sources),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                bufsize=0,
-            )
-        except OSError as exc:
-            raise LintUnavailable(f"cannot start linter {self._binary}: {exc}; {BUILD_HINT}") from exc
-        self._stderr_thread = threading.Thread(
-            target=self._drain_stderr, name="ckms-lint-stderr", daemon=True
-        )
-        self._stderr_thread.start()
-        try:
-            self.info: dict[str, Any] = dict(self._request(b"P", b"").get("info") or {})
-        except BaseException:
-            self.close()
-            raise
-
-    @classmethod
-    def start(cls, binary: Path | None = None, sources: list[str] | None = None) -> Linter:
-        return cls(binary, sources)
-
-    @property
-    def alive(self) -> bool:
-        return self._dead is None
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    def lint_certificate(self, der: bytes) -> LintReport:
-        return LintReport.from_json(self._request(b"C", der))
-
-    def lint_crl(self, der: bytes) -> LintReport:
-        return LintReport.from_json(self._request(b"R", der))
-
-    def _request(self, kind: bytes, der: bytes) -> dict[str, Any]:
-        with self._lock:
-            if self._dead is not None:
-                raise LintUnavailable(self._dead)
-            assert self._proc.stdin is not None
-            deadline = time.monotonic() + self._timeout
-            try:
-                self._write_all(_frame(kind, der), deadline)
-                (size,) = _LEN.unpack(self._read_exact(4, deadline))
-                if size > _MAX_RESPONSE:
-                    raise ValueError(f"response of {size} bytes")
-                return dict(json.loads(self._read_exact(size, deadline)))
-            except (OSError, EOFError, ValueError, TimeoutError) as exc:
-                self._fail(exc)
-                raise LintUnavailable(self._dead or "linter stopped") from exc
-
-    def _write_all(self, data: bytes, deadline: float) -> None:
-        """Write under the deadline too: a wedged helper with a full pipe must not block a large CRL."""
-        assert self._proc.stdin is not None
-        fd = self._proc.stdin.fileno()
-        view = memoryview(data)
-        while view:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([], [fd], [], left)[1]:
-                raise TimeoutError(f"gave no answer within {self._timeout:g}s")
-            view = view[os.write(fd, view[: select.PIPE_BUF]) :]  # <= PIPE_BUF: never blocks
-
-    def _read_exact(self, n: int, deadline: float) -> bytes:
-        assert self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
-        buf = bytearray()
-        while len(buf) < n:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise TimeoutError(f"gave no answer within {self._timeout:g}s")
-            chunk = os.read(fd, n - len(buf))
-            if not chunk:
-                raise EOFError("closed its output")
-            buf += chunk
-        return bytes(buf)
-
-    def _drain_stderr(self) -> None:
-        assert self._proc.stderr is not None
-        for line in self._proc.stderr:
-            self._stderr.append(line.decode(errors="replace").strip())
-
-    def _fail(self, exc: BaseException) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
-        try:
-            code = self._proc.wait(timeout=1)
-            why = (
-                f"exited with status {code}"
-                if isinstance(exc, EOFError | BrokenPipeError)
-                else f"failed ({exc})"
-            )
-        except subprocess.TimeoutExpired:
-            why = f"failed ({exc})"
-        self._stderr_thread.join(0.5)  # the helper's last words on stderr explain its death
-        self._dead = _died(self._binary, why, self._stderr)
-
-    def close(self) -> None:
-        """Stop the helper; later calls raise :class:`LintUnavailable`."""
-        with self._lock:
-            if self._dead is None:
-                self._dead = "linter closed"
-            if self._proc.stdin is not None and not self._proc.stdin.closed:
-                try:
-                    self._proc.stdin.close()
-                except OSError:
-                    pass
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._stderr_thread.join(1)
-            for stream in (self._proc.stdout, self._proc.stderr):
-                if stream is not None:
-                    stream.close()
-
-    def __enter__(self) -> Linter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-# --- micro-benchmark: python -m ckms_app.authority.linter --bench N -------------------------------------------
-
-
-def _sample_certificate() -> bytes:
-    """A typical device leaf (EC P-256, SKI/AKI, critical basicConstraints and keyUsage) for the bench."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device-0001")]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ckms bench CA")]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
-async def _bench_async(der: bytes, n: int, window: int) -> float:
-    async with await AsyncLinter.start() as linter:
-        sem = asyncio.Semaphore(window)
-
-        async def one() -> None:
-            async with sem:
-                report = await linter.lint_certificate(der)
-                assert report.ok, report.blocking
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(n)))
-        return n / (time.perf_counter() - t0)
-
-
-def _bench_sync(der: bytes, n: int) -> float:
-    with Linter() as linter:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            linter.lint_certificate(der)
-        return n / (time.perf_counter() - t0)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m ckms_app.authority.linter", description=__doc__.splitlines()[0])
-    parser.add_argument("--bench", type=int, metavar="N", required=True, help="lint one leaf N times")
-    parser.add_argument("--window", type=int, default=64, help="async requests in flight (default 64)")
-    args = parser.parse_args(argv)
-    der = _sample_certificate()
-    sync_rate = _bench_sync(der, max(1, args.bench // 4))
-    async_rate = asyncio.run(_bench_async(der, args.bench, args.window))
-    print(
-        f"ckms-lint over the pipe: async (window {args.window}) {async_rate:,.0f} lints/s; "
-        f"sync (one at a time) {sync_rate:,.0f} lints/s"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+#: Transitional alias, not part of the API: ``authority/signer.py`` still names ``Linter`` in its import and
+#: in the type of its linter argument. The synchronous client is gone; drop this once signer.py names only
+#: :class:`AsyncLinter`.
+Linter = AsyncLinter

@@ -1,5 +1,8 @@
 """The pre-issuance linter, end to end with the real ckms-lint binary (built on first use).
 
+Every test drives :class:`AsyncLinter`, the one client, on an event loop of its own (the ``runner``
+fixture): a helper never outlives its test, and an assertion inside a coroutine fails the test.
+
 Certificates the builder refuses to make (bad serials, duplicate extensions, inverted validity, wrong
 time encodings) are made by editing a good certificate's DER and re-signing the TBS with the test key.
 """
@@ -13,8 +16,9 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -22,9 +26,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ckms_app.authority import linter as linter_mod
-from ckms_app.authority.linter import AsyncLinter, Linter, LintReport, find_linter_binary
+from ckms_app.authority.linter import AsyncLinter, LintReport, find_linter_binary
 from ckms_app.errors import LintUnavailable
+from ckms_lab import lint_bench
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
@@ -42,14 +46,19 @@ def lint_bin() -> Path:
         return find_linter_binary()
 
 
-@pytest.fixture(scope="session")
-def linter(lint_bin: Path):
-    with Linter(lint_bin) as lt:
-        yield lt
+@pytest.fixture
+def runner() -> Iterator[asyncio.Runner]:
+    """The test's own event loop; ``runner.run(coro)`` is the blocking call into it."""
+    with asyncio.Runner() as loop:
+        yield loop
 
 
-def run(coro):
-    return asyncio.run(coro)
+@pytest.fixture
+def linter(lint_bin: Path, runner: asyncio.Runner) -> Iterator[AsyncLinter]:
+    """A helper with the default (private-CA) sources on the test's loop, closed after the test."""
+    lt = runner.run(AsyncLinter.start(lint_bin))
+    yield lt
+    runner.run(lt.close())
 
 
 # --- certificate and DER helpers ------------------------------------------------------------------
@@ -178,8 +187,8 @@ def crl(*, number: bool = True, aki: bool = True, revoked_at: datetime.datetime 
 # --- what gets through and what is blocked --------------------------------------------------------
 
 
-def test_good_p256_leaf_passes(linter: Linter) -> None:
-    report = linter.lint_certificate(good_leaf())
+def test_good_p256_leaf_passes(linter: AsyncLinter, runner: asyncio.Runner) -> None:
+    report = runner.run(linter.lint_certificate(good_leaf()))
     assert report.ok, report.blocking
     assert report.parse_error is None
     assert report.blocking == ()
@@ -195,17 +204,20 @@ def test_good_p256_leaf_passes(linter: Linter) -> None:
     ],
     ids=["negative", "zero", "21-octets"],
 )
-def test_bad_serials_are_blocked(linter: Linter, serial: bytes, lint: str) -> None:
-    report = linter.lint_certificate(with_serial(serial))
+def test_bad_serials_are_blocked(
+    linter: AsyncLinter, runner: asyncio.Runner, serial: bytes, lint: str
+) -> None:
+    report = runner.run(linter.lint_certificate(with_serial(serial)))
     assert not report.ok
     assert lint in blocking_names(report)
 
 
-def test_key_cert_sign_without_ca_is_blocked(linter: Linter) -> None:
+def test_key_cert_sign_without_ca_is_blocked(linter: AsyncLinter, runner: asyncio.Runner) -> None:
     """RFC 5280 4.2.1.3: keyCertSign asserted => cA MUST be asserted."""
     builder, _ = leaf_builder()
     der = sign(builder.add_extension(key_usage(digital_signature=True, key_cert_sign=True), critical=True))
-    assert "e_ext_key_usage_cert_sign_without_ca" in blocking_names(linter.lint_certificate(der))
+    report = runner.run(linter.lint_certificate(der))
+    assert "e_ext_key_usage_cert_sign_without_ca" in blocking_names(report)
 
 
 def ca_without_key_cert_sign() -> bytes:
@@ -228,74 +240,87 @@ def ca_without_key_cert_sign() -> bytes:
     return sign(builder)
 
 
-def test_ca_without_key_cert_sign_needs_cabf_source(lint_bin: Path, linter: Linter) -> None:
+def test_ca_without_key_cert_sign_needs_cabf_source(
+    lint_bin: Path, linter: AsyncLinter, runner: asyncio.Runner
+) -> None:
     """CA:true without keyCertSign is a CA/B Forum BR rule, not an RFC 5280 one (5280 only forbids the
     converse), so the default private-CA sources let it through; selecting CABF_BR catches it. This also
     shows the sources override reaching the helper."""
     der = ca_without_key_cert_sign()
-    assert linter.lint_certificate(der).ok
-    with Linter(lint_bin, sources=["RFC5280", "CABF_BR"]) as strict:
-        assert "CABF_BR" in strict.info["sources"]
-        assert "e_ca_key_cert_sign_not_set" in blocking_names(strict.lint_certificate(der))
+    assert runner.run(linter.lint_certificate(der)).ok
+
+    async def strict_lint() -> tuple[dict[str, Any], LintReport]:
+        async with await AsyncLinter.start(lint_bin, sources=["RFC5280", "CABF_BR"]) as strict:
+            return strict.info, await strict.lint_certificate(der)
+
+    info, report = runner.run(strict_lint())
+    assert "CABF_BR" in info["sources"]
+    assert "e_ca_key_cert_sign_not_set" in blocking_names(report)
 
 
-def test_duplicate_extension_is_blocked(linter: Linter) -> None:
+def test_duplicate_extension_is_blocked(linter: AsyncLinter, runner: asyncio.Runner) -> None:
     def duplicate_first(f: list[bytes]) -> None:
         (ext_seq,) = children(f[EXTENSIONS])
         exts = children(ext_seq)
         f[EXTENSIONS] = tlv(0xA3, tlv(0x30, b"".join([*exts, exts[0]])))
 
-    report = linter.lint_certificate(edit_tbs(good_leaf(), duplicate_first))
+    report = runner.run(linter.lint_certificate(edit_tbs(good_leaf(), duplicate_first)))
     assert not report.ok
     # zcrypto may refuse to parse it outright; either way it must not be signed.
     assert report.parse_error is not None or "e_ext_duplicate_extension" in blocking_names(report)
 
 
-def test_empty_subject_without_san_is_blocked(linter: Linter) -> None:
+def test_empty_subject_without_san_is_blocked(linter: AsyncLinter, runner: asyncio.Runner) -> None:
     builder, _ = leaf_builder(subject=None)
     der = sign(builder.add_extension(key_usage(digital_signature=True), critical=True))
-    assert "e_subject_empty_without_san" in blocking_names(linter.lint_certificate(der))
+    assert "e_subject_empty_without_san" in blocking_names(runner.run(linter.lint_certificate(der)))
 
 
-def test_not_before_after_not_after_is_blocked(linter: Linter) -> None:
+def test_not_before_after_not_after_is_blocked(linter: AsyncLinter, runner: asyncio.Runner) -> None:
     def swap(f: list[bytes]) -> None:
         nb, na = children(f[VALIDITY])
         f[VALIDITY] = tlv(0x30, na + nb)
 
-    report = linter.lint_certificate(edit_tbs(good_leaf(), swap))
+    report = runner.run(linter.lint_certificate(edit_tbs(good_leaf(), swap)))
     assert "e_validity_time_not_positive" in blocking_names(report)
 
 
-def test_generalized_time_before_2050_is_blocked(linter: Linter) -> None:
+def test_generalized_time_before_2050_is_blocked(linter: AsyncLinter, runner: asyncio.Runner) -> None:
     def generalized(f: list[bytes]) -> None:
         nb, _ = children(f[VALIDITY])
         f[VALIDITY] = tlv(0x30, nb + tlv(0x18, b"20350101000000Z"))
 
-    report = linter.lint_certificate(edit_tbs(good_leaf(), generalized))
+    report = runner.run(linter.lint_certificate(edit_tbs(good_leaf(), generalized)))
     assert "e_wrong_time_format_pre2050" in blocking_names(report)
 
 
-def test_garbage_is_a_blocking_parse_error(linter: Linter) -> None:
-    for report in (linter.lint_certificate(b"definitely not DER"), linter.lint_crl(b"\x30\x03\x02\x01")):
+def test_garbage_is_a_blocking_parse_error(linter: AsyncLinter, runner: asyncio.Runner) -> None:
+    reports = (
+        runner.run(linter.lint_certificate(b"definitely not DER")),
+        runner.run(linter.lint_crl(b"\x30\x03\x02\x01")),
+    )
+    for report in reports:
         assert report.parse_error
         assert not report.ok
         assert report.blocking[0].status == "fatal"
-    assert linter.lint_certificate(good_leaf()).ok  # a bad request does not hurt the helper
+    # a bad request does not hurt the helper
+    assert runner.run(linter.lint_certificate(good_leaf())).ok
 
 
-def test_valid_crl_passes_and_broken_crl_is_blocked(linter: Linter) -> None:
-    good = linter.lint_crl(crl())
+def test_valid_crl_passes_and_broken_crl_is_blocked(linter: AsyncLinter, runner: asyncio.Runner) -> None:
+    good = runner.run(linter.lint_crl(crl()))
     assert good.ok, good.blocking
-    broken = linter.lint_crl(crl(number=False, aki=False))
+    broken = runner.run(linter.lint_crl(crl(number=False, aki=False)))
     assert {"e_crl_missing_crl_number", "e_crl_has_authority_key_identifier"} <= blocking_names(broken)
-    too_early = linter.lint_crl(crl(revoked_at=datetime.datetime(1990, 1, 1, tzinfo=datetime.UTC)))
+    revoked_at = datetime.datetime(1990, 1, 1, tzinfo=datetime.UTC)
+    too_early = runner.run(linter.lint_crl(crl(revoked_at=revoked_at)))
     assert "e_crl_revocation_date_too_early" in blocking_names(too_early)
 
 
 # --- the pipe: concurrency, death, timeouts --------------------------------------------------------
 
 
-def test_200_concurrent_async_lints_each_get_their_own_report(lint_bin: Path) -> None:
+def test_200_concurrent_lints_each_get_their_own_report(linter: AsyncLinter, runner: asyncio.Runner) -> None:
     cases = {
         "good": (good_leaf(), "C", set()),
         "zero": (with_serial(b"\x00"), "C", {"e_serial_number_not_positive"}),
@@ -306,21 +331,19 @@ def test_200_concurrent_async_lints_each_get_their_own_report(lint_bin: Path) ->
     }
     order = [random.choice(list(cases)) for _ in range(200)]
 
+    async def one(name: str) -> LintReport:
+        der, kind, _ = cases[name]
+        return await (linter.lint_certificate(der) if kind == "C" else linter.lint_crl(der))
+
     async def body() -> list[LintReport]:
-        async with await AsyncLinter.start(lint_bin) as lt:
+        return await asyncio.gather(*(one(name) for name in order))
 
-            async def one(name: str) -> LintReport:
-                der, kind, _ = cases[name]
-                return await (lt.lint_certificate(der) if kind == "C" else lt.lint_crl(der))
-
-            return await asyncio.gather(*(one(name) for name in order))
-
-    for name, report in zip(order, run(body()), strict=True):
+    for name, report in zip(order, runner.run(body()), strict=True):
         expected = cases[name][2]
         assert (expected <= blocking_names(report)) and (report.ok == (not expected)), (name, report)
 
 
-def test_killed_helper_fails_pending_and_later_calls_quickly(lint_bin: Path) -> None:
+def test_killed_helper_fails_pending_and_later_calls_quickly(lint_bin: Path, runner: asyncio.Runner) -> None:
     der = good_leaf()
 
     async def body() -> None:
@@ -341,45 +364,45 @@ def test_killed_helper_fails_pending_and_later_calls_quickly(lint_bin: Path) -> 
         async with await AsyncLinter.start(lint_bin) as again:  # the daemon's restart is just start()
             assert (await again.lint_certificate(der)).ok
 
-    run(body())
+    runner.run(body())
 
 
-def test_killed_helper_sync(lint_bin: Path) -> None:
-    lt = Linter(lint_bin)
-    os.kill(lt.pid, signal.SIGKILL)
-    t0 = time.monotonic()
-    for _ in range(2):
-        with pytest.raises(LintUnavailable, match="build-ckms-lint.sh"):
-            lt.lint_certificate(good_leaf())
-    assert time.monotonic() - t0 < 2
-    lt.close()
-
-
-def test_hung_helper_times_out_instead_of_hanging(lint_bin: Path) -> None:
+def test_helper_killed_while_idle_fails_every_later_call(lint_bin: Path, runner: asyncio.Runner) -> None:
+    """No request in flight when the helper dies: each later call still fails quickly, with the hint."""
     der = good_leaf()
 
     async def body() -> None:
-        for request in (der, b"\x30" * (4 << 20)):
+        lt = await AsyncLinter.start(lint_bin)
+        os.kill(lt.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        for _ in range(2):
+            with pytest.raises(LintUnavailable, match="build-ckms-lint.sh"):
+                await asyncio.wait_for(lt.lint_certificate(der), 5)
+        assert time.monotonic() - t0 < 2
+        assert not lt.alive
+        await lt.close()
+
+    runner.run(body())
+
+
+def test_hung_helper_times_out_instead_of_hanging(lint_bin: Path, runner: asyncio.Runner) -> None:
+    der = good_leaf()
+
+    async def body() -> None:
+        for request in (der, b"\x30" * (4 << 20)):  # a request larger than the pipe buffer cannot block
             lt = await AsyncLinter.start(lint_bin, timeout=0.3)
             os.kill(lt.pid, signal.SIGSTOP)
             t0 = time.monotonic()
             with pytest.raises(LintUnavailable, match="no answer"):
-                await lt.lint_crl(request)
+                await asyncio.wait_for(lt.lint_crl(request), 5)  # fails, not hangs, without the deadline
             assert time.monotonic() - t0 < 2
+            assert not lt.alive
             await lt.close()
 
-    run(body())
-    for request in (der, b"\x30" * (4 << 20)):  # a request larger than the pipe buffer cannot block
-        lt = Linter(lint_bin, timeout=0.3)
-        os.kill(lt.pid, signal.SIGSTOP)
-        t0 = time.monotonic()
-        with pytest.raises(LintUnavailable, match="no answer"):
-            lt.lint_crl(request)
-        assert time.monotonic() - t0 < 2
-        lt.close()
+    runner.run(body())
 
 
-def test_close_answers_in_flight_then_refuses(lint_bin: Path) -> None:
+def test_close_answers_in_flight_then_refuses(lint_bin: Path, runner: asyncio.Runner) -> None:
     der = good_leaf()
 
     async def body() -> None:
@@ -390,23 +413,22 @@ def test_close_answers_in_flight_then_refuses(lint_bin: Path) -> None:
         assert all(r.ok for r in await asyncio.gather(*in_flight))
         with pytest.raises(LintUnavailable, match="closed"):
             await lt.lint_certificate(der)
+        async with await AsyncLinter.start(lint_bin) as scoped:  # leaving the block closes it too
+            pass
+        with pytest.raises(LintUnavailable, match="closed"):
+            await scoped.lint_certificate(der)
 
-    run(body())
-    with Linter(lint_bin) as lt:
-        pass
-    with pytest.raises(LintUnavailable, match="closed"):
-        lt.lint_certificate(der)
+    runner.run(body())
 
 
-def test_unknown_source_fails_at_start_with_the_helpers_reason(lint_bin: Path) -> None:
-    with pytest.raises(LintUnavailable, match="unknown lint source"):
-        Linter(lint_bin, sources=["NoSuchSource"])
-
+def test_unknown_source_fails_at_start_with_the_helpers_reason(
+    lint_bin: Path, runner: asyncio.Runner
+) -> None:
     async def body() -> None:
         with pytest.raises(LintUnavailable, match="unknown lint source"):
             await AsyncLinter.start(lint_bin, sources=["NoSuchSource"])
 
-    run(body())
+    runner.run(body())
 
 
 def test_find_linter_binary_order(lint_bin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -428,6 +450,7 @@ def test_find_linter_binary_order(lint_bin: Path, tmp_path: Path, monkeypatch: p
         find_linter_binary()
 
 
-def test_bench_entry_point_runs(lint_bin: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert linter_mod.main(["--bench", "40", "--window", "8"]) == 0
+def test_lint_bench_entry_point_runs(lint_bin: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m ckms_lab.lint_bench`` (the micro-benchmark moved out of the CA package)."""
+    assert lint_bench.main(["--bench", "40", "--window", "8"]) == 0
     assert "lints/s" in capsys.readouterr().out
