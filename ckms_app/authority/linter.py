@@ -279,9 +279,3 @@ class AsyncLinter:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-#: Transitional alias, not part of the API: ``authority/signer.py`` still names ``Linter`` in its import and
-#: in the type of its linter argument. The synchronous client is gone; drop this once signer.py names only
-#: :class:`AsyncLinter`.
-Linter = AsyncLinter
