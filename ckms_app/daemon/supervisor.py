@@ -75,8 +75,16 @@ def supervise(config: Config) -> None:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
             try:
-                asyncio.run(serve(config, est_sock, crl_sock, worker=index, runs_publisher=index == 0,
-                                  on_ready=lambda: os.write(ready_w, b"r")))
+                asyncio.run(
+                    serve(
+                        config,
+                        est_sock,
+                        crl_sock,
+                        worker=index,
+                        runs_publisher=index == 0,
+                        on_ready=lambda: os.write(ready_w, b"r"),
+                    )
+                )
             except BaseException:  # noqa: BLE001 - report and exit non-zero; the supervisor restarts us
                 log.exception("worker %d failed", index)
                 code = 1
@@ -104,10 +112,23 @@ def supervise(config: Config) -> None:
         if not _wait_ready(ready_r, children):
             forward(signal.SIGTERM, None)
             raise SystemExit("a worker exited during start-up; see the log above")
-    print(json.dumps({"event": "ready", "workers": n, "est_url": config.server.est_url,
-                      "crl_url": f"{config.server.crl_base_url}/full.crl"}), flush=True)
-    log.info("ckms serving EST on %s and CRLs on %s with %d workers", config.server.est_url,
-             config.server.crl_base_url, n)
+    print(
+        json.dumps(
+            {
+                "event": "ready",
+                "workers": n,
+                "est_url": config.server.est_url,
+                "crl_url": f"{config.server.crl_base_url}/full.crl",
+            }
+        ),
+        flush=True,
+    )
+    log.info(
+        "ckms serving EST on %s and CRLs on %s with %d workers",
+        config.server.est_url,
+        config.server.crl_base_url,
+        n,
+    )
     while children:
         try:
             pid, status = os.wait()

@@ -1,39 +1,84 @@
-"""Durable state of the CA: certificates, revocations, CRLs, entities and the audit trail.
+"""Small reads and counter updates shared by the layers above, over a caller's :class:`Connection`.
 
-SQLAlchemy Core over SQLite (WAL, ``synchronous=FULL``) by default or PostgreSQL for several CA
-nodes. Writes go through :class:`GroupCommitWriter`: the daemon hands it one *unit of work* per
-request (for an issuance: the certificate row and its audit record), and the writer commits
-many units in one durable transaction, each inside its own savepoint so one failing unit (say, a
-duplicate request) does not take the others with it. A client only gets its certificate after
-the commit, so a killed process never loses a certificate a client holds.
+The daemon's handlers ask the database through these functions and never write SQL themselves: the
+certificate being renewed, one certificate and its revocation by serial, the newest CRL of a kind, and
+the health probe. Each runs in the caller's connection (and transaction), so a handler that needs
+several answers asks them in one connection, as before.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import (
-    func,
-    select,
-    update,
-)
-from sqlalchemy.engine import Connection
+from typing import Any
 
-from ckms_app.store.schema import (
-    crls,
-    security_state,
-)
+from sqlalchemy import desc, func, select, text, update
+from sqlalchemy.engine import Connection, Row
+
+from ckms_app.store.schema import certificates, crls, revocations, security_state
+
+# Which stored CRL kinds answer a request for ``full``, ``delta`` or ``base``: the newest complete CRL
+# is either a full one or the base of a delta series.
+_CRL_KINDS = {"full": ("full", "base"), "delta": ("delta",), "base": ("base",)}
 
 
 def bump_entity_generation(conn: Connection) -> None:
     """Tell every worker (every node) that cached principals are stale: part of the change's transaction."""
-    conn.execute(update(security_state).where(security_state.c.name == "entity_generation")
-                 .values(value=security_state.c.value + 1))
+    conn.execute(
+        update(security_state)
+        .where(security_state.c.name == "entity_generation")
+        .values(value=security_state.c.value + 1)
+    )
 
 
 def entity_generation(conn: Connection) -> int:
-    return int(conn.execute(select(security_state.c.value)
-                            .where(security_state.c.name == "entity_generation")).scalar() or 0)
+    return int(
+        conn.execute(
+            select(security_state.c.value).where(security_state.c.name == "entity_generation")
+        ).scalar()
+        or 0
+    )
 
 
 def next_crl_number(conn: Connection) -> int:
     current = conn.execute(select(func.max(crls.c.crl_number))).scalar()
     return 1 if current is None else int(current) + 1
+
+
+def current_certificate_der(conn: Connection, subject: str) -> bytes | None:
+    """The newest valid end-entity certificate with this subject (RFC 4514 string): what a re-enrolment renews."""
+    der = conn.execute(
+        select(certificates.c.der)
+        .where(
+            certificates.c.subject == subject,
+            certificates.c.status == "valid",
+            certificates.c.kind == "end-entity",
+        )
+        .order_by(desc(certificates.c.issued_at))
+        .limit(1)
+    ).scalar()
+    return None if der is None else bytes(der)
+
+
+def certificate_by_serial(conn: Connection, serial: str) -> Row[Any] | None:
+    """The ``certificates`` row of a (normalised, lower-case hex) serial, or None."""
+    return conn.execute(select(certificates).where(certificates.c.serial == serial)).first()
+
+
+def revocation_by_serial(conn: Connection, serial: str) -> Row[Any] | None:
+    """The ``revocations`` row of a serial, or None while the certificate is not revoked."""
+    return conn.execute(select(revocations).where(revocations.c.serial == serial)).first()
+
+
+def latest_crl_der(conn: Connection, which: str) -> bytes | None:
+    """The newest published CRL: ``which`` is ``full`` (newest complete CRL), ``delta`` or ``base``."""
+    der = conn.execute(
+        select(crls.c.der)
+        .where(crls.c.kind.in_(_CRL_KINDS[which]))
+        .order_by(crls.c.crl_number.desc())
+        .limit(1)
+    ).scalar()
+    return None if der is None else bytes(der)
+
+
+def ping(conn: Connection) -> None:
+    """A round trip to the database (the health check); raises whatever the driver raises."""
+    conn.execute(text("SELECT 1"))

@@ -1,0 +1,113 @@
+"""The JSON API over mutual TLS: revoke a certificate, look one up by serial, publish CRLs now."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ckms_app.authority.revocation import parse_serial, revoke
+from ckms_app.daemon.http import authenticate, authorize, json_error
+from ckms_app.daemon.runtime import runtime_of
+from ckms_app.errors import BadRequest, CkmsError, NotFound
+from ckms_app.store import queries
+
+
+async def api_revoke(request: web.Request) -> web.Response:
+    """``POST /api/v1/revocations``: revocation authorises (role and certificate kind) and audits itself."""
+    rt = runtime_of(request)
+    try:
+        principal = await authenticate(rt, request)
+        body = await json_body(request)
+        done = await revoke(
+            rt.writer, principal, str(body.get("serial", "")), body.get("reason", "unspecified")
+        )
+    except CkmsError as exc:
+        return json_error(exc)
+    rt.publisher.notify_revocation()
+    return web.json_response(
+        {
+            "serial": done.serial,
+            "reason": done.reason,
+            "revoked_at": done.revoked_at,
+            "crl_within_seconds": rt.config.crl.max_publish_delay_seconds,
+        }
+    )
+
+
+async def api_certificate(request: web.Request) -> web.Response:
+    """``GET /api/v1/certificates/{serial}``: the stored certificate, its status and any revocation."""
+    rt = runtime_of(request)
+    try:
+        principal = await authenticate(rt, request)
+        await authorize(rt, principal, "certificate.read", request.match_info["serial"])
+        serial = parse_serial(request.match_info["serial"])
+        with rt.reader.connect() as conn:
+            row = queries.certificate_by_serial(conn, serial)
+            rev = queries.revocation_by_serial(conn, serial)
+        if row is None:
+            raise NotFound(f"no certificate with serial {serial} was issued by this CA")
+    except CkmsError as exc:
+        return json_error(exc)
+    cert = x509.load_der_x509_certificate(row.der)
+    revocation = (
+        None
+        if rev is None
+        else {"reason": rev.reason, "revoked_at": rev.revoked_at.isoformat(), "revoked_by": rev.revoked_by}
+    )
+    return web.json_response(
+        {
+            "serial": row.serial,
+            "status": row.status,
+            "kind": row.kind,
+            "profile": row.profile,
+            "subject": row.subject,
+            "sans": row.sans,
+            "not_before": row.not_before.isoformat(),
+            "not_after": row.not_after.isoformat(),
+            "issued_at": row.issued_at.isoformat(),
+            "requested_by": row.requested_by,
+            "revocation": revocation,
+            "pem": cert.public_bytes(serialization.Encoding.PEM).decode(),
+        }
+    )
+
+
+async def api_publish_crl(request: web.Request) -> web.Response:
+    """``POST /api/v1/crl/publish``: a full and a delta CRL now, signed through the one signer."""
+    rt = runtime_of(request)
+    try:
+        principal = await authenticate(rt, request)
+        await authorize(rt, principal, "crl.publish", "crl")
+        published = await rt.publisher.publish(principal)
+    except CkmsError as exc:
+        return json_error(exc)
+    return web.json_response(
+        {
+            "full_crl_number": published.full_number,
+            "delta_crl_number": published.delta_number,
+            "base_crl_number": published.base_number,
+            "entries": published.revoked_count,
+            "this_update": published.this_update.isoformat(),
+        }
+    )
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or :class:`BadRequest`."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/revocations", api_revoke)
+    app.router.add_get("/api/v1/certificates/{serial}", api_certificate)
+    app.router.add_post("/api/v1/crl/publish", api_publish_crl)

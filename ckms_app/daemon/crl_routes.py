@@ -1,0 +1,56 @@
+"""The plain-HTTP listener: CRLs and the CA certificate (signed, so no transport security), and ``/health``
+(served on both listeners)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+
+from ckms_app import __version__
+from ckms_app.daemon import guard_routes
+from ckms_app.daemon.runtime import runtime_of
+from ckms_app.store import queries
+
+
+async def crl_file(request: web.Request) -> web.Response:
+    """``/crl/full.crl``, ``/crl/delta.crl``, ``/crl/base.crl``: the newest published CRL of that kind."""
+    rt = runtime_of(request)
+    with rt.reader.connect() as conn:
+        der = queries.latest_crl_der(conn, request.match_info["which"])
+    if der is None:
+        return web.Response(status=404, text="no CRL published yet\n")
+    return web.Response(body=der, content_type="application/pkix-crl")
+
+
+async def ca_certificate(request: web.Request) -> web.Response:
+    rt = runtime_of(request)
+    return web.Response(
+        body=rt.ca_cert.public_bytes(serialization.Encoding.DER), content_type="application/pkix-cert"
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 if the database, the token, the linter, the error state and the clock are all fine, else 503."""
+    rt = runtime_of(request)
+    checks: dict[str, str] = {}
+    try:
+        with rt.reader.connect() as conn:
+            queries.ping(conn)
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - health reports any failure
+        checks["database"] = f"error: {type(exc).__name__}"
+    checks["hsm"] = "ok" if rt.token.is_alive() else "error: token session lost"
+    if rt.linter is not None:
+        checks["linter"] = "ok" if rt.linter.alive else "error: linter process exited"
+    checks.update(await guard_routes.health_checks(rt))
+    ok = all(v == "ok" for v in checks.values())
+    return web.json_response(
+        {"status": "ok" if ok else "error", "version": __version__, "checks": checks},
+        status=200 if ok else 503,
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/crl/{which:full|delta|base}.crl", crl_file)
+    app.router.add_get("/crl/ca.crt", ca_certificate)
+    app.router.add_get("/health", health)

@@ -1,0 +1,90 @@
+"""What one worker's handlers share: the typed :class:`Runtime`, built once at start and closed once at stop."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
+from sqlalchemy.engine import Engine
+
+from ckms_app.authority.crl_publisher import CrlPublisher
+from ckms_app.authority.guard import ServiceState, SigningGuard, make_guard
+from ckms_app.authority.issuance import Issuer
+from ckms_app.authority.linter import AsyncLinter, find_linter_binary
+from ckms_app.authority.rbac import PrincipalCache
+from ckms_app.authority.signer import Signer
+from ckms_app.config import Config
+from ckms_app.hsm.token import HsmEcPrivateKey, Token
+from ckms_app.store.engine import open_engine
+from ckms_app.store.migrations import migrate
+from ckms_app.store.writer import GroupCommitWriter
+
+
+@dataclass
+class Runtime:
+    """Everything the handlers share; built once at start, torn down once at stop."""
+
+    config: Config
+    token: Token
+    ca_key: HsmEcPrivateKey
+    ca_cert: x509.Certificate
+    cacerts_body: bytes  # the /cacerts answer: base64 PKCS#7 of the CA certificate and its chain
+    writer: GroupCommitWriter
+    reader: Engine
+    linter: AsyncLinter | None  # None when linting is disabled in ckms.toml
+    issuer: Issuer
+    publisher: CrlPublisher
+    principals: PrincipalCache
+    state: ServiceState  # the error state shared by all workers (E.36)
+    guard: SigningGuard  # asked before every signature: error state + clock (A.33)
+
+    async def close(self) -> None:
+        """Release what :func:`open_runtime` opened, the token last."""
+        if self.linter is not None:
+            await self.linter.close()
+        self.issuer.close()
+        self.principals.close()
+        self.writer.close()
+        self.token.close()
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+def runtime_of(request: web.Request) -> Runtime:
+    return request.app[RUNTIME]
+
+
+async def open_runtime(config: Config) -> Runtime:
+    token = Token(config.token)
+    key = token.load_ec_key(config.ca_key_label)
+    ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
+    chain = [ca_cert]
+    if config.ca_chain is not None and config.ca_chain.exists():
+        chain += x509.load_pem_x509_certificates(config.ca_chain.read_bytes())
+    engine = open_engine(config.database_url)
+    migrate(engine)
+    writer = GroupCommitWriter(open_engine(config.database_url, writer=True))
+    linter = await AsyncLinter.start(find_linter_binary(config.lint_binary)) if config.lint_enabled else None
+    guard = make_guard(config, writer)
+    signer = Signer(key, linter, guard)
+    cacerts = base64.encodebytes(pkcs7.serialize_certificates(chain, serialization.Encoding.DER))
+    return Runtime(
+        config=config,
+        token=token,
+        ca_key=key,
+        ca_cert=ca_cert,
+        cacerts_body=cacerts,
+        writer=writer,
+        reader=engine,
+        linter=linter,
+        issuer=Issuer(config, signer, ca_cert, writer, engine),
+        publisher=CrlPublisher(config, signer, ca_cert, writer, engine),
+        principals=PrincipalCache(engine),
+        state=guard.state,
+        guard=guard,
+    )
