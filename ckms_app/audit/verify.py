@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+from ckms_app.algorithms import curve_of
 from ckms_app.audit.seals import EXPORT_FORMAT, _iso, seal_message
 from ckms_app.errors import ExportError
 from ckms_app.store.chain import AUDIT_FIELDS, GENESIS_HASH, audit_record_hash
@@ -124,7 +125,6 @@ def verify_trail(records: Iterable[dict[str, Any]], seals: Iterable[dict[str, An
 
 
 def _hash_for(public_key: ec.EllipticCurvePublicKey):  # type: ignore[no-untyped-def]
-    from ckms_app.algorithms import curve_of
 
     return curve_of(public_key).hash_algorithm
 

@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from ckms_app.algorithms import curve_by_name
 from ckms_app.audit.record import Actor, event, named
+from ckms_app.audit.seals import ensure_audit_key, seal_unit
 from ckms_app.authority.clock import ClockGate
 from ckms_app.authority.clock import default_source as default_clock_source
 from ckms_app.authority.crl_publisher import CrlPublisher
@@ -30,6 +31,7 @@ from ckms_app.authority.issuance import certificate_row
 from ckms_app.authority.linter import find_linter_binary
 from ckms_app.authority.passwords import hash_password
 from ckms_app.authority.rbac import ROLES, certificate_fingerprint
+from ckms_app.authority.selftest import record_manifest
 from ckms_app.authority.signer import Signer, open_signer
 from ckms_app.config import CONFIG_NAME, Config, load_config, read_raw_config
 from ckms_app.errors import ConfigError
@@ -209,7 +211,6 @@ def _finish(config: Config, token: Token, key: Any, ca_cert: x509.Certificate) -
     finally:
         writer.close()
         engine.dispose()
-    from ckms_app.authority.selftest import record_manifest
 
     manifest = record_manifest(config, key, recorded_by="ceremony")
     return {
@@ -303,7 +304,6 @@ async def _issue(config: Config, signer: Signer, ca_cert: x509.Certificate, writ
 
 def _seal_initial_trail(config: Config, token: Token, key: Any, writer: GroupCommitWriter) -> None:
     """Generate the audit sealing key in the token and seal the ceremony's records with it."""
-    from ckms_app.audit.seals import ensure_audit_key, seal_unit
 
     audit_key = ensure_audit_key(token, config.home, key.curve_info, config.audit.key_label)
     writer.run(seal_unit(audit_key, force=True))

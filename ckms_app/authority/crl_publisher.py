@@ -42,6 +42,7 @@ from ckms_app.config import Config
 from ckms_app.errors import CkmsError
 from ckms_app.store.chain import append_audit
 from ckms_app.store.engine import open_engine
+from ckms_app.store.queries import latest_crl
 from ckms_app.store.schema import crls, revocations, utcnow
 from ckms_app.store.writer import GroupCommitWriter
 
@@ -112,7 +113,7 @@ class CrlPublisher:
 
     def _needs_publication(self, conn: Connection) -> bool:
         cfg = self._config.crl
-        latest = _latest(conn, ("full", "base"))
+        latest = latest_crl(conn, ("full", "base"))
         newest_revocation = conn.execute(select(func.max(revocations.c.id))).scalar() or 0
         if latest is None:
             return True
@@ -170,7 +171,7 @@ class CrlPublisher:
         now = utcnow().replace(microsecond=0)
 
         def read(conn: Connection) -> tuple:  # type: ignore[type-arg]
-            base = _latest(conn, ("base",))
+            base = latest_crl(conn, ("base",))
             number = (conn.execute(select(func.max(crls.c.crl_number))).scalar() or 0) + 1
             rows = conn.execute(select(revocations).order_by(revocations.c.id)).all()
             return base, number, rows
@@ -343,19 +344,6 @@ class _SqliteSequence:
 def _close_if_acquired(acquiring: asyncio.Future[_PostgresSequence | _SqliteSequence]) -> None:
     if not acquiring.cancelled() and acquiring.exception() is None:
         acquiring.result().close()
-
-
-def _latest(conn: Connection, kinds: tuple[str, ...]):  # type: ignore[no-untyped-def]
-    return conn.execute(
-        select(crls).where(crls.c.kind.in_(kinds)).order_by(crls.c.crl_number.desc()).limit(1)
-    ).first()
-
-
-def latest_crl_der(conn: Connection, which: str) -> bytes | None:
-    """``which`` is ``full`` (newest complete CRL), ``delta`` or ``base``."""
-    kinds = {"full": ("full", "base"), "delta": ("delta",), "base": ("base",)}[which]
-    row = _latest(conn, kinds)
-    return None if row is None else row.der
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

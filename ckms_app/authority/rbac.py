@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
+from ckms_app.audit.record import SYSTEM as SYSTEM_ACTOR
 from ckms_app.errors import NotAuthenticated, NotAuthorized
 from ckms_app.store.point_reads import PointReader
 from ckms_app.store.schema import certificates, entities, role_permissions, security_state, utcnow
@@ -114,7 +115,8 @@ class Principal:
             raise NotAuthorized(f"role {self.role} may not {what}")
 
 
-SYSTEM = Principal("ckms", "system", frozenset())  # the daemon itself (scheduled CRLs, start/stop)
+# The daemon itself as a principal (scheduled CRLs): the audit layer's system actor, with no permissions.
+SYSTEM = Principal(SYSTEM_ACTOR.entity_id, SYSTEM_ACTOR.role, frozenset())
 
 
 class CredentialRefused(NotAuthorized):

@@ -31,8 +31,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from ckms_app.authority.linter import find_linter_binary
 from ckms_app.config import Config
-from ckms_app.errors import CkmsError
+from ckms_app.errors import CkmsError, LintUnavailable
 from ckms_app.hsm.token import HsmEcPrivateKey
 
 MANIFEST_NAME = "selftest-manifest.json"
@@ -144,8 +145,6 @@ def pairwise_test(key: HsmEcPrivateKey, ca_cert: x509.Certificate) -> Check:
 def _lint_binary(config: Config) -> Path | None:
     if not config.lint_enabled:
         return None
-    from ckms_app.authority.linter import find_linter_binary
-    from ckms_app.errors import LintUnavailable
 
     try:
         return find_linter_binary(config.lint_binary)

@@ -17,9 +17,13 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ckms_app.audit import seals, verify
+from ckms_app.audit.seals import AUDIT_PUBLIC_KEY_FILE
 from ckms_app.authority.entities import AdminContext
 from ckms_app.authority.passwords import read_password
 from ckms_app.config import Config, load_config
+from ckms_app.errors import HsmError
+from ckms_app.hsm.token import Token, read_secret_file
 
 COMMANDS = ("entity", "acl", "audit")
 
@@ -149,11 +153,7 @@ def _acl(ctx: AdminContext, args: argparse.Namespace) -> int:
 
 
 def _audit(ctx: AdminContext, config: Config, args: argparse.Namespace) -> int:
-    from ckms_app.audit import seals, verify
-
     if args.audit_command == "seal":
-        from ckms_app.hsm.token import Token
-
         with Token(config.token) as token:
             ca_key = token.load_ec_key(config.ca_key_label)
             key = seals.ensure_audit_key(token, config.home, ca_key.curve_info,
@@ -201,7 +201,6 @@ def _token_pin_matches(config: Config, pin_file: Path) -> bool:
     """
     import hmac
 
-    from ckms_app.hsm.token import read_secret_file
 
     given = read_secret_file(pin_file)
     return hmac.compare_digest(given.encode(), read_secret_file(config.token.pin_file).encode())
@@ -209,9 +208,6 @@ def _token_pin_matches(config: Config, pin_file: Path) -> bool:
 
 def _audit_public_key(config: Config, explicit: Path | None) -> ec.EllipticCurvePublicKey | None:
     """The audit key's public half: given, else from the token (authoritative), else the home's copy."""
-    from ckms_app.audit.seals import AUDIT_PUBLIC_KEY_FILE
-    from ckms_app.errors import HsmError
-    from ckms_app.hsm.token import Token
 
     if explicit is not None:
         return serialization.load_pem_public_key(explicit.read_bytes())  # type: ignore[return-value]

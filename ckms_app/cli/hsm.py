@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from ckms_app.audit.record import named, record_now
+from ckms_app.authority import selftest
+from ckms_app.authority.guard import ServiceState
 from ckms_app.config import Config, load_config
 from ckms_app.errors import CkmsError, CustodyError, HsmError
 from ckms_app.hsm import admin as hsm_admin
 from ckms_app.hsm import custody
 from ckms_app.hsm.custody import CustodySecret
+from ckms_app.hsm.token import Token, read_secret_file
 from ckms_app.store.engine import open_engine
 from ckms_app.store.writer import GroupCommitWriter
 
@@ -163,7 +166,6 @@ def _split(config: Config, args: argparse.Namespace) -> int:
     if custody.record_path(home).exists():
         raise CustodyError("this CA already has a custody set; its shares stay valid (re-sharing is not supported)")
     so_pin_file = home / "secrets" / "token-so-pin"
-    from ckms_app.hsm.token import read_secret_file
 
     so_pin = read_secret_file(so_pin_file)
     names: list[str] = args.custodian
@@ -205,7 +207,6 @@ def _split(config: Config, args: argparse.Namespace) -> int:
 def _open_key(config: Config) -> tuple[Any, Any, Any]:
     from cryptography import x509
 
-    from ckms_app.hsm.token import Token
 
     ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
     try:
@@ -216,9 +217,6 @@ def _open_key(config: Config) -> tuple[Any, Any, Any]:
 
 
 def _selftest(config: Config, args: argparse.Namespace) -> int:
-    from ckms_app.authority import selftest
-    from ckms_app.authority.guard import ServiceState
-
     token, key, ca_cert = _open_key(config)
     try:
         if args.record:
@@ -248,9 +246,6 @@ def _selftest(config: Config, args: argparse.Namespace) -> int:
 
 
 def _recover(config: Config, args: argparse.Namespace) -> int:
-    from ckms_app.authority import selftest
-    from ckms_app.authority.guard import ServiceState
-
     token, key, ca_cert = _open_key(config)
     try:
         report = selftest.run_all(config, key, ca_cert)

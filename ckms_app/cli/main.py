@@ -14,9 +14,14 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ckms_app.authority import ceremony
+from ckms_app.cli import admin as admin_cli
+from ckms_app.cli import hsm as custody_cli
 from ckms_app.cli.client import CkmsClient, Credentials, fetch_crl
 from ckms_app.config import load_config, resolve_home
+from ckms_app.daemon import supervisor
 from ckms_app.errors import CkmsError, ClientError, LintUnavailable
+from ckms_app.hsm.token import DEFAULT_SOFTHSM_MODULE
 
 
 def _add_home(p: argparse.ArgumentParser) -> None:
@@ -94,10 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_home(publish)
     _add_identity(publish, "operator")
 
-    from ckms_app.cli import admin as admin_cli
 
     admin_cli.add_parsers(sub)  # entity, acl, audit
-    from ckms_app.cli import hsm as custody_cli
 
     custody_cli.add_parsers(sub, ca)  # hsm ..., selftest, ca recover
     return parser
@@ -124,15 +127,9 @@ def _read_csr(path: Path) -> bytes:
 def run(args: argparse.Namespace) -> int:
     home = resolve_home(args.home)
     if args.command in ("hsm", "selftest") or (args.command == "ca" and args.ca_command == "recover"):
-        from ckms_app.cli import hsm as custody_cli
-
         return custody_cli.run(args, home)
     if args.command == "ca":
-        from ckms_app.authority import ceremony
-
         if args.ca_command == "init":
-            from ckms_app.hsm.token import DEFAULT_SOFTHSM_MODULE
-
             summary = ceremony.init_ca(home, ceremony.InitOptions(
                 curve=args.curve, ca_name=args.ca_name, ca_validity_days=args.ca_validity_days,
                 module=args.pkcs11_module or DEFAULT_SOFTHSM_MODULE, token_label=args.token_label,
@@ -147,14 +144,11 @@ def run(args: argparse.Namespace) -> int:
         if args.ca_command == "renew-tls":
             _print_summary(ceremony.renew_tls(home), args.json)
             return 0
-        from ckms_app.daemon.supervisor import run as serve
 
-        serve(home)
+        supervisor.run(home)
         return 0
 
     if args.command in ("entity", "acl", "audit"):
-        from ckms_app.cli import admin as admin_cli
-
         return admin_cli.run(args, home)
     config = load_config(home)
     if args.command == "crl" and args.crl_command == "fetch":

@@ -68,15 +68,17 @@ def revocation_by_serial(conn: Connection, serial: str) -> Row[Any] | None:
     return conn.execute(select(revocations).where(revocations.c.serial == serial)).first()
 
 
+def latest_crl(conn: Connection, kinds: tuple[str, ...]) -> Row[Any] | None:
+    """The ``crls`` row with the highest CRL number among ``kinds`` (``full``, ``base``, ``delta``)."""
+    return conn.execute(
+        select(crls).where(crls.c.kind.in_(kinds)).order_by(crls.c.crl_number.desc()).limit(1)
+    ).first()
+
+
 def latest_crl_der(conn: Connection, which: str) -> bytes | None:
     """The newest published CRL: ``which`` is ``full`` (newest complete CRL), ``delta`` or ``base``."""
-    der = conn.execute(
-        select(crls.c.der)
-        .where(crls.c.kind.in_(_CRL_KINDS[which]))
-        .order_by(crls.c.crl_number.desc())
-        .limit(1)
-    ).scalar()
-    return None if der is None else bytes(der)
+    row = latest_crl(conn, _CRL_KINDS[which])
+    return None if row is None else bytes(row.der)
 
 
 def ping(conn: Connection) -> None:

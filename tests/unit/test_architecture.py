@@ -151,3 +151,10 @@ def test_one_place_asks_the_ca_key_to_sign() -> None:
             callers[module] = hits
     signer_calls = {m for m in callers if m not in ("ckms_app.hsm.token", "ckms_app.hsm.admin")}
     assert signer_calls == {"ckms_app.authority.signer"}, callers
+
+
+def test_audit_records_are_built_in_one_place() -> None:
+    """Every audit record is made by ckms_app.audit.record (event/record/record_now): the low-level row
+    builder of the hash chain is called nowhere else."""
+    callers = {m for m, path in modules().items() if re.search(r"\baudit_row\(", path.read_text())}
+    assert callers <= {"ckms_app.store.chain", "ckms_app.audit.record"}, callers
