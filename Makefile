@@ -7,10 +7,10 @@ CACHE ?= $(HOME)/.cache/ckms
 export CKMS_TOOL_CACHE := $(CACHE)
 BIN := $(VENV)/bin
 
-.PHONY: help deps tools test test-unit bench bench-single lab lab-up lab-down lab-status clean wheelhouse converge report
+.PHONY: help deps tools lint test test-unit bench bench-single lab lab-up lab-down lab-status clean wheelhouse converge report
 
 help:
-	@echo "make test      install what is missing, then run the whole suite"
+	@echo "make test      install what is missing, lint (make lint), then run the whole suite"
 	@echo "make bench     issuance benchmark against real daemons (SoftHSM, durable storage): SQLite and"
 	@echo "               PostgreSQL, 1 and 2 CA nodes; make bench-single: SQLite, one node only"
 	@echo "make lab       (see README) bring up the throwaway lab environment"
@@ -27,7 +27,13 @@ deps: $(VENV)/.deps-stamp
 tools: deps
 	scripts/build-ckms-lint.sh
 
-test: deps tools
+# Lint and types: ruff (check + format) and mypy --strict over ckms_app; yamllint and ansible-lint
+# (production profile) over roles and playbooks. Part of make test.
+lint: deps
+	scripts/lint-python.sh
+	scripts/lint-ansible.sh
+
+test: deps tools lint
 	$(BIN)/pytest -q tests
 
 test-unit: deps tools

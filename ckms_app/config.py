@@ -30,6 +30,7 @@ class TokenConfig:
     pin_file: Path
     softhsm_conf: Path | None = None  # set only for a SoftHSM token owned by this CA home
 
+
 AUDIT_KEY_LABEL = "ckms-audit-key"
 
 
@@ -256,7 +257,9 @@ def parse_config(home: Path, raw: dict[str, Any]) -> Config:
             extended_key_usage=tuple(p.get("extended_key_usage", ["client_auth"])),
             policy_oid=_req(p, "policy_oid", f"[profiles.{name}]"),
             subject_cn_pattern=p.get("subject_cn_pattern", r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
-            allowed_subject_attributes=tuple(p.get("allowed_subject_attributes", ["CN", "O", "OU", "serialNumber"])),
+            allowed_subject_attributes=tuple(
+                p.get("allowed_subject_attributes", ["CN", "O", "OU", "serialNumber"])
+            ),
             san_required=bool(p.get("san_required", False)),
             san_dns_pattern=p.get("san_dns_pattern"),
             san_uri_pattern=p.get("san_uri_pattern"),
@@ -298,9 +301,11 @@ def parse_config(home: Path, raw: dict[str, Any]) -> Config:
 
 def _audit(table: dict[str, Any]) -> AuditConfig:
     try:
-        return AuditConfig(key_label=str(table.get("key_label", AUDIT_KEY_LABEL)),
-                           seal_every_records=int(table.get("seal_every_records", 1000)),
-                           seal_interval_seconds=float(table.get("seal_interval_seconds", 60.0)))
+        return AuditConfig(
+            key_label=str(table.get("key_label", AUDIT_KEY_LABEL)),
+            seal_every_records=int(table.get("seal_every_records", 1000)),
+            seal_interval_seconds=float(table.get("seal_interval_seconds", 60.0)),
+        )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[audit]: {exc}") from None
 
@@ -310,11 +315,14 @@ def _alerts(home: Path, table: dict[str, Any]) -> AlertConfig:
     if isinstance(command, str):
         command = (command,)
     try:
-        return AlertConfig(syslog=bool(table.get("syslog", True)),
-                           syslog_address=str(table.get("syslog_address", "/dev/log")),
-                           command=tuple(str(c) for c in command), webhook=table.get("webhook") or None,
-                           timeout_seconds=float(table.get("timeout_seconds", 10.0)),
-                           fallback_file=home / "log" / "alerts.log")
+        return AlertConfig(
+            syslog=bool(table.get("syslog", True)),
+            syslog_address=str(table.get("syslog_address", "/dev/log")),
+            command=tuple(str(c) for c in command),
+            webhook=table.get("webhook") or None,
+            timeout_seconds=float(table.get("timeout_seconds", 10.0)),
+            fallback_file=home / "log" / "alerts.log",
+        )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[alerts]: {exc}") from None
 
@@ -323,9 +331,11 @@ def _clock(table: dict[str, Any]) -> ClockConfig:
     # No [clock] table (a home from before the gate existed): gate off, as before. ``ca init`` always
     # writes the table explicitly.
     try:
-        return ClockConfig(source=str(table.get("source", "none")),
-                           max_offset_seconds=float(table.get("max_offset_seconds", 10)),
-                           cache_seconds=float(table.get("cache_seconds", 1.0)),
-                           chronyc=str(table.get("chronyc", "chronyc")))
+        return ClockConfig(
+            source=str(table.get("source", "none")),
+            max_offset_seconds=float(table.get("max_offset_seconds", 10)),
+            cache_seconds=float(table.get("cache_seconds", 1.0)),
+            chronyc=str(table.get("chronyc", "chronyc")),
+        )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[clock]: {exc}") from None

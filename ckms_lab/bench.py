@@ -54,8 +54,11 @@ def _make_csrs(args: tuple[str, int, int]) -> list[bytes]:
     out = []
     for i in range(start, start + count):
         key = ec.generate_private_key(ec.SECP256R1())
-        csr = x509.CertificateSigningRequestBuilder().subject_name(
-            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{prefix}-{i}")])).sign(key, hashes.SHA256())
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{prefix}-{i}")]))
+            .sign(key, hashes.SHA256())
+        )
         out.append(csr.public_bytes(serialization.Encoding.DER))
     return out
 
@@ -90,7 +93,9 @@ class _EstConnection:
         head, _, rest = self._buf.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         status = int(lines[0].split()[1])
-        length = next(int(v) for k, _, v in (ln.partition(b":") for ln in lines[1:]) if k.lower() == b"content-length")
+        length = next(
+            int(v) for k, _, v in (ln.partition(b":") for ln in lines[1:]) if k.lower() == b"content-length"
+        )
         while len(rest) < length:
             chunk = self._sock.recv(65536)
             if not chunk:
@@ -112,13 +117,22 @@ class _EstConnection:
 
 def _request_bytes(host: str, csr_der: bytes) -> bytes:
     body = base64.encodebytes(csr_der)
-    return (f"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: {host}\r\n"
-            f"Content-Type: application/pkcs10\r\nContent-Transfer-Encoding: base64\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: application/pkcs10\r\nContent-Transfer-Encoding: base64\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
-def _client_process(home: str, csrs: list[bytes], threads: int, duration: float, rate: float | None,
-                    start_at: float, queue: mp.Queue) -> None:  # type: ignore[type-arg]
+def _client_process(
+    home: str,
+    csrs: list[bytes],
+    threads: int,
+    duration: float,
+    rate: float | None,
+    start_at: float,
+    queue: mp.Queue,
+) -> None:  # type: ignore[type-arg]
     """One load process: ``threads`` keep-alive clients; closed loop, or open loop at ``rate``/s."""
     import threading
     import urllib.parse
@@ -178,8 +192,15 @@ def _client_process(home: str, csrs: list[bytes], threads: int, duration: float,
     queue.put((latencies, errors))
 
 
-def drive(homes: Path | list[Path], csrs: list[bytes], *, processes: int, threads: int, duration: float,
-          rate: float | None) -> dict[str, float]:
+def drive(
+    homes: Path | list[Path],
+    csrs: list[bytes],
+    *,
+    processes: int,
+    threads: int,
+    duration: float,
+    rate: float | None,
+) -> dict[str, float]:
     """Load from ``processes`` client processes; with several homes (nodes) process i uses node i mod n."""
     nodes = [homes] if isinstance(homes, Path) else homes
     ctx = mp.get_context("fork")
@@ -187,9 +208,21 @@ def drive(homes: Path | list[Path], csrs: list[bytes], *, processes: int, thread
     start_at = time.monotonic() + 2.0
     share = len(csrs) // processes
     per_process_rate = rate / processes if rate else None
-    procs = [ctx.Process(target=_client_process,
-                         args=(str(nodes[i % len(nodes)]), csrs[i * share:(i + 1) * share], threads, duration,
-                               per_process_rate, start_at, queue)) for i in range(processes)]
+    procs = [
+        ctx.Process(
+            target=_client_process,
+            args=(
+                str(nodes[i % len(nodes)]),
+                csrs[i * share : (i + 1) * share],
+                threads,
+                duration,
+                per_process_rate,
+                start_at,
+                queue,
+            ),
+        )
+        for i in range(processes)
+    ]
     for p in procs:
         p.start()
     latencies: list[float] = []
@@ -231,8 +264,9 @@ async def _ceiling(home: Path, csrs: list[bytes], duration: float) -> dict[str, 
     ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
     linter = await AsyncLinter.start(find_linter_binary(config.lint_binary)) if config.lint_enabled else None
     profile = config.profile(None)
-    template = EndEntityTemplate(profile=profile, issuer=ca_cert, crl_url="http://x/full.crl",
-                                 delta_crl_url="http://x/delta.crl")
+    template = EndEntityTemplate(
+        profile=profile, issuer=ca_cert, crl_url="http://x/full.crl", delta_crl_url="http://x/delta.crl"
+    )
     signer = Signer(key, linter, make_guard(config, None))
     latencies: list[float] = []
     end = time.monotonic() + duration
@@ -240,18 +274,24 @@ async def _ceiling(home: Path, csrs: list[bytes], duration: float) -> dict[str, 
     while time.monotonic() < end and i < len(csrs):
         t0 = time.monotonic()
         checked = check_csr(csrs[i], profile, config.csr.max_bytes)
-        builder = template.builder(subject=checked.subject, sans=checked.sans,
-                                   public_key=checked.csr.public_key(),  # type: ignore[arg-type]
-                                   serial=new_serial(), now=utcnow())
+        builder = template.builder(
+            subject=checked.subject,
+            sans=checked.sans,
+            public_key=checked.csr.public_key(),  # type: ignore[arg-type]
+            serial=new_serial(),
+            now=utcnow(),
+        )
         await signer.certificate(builder)
         latencies.append(time.monotonic() - t0)
         i += 1
     if linter is not None:
         await linter.close()
     token.close()
-    return {"certs_per_s": round(len(latencies) / sum(latencies), 1),
-            "p50_ms": round(_percentile(latencies, 0.5) * 1000, 3),
-            "p99_ms": round(_percentile(latencies, 0.99) * 1000, 3)}
+    return {
+        "certs_per_s": round(len(latencies) / sum(latencies), 1),
+        "p50_ms": round(_percentile(latencies, 0.5) * 1000, 3),
+        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 3),
+    }
 
 
 _CLI = [sys.executable, "-m", "ckms_app.cli.main"]
@@ -260,8 +300,17 @@ _CLI = [sys.executable, "-m", "ckms_app.cli.main"]
 def _homes(workdir: Path, db: str, nodes: int, stack: ExitStack) -> list[Path]:
     """A throwaway CA (on SQLite in its home, or on a fresh PostgreSQL server) and its nodes."""
     first = workdir / "home"
-    init = [*_CLI, "ca", "init", "--home", str(first), "--est-port", str(_free_port()),
-            "--crl-port", str(_free_port())]
+    init = [
+        *_CLI,
+        "ca",
+        "init",
+        "--home",
+        str(first),
+        "--est-port",
+        str(_free_port()),
+        "--crl-port",
+        str(_free_port()),
+    ]
     if db == "postgresql":
         from ckms_lab.throwaway_postgres import PostgresServer
 
@@ -278,16 +327,27 @@ def _homes(workdir: Path, db: str, nodes: int, stack: ExitStack) -> list[Path]:
         multinode.backup_ca_key(first, custody, backup)
         for n in range(2, nodes + 1):
             home = workdir / f"home{n}"
-            multinode.add_node(first, home, backup=backup, custody=custody, est_port=_free_port(),
-                               crl_port=_free_port(), same_host_sqlite=db == "sqlite")
+            multinode.add_node(
+                first,
+                home,
+                backup=backup,
+                custody=custody,
+                est_port=_free_port(),
+                crl_port=_free_port(),
+                same_host_sqlite=db == "sqlite",
+            )
             homes.append(home)
     return homes
 
 
 def _start_daemons(homes: list[Path], stack: ExitStack) -> None:
     for home in homes:
-        daemon = subprocess.Popen([*_CLI, "ca", "serve", "--home", str(home)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True)
+        daemon = subprocess.Popen(
+            [*_CLI, "ca", "serve", "--home", str(home)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
 
         def stop(d: subprocess.Popen[str] = daemon) -> None:
             d.send_signal(signal.SIGTERM)
@@ -300,8 +360,9 @@ def _start_daemons(homes: list[Path], stack: ExitStack) -> None:
                 raise SystemExit(f"daemon in {home} failed to start")
 
 
-def run_setup(workdir: Path, csrs: list[bytes], args: argparse.Namespace, *, db: str, nodes: int,
-              ceiling: bool) -> dict[str, Any]:
+def run_setup(
+    workdir: Path, csrs: list[bytes], args: argparse.Namespace, *, db: str, nodes: int, ceiling: bool
+) -> dict[str, Any]:
     """Closed and open loop against ``nodes`` daemons on ``db``; then (if asked) the in-process ceiling."""
     processes = max(args.processes, nodes)
     with ExitStack() as stack:
@@ -309,14 +370,32 @@ def run_setup(workdir: Path, csrs: list[bytes], args: argparse.Namespace, *, db:
         with ExitStack() as daemons:
             _start_daemons(homes, daemons)
             half = len(csrs) // 2
-            throughput = drive(homes, csrs[:half], processes=processes, threads=args.clients // processes,
-                               duration=args.duration, rate=None)
-            steady = drive(homes, csrs[half:], processes=processes, threads=max(8, args.clients // processes),
-                           duration=args.duration, rate=args.rate)
-        result: dict[str, Any] = {"db": db, "nodes": nodes, "closed_loop": {"clients": args.clients, **throughput},
-                                  "open_loop": {"rate_per_s": args.rate, **steady}}
+            throughput = drive(
+                homes,
+                csrs[:half],
+                processes=processes,
+                threads=args.clients // processes,
+                duration=args.duration,
+                rate=None,
+            )
+            steady = drive(
+                homes,
+                csrs[half:],
+                processes=processes,
+                threads=max(8, args.clients // processes),
+                duration=args.duration,
+                rate=args.rate,
+            )
+        result: dict[str, Any] = {
+            "db": db,
+            "nodes": nodes,
+            "closed_loop": {"clients": args.clients, **throughput},
+            "open_loop": {"rate_per_s": args.rate, **steady},
+        }
         if ceiling:
-            result["in_process_ceiling"] = asyncio.run(_ceiling(homes[0], csrs[:3000], min(args.duration, 5.0)))
+            result["in_process_ceiling"] = asyncio.run(
+                _ceiling(homes[0], csrs[:3000], min(args.duration, 5.0))
+            )
     return result
 
 
@@ -331,48 +410,78 @@ def _print_single(result: dict[str, Any], args: argparse.Namespace, headline: bo
     throughput, steady = result["closed_loop"], result["open_loop"]
     if not headline:
         print(f"{result['db']}, {result['nodes']} node{'s' if result['nodes'] > 1 else ''}:")
-    print(f"end to end, {args.clients} keep-alive mTLS clients: {throughput['certs_per_s']} certs/s, "
-          f"p50 {throughput['p50_ms']} ms, p99 {throughput['p99_ms']} ms, errors {throughput['errors']}")
-    print(f"end to end, open loop at {args.rate:.0f}/s: {steady['certs_per_s']} certs/s, "
-          f"p50 {steady['p50_ms']} ms, p99 {steady['p99_ms']} ms, errors {steady['errors']}")
+    print(
+        f"end to end, {args.clients} keep-alive mTLS clients: {throughput['certs_per_s']} certs/s, "
+        f"p50 {throughput['p50_ms']} ms, p99 {throughput['p99_ms']} ms, errors {throughput['errors']}"
+    )
+    print(
+        f"end to end, open loop at {args.rate:.0f}/s: {steady['certs_per_s']} certs/s, "
+        f"p50 {steady['p50_ms']} ms, p99 {steady['p99_ms']} ms, errors {steady['errors']}"
+    )
     ceiling = result.get("in_process_ceiling")
     if ceiling is not None:
-        print(f"in-process build+lint+HSM sign ceiling: {ceiling['certs_per_s']} certs/s, "
-              f"p50 {ceiling['p50_ms']} ms, p99 {ceiling['p99_ms']} ms  ({os.cpu_count()} CPUs)")
+        print(
+            f"in-process build+lint+HSM sign ceiling: {ceiling['certs_per_s']} certs/s, "
+            f"p50 {ceiling['p50_ms']} ms, p99 {ceiling['p99_ms']} ms  ({os.cpu_count()} CPUs)"
+        )
 
 
 def _print_matrix(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     _print_single(results[0], args, headline=True)  # SQLite, one node: the headline figures
     print()
-    print(f"| database | nodes | closed loop ({args.clients} clients) certs/s | p50 ms | p99 ms "
-          f"| open loop {args.rate:.0f}/s certs/s | p50 ms | p99 ms | errors |")
+    print(
+        f"| database | nodes | closed loop ({args.clients} clients) certs/s | p50 ms | p99 ms "
+        f"| open loop {args.rate:.0f}/s certs/s | p50 ms | p99 ms | errors |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         c, o = r["closed_loop"], r["open_loop"]
-        print(f"| {r['db']} | {r['nodes']} | {c['certs_per_s']} | {c['p50_ms']} | {c['p99_ms']} "
-              f"| {o['certs_per_s']} | {o['p50_ms']} | {o['p99_ms']} | {c['errors'] + o['errors']} |")
+        print(
+            f"| {r['db']} | {r['nodes']} | {c['certs_per_s']} | {c['p50_ms']} | {c['p99_ms']} "
+            f"| {o['certs_per_s']} | {o['p50_ms']} | {o['p99_ms']} | {c['errors'] + o['errors']} |"
+        )
     print(f"({os.cpu_count()} CPUs: all daemons, their linters, the database and the clients share them)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ckms_lab.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m ckms_lab.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients in the closed loop")
     parser.add_argument("--processes", type=int, default=2, help="client processes (at least one per node)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
-    parser.add_argument("--rate", type=float, default=200.0, help="open-loop requests/s for the latency phase")
-    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
-                        help="the database of the CA (postgresql: a throwaway local server)")
-    parser.add_argument("--nodes", type=int, choices=(1, 2), default=1,
-                        help="daemons on the one database, each with its own token")
-    parser.add_argument("--matrix", action="store_true", help="sqlite and postgresql, 1 and 2 nodes (ignores "
-                        "--db and --nodes)")
+    parser.add_argument(
+        "--rate", type=float, default=200.0, help="open-loop requests/s for the latency phase"
+    )
+    parser.add_argument(
+        "--db",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the database of the CA (postgresql: a throwaway local server)",
+    )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="daemons on the one database, each with its own token",
+    )
+    parser.add_argument(
+        "--matrix",
+        action="store_true",
+        help="sqlite and postgresql, 1 and 2 nodes (ignores --db and --nodes)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
     csrs = _generate_csrs(args)
-    setups = ([(db, n) for db in ("sqlite", "postgresql") for n in (1, 2)] if args.matrix
-              else [(args.db, args.nodes)])
+    setups = (
+        [(db, n) for db in ("sqlite", "postgresql") for n in (1, 2)]
+        if args.matrix
+        else [(args.db, args.nodes)]
+    )
     results = []
     for index, (db, nodes) in enumerate(setups):
         with tempfile.TemporaryDirectory(prefix="ckms-bench-") as tmp:
@@ -384,8 +493,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"matrix": results, "cpus": cpus}, indent=2))
         else:
             single = results[0]
-            print(json.dumps({k: v for k, v in single.items() if k not in ("db", "nodes")}
-                             | {"cpus": cpus, "db": single["db"], "nodes": single["nodes"]}, indent=2))
+            print(
+                json.dumps(
+                    {k: v for k, v in single.items() if k not in ("db", "nodes")}
+                    | {"cpus": cpus, "db": single["db"], "nodes": single["nodes"]},
+                    indent=2,
+                )
+            )
     elif args.matrix:
         _print_matrix(results, args)
     else:

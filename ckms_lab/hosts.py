@@ -173,7 +173,9 @@ def _short(*parts: str) -> str:
 def _run(args: Sequence[str], *, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run(list(args), capture_output=True, text=True, input=input)
     if check and proc.returncode != 0:
-        raise LabError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+        raise LabError(
+            f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+        )
     return proc
 
 
@@ -287,13 +289,23 @@ def _write_host_files(spec: HostSpec, rootfs: Path) -> str:
     (ssh / "authorized_keys").chmod(0o600)
     for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
-    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{spec.name}",
-          "-f", str(rootfs / "etc/ssh/ssh_host_ed25519_key")])
+    _run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            f"root@{spec.name}",
+            "-f",
+            str(rootfs / "etc/ssh/ssh_host_ed25519_key"),
+        ]
+    )
     # sshd offers only the key we recorded, so known_hosts pins exactly one key per host.
     (rootfs / "etc/ssh/sshd_config.d").mkdir(exist_ok=True)
-    (rootfs / "etc/ssh/sshd_config.d/00-ckms-lab.conf").write_text(
-        "HostKey /etc/ssh/ssh_host_ed25519_key\n"
-    )
+    (rootfs / "etc/ssh/sshd_config.d/00-ckms-lab.conf").write_text("HostKey /etc/ssh/ssh_host_ed25519_key\n")
     return " ".join((rootfs / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()[:2])
 
 
@@ -364,8 +376,17 @@ def create_host(spec: HostSpec) -> HostInfo:
     for d in (rootfs, upper, work):
         d.mkdir(parents=True, exist_ok=True)
     state.chmod(0o700)
-    _run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={image},upperdir={upper},workdir={work}",
-          str(rootfs)])
+    _run(
+        [
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={image},upperdir={upper},workdir={work}",
+            str(rootfs),
+        ]
+    )
     try:
         host_key = _write_host_files(spec, rootfs)
         _run(["ip", "netns", "add", spec.netns])
@@ -378,10 +399,22 @@ def create_host(spec: HostSpec) -> HostInfo:
         log = state / "console.log"
         env = dict(os.environ, SYSTEMD_NSPAWN_API_VFS_WRITABLE="network")
 
-        nspawn = ["systemd-nspawn", "--boot", "--directory", str(rootfs), "--machine", spec.machine,
-                  "--register=no", "--keep-unit", "--capability=CAP_NET_ADMIN",
-                  f"--network-namespace-path=/run/netns/{spec.netns}", "--resolv-conf=off",
-                  "--timezone=off", "--link-journal=no", "--console=read-only"]
+        nspawn = [
+            "systemd-nspawn",
+            "--boot",
+            "--directory",
+            str(rootfs),
+            "--machine",
+            spec.machine,
+            "--register=no",
+            "--keep-unit",
+            "--capability=CAP_NET_ADMIN",
+            f"--network-namespace-path=/run/netns/{spec.netns}",
+            "--resolv-conf=off",
+            "--timezone=off",
+            "--link-journal=no",
+            "--console=read-only",
+        ]
         # The shell moves itself into the host's cgroups, then becomes nspawn. Not a preexec_fn:
         # the dynamic provider runs gRPC threads, and Python code between fork and exec in a
         # threaded process can crash the child (seen here as SIGSEGV).
@@ -389,17 +422,27 @@ def create_host(spec: HostSpec) -> HostInfo:
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 ["/bin/sh", "-c", f'{enter}; exec "$@"', "ckms-lab-boot", *nspawn],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
                 start_new_session=True,
             )
         mgmt = _mgmt_nic(spec)
         info = HostInfo(
-            lab=spec.lab, name=spec.name, role=spec.role, netns=spec.netns, pid=proc.pid,
+            lab=spec.lab,
+            name=spec.name,
+            role=spec.role,
+            netns=spec.netns,
+            pid=proc.pid,
             mgmt_address=str(ipaddress.ip_interface(mgmt.address).ip),
             addresses={n.segment: str(ipaddress.ip_interface(n.address).ip) for n in spec.nics},
-            host_key=host_key, state_dir=str(state),
+            host_key=host_key,
+            state_dir=str(state),
         )
-        (state / "host.json").write_text(json.dumps({"spec": _spec_dict(spec), "info": asdict(info)}, indent=2))
+        (state / "host.json").write_text(
+            json.dumps({"spec": _spec_dict(spec), "info": asdict(info)}, indent=2)
+        )
         _wait_for_ssh(info.mgmt_address, proc, log)
         return info
     except BaseException:
@@ -522,7 +565,9 @@ def list_hosts(lab: str | None = None) -> list[dict]:
 def lab_footprint(lab: str) -> dict[str, list[str]]:
     """Everything of one lab visible on the machine: what ``make lab-down`` must leave empty."""
     prefix = f"ckms-{lab}-"
-    netns = sorted(p.name for p in Path("/run/netns").glob(f"{prefix}*")) if Path("/run/netns").exists() else []
+    netns = (
+        sorted(p.name for p in Path("/run/netns").glob(f"{prefix}*")) if Path("/run/netns").exists() else []
+    )
     links = _ip("-o", "link", "show", check=False).stdout
     link_names = sorted(
         m.group(1).split("@")[0]
@@ -544,8 +589,14 @@ def lab_footprint(lab: str) -> dict[str, list[str]]:
         if line.split()[1].startswith(str(paths.lab_root() / lab) + "/")
     ]
     dirs = [str(paths.lab_root() / lab)] if (paths.lab_root() / lab).exists() else []
-    return {"netns": netns, "links": link_names, "cgroups": cgroups, "processes": procs,
-            "mounts": mounts, "directories": dirs}
+    return {
+        "netns": netns,
+        "links": link_names,
+        "cgroups": cgroups,
+        "processes": procs,
+        "mounts": mounts,
+        "directories": dirs,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -554,7 +605,9 @@ def _parse_nic(text: str) -> Nic:
     try:
         ifname, rest = text.split("=", 1)
         parts = rest.split(":")
-        return Nic(ifname=ifname, segment=parts[0], address=parts[1], gateway=parts[2] if len(parts) > 2 else None)
+        return Nic(
+            ifname=ifname, segment=parts[0], address=parts[1], gateway=parts[2] if len(parts) > 2 else None
+        )
     except (ValueError, IndexError) as exc:
         raise LabError(f"bad --nic {text!r}: expected IFNAME=SEGMENT:ADDRESS/PREFIX[:GATEWAY]") from exc
 
@@ -569,8 +622,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--role", default="generic")
     c.add_argument("--mgmt", required=True, help="management address, e.g. 10.231.200.10/24")
     c.add_argument("--mgmt-segment", default="mgmt")
-    c.add_argument("--controller-address", default=None,
-                   help="create the management segment with this controller address if missing")
+    c.add_argument(
+        "--controller-address",
+        default=None,
+        help="create the management segment with this controller address if missing",
+    )
     c.add_argument("--nic", action="append", default=[], help="IFNAME=SEGMENT:ADDRESS/PREFIX[:GATEWAY]")
     c.add_argument("--ip-forward", action="store_true")
     d = sub.add_parser("destroy", help="destroy hosts (and with --all the lab's segments)")
@@ -594,8 +650,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if a.controller_address:
                 create_segment(SegmentSpec(a.lab, a.mgmt_segment, controller_address=a.controller_address))
             nics = (Nic("mgmt0", a.mgmt_segment, a.mgmt), *(_parse_nic(n) for n in a.nic))
-            spec = HostSpec(lab=a.lab, name=a.name, role=a.role, nics=nics,
-                            authorized_key=paths.ssh_public_key(), ip_forward=a.ip_forward)
+            spec = HostSpec(
+                lab=a.lab,
+                name=a.name,
+                role=a.role,
+                nics=nics,
+                authorized_key=paths.ssh_public_key(),
+                ip_forward=a.ip_forward,
+            )
             print(json.dumps(asdict(create_host(spec)), indent=2))
         elif a.cmd == "destroy":
             names = a.name or ([h["name"] for h in list_hosts(a.lab)] if a.all else [])

@@ -69,8 +69,10 @@ def render(outputs: dict[str, Any], directory: Path, *, ssh_key: Path | None = N
         }
     }
     out = directory / "hosts.yml"
-    out.write_text("# Generated from the Pulumi stack outputs by ckms_lab.inventory; do not edit.\n"
-                   + yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False))
+    out.write_text(
+        "# Generated from the Pulumi stack outputs by ckms_lab.inventory; do not edit.\n"
+        + yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False)
+    )
     return out
 
 

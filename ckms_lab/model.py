@@ -101,18 +101,51 @@ class Environment:
 def default_flows(with_db: bool = False, with_hub: bool = False) -> list[dict]:
     """The guidance's allowed flows, nothing else (see docs/lab.md for the mapping)."""
     flows = [
-        {"name": "est", "src": ["terminal"], "dst": ["ca"], "proto": "tcp", "port": EST_PORT,
-         "purpose": "certificate enrolment (EST over mutual TLS) from the certificate-management terminal"},
-        {"name": "admin-ssh", "src": ["admin", "vpn"], "dst": ["ca"], "proto": "tcp", "port": SSH_PORT,
-         "purpose": "CA administration from the registered admin PC or over the emergency VPN"},
-        {"name": "ntp", "src": ["ca"], "dst": ["timesource"], "proto": "udp", "port": NTP_PORT,
-         "purpose": "time synchronisation of the CA from the trusted time source"},
-        {"name": "crl", "src": ["terminal", "hub"] if with_hub else ["terminal"], "dst": ["ca"],
-         "proto": "tcp", "port": CRL_PORT, "purpose": "CRL download over HTTP by the hub / terminal"},
+        {
+            "name": "est",
+            "src": ["terminal"],
+            "dst": ["ca"],
+            "proto": "tcp",
+            "port": EST_PORT,
+            "purpose": "certificate enrolment (EST over mutual TLS) from the certificate-management terminal",
+        },
+        {
+            "name": "admin-ssh",
+            "src": ["admin", "vpn"],
+            "dst": ["ca"],
+            "proto": "tcp",
+            "port": SSH_PORT,
+            "purpose": "CA administration from the registered admin PC or over the emergency VPN",
+        },
+        {
+            "name": "ntp",
+            "src": ["ca"],
+            "dst": ["timesource"],
+            "proto": "udp",
+            "port": NTP_PORT,
+            "purpose": "time synchronisation of the CA from the trusted time source",
+        },
+        {
+            "name": "crl",
+            "src": ["terminal", "hub"] if with_hub else ["terminal"],
+            "dst": ["ca"],
+            "proto": "tcp",
+            "port": CRL_PORT,
+            "purpose": "CRL download over HTTP by the hub / terminal",
+        },
     ]
     if with_db:
-        flows.append({"name": "ca-db", "src": ["ca"], "dst": ["db"], "proto": "tcp", "port": POSTGRES_PORT,
-                      "purpose": "CA nodes to the shared database (inside the CA segment)", "routed": False})
+        flows.append(
+            {
+                "name": "ca-db",
+                "src": ["ca"],
+                "dst": ["db"],
+                "proto": "tcp",
+                "port": POSTGRES_PORT,
+                "purpose": "CA nodes to the shared database (inside the CA segment)",
+                "routed": False,
+            }
+        )
     return flows
 
 
@@ -182,7 +215,9 @@ def build_environment(
     }
     for role in ROLES:
         endpoints[role] = tuple(
-            f"{h.addresses.get(CA_SEGMENT) or h.addresses.get(FACTORY_LAN)}/32" for h in env_hosts if h.role == role
+            f"{h.addresses.get(CA_SEGMENT) or h.addresses.get(FACTORY_LAN)}/32"
+            for h in env_hosts
+            if h.role == role
         )
 
     resolved = []
@@ -196,7 +231,11 @@ def build_environment(
             raise ModelError(f"flow {f['name']}: bad port {f['port']}")
         resolved.append(
             Flow(
-                name=f["name"], src=tuple(f["src"]), dst=tuple(f["dst"]), proto=f["proto"], port=int(f["port"]),
+                name=f["name"],
+                src=tuple(f["src"]),
+                dst=tuple(f["dst"]),
+                proto=f["proto"],
+                port=int(f["port"]),
                 purpose=f.get("purpose", ""),
                 src_cidrs=tuple(c for e in f["src"] for c in endpoints[e]),
                 dst_cidrs=tuple(c for e in f["dst"] for c in endpoints[e]),
@@ -204,8 +243,13 @@ def build_environment(
             )
         )
     return Environment(
-        name=name, kind=kind, segments=segments, hosts=env_hosts, flows=tuple(resolved),
-        time_sources=tsrc, controller_address=f"{addr(mgmt, 1)}/24",
+        name=name,
+        kind=kind,
+        segments=segments,
+        hosts=env_hosts,
+        flows=tuple(resolved),
+        time_sources=tsrc,
+        controller_address=f"{addr(mgmt, 1)}/24",
     )
 
 

@@ -40,7 +40,9 @@ class NodeSetupError(RuntimeError):
 def run_ckms(*args: str) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([*CKMS, *args], capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
-        raise NodeSetupError(f"ckms {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise NodeSetupError(
+            f"ckms {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -75,15 +77,27 @@ def split_custody(home: Path, workdir: Path) -> Custody:
     return Custody({n: (shares / f"{n}.share", passphrases / n) for n in CUSTODIANS})
 
 
-def backup_ca_key(home: Path, custody: Custody, out: Path, custodians: tuple[str, str] = ("alice", "bob")
-                  ) -> dict[str, Any]:
+def backup_ca_key(
+    home: Path, custody: Custody, out: Path, custodians: tuple[str, str] = ("alice", "bob")
+) -> dict[str, Any]:
     """``ckms hsm backup``: the CA key (and the audit key) wrapped under the custody set's KWK."""
-    proc = run_ckms("hsm", "backup", "--home", str(home), "--out", str(out), "--json", *custody.args(*custodians))
+    proc = run_ckms(
+        "hsm", "backup", "--home", str(home), "--out", str(out), "--json", *custody.args(*custodians)
+    )
     return dict(json.loads(proc.stdout))
 
 
-def add_node(first: Path, new: Path, *, backup: Path, custody: Custody, est_port: int, crl_port: int,
-             custodians: tuple[str, str] = ("bob", "carol"), same_host_sqlite: bool = False) -> dict[str, Any]:
+def add_node(
+    first: Path,
+    new: Path,
+    *,
+    backup: Path,
+    custody: Custody,
+    est_port: int,
+    crl_port: int,
+    custodians: tuple[str, str] = ("bob", "carol"),
+    same_host_sqlite: bool = False,
+) -> dict[str, Any]:
     """Create the home of another node of ``first``'s CA and restore the CA key into its own token.
 
     The nodes share ``first``'s PostgreSQL database. ``same_host_sqlite`` (for ``make bench`` only)
@@ -96,7 +110,9 @@ def add_node(first: Path, new: Path, *, backup: Path, custody: Custody, est_port
     config = (first / "ckms.toml").read_text()
     if "postgresql" not in config:
         if not same_host_sqlite:
-            raise NodeSetupError("another node needs a shared database: init the first node with --database-url")
+            raise NodeSetupError(
+                "another node needs a shared database: init the first node with --database-url"
+            )
         config = _set_line(config, "url", f'"sqlite:///{(first / "db" / "ckms.sqlite3").resolve()}"')
     new.mkdir(mode=0o700, parents=True)
     config = _set_line(config, "est_port", str(est_port))
@@ -111,8 +127,18 @@ def add_node(first: Path, new: Path, *, backup: Path, custody: Custody, est_port
             shutil.copy2(src, dst)
     (new / "secrets").mkdir(mode=0o700, exist_ok=True)  # restore writes a fresh user PIN here
     token_dir = new / "hsm" / "tokens"
-    proc = run_ckms("hsm", "restore", "--home", str(new), "--in", str(backup), "--token-dir", str(token_dir),
-                    "--json", *custody.args(*custodians))
+    proc = run_ckms(
+        "hsm",
+        "restore",
+        "--home",
+        str(new),
+        "--in",
+        str(backup),
+        "--token-dir",
+        str(token_dir),
+        "--json",
+        *custody.args(*custodians),
+    )
     restored = dict(json.loads(proc.stdout))
     run_ckms("selftest", "--record", "--home", str(new))
     os.chmod(new, 0o700)

@@ -59,8 +59,15 @@ class HostProvider(_Replacing):
     def create(self, props: dict[str, Any]) -> CreateResult:
         spec = hosts.HostSpec.from_dict(props)
         info = hosts.create_host(spec)
-        outs = {**_inputs(props), "netns": info.netns, "pid": info.pid, "mgmt_address": info.mgmt_address,
-                "addresses": info.addresses, "host_key": info.host_key, "state_dir": info.state_dir}
+        outs = {
+            **_inputs(props),
+            "netns": info.netns,
+            "pid": info.pid,
+            "mgmt_address": info.mgmt_address,
+            "addresses": info.addresses,
+            "host_key": info.host_key,
+            "state_dir": info.state_dir,
+        }
         return CreateResult(f"{spec.lab}/{spec.name}", outs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:

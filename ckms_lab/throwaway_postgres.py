@@ -40,8 +40,17 @@ class PostgresServer:
     def start(self) -> PostgresServer:
         bindir = _bindir()
         self._run(str(bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "ckms", "--no-sync")
-        self._run(str(bindir / "pg_ctl"), "-D", str(self.data), "-w", "-l", str(self.dir / "log"), "-o",
-                  f"-k {self.dir} -p {self.port} -c listen_addresses='' -c fsync=on -c max_connections=200", "start")
+        self._run(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-w",
+            "-l",
+            str(self.dir / "log"),
+            "-o",
+            f"-k {self.dir} -p {self.port} -c listen_addresses='' -c fsync=on -c max_connections=200",
+            "start",
+        )
         return self
 
     def create_database(self, name: str) -> str:
@@ -52,6 +61,9 @@ class PostgresServer:
         return f"postgresql+psycopg://ckms@/{name}?host={self.dir}&port={self.port}"
 
     def stop(self) -> None:
-        subprocess.run([*self._as_user, str(_bindir() / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [*self._as_user, str(_bindir() / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -84,9 +84,27 @@ IMPL_RES: tuple[re.Pattern[str], ...] = (
 )
 
 _ITEM_KEYS_REQUIRED = ("id", "fr", "sp800_130", "title_ja", "title_en", "summary_en", "applicability")
-_ITEM_KEYS_OPTIONAL = ("procedure", "reason", "implemented_by", "checks", "tests", "status", "subitems", "note")
+_ITEM_KEYS_OPTIONAL = (
+    "procedure",
+    "reason",
+    "implemented_by",
+    "checks",
+    "tests",
+    "status",
+    "subitems",
+    "note",
+)
 _SUB_KEYS_REQUIRED = ("title_ja", "title_en", "applicability")
-_SUB_KEYS_OPTIONAL = ("summary_en", "procedure", "reason", "implemented_by", "checks", "tests", "status", "note")
+_SUB_KEYS_OPTIONAL = (
+    "summary_en",
+    "procedure",
+    "reason",
+    "implemented_by",
+    "checks",
+    "tests",
+    "status",
+    "note",
+)
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -302,7 +320,9 @@ def _check_common(
         problems.append(f"{where}: a test is listed twice")
     for ref in tests:
         if not TEST_RE.match(ref):
-            problems.append(f"{where}: malformed test reference {ref!r} (expected 'test:tests/<path>.py::<name>')")
+            problems.append(
+                f"{where}: malformed test reference {ref!r} (expected 'test:tests/<path>.py::<name>')"
+            )
     for cid in checks:
         try:
             parsed = parse_check_id(cid)
@@ -310,7 +330,9 @@ def _check_common(
             problems.append(f"{where}: {exc}")
             continue
         if parsed is None:
-            problems.append(f"{where}: {cid!r} is a suite test: list it under 'tests', 'checks' are host checks")
+            problems.append(
+                f"{where}: {cid!r} is a suite test: list it under 'tests', 'checks' are host checks"
+            )
             continue
         if parsed.item != item_id or parsed.sub != letter:
             expected = f"check:{item_id}{'.' + letter if letter else ''}.<slug>"
@@ -625,7 +647,7 @@ def render_markdown(catalog: Mapping[str, Control]) -> str:
         "(A.01-A.69, E.01-E.37, F.01-F.57; lettered sub-items as extra rows). Titles are the project's own "
         "short wording. `automated`: ckms code or roles implement it and a check verifies it; `procedural`: "
         "the named operations section covers it; `not-applicable`: the toy model has no such case. "
-        "Check status `planned` means the check is named but not written yet. \"+ N suite tests\": tests of the "
+        'Check status `planned` means the check is named but not written yet. "+ N suite tests": tests of the '
         "suite listed as supporting evidence (`tests:`), shown in the report but not counted as host checks.",
         "",
         "| chapter | automated | procedural | not-applicable | total |",

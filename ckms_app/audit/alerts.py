@@ -66,11 +66,14 @@ def _to_syslog(config: AlertConfig, message: str) -> Delivery:
     address = config.syslog_address
     if os.path.exists(address):
         try:
-            handler = logging.handlers.SysLogHandler(address=address,
-                                                     facility=logging.handlers.SysLogHandler.LOG_AUTHPRIV)
+            handler = logging.handlers.SysLogHandler(
+                address=address, facility=logging.handlers.SysLogHandler.LOG_AUTHPRIV
+            )
             try:
                 handler.ident = "ckms: "
-                handler.emit(logging.LogRecord("ckms.alerts", logging.WARNING, __file__, 0, message, None, None))
+                handler.emit(
+                    logging.LogRecord("ckms.alerts", logging.WARNING, __file__, 0, message, None, None)
+                )
             finally:
                 handler.close()
             return Delivery("syslog", True, address)
@@ -89,19 +92,28 @@ def _to_syslog(config: AlertConfig, message: str) -> Delivery:
 
 def _to_command(config: AlertConfig, message: str) -> Delivery:
     try:
-        proc = subprocess.run(list(config.command), input=message + "\n", text=True, capture_output=True,
-                              timeout=config.timeout_seconds, check=False)
+        proc = subprocess.run(
+            list(config.command),
+            input=message + "\n",
+            text=True,
+            capture_output=True,
+            timeout=config.timeout_seconds,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return Delivery("command", False, f"{config.command[0]}: {exc}")
     if proc.returncode != 0:
-        return Delivery("command", False, f"{config.command[0]} exited {proc.returncode}: {proc.stderr.strip()[:200]}")
+        return Delivery(
+            "command", False, f"{config.command[0]} exited {proc.returncode}: {proc.stderr.strip()[:200]}"
+        )
     return Delivery("command", True, config.command[0])
 
 
 def _to_webhook(config: AlertConfig, message: str) -> Delivery:
     assert config.webhook is not None
-    request = urllib.request.Request(config.webhook, data=message.encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        config.webhook, data=message.encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=config.timeout_seconds) as resp:  # noqa: S310 - configured URL
             return Delivery("webhook", 200 <= resp.status < 300, f"HTTP {resp.status}")

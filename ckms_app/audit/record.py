@@ -43,11 +43,18 @@ def named(entity_id: str, role: str) -> Actor:
 SYSTEM = named("ckms", "system")  # the daemon itself: start/stop, seals, configuration changes, error state
 
 
-def event(who: Actor, action: str, target: str, outcome: str, detail: Mapping[str, Any] | None = None
-          ) -> dict[str, Any]:
+def event(
+    who: Actor, action: str, target: str, outcome: str, detail: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """One audit record, ready for a unit of work."""
-    return audit_row(entity_id=who.entity_id, role=who.role, action=action, target=target, outcome=outcome,
-                     detail=dict(detail or {}))
+    return audit_row(
+        entity_id=who.entity_id,
+        role=who.role,
+        action=action,
+        target=target,
+        outcome=outcome,
+        detail=dict(detail or {}),
+    )
 
 
 def refusal(exc: CkmsError, **extra: Any) -> dict[str, Any]:
@@ -60,14 +67,26 @@ def outcome_of(exc: CkmsError) -> str:
     return "denied" if exc.http_status < 500 else "error"
 
 
-async def record(writer: GroupCommitWriter, who: Actor, action: str, target: str, outcome: str,
-                 detail: Mapping[str, Any] | None = None) -> None:
+async def record(
+    writer: GroupCommitWriter,
+    who: Actor,
+    action: str,
+    target: str,
+    outcome: str,
+    detail: Mapping[str, Any] | None = None,
+) -> None:
     """Write one record durably (the daemon's workers)."""
     await writer.submit(Inserts(((audit_events, event(who, action, target, outcome, detail)),)))
 
 
-def record_now(writer: GroupCommitWriter, who: Actor, action: str, target: str, outcome: str,
-               detail: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def record_now(
+    writer: GroupCommitWriter,
+    who: Actor,
+    action: str,
+    target: str,
+    outcome: str,
+    detail: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write one record durably from synchronous code (the CLI); returns the record."""
     row = event(who, action, target, outcome, detail)
     writer.run(Inserts(((audit_events, row),)))

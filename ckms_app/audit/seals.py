@@ -68,17 +68,23 @@ def ensure_audit_key(token: Token, home: Path, curve: Curve, label: str = AUDIT_
             if "no EC key pair" not in str(exc):
                 raise
             if pub_path.exists():
-                raise HsmError(f"the token has no audit key {label!r}, but this CA's trail is sealed with the key "
-                               f"in {pub_path}: restore it from the CA's wrapped backup (ckms hsm restore) "
-                               "instead of starting a second one") from None
+                raise HsmError(
+                    f"the token has no audit key {label!r}, but this CA's trail is sealed with the key "
+                    f"in {pub_path}: restore it from the CA's wrapped backup (ckms hsm restore) "
+                    "instead of starting a second one"
+                ) from None
             key = token.generate_ec_key(label, curve)
             log.info("generated the audit sealing key %r in the token", label)
-        pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        pem = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         if not pub_path.exists():
             pub_path.write_bytes(pem)
         elif serialization.load_pem_public_key(pub_path.read_bytes()) != key.public_key():
-            raise HsmError(f"the token's audit key {label!r} is not the key this CA's trail is sealed with "
-                           f"({pub_path}); its seals would not verify")
+            raise HsmError(
+                f"the token's audit key {label!r} is not the key this CA's trail is sealed with "
+                f"({pub_path}); its seals would not verify"
+            )
     return key
 
 
@@ -101,18 +107,39 @@ def seal_unit(key: HsmEcPrivateKey, *, force: bool = False):  # type: ignore[no-
     """
 
     def unit(conn: Connection) -> int | None:
-        head = conn.execute(select(audit_chain_head).where(audit_chain_head.c.chain_id == 1).with_for_update()).first()
+        head = conn.execute(
+            select(audit_chain_head).where(audit_chain_head.c.chain_id == 1).with_for_update()
+        ).first()
         if head is None or head.last_seq == 0:
             return None
         last = conn.execute(select(func.max(audit_seals.c.up_to_seq))).scalar() or 0
         if not force and head.last_seq <= last + 1:
             return None
         sealed_at = dt.datetime.now(dt.UTC)
-        signature = key.sign(seal_message(head.last_seq, head.last_hash, sealed_at),
-                             ec.ECDSA(key.curve_info.hash_algorithm))
-        conn.execute(audit_seals.insert().values(up_to_seq=head.last_seq, chain_hash=head.last_hash,
-                                                 sealed_at=sealed_at, key_label=key.label, signature=signature))
-        append_audit(conn, [event(SYSTEM, "audit.seal", f"seq:{head.last_seq}", "success", {"chain_hash": head.last_hash, "key": key.label})])
+        signature = key.sign(
+            seal_message(head.last_seq, head.last_hash, sealed_at), ec.ECDSA(key.curve_info.hash_algorithm)
+        )
+        conn.execute(
+            audit_seals.insert().values(
+                up_to_seq=head.last_seq,
+                chain_hash=head.last_hash,
+                sealed_at=sealed_at,
+                key_label=key.label,
+                signature=signature,
+            )
+        )
+        append_audit(
+            conn,
+            [
+                event(
+                    SYSTEM,
+                    "audit.seal",
+                    f"seq:{head.last_seq}",
+                    "success",
+                    {"chain_hash": head.last_hash, "key": key.label},
+                )
+            ],
+        )
         return int(head.last_seq)
 
     return unit
@@ -125,8 +152,13 @@ class AuditSealer:
     than at start, so the token is not written while the other workers are logging in.
     """
 
-    def __init__(self, config: AuditConfig, key: Callable[[], HsmEcPrivateKey], writer: GroupCommitWriter,
-                 reader: Engine) -> None:
+    def __init__(
+        self,
+        config: AuditConfig,
+        key: Callable[[], HsmEcPrivateKey],
+        writer: GroupCommitWriter,
+        reader: Engine,
+    ) -> None:
         self._config = config
         self._key_provider = key
         self._key_loaded: HsmEcPrivateKey | None = None
@@ -179,12 +211,22 @@ def config_change_unit(home: Path):  # type: ignore[no-untyped-def]
     digest = hashlib.sha256((home / "ckms.toml").read_bytes()).hexdigest()
 
     def unit(conn: Connection) -> dict[str, Any] | None:
-        last = conn.execute(select(audit_events.c.detail).where(audit_events.c.action == "config.change")
-                            .order_by(audit_events.c.seq.desc()).limit(1)).scalar()
+        last = conn.execute(
+            select(audit_events.c.detail)
+            .where(audit_events.c.action == "config.change")
+            .order_by(audit_events.c.seq.desc())
+            .limit(1)
+        ).scalar()
         previous = json.loads(last).get("config_sha256") if last else None
         if previous == digest:
             return None
-        row = event(SYSTEM, "config.change", "ckms.toml", "success", {"config_sha256": digest, "previous_sha256": previous})
+        row = event(
+            SYSTEM,
+            "config.change",
+            "ckms.toml",
+            "success",
+            {"config_sha256": digest, "previous_sha256": previous},
+        )
         append_audit(conn, [row])
         return row
 

@@ -58,9 +58,12 @@ def _record_dict(row: Any) -> dict[str, Any]:
     return record
 
 
-def verify_trail(records: Iterable[dict[str, Any]], seals: Iterable[dict[str, Any]],
-                 public_key: ec.EllipticCurvePublicKey | None,
-                 head: tuple[int, str] | None = None) -> VerifyReport:
+def verify_trail(
+    records: Iterable[dict[str, Any]],
+    seals: Iterable[dict[str, Any]],
+    public_key: ec.EllipticCurvePublicKey | None,
+    head: tuple[int, str] | None = None,
+) -> VerifyReport:
     """Check the chain record by record, then every seal; report the first record that breaks.
 
     ``records`` must come in stored order (seq order for the database, file order for an export);
@@ -74,53 +77,100 @@ def verify_trail(records: Iterable[dict[str, Any]], seals: Iterable[dict[str, An
         count += 1
         seq = record.get("seq")
         if seq != expected:
-            what = "missing (deleted)" if isinstance(seq, int) and seq > expected else "out of order or inserted"
-            return VerifyReport(False, count, 0, expected - 1, expected if isinstance(seq, int) and seq > expected
-                                else (seq if isinstance(seq, int) else expected),
-                                f"expected record seq {expected}, found seq {seq}: record {expected} is {what}")
+            what = (
+                "missing (deleted)" if isinstance(seq, int) and seq > expected else "out of order or inserted"
+            )
+            return VerifyReport(
+                False,
+                count,
+                0,
+                expected - 1,
+                expected
+                if isinstance(seq, int) and seq > expected
+                else (seq if isinstance(seq, int) else expected),
+                f"expected record seq {expected}, found seq {seq}: record {expected} is {what}",
+            )
         try:
             computed = audit_record_hash(prev, record)
         except (KeyError, TypeError, ValueError) as exc:
             return VerifyReport(False, count, 0, seq - 1, seq, f"record {seq} is malformed: {exc}")
         if computed != record.get("chain_hash"):
-            return VerifyReport(False, count, 0, seq - 1, seq,
-                                f"record {seq} does not match its chain hash: it was edited, or replaced")
+            return VerifyReport(
+                False,
+                count,
+                0,
+                seq - 1,
+                seq,
+                f"record {seq} does not match its chain hash: it was edited, or replaced",
+            )
         if record.get("action") == "audit.seal":
             seal_events[int(str(record["target"]).removeprefix("seq:"))] = seq
         hashes[seq] = prev = computed
         expected += 1
     last_seq = expected - 1
     if head is not None and (head[0] != last_seq or (last_seq and head[1] != prev)):
-        return VerifyReport(False, count, 0, last_seq, last_seq + 1 if head[0] > last_seq else head[0] + 1,
-                            f"the chain head says the trail ends at record {head[0]}, but the records end at "
-                            f"{last_seq}: records were removed from, or added to, the end")
+        return VerifyReport(
+            False,
+            count,
+            0,
+            last_seq,
+            last_seq + 1 if head[0] > last_seq else head[0] + 1,
+            f"the chain head says the trail ends at record {head[0]}, but the records end at "
+            f"{last_seq}: records were removed from, or added to, the end",
+        )
     n_seals, sealed_up_to, previous_seal_ok = 0, 0, 0
     for seal in sorted(seals, key=lambda s: int(s["up_to_seq"])):
         n_seals += 1
         up_to = int(seal["up_to_seq"])
         if public_key is not None:
             try:
-                public_key.verify(seal["signature"], seal_message(up_to, seal["chain_hash"], seal["sealed_at"]),
-                                  ec.ECDSA(_hash_for(public_key)))
+                public_key.verify(
+                    seal["signature"],
+                    seal_message(up_to, seal["chain_hash"], seal["sealed_at"]),
+                    ec.ECDSA(_hash_for(public_key)),
+                )
             except InvalidSignature:
-                return VerifyReport(False, count, n_seals, last_seq, up_to,
-                                    f"the seal over records up to {up_to} has a bad signature: the seal was forged "
-                                    f"or edited")
+                return VerifyReport(
+                    False,
+                    count,
+                    n_seals,
+                    last_seq,
+                    up_to,
+                    f"the seal over records up to {up_to} has a bad signature: the seal was forged or edited",
+                )
         if up_to > last_seq:
-            return VerifyReport(False, count, n_seals, last_seq, last_seq + 1,
-                                f"a seal covers records up to {up_to}, but the trail ends at {last_seq}: "
-                                f"records {last_seq + 1}..{up_to} were deleted")
+            return VerifyReport(
+                False,
+                count,
+                n_seals,
+                last_seq,
+                last_seq + 1,
+                f"a seal covers records up to {up_to}, but the trail ends at {last_seq}: "
+                f"records {last_seq + 1}..{up_to} were deleted",
+            )
         if hashes.get(up_to) != seal["chain_hash"]:
-            return VerifyReport(False, count, n_seals, last_seq, previous_seal_ok + 1,
-                                f"the records between {previous_seal_ok + 1} and {up_to} differ from what was sealed "
-                                f"(the chain was rewritten)")
+            return VerifyReport(
+                False,
+                count,
+                n_seals,
+                last_seq,
+                previous_seal_ok + 1,
+                f"the records between {previous_seal_ok + 1} and {up_to} differ from what was sealed "
+                f"(the chain was rewritten)",
+            )
         previous_seal_ok = sealed_up_to = up_to
     sealed_targets = {int(s["up_to_seq"]) for s in seals}
     for target, event_seq in sorted(seal_events.items()):
         if target not in sealed_targets:
-            return VerifyReport(False, count, n_seals, last_seq, event_seq,
-                                f"record {event_seq} records a seal over records up to {target}, "
-                                f"but that seal is missing (deleted)")
+            return VerifyReport(
+                False,
+                count,
+                n_seals,
+                last_seq,
+                event_seq,
+                f"record {event_seq} records a seal over records up to {target}, "
+                f"but that seal is missing (deleted)",
+            )
     return VerifyReport(True, count, n_seals, last_seq, unsealed_records=last_seq - sealed_up_to)
 
 
@@ -135,27 +185,54 @@ def verify_database(engine: Engine, public_key: ec.EllipticCurvePublicKey | None
         seals = [dict(r) for r in conn.execute(select(audit_seals)).mappings()]
         rows = conn.execute(select(audit_events).order_by(audit_events.c.seq)).mappings()
         records = (_record_dict(r) for r in rows)
-        return verify_trail(records, seals, public_key,
-                            None if head_row is None else (int(head_row.last_seq), head_row.last_hash))
+        return verify_trail(
+            records,
+            seals,
+            public_key,
+            None if head_row is None else (int(head_row.last_seq), head_row.last_hash),
+        )
 
 
 # --- export -------------------------------------------------------------------------------------
 def export_lines(engine: Engine, public_key: ec.EllipticCurvePublicKey | None, ca_name: str) -> Iterator[str]:
     """JSON lines: a header, every record in order, then every seal (signature in base64)."""
-    pem = None if public_key is None else public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    yield json.dumps({"type": "header", "format": EXPORT_FORMAT, "ca": ca_name, "exported_at": _iso(
-        dt.datetime.now(dt.UTC)), "audit_public_key": pem}, sort_keys=True)
+    pem = (
+        None
+        if public_key is None
+        else public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+    )
+    yield json.dumps(
+        {
+            "type": "header",
+            "format": EXPORT_FORMAT,
+            "ca": ca_name,
+            "exported_at": _iso(dt.datetime.now(dt.UTC)),
+            "audit_public_key": pem,
+        },
+        sort_keys=True,
+    )
     with engine.connect() as conn:
         head = conn.execute(select(audit_chain_head).where(audit_chain_head.c.chain_id == 1)).first()
         for row in conn.execute(select(audit_events).order_by(audit_events.c.seq)).mappings():
             yield json.dumps({"type": "record", **_record_dict(row)}, sort_keys=True, ensure_ascii=False)
         for seal in conn.execute(select(audit_seals).order_by(audit_seals.c.up_to_seq)).mappings():
-            yield json.dumps({"type": "seal", "up_to_seq": seal["up_to_seq"], "chain_hash": seal["chain_hash"],
-                              "sealed_at": _iso(seal["sealed_at"]), "key_label": seal["key_label"],
-                              "signature": base64.b64encode(seal["signature"]).decode()}, sort_keys=True)
+            yield json.dumps(
+                {
+                    "type": "seal",
+                    "up_to_seq": seal["up_to_seq"],
+                    "chain_hash": seal["chain_hash"],
+                    "sealed_at": _iso(seal["sealed_at"]),
+                    "key_label": seal["key_label"],
+                    "signature": base64.b64encode(seal["signature"]).decode(),
+                },
+                sort_keys=True,
+            )
     if head is not None:
-        yield json.dumps({"type": "head", "last_seq": head.last_seq, "last_hash": head.last_hash}, sort_keys=True)
+        yield json.dumps(
+            {"type": "head", "last_seq": head.last_seq, "last_hash": head.last_hash}, sort_keys=True
+        )
 
 
 def verify_export(lines: Iterable[str], public_key: ec.EllipticCurvePublicKey | None) -> VerifyReport:
@@ -170,8 +247,14 @@ def verify_export(lines: Iterable[str], public_key: ec.EllipticCurvePublicKey | 
             item = json.loads(line)
             kind = item.pop("type")
         except (json.JSONDecodeError, KeyError, AttributeError):
-            return VerifyReport(False, len(records), len(seals), 0, None, f"line {number} of the export is not "
-                                f"a ckms audit item")
+            return VerifyReport(
+                False,
+                len(records),
+                len(seals),
+                0,
+                None,
+                f"line {number} of the export is not a ckms audit item",
+            )
         if kind == "header":
             if item.get("format") != EXPORT_FORMAT:
                 raise ExportError(f"not a {EXPORT_FORMAT} file (format {item.get('format')!r})")

@@ -69,7 +69,9 @@ class InitOptions:
     csr_out: Path | None = None
     lint: bool = True
     policy_oid: str | None = None
-    clock_source: str | None = None  # None: "chrony" if chronyc is installed, else "none" (stated in the summary)
+    clock_source: str | None = (
+        None  # None: "chrony" if chronyc is installed, else "none" (stated in the summary)
+    )
     database_url: str | None = None  # default: SQLite in the home; postgresql+psycopg://… for several nodes
 
 
@@ -84,31 +86,59 @@ def default_config(home: Path, opts: InitOptions, pin_file: str, softhsm_conf: s
     return {
         "ca": {"name": opts.ca_name, "curve": opts.curve, "key_label": "ckms-ca-key", "cert": "ca/ca.pem"},
         "hsm": hsm,
-        "server": {"listen": opts.listen, "public_host": opts.public_host, "est_port": opts.est_port,
-                   "crl_port": opts.crl_port, "tls_cert": "tls/server.pem", "tls_key": "tls/server.key",
-                   "shutdown_grace_seconds": 10.0, "workers": 0},
+        "server": {
+            "listen": opts.listen,
+            "public_host": opts.public_host,
+            "est_port": opts.est_port,
+            "crl_port": opts.crl_port,
+            "tls_cert": "tls/server.pem",
+            "tls_key": "tls/server.key",
+            "shutdown_grace_seconds": 10.0,
+            "workers": 0,
+        },
         "database": {"url": opts.database_url or "sqlite:///db/ckms.sqlite3"},
-        "crl": {"validity_hours": 24, "delta_validity_hours": 1, "full_interval_seconds": 3600,
-                "max_publish_delay_seconds": 60, "directory": "crl"},
+        "crl": {
+            "validity_hours": 24,
+            "delta_validity_hours": 1,
+            "full_interval_seconds": 3600,
+            "max_publish_delay_seconds": 60,
+            "directory": "crl",
+        },
         "csr": {"max_bytes": 4096, "duplicate_csr": "return-existing"},
         "lint": {"enabled": opts.lint},
         "clock": {"source": opts.clock_source or default_clock_source(), "max_offset_seconds": 10},
         "issuance": {"default_profile": "device"},
         "profiles": {
-            "device": {"validity_days": 365, "key_usage": ["digital_signature"],
-                       "extended_key_usage": ["client_auth"], "policy_oid": policy_oid,
-                       "subject_cn_pattern": DEVICE_ID, "allowed_subject_attributes": ["CN", "O", "OU", "serialNumber"],
-                       "san_required": False, "san_uri_pattern": r"urn:ckms:device:[A-Za-z0-9._-]{1,64}",
-                       "san_dns_pattern": r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*",
-                       "allowed_curves": ["P-256", "P-384"]},
-            "identity": {"validity_days": 365, "key_usage": ["digital_signature"],
-                         "extended_key_usage": ["client_auth"], "policy_oid": policy_oid,
-                         "subject_cn_pattern": DEVICE_ID, "allowed_subject_attributes": ["CN", "O", "OU"],
-                         "allowed_curves": ["P-256", "P-384"]},
-            "tls-server": {"validity_days": 365, "key_usage": ["digital_signature"],
-                           "extended_key_usage": ["server_auth"], "policy_oid": policy_oid,
-                           "subject_cn_pattern": ".{1,64}", "allowed_subject_attributes": ["CN", "O"],
-                           "allowed_curves": ["P-256", "P-384"]},
+            "device": {
+                "validity_days": 365,
+                "key_usage": ["digital_signature"],
+                "extended_key_usage": ["client_auth"],
+                "policy_oid": policy_oid,
+                "subject_cn_pattern": DEVICE_ID,
+                "allowed_subject_attributes": ["CN", "O", "OU", "serialNumber"],
+                "san_required": False,
+                "san_uri_pattern": r"urn:ckms:device:[A-Za-z0-9._-]{1,64}",
+                "san_dns_pattern": r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*",
+                "allowed_curves": ["P-256", "P-384"],
+            },
+            "identity": {
+                "validity_days": 365,
+                "key_usage": ["digital_signature"],
+                "extended_key_usage": ["client_auth"],
+                "policy_oid": policy_oid,
+                "subject_cn_pattern": DEVICE_ID,
+                "allowed_subject_attributes": ["CN", "O", "OU"],
+                "allowed_curves": ["P-256", "P-384"],
+            },
+            "tls-server": {
+                "validity_days": 365,
+                "key_usage": ["digital_signature"],
+                "extended_key_usage": ["server_auth"],
+                "policy_oid": policy_oid,
+                "subject_cn_pattern": ".{1,64}",
+                "allowed_subject_attributes": ["CN", "O"],
+                "allowed_curves": ["P-256", "P-384"],
+            },
         },
     }
 
@@ -132,8 +162,14 @@ def init_ca(home: Path, opts: InitOptions) -> dict[str, Any]:
         write_secret_file(pin_file, user_pin)
         # The SO PIN is kept for the HSM custodians; CA daemon part 2 splits it 2-of-3.
         write_secret_file(home / "secrets" / "token-so-pin", so_pin)
-        provision_softhsm_token(opts.module, home / "hsm" / "softhsm2.conf", home / "hsm" / "tokens",
-                                opts.token_label, so_pin, user_pin)
+        provision_softhsm_token(
+            opts.module,
+            home / "hsm" / "softhsm2.conf",
+            home / "hsm" / "tokens",
+            opts.token_label,
+            so_pin,
+            user_pin,
+        )
         config_pin, softhsm_conf = "secrets/token-pin", "hsm/softhsm2.conf"
     else:
         config_pin, softhsm_conf = str(opts.pin_file.resolve()), None
@@ -147,15 +183,27 @@ def init_ca(home: Path, opts: InitOptions) -> dict[str, Any]:
         key = token.generate_ec_key(config.ca_key_label, curve)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, opts.ca_name)])
         if opts.csr_out is not None:
-            request = x509.CertificateSigningRequestBuilder().subject_name(subject).add_extension(
-                x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            request = (
+                x509.CertificateSigningRequestBuilder()
+                .subject_name(subject)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            )
             csr = asyncio.run(_sign_request(config, key, request))
             opts.csr_out.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
-            return {"home": str(home), "status": "pending-ca-certificate", "csr": str(opts.csr_out),
-                    "next": f"have the CSR signed by your root, then: ckms ca import-cert --home {home} --cert FILE"}
+            return {
+                "home": str(home),
+                "status": "pending-ca-certificate",
+                "csr": str(opts.csr_out),
+                "next": f"have the CSR signed by your root, then: ckms ca import-cert --home {home} --cert FILE",
+            }
         profile = config.profile("device")
-        builder = ca_builder(subject=subject, public_key=key.public_key(), now=utcnow(),
-                             validity_days=opts.ca_validity_days, policy_oid=profile.policy_oid)
+        builder = ca_builder(
+            subject=subject,
+            public_key=key.public_key(),
+            now=utcnow(),
+            validity_days=opts.ca_validity_days,
+            policy_oid=profile.policy_oid,
+        )
         ca_cert = asyncio.run(_sign_ca_certificate(config, key, builder))
         config.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
         return _finish(config, token, key, ca_cert)
@@ -187,14 +235,16 @@ def import_ca_certificate(home: Path, cert_path: Path, chain_path: Path | None) 
         return _finish(config, token, key, ca_cert)
 
 
-async def _sign_request(config: Config, key: HsmEcPrivateKey,
-                        builder: x509.CertificateSigningRequestBuilder) -> x509.CertificateSigningRequest:
+async def _sign_request(
+    config: Config, key: HsmEcPrivateKey, builder: x509.CertificateSigningRequestBuilder
+) -> x509.CertificateSigningRequest:
     async with open_signer(config, key) as signer:
         return await signer.request(builder)
 
 
-async def _sign_ca_certificate(config: Config, key: HsmEcPrivateKey, builder: x509.CertificateBuilder
-                               ) -> x509.Certificate:
+async def _sign_ca_certificate(
+    config: Config, key: HsmEcPrivateKey, builder: x509.CertificateBuilder
+) -> x509.Certificate:
     async with open_signer(config, key) as signer:
         cert, _ = await signer.certificate(builder, "CA certificate")
     return cert
@@ -228,26 +278,50 @@ def _finish(config: Config, token: Token, key: Any, ca_cert: x509.Certificate) -
     }
 
 
-async def _issue_identities(config: Config, key: Any, ca_cert: x509.Certificate, writer: GroupCommitWriter,
-                            engine: Any) -> dict[str, dict[str, str]]:
+async def _issue_identities(
+    config: Config, key: Any, ca_cert: x509.Certificate, writer: GroupCommitWriter, engine: Any
+) -> dict[str, dict[str, str]]:
     async with open_signer(config, key, writer) as signer:
         ca_der = ca_cert.public_bytes(serialization.Encoding.DER)
-        ca_row = certificate_row(ca_cert, ca_der, kind="ca", profile="ca", requested_by="ceremony",
-                                 csr_sha256=None, pubkey_sha256=public_key_sha256(ca_cert.public_key()))  # type: ignore[arg-type]
-        await writer.submit(lambda c: c.execute(certificates.insert().prefix_with("OR IGNORE")
-                                                if engine.dialect.name == "sqlite" else certificates.insert(), ca_row))
+        ca_row = certificate_row(
+            ca_cert,
+            ca_der,
+            kind="ca",
+            profile="ca",
+            requested_by="ceremony",
+            csr_sha256=None,
+            pubkey_sha256=public_key_sha256(ca_cert.public_key()),
+        )  # type: ignore[arg-type]
+        await writer.submit(
+            lambda c: c.execute(
+                certificates.insert().prefix_with("OR IGNORE")
+                if engine.dialect.name == "sqlite"
+                else certificates.insert(),
+                ca_row,
+            )
+        )
 
         tls_key = ec.generate_private_key(ec.SECP256R1())
-        tls_cert = await _issue(config, signer, ca_cert, writer, "tls-server", config.server.public_host,
-                                _tls_sans(config), tls_key, kind="tls-server")
+        tls_cert = await _issue(
+            config,
+            signer,
+            ca_cert,
+            writer,
+            "tls-server",
+            config.server.public_host,
+            _tls_sans(config),
+            tls_key,
+            kind="tls-server",
+        )
         write_key_and_cert(config.server.tls_key, config.server.tls_cert, tls_key, tls_cert)
 
         credentials: dict[str, dict[str, str]] = {}
         for role in ROLES:
             entity_id = f"demo-{role}"
             client_key = ec.generate_private_key(ec.SECP256R1())
-            cert = await _issue(config, signer, ca_cert, writer, "identity", entity_id, (), client_key,
-                                kind="identity")
+            cert = await _issue(
+                config, signer, ca_cert, writer, "identity", entity_id, (), client_key, kind="identity"
+            )
             key_path = config.home / "credentials" / f"{role}.key"
             cert_path = config.home / "credentials" / f"{role}.pem"
             write_key_and_cert(key_path, cert_path, client_key, cert)
@@ -259,40 +333,81 @@ async def _issue_identities(config: Config, key: Any, ca_cert: x509.Certificate,
             if password_path.exists():
                 password_path.unlink()
             write_secret_file(password_path, password)
-            entity = {"entity_id": entity_id, "role": role, "cert_sha256": certificate_fingerprint(der),
-                      "cert_serial": format(cert.serial_number, "x"), "status": "active", "created_at": utcnow(),
-                      "password_hash": hash_password(password)}
+            entity = {
+                "entity_id": entity_id,
+                "role": role,
+                "cert_sha256": certificate_fingerprint(der),
+                "cert_serial": format(cert.serial_number, "x"),
+                "status": "active",
+                "created_at": utcnow(),
+                "password_hash": hash_password(password),
+            }
             audit = event(CEREMONY, "entity.create", entity_id, "success", {"roles": [role], "demo": True})
 
             def store(c: Any, entity: dict[str, Any] = entity, audit: dict[str, Any] = audit) -> None:
                 c.execute(entities.insert(), entity)
-                c.execute(entity_roles.insert().values(entity_id=entity["entity_id"], role=entity["role"],
-                                                       granted_at=entity["created_at"], granted_by="ceremony"))
+                c.execute(
+                    entity_roles.insert().values(
+                        entity_id=entity["entity_id"],
+                        role=entity["role"],
+                        granted_at=entity["created_at"],
+                        granted_by="ceremony",
+                    )
+                )
                 append_audit(c, [audit])
 
             await writer.submit(store)
-            credentials[role] = {"cert": str(cert_path), "key": str(key_path), "entity_id": entity_id,
-                                 "password_file": str(password_path)}
+            credentials[role] = {
+                "cert": str(cert_path),
+                "key": str(key_path),
+                "entity_id": entity_id,
+                "password_file": str(password_path),
+            }
 
         publisher = CrlPublisher(config, signer, ca_cert, writer, engine)
         await publisher.publish()
         return credentials
 
 
-async def _issue(config: Config, signer: Signer, ca_cert: x509.Certificate, writer: GroupCommitWriter,
-                 profile_name: str, cn: str, sans: tuple[x509.GeneralName, ...],
-                 subject_key: ec.EllipticCurvePrivateKey, *, kind: str,
-                 who: Actor = CEREMONY) -> x509.Certificate:
+async def _issue(
+    config: Config,
+    signer: Signer,
+    ca_cert: x509.Certificate,
+    writer: GroupCommitWriter,
+    profile_name: str,
+    cn: str,
+    sans: tuple[x509.GeneralName, ...],
+    subject_key: ec.EllipticCurvePrivateKey,
+    *,
+    kind: str,
+    who: Actor = CEREMONY,
+) -> x509.Certificate:
     profile = config.profile(profile_name)
     base = config.server.crl_base_url
     builder = end_entity_builder(
-        profile=profile, subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]), sans=sans,
-        public_key=subject_key.public_key(), issuer=ca_cert, serial=new_serial(), now=utcnow(),
-        crl_url=f"{base}/full.crl", delta_crl_url=f"{base}/delta.crl")
+        profile=profile,
+        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]),
+        sans=sans,
+        public_key=subject_key.public_key(),
+        issuer=ca_cert,
+        serial=new_serial(),
+        now=utcnow(),
+        crl_url=f"{base}/full.crl",
+        delta_crl_url=f"{base}/delta.crl",
+    )
     cert, der = await signer.certificate(builder, f"{kind} certificate")
-    row = certificate_row(cert, der, kind=kind, profile=profile_name, requested_by=who.entity_id, csr_sha256=None,
-                          pubkey_sha256=public_key_sha256(subject_key.public_key()))
-    audit = event(who, "certificate.issue", str(row["serial"]), "success", {"kind": kind, "subject": row["subject"]})
+    row = certificate_row(
+        cert,
+        der,
+        kind=kind,
+        profile=profile_name,
+        requested_by=who.entity_id,
+        csr_sha256=None,
+        pubkey_sha256=public_key_sha256(subject_key.public_key()),
+    )
+    audit = event(
+        who, "certificate.issue", str(row["serial"]), "success", {"kind": kind, "subject": row["subject"]}
+    )
 
     def store(c: Any) -> None:
         c.execute(certificates.insert(), row)
@@ -309,23 +424,35 @@ def _seal_initial_trail(config: Config, token: Token, key: Any, writer: GroupCom
     writer.run(seal_unit(audit_key, force=True))
 
 
-def write_key_and_cert(key_path: Path, cert_path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+def write_key_and_cert(
+    key_path: Path, cert_path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
+) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     if key_path.exists():
         key_path.unlink()
     write_secret_file(key_path, pem.decode().strip())
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def issue_identity_certificate(config: Config, writer: GroupCommitWriter, entity_id: str,
-                    client_key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+def issue_identity_certificate(
+    config: Config, writer: GroupCommitWriter, entity_id: str, client_key: ec.EllipticCurvePrivateKey
+) -> x509.Certificate:
     """An individual's client certificate (``ckms entity add``), signed through the signer (guard, lint, HSM)."""
     ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
     base = config.server.crl_base_url
     builder = end_entity_builder(
-        profile=config.profile("identity"), subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, entity_id)]),
-        sans=(), public_key=client_key.public_key(), issuer=ca_cert, serial=new_serial(), now=utcnow(),
-        crl_url=f"{base}/full.crl", delta_crl_url=f"{base}/delta.crl")
+        profile=config.profile("identity"),
+        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, entity_id)]),
+        sans=(),
+        public_key=client_key.public_key(),
+        issuer=ca_cert,
+        serial=new_serial(),
+        now=utcnow(),
+        crl_url=f"{base}/full.crl",
+        delta_crl_url=f"{base}/delta.crl",
+    )
 
     async def sign() -> x509.Certificate:
         async with open_signer(config, key, writer) as signer:
@@ -353,23 +480,41 @@ def renew_tls(home: Path) -> dict[str, Any]:
 
             async def issue() -> x509.Certificate:
                 async with open_signer(config, key, writer) as signer:
-                    return await _issue(config, signer, ca_cert, writer, "tls-server", config.server.public_host,
-                                        _tls_sans(config), tls_key, kind="tls-server", who=named("ca-host", "system"))
+                    return await _issue(
+                        config,
+                        signer,
+                        ca_cert,
+                        writer,
+                        "tls-server",
+                        config.server.public_host,
+                        _tls_sans(config),
+                        tls_key,
+                        kind="tls-server",
+                        who=named("ca-host", "system"),
+                    )
 
             cert = asyncio.run(issue())
     finally:
         writer.close()
         engine.dispose()
     write_key_and_cert(config.server.tls_key, config.server.tls_cert, tls_key, cert)
-    return {"home": str(config.home), "status": "renewed", "tls_cert": str(config.server.tls_cert),
-            "serial": format(cert.serial_number, "x"), "not_after": cert.not_valid_after_utc.isoformat(),
-            "next": "restart the daemon to present it (systemctl restart ckms-ca)"}
+    return {
+        "home": str(config.home),
+        "status": "renewed",
+        "tls_cert": str(config.server.tls_cert),
+        "serial": format(cert.serial_number, "x"),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "next": "restart the daemon to present it (systemctl restart ckms-ca)",
+    }
 
 
 def _tls_sans(config: Config) -> tuple[x509.GeneralName, ...]:
     """The daemon's TLS names: loopback for local clients and the name or address clients use."""
-    sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            _host_name(config.server.public_host)]
+    sans = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        _host_name(config.server.public_host),
+    ]
     return tuple(dict.fromkeys(sans))
 
 

@@ -32,7 +32,11 @@ class ClockReading:
     reason: str  # for people: why not synchronised, or a short "ok" line
 
     def as_dict(self) -> dict[str, object]:
-        return {"synchronised": self.synchronised, "offset_seconds": self.offset_seconds, "reason": self.reason}
+        return {
+            "synchronised": self.synchronised,
+            "offset_seconds": self.offset_seconds,
+            "reason": self.reason,
+        }
 
 
 def default_source() -> str:
@@ -53,7 +57,9 @@ def parse_tracking(csv_line: str, max_offset: float) -> ClockReading:
     if leap.lower() == "not synchronised":
         return ClockReading(False, offset, "chrony reports the clock is not synchronised")
     if abs(offset) > max_offset:
-        return ClockReading(False, offset, f"clock offset {offset:+.3f} s exceeds the bound of {max_offset:g} s")
+        return ClockReading(
+            False, offset, f"clock offset {offset:+.3f} s exceeds the bound of {max_offset:g} s"
+        )
     return ClockReading(True, offset, f"synchronised (offset {offset:+.6f} s, leap status {leap})")
 
 
@@ -91,8 +97,9 @@ class ClockGate:
         if cached is not None:
             return cached
         try:
-            out = subprocess.run([self.config.chronyc, "-c", "tracking"], capture_output=True, text=True,
-                                 timeout=_TIMEOUT)
+            out = subprocess.run(
+                [self.config.chronyc, "-c", "tracking"], capture_output=True, text=True, timeout=_TIMEOUT
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return self._store(_no_chronyc(exc))
         return self._store(self._interpret(out.returncode, out.stdout, out.stderr))
@@ -112,13 +119,21 @@ class ClockGate:
                 return cached
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    self.config.chronyc, "-c", "tracking", stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+                    self.config.chronyc,
+                    "-c",
+                    "tracking",
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    stdin=asyncio.subprocess.DEVNULL,
+                )
                 out, err = await asyncio.wait_for(proc.communicate(), _TIMEOUT)
             except (OSError, TimeoutError) as exc:
                 return self._store(_no_chronyc(exc))
-            return self._store(self._interpret(proc.returncode or 0, out.decode(errors="replace"),
-                                               err.decode(errors="replace")))
+            return self._store(
+                self._interpret(
+                    proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+                )
+            )
 
     def _interpret(self, returncode: int, stdout: str, stderr: str) -> ClockReading:
         if returncode != 0:
@@ -128,11 +143,15 @@ class ClockGate:
     async def require(self) -> ClockReading:
         reading = await self.aread()
         if not reading.synchronised:
-            raise ClockUnsynchronised(f"signing refused: {reading.reason}; retry when the clock is synchronised")
+            raise ClockUnsynchronised(
+                f"signing refused: {reading.reason}; retry when the clock is synchronised"
+            )
         return reading
 
     def require_sync(self) -> ClockReading:
         reading = self.read()
         if not reading.synchronised:
-            raise ClockUnsynchronised(f"signing refused: {reading.reason}; retry when the clock is synchronised")
+            raise ClockUnsynchronised(
+                f"signing refused: {reading.reason}; retry when the clock is synchronised"
+            )
         return reading

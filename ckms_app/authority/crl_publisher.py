@@ -63,15 +63,22 @@ class Published:
 
 
 class CrlPublisher:
-    def __init__(self, config: Config, signer: Signer, ca_cert: x509.Certificate, writer: GroupCommitWriter,
-                 reader: Engine) -> None:
+    def __init__(
+        self,
+        config: Config,
+        signer: Signer,
+        ca_cert: x509.Certificate,
+        writer: GroupCommitWriter,
+        reader: Engine,
+    ) -> None:
         self._config = config
         self._signer = signer  # guard (error state, clock gate) → lint → the HSM signs the linted TBS
         self._ca_cert = ca_cert
         self._writer = writer
         self._reader = reader
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-            ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value)
+            ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        )
         self._delta_url = f"{config.server.crl_base_url}/delta.crl"
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -98,8 +105,11 @@ class CrlPublisher:
             stopper = asyncio.create_task(stop.wait())
             # Poll the database every second as well: a revocation taken by another worker process
             # or another CA node never reaches this process's wake event.
-            await asyncio.wait({waiter, stopper}, timeout=min(_POLL_SECONDS, max(0.1, cfg.max_publish_delay_seconds)),
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {waiter, stopper},
+                timeout=min(_POLL_SECONDS, max(0.1, cfg.max_publish_delay_seconds)),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             waiter.cancel()
             stopper.cancel()
             if self._wake.is_set():
@@ -157,16 +167,20 @@ class CrlPublisher:
                 self._lock_engine = open_engine(self._config.database_url)
             acquiring = asyncio.ensure_future(asyncio.to_thread(_PostgresSequence.acquire, self._lock_engine))
         else:
-            acquiring = asyncio.ensure_future(asyncio.to_thread(
-                _SqliteSequence.acquire, self._config.database_url, self._reader, self._writer))
+            acquiring = asyncio.ensure_future(
+                asyncio.to_thread(
+                    _SqliteSequence.acquire, self._config.database_url, self._reader, self._writer
+                )
+            )
         try:
             return await asyncio.shield(acquiring)
         except asyncio.CancelledError:
             acquiring.add_done_callback(_close_if_acquired)
             raise
 
-    async def _publish_locked(self, sequence: _PostgresSequence | _SqliteSequence, principal: Principal
-                              ) -> tuple[Published, tuple[int, bytes, bytes, bytes | None]]:
+    async def _publish_locked(
+        self, sequence: _PostgresSequence | _SqliteSequence, principal: Principal
+    ) -> tuple[Published, tuple[int, bytes, bytes, bytes | None]]:
         """Pick the next number, sign full and delta CRLs, store and commit them: under the lock."""
         now = utcnow().replace(microsecond=0)
 
@@ -178,35 +192,68 @@ class CrlPublisher:
 
         base, number, rows = await sequence.read(read)
         max_id = rows[-1].id if rows else 0
-        new_base = base is None or (now - base.this_update).total_seconds() >= self._config.crl.full_interval_seconds
+        new_base = (
+            base is None or (now - base.this_update).total_seconds() >= self._config.crl.full_interval_seconds
+        )
         base_number = number if new_base else base.crl_number
         base_max_id = max_id if new_base else base.max_revocation_id
         full_next = now + dt.timedelta(hours=self._config.crl.validity_hours)
         delta_next = now + dt.timedelta(hours=self._config.crl.delta_validity_hours)
 
-        full_der = await self._signer.crl(self._builder(rows, number, now, full_next, delta_base=None), "full CRL")
+        full_der = await self._signer.crl(
+            self._builder(rows, number, now, full_next, delta_base=None), "full CRL"
+        )
         delta_rows = [r for r in rows if r.id > base_max_id]
         delta_der = await self._signer.crl(
-            self._builder(delta_rows, number + 1, now, delta_next, delta_base=base_number), "delta CRL")
+            self._builder(delta_rows, number + 1, now, delta_next, delta_base=base_number), "delta CRL"
+        )
 
         records = [
-            {"crl_number": number, "kind": "base" if new_base else "full", "base_crl_number": None,
-             "this_update": now, "next_update": full_next, "max_revocation_id": max_id, "der": full_der},
-            {"crl_number": number + 1, "kind": "delta", "base_crl_number": base_number,
-             "this_update": now, "next_update": delta_next, "max_revocation_id": max_id, "der": delta_der},
+            {
+                "crl_number": number,
+                "kind": "base" if new_base else "full",
+                "base_crl_number": None,
+                "this_update": now,
+                "next_update": full_next,
+                "max_revocation_id": max_id,
+                "der": full_der,
+            },
+            {
+                "crl_number": number + 1,
+                "kind": "delta",
+                "base_crl_number": base_number,
+                "this_update": now,
+                "next_update": delta_next,
+                "max_revocation_id": max_id,
+                "der": delta_der,
+            },
         ]
-        audit = event(principal, "crl.publish", f"crl:{number}", "success", {"full": number, "delta": number + 1, "base": base_number, "entries": len(rows)})
+        audit = event(
+            principal,
+            "crl.publish",
+            f"crl:{number}",
+            "success",
+            {"full": number, "delta": number + 1, "base": base_number, "entries": len(rows)},
+        )
 
         def store(conn: Connection) -> None:
             conn.execute(crls.insert(), records)
             append_audit(conn, [audit])
 
         await sequence.store(store)
-        return (Published(number, number + 1, base_number, len(rows), now),
-                (number, full_der, delta_der, full_der if new_base else None))
+        return (
+            Published(number, number + 1, base_number, len(rows), now),
+            (number, full_der, delta_der, full_der if new_base else None),
+        )
 
-    def _builder(self, rows: list, number: int, now: dt.datetime, next_update: dt.datetime,  # type: ignore[type-arg]
-                 delta_base: int | None) -> x509.CertificateRevocationListBuilder:
+    def _builder(
+        self,
+        rows: list,
+        number: int,
+        now: dt.datetime,
+        next_update: dt.datetime,  # type: ignore[type-arg]
+        delta_base: int | None,
+    ) -> x509.CertificateRevocationListBuilder:
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self._ca_cert.subject)
@@ -217,12 +264,23 @@ class CrlPublisher:
         )
         if delta_base is None:
             builder = builder.add_extension(
-                x509.FreshestCRL([x509.DistributionPoint([x509.UniformResourceIdentifier(self._delta_url)],
-                                                         None, None, None)]), critical=False)
+                x509.FreshestCRL(
+                    [
+                        x509.DistributionPoint(
+                            [x509.UniformResourceIdentifier(self._delta_url)], None, None, None
+                        )
+                    ]
+                ),
+                critical=False,
+            )
         else:
             builder = builder.add_extension(x509.DeltaCRLIndicator(delta_base), critical=True)
         for row in rows:
-            entry = x509.RevokedCertificateBuilder().serial_number(int(row.serial, 16)).revocation_date(row.revoked_at)
+            entry = (
+                x509.RevokedCertificateBuilder()
+                .serial_number(int(row.serial, 16))
+                .revocation_date(row.revoked_at)
+            )
             if row.reason != "unspecified":  # RFC 5280: omit the reason rather than say unspecified
                 entry = entry.add_extension(x509.CRLReason(REASONS[row.reason]), critical=False)
             builder = builder.add_revoked_certificate(entry.build())

@@ -78,11 +78,22 @@ class AdminContext:
         self.close()
 
     # --- audit + alert ---------------------------------------------------------------------------
-    def record(self, action: str, target: str, outcome: str, detail: dict[str, Any] | None = None,
-               *, actor: Principal | None = None, entity_id: str | None = None, role: str | None = None) -> None:
+    def record(
+        self,
+        action: str,
+        target: str,
+        outcome: str,
+        detail: dict[str, Any] | None = None,
+        *,
+        actor: Principal | None = None,
+        entity_id: str | None = None,
+        role: str | None = None,
+    ) -> None:
         """Write one audit record on its own (refusals; changes write theirs inside their unit)."""
         who = actor or self.actor
-        acting = named(entity_id or (who.entity_id if who else "unauthenticated"), role or (who.role if who else "none"))
+        acting = named(
+            entity_id or (who.entity_id if who else "unauthenticated"), role or (who.role if who else "none")
+        )
         row = record_now(self.writer, acting, action, target, outcome, detail)
         self.alert(row)
 
@@ -102,8 +113,15 @@ class AdminContext:
         return result
 
     # --- authentication --------------------------------------------------------------------------
-    def authenticate(self, *, entity_id: str | None, cert_path: Path | None, password: str | None,
-                     operation: str | None, token_pin_ok: bool = False) -> Principal:
+    def authenticate(
+        self,
+        *,
+        entity_id: str | None,
+        cert_path: Path | None,
+        password: str | None,
+        operation: str | None,
+        token_pin_ok: bool = False,
+    ) -> Principal:
         """Credential + password (or the token PIN, proven by logging in), then the ACL.
 
         Every refusal is audited under the entity's ID. The token-PIN path lets the holder of a
@@ -114,24 +132,43 @@ class AdminContext:
             if entity_id is not None:
                 query = query.where(entities.c.entity_id == entity_id)
             elif cert_path is not None:
-                der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
+                der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(
+                    serialization.Encoding.DER
+                )
                 query = query.where(entities.c.cert_sha256 == certificate_fingerprint(der))
             else:
                 raise NotAuthenticated("say who you are: --as ENTITY, --cert FILE or --role ROLE")
             row = conn.execute(query).first()
             acl = load_acl(conn)
         if row is None:
-            self.record("auth.deny", operation or "-", "denied", {"reason": "unknown entity or credential",
-                                                           "claimed": entity_id or str(cert_path)})
+            self.record(
+                "auth.deny",
+                operation or "-",
+                "denied",
+                {"reason": "unknown entity or credential", "claimed": entity_id or str(cert_path)},
+            )
             raise NotAuthenticated("no such entity for these credentials")
         secret_ok = token_pin_ok or (password is not None and verify_password(password, row.password_hash))
         if row.status != "active" or not secret_ok:
-            reason = f"entity is {row.status}" if row.status != "active" else (
-                "wrong token PIN" if password is None else
-                "no password set (use --token-pin-file once, then ckms entity passwd)" if not row.password_hash
-                else "wrong password")
-            self.record("auth.deny", operation or "-", "denied", {"reason": reason}, entity_id=row.entity_id,
-                        role=row.role)
+            reason = (
+                f"entity is {row.status}"
+                if row.status != "active"
+                else (
+                    "wrong token PIN"
+                    if password is None
+                    else "no password set (use --token-pin-file once, then ckms entity passwd)"
+                    if not row.password_hash
+                    else "wrong password"
+                )
+            )
+            self.record(
+                "auth.deny",
+                operation or "-",
+                "denied",
+                {"reason": reason},
+                entity_id=row.entity_id,
+                role=row.role,
+            )
             raise NotAuthenticated(f"authentication of {row.entity_id} failed ({reason})")
         principal = Principal(row.entity_id, row.role, permissions_for(row.role, acl))
         if operation is not None:
@@ -139,7 +176,9 @@ class AdminContext:
                 principal.require(operation)
             except NotAuthorized as exc:
                 self.record(operation, "-", "denied", {"reason": str(exc)}, actor=principal)
-                raise NotAuthorized(f"{row.entity_id} (role {row.role}) may not perform {operation}") from None
+                raise NotAuthorized(
+                    f"{row.entity_id} (role {row.role}) may not perform {operation}"
+                ) from None
         self.actor = principal
         return principal
 
@@ -153,7 +192,9 @@ class AdminContext:
         raise exc
 
     # --- entities --------------------------------------------------------------------------------
-    def add_entity(self, entity_id: str, roles: list[str], *, password: str | None, out_dir: Path) -> dict[str, Any]:
+    def add_entity(
+        self, entity_id: str, roles: list[str], *, password: str | None, out_dir: Path
+    ) -> dict[str, Any]:
         actor = self._actor()
         try:
             _check_entity_id(entity_id)
@@ -165,9 +206,13 @@ class AdminContext:
             for i, r in enumerate(roles):
                 clash = role_conflicts(roles[:i], r)
                 if clash:
-                    raise SeparationOfDuties(f"separation of duties: {r} may not be combined with {', '.join(clash)}")
+                    raise SeparationOfDuties(
+                        f"separation of duties: {r} may not be combined with {', '.join(clash)}"
+                    )
             with self.reader.connect() as conn:
-                if conn.execute(select(entities.c.entity_id).where(entities.c.entity_id == entity_id)).first():
+                if conn.execute(
+                    select(entities.c.entity_id).where(entities.c.entity_id == entity_id)
+                ).first():
                     raise Conflict(f"entity {entity_id} already exists")
             password_hash = hash_password(password) if password is not None else None
         except CkmsError as exc:
@@ -176,14 +221,36 @@ class AdminContext:
         cert = issue_identity_certificate(self.config, self.writer, entity_id, client_key)
         der = cert.public_bytes(serialization.Encoding.DER)
 
-        cert_row = certificate_row(cert, der, kind="identity", profile="identity", requested_by=actor.entity_id,
-                                   csr_sha256=None, pubkey_sha256=public_key_sha256(client_key.public_key()))
+        cert_row = certificate_row(
+            cert,
+            der,
+            kind="identity",
+            profile="identity",
+            requested_by=actor.entity_id,
+            csr_sha256=None,
+            pubkey_sha256=public_key_sha256(client_key.public_key()),
+        )
         now = utcnow()
         label = role_label(roles)
         audit_rows = [
-            event(actor, "certificate.issue", str(cert_row["serial"]), "success", {"kind": "identity", "subject": cert_row["subject"]}),
-            event(actor, "entity.create", entity_id, "success", {"roles": roles, "cert_serial": cert_row["serial"],
-                                                 "password_set": password_hash is not None}),
+            event(
+                actor,
+                "certificate.issue",
+                str(cert_row["serial"]),
+                "success",
+                {"kind": "identity", "subject": cert_row["subject"]},
+            ),
+            event(
+                actor,
+                "entity.create",
+                entity_id,
+                "success",
+                {
+                    "roles": roles,
+                    "cert_serial": cert_row["serial"],
+                    "password_set": password_hash is not None,
+                },
+            ),
         ]
 
         def unit(conn: Connection) -> None:
@@ -192,11 +259,24 @@ class AdminContext:
             # other in opposite order, and revocation ids are drawn in commit order (PostgreSQL).
             append_audit(conn, audit_rows)
             conn.execute(certificates.insert(), cert_row)
-            conn.execute(entities.insert().values(
-                entity_id=entity_id, role=label, cert_sha256=certificate_fingerprint(der),
-                cert_serial=cert_row["serial"], status="active", created_at=now, password_hash=password_hash))
-            conn.execute(entity_roles.insert(), [{"entity_id": entity_id, "role": r, "granted_at": now,
-                                                  "granted_by": actor.entity_id} for r in roles])
+            conn.execute(
+                entities.insert().values(
+                    entity_id=entity_id,
+                    role=label,
+                    cert_sha256=certificate_fingerprint(der),
+                    cert_serial=cert_row["serial"],
+                    status="active",
+                    created_at=now,
+                    password_hash=password_hash,
+                )
+            )
+            conn.execute(
+                entity_roles.insert(),
+                [
+                    {"entity_id": entity_id, "role": r, "granted_at": now, "granted_by": actor.entity_id}
+                    for r in roles
+                ],
+            )
             bump_entity_generation(conn)
 
         self.change(unit, audit_rows)
@@ -204,8 +284,13 @@ class AdminContext:
         key_path, cert_path = out_dir / f"{entity_id}.key", out_dir / f"{entity_id}.pem"
         write_key_and_cert(key_path, cert_path, client_key, cert)
         cert_path.chmod(0o600)
-        return {"entity_id": entity_id, "roles": roles, "cert": str(cert_path), "key": str(key_path),
-                "cert_serial": cert_row["serial"]}
+        return {
+            "entity_id": entity_id,
+            "roles": roles,
+            "cert": str(cert_path),
+            "key": str(key_path),
+            "cert_serial": cert_row["serial"],
+        }
 
     def grant(self, entity_id: str, role: str) -> dict[str, Any]:
         actor = self._actor()
@@ -218,8 +303,10 @@ class AdminContext:
                 raise Conflict(f"{entity_id} already holds {role}")
             clash = role_conflicts(current, role)
             if clash:
-                raise SeparationOfDuties(f"separation of duties: {entity_id} holds {', '.join(clash)}, "
-                                         f"which may not be combined with {role}")
+                raise SeparationOfDuties(
+                    f"separation of duties: {entity_id} holds {', '.join(clash)}, "
+                    f"which may not be combined with {role}"
+                )
         except CkmsError as exc:
             self._refuse("entity.grant", f"{entity_id}:{role}", exc)
         new = sorted({*current, role})
@@ -228,9 +315,14 @@ class AdminContext:
         def unit(conn: Connection) -> None:
             # chain head first: the lock order every writer keeps (see the first unit above)
             append_audit(conn, [row])
-            conn.execute(entity_roles.insert().values(entity_id=entity_id, role=role, granted_at=utcnow(),
-                                                      granted_by=actor.entity_id))
-            conn.execute(update(entities).where(entities.c.entity_id == entity_id).values(role=role_label(new)))
+            conn.execute(
+                entity_roles.insert().values(
+                    entity_id=entity_id, role=role, granted_at=utcnow(), granted_by=actor.entity_id
+                )
+            )
+            conn.execute(
+                update(entities).where(entities.c.entity_id == entity_id).values(role=role_label(new))
+            )
             bump_entity_generation(conn)
 
         self.change(unit, [row])
@@ -252,9 +344,12 @@ class AdminContext:
         def unit(conn: Connection) -> None:
             # chain head first: the lock order every writer keeps (see the first unit above)
             append_audit(conn, [row])
-            conn.execute(delete(entity_roles).where(entity_roles.c.entity_id == entity_id,
-                                                    entity_roles.c.role == role))
-            conn.execute(update(entities).where(entities.c.entity_id == entity_id).values(role=role_label(new)))
+            conn.execute(
+                delete(entity_roles).where(entity_roles.c.entity_id == entity_id, entity_roles.c.role == role)
+            )
+            conn.execute(
+                update(entities).where(entities.c.entity_id == entity_id).values(role=role_label(new))
+            )
             bump_entity_generation(conn)
 
         self.change(unit, [row])
@@ -276,20 +371,31 @@ class AdminContext:
             self._refuse("entity.disable", entity_id, exc)
         serial = row.cert_serial
         now = utcnow()
-        rows = [event(actor, "entity.disable", entity_id, "success", {"reason": reason, "cert_serial": serial})]
+        rows = [
+            event(actor, "entity.disable", entity_id, "success", {"reason": reason, "cert_serial": serial})
+        ]
         if serial:
-            rows.append(event(actor, "certificate.revoke", serial, "success", {"reason": reason, "entity": entity_id}))
+            rows.append(
+                event(actor, "certificate.revoke", serial, "success", {"reason": reason, "entity": entity_id})
+            )
 
         def unit(conn: Connection) -> None:
             # chain head first: the lock order every writer keeps (see the first unit above)
             append_audit(conn, rows)
             conn.execute(update(entities).where(entities.c.entity_id == entity_id).values(status="disabled"))
             if serial:
-                status = conn.execute(select(certificates.c.status).where(certificates.c.serial == serial)).scalar()
+                status = conn.execute(
+                    select(certificates.c.status).where(certificates.c.serial == serial)
+                ).scalar()
                 if status == "valid":
-                    conn.execute(update(certificates).where(certificates.c.serial == serial).values(status="revoked"))
-                    conn.execute(revocations.insert().values(serial=serial, reason=reason, revoked_at=now,
-                                                             revoked_by=actor.entity_id))
+                    conn.execute(
+                        update(certificates).where(certificates.c.serial == serial).values(status="revoked")
+                    )
+                    conn.execute(
+                        revocations.insert().values(
+                            serial=serial, reason=reason, revoked_at=now, revoked_by=actor.entity_id
+                        )
+                    )
             bump_entity_generation(conn)
 
         self.change(unit, rows)
@@ -308,7 +414,9 @@ class AdminContext:
 
         def unit(conn: Connection) -> None:
             append_audit(conn, [row])  # chain head first: the lock order every writer keeps
-            conn.execute(update(entities).where(entities.c.entity_id == entity_id).values(password_hash=password_hash))
+            conn.execute(
+                update(entities).where(entities.c.entity_id == entity_id).values(password_hash=password_hash)
+            )
 
         self.change(unit, [row])
 
@@ -317,17 +425,31 @@ class AdminContext:
             grants: dict[str, list[str]] = {}
             for g in conn.execute(select(entity_roles).order_by(entity_roles.c.role)):
                 grants.setdefault(g.entity_id, []).append(g.role)
-            return [{"entity_id": r.entity_id, "roles": grants.get(r.entity_id, []), "status": r.status,
-                     "cert_serial": r.cert_serial, "password_set": bool(r.password_hash),
-                     "created_at": r.created_at.isoformat()}
-                    for r in conn.execute(select(entities).order_by(entities.c.entity_id))]
+            return [
+                {
+                    "entity_id": r.entity_id,
+                    "roles": grants.get(r.entity_id, []),
+                    "status": r.status,
+                    "cert_serial": r.cert_serial,
+                    "password_set": bool(r.password_hash),
+                    "created_at": r.created_at.isoformat(),
+                }
+                for r in conn.execute(select(entities).order_by(entities.c.entity_id))
+            ]
 
     def _grants(self, entity_id: str) -> list[str]:
         with self.reader.connect() as conn:
-            if conn.execute(select(entities.c.entity_id).where(entities.c.entity_id == entity_id)).first() is None:
+            if (
+                conn.execute(select(entities.c.entity_id).where(entities.c.entity_id == entity_id)).first()
+                is None
+            ):
                 raise NotFound(f"no entity {entity_id}")
-            return [r.role for r in conn.execute(select(entity_roles.c.role)
-                                                 .where(entity_roles.c.entity_id == entity_id))]
+            return [
+                r.role
+                for r in conn.execute(
+                    select(entity_roles.c.role).where(entity_roles.c.entity_id == entity_id)
+                )
+            ]
 
     # --- ACL -------------------------------------------------------------------------------------
     def acl_list(self) -> list[dict[str, str]]:
@@ -341,28 +463,40 @@ class AdminContext:
         try:
             _check_role(role)
             if operation not in OPERATIONS:
-                raise CkmsError(f"unknown operation {operation!r}; one of {', '.join(OPERATIONS)}", code="bad_request")
+                raise CkmsError(
+                    f"unknown operation {operation!r}; one of {', '.join(OPERATIONS)}", code="bad_request"
+                )
             if resource != "*" and not re.fullmatch(r"(profile|key):[A-Za-z0-9._-]{1,64}", resource):
                 raise CkmsError("resource is '*', 'profile:NAME' or 'key:LABEL'", code="bad_request")
             if role in actor.roles and operation in ("acl.manage", "entity.manage"):
-                raise SeparationOfDuties("an administrator may not change the ACL entries of their own role's "
-                                         "administration rights")
+                raise SeparationOfDuties(
+                    "an administrator may not change the ACL entries of their own role's "
+                    "administration rights"
+                )
             present = (role, operation, resource) in set(self._acl())
             if grant == present:
                 raise Conflict(f"{target} is {'already' if present else 'not'} in the ACL")
         except CkmsError as exc:
             self._refuse(action, target, exc)
-        row = event(actor, action, target, "success", {"role": role, "operation": operation, "resource": resource})
+        row = event(
+            actor, action, target, "success", {"role": role, "operation": operation, "resource": resource}
+        )
 
         def unit(conn: Connection) -> None:
             # chain head first: the lock order every writer keeps (see the first unit above)
             append_audit(conn, [row])
             if grant:
-                conn.execute(role_permissions.insert().values(role=role, operation=operation, resource=resource))
+                conn.execute(
+                    role_permissions.insert().values(role=role, operation=operation, resource=resource)
+                )
             else:
-                conn.execute(delete(role_permissions).where(role_permissions.c.role == role,
-                                                            role_permissions.c.operation == operation,
-                                                            role_permissions.c.resource == resource))
+                conn.execute(
+                    delete(role_permissions).where(
+                        role_permissions.c.role == role,
+                        role_permissions.c.operation == operation,
+                        role_permissions.c.resource == resource,
+                    )
+                )
             bump_entity_generation(conn)
 
         self.change(unit, [row])

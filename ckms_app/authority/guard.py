@@ -103,14 +103,16 @@ def make_guard(config: Config, writer: GroupCommitWriter | None) -> SigningGuard
     entering the error state after an HSM failure is also recorded on the audit trail."""
     audit: AuditFn | None = None
     if writer is not None:
+
         async def audit(action: str, outcome: str, detail: dict[str, Any]) -> None:
             await record(writer, SYSTEM, action, "daemon", outcome, detail)
 
     return SigningGuard(ServiceState(config.home), ClockGate(config.clock), audit)
 
 
-async def poll_state(state: ServiceState, stop: asyncio.Event,
-                     on_change: Callable[[bool], Awaitable[None]] | None = None) -> None:
+async def poll_state(
+    state: ServiceState, stop: asyncio.Event, on_change: Callable[[bool], Awaitable[None]] | None = None
+) -> None:
     """Follow the shared error-state file until ``stop``; ``on_change(in_error)`` on each change."""
     while not stop.is_set():
         if state.refresh() and on_change is not None:

@@ -40,9 +40,17 @@ def serial_hex(serial: int) -> str:
     return format(serial, "x")
 
 
-def certificate_row(cert: x509.Certificate, der: bytes, *, kind: str, profile: str, requested_by: str,
-                    csr_sha256: str | None, pubkey_sha256: str,
-                    sans: tuple[x509.GeneralName, ...] | None = None) -> dict[str, object]:
+def certificate_row(
+    cert: x509.Certificate,
+    der: bytes,
+    *,
+    kind: str,
+    profile: str,
+    requested_by: str,
+    csr_sha256: str | None,
+    pubkey_sha256: str,
+    sans: tuple[x509.GeneralName, ...] | None = None,
+) -> dict[str, object]:
     """The ``certificates`` row. ``sans``, when the caller already has them, saves re-parsing the extensions."""
     if sans is None:
         try:
@@ -69,8 +77,14 @@ def certificate_row(cert: x509.Certificate, der: bytes, *, kind: str, profile: s
 class Issuer:
     """Issues end-entity certificates for EST and the CLI. One per daemon process."""
 
-    def __init__(self, config: Config, signer: Signer, ca_cert: x509.Certificate, writer: GroupCommitWriter,
-                 reader: Engine) -> None:
+    def __init__(
+        self,
+        config: Config,
+        signer: Signer,
+        ca_cert: x509.Certificate,
+        writer: GroupCommitWriter,
+        reader: Engine,
+    ) -> None:
         self._config = config
         self._signer = signer  # guard (error state, clock gate) → lint → the HSM signs the linted TBS
         self._ca_cert = ca_cert
@@ -78,15 +92,22 @@ class Issuer:
         # Duplicate-request lookup on every enrolment: a driver-level point read (see point_reads).
         self._point_reader = PointReader(reader)
         self._der_for_csr = self._point_reader.prepare(
-            select(certificates.c.der).where(certificates.c.csr_sha256 == bindparam("csr_sha256")))
+            select(certificates.c.der).where(certificates.c.csr_sha256 == bindparam("csr_sha256"))
+        )
         self._ca_pubkey_sha256 = public_key_sha256(ca_cert.public_key())  # type: ignore[arg-type]
-        self.hash_name = signer.hash_algorithm.name  # e.g. "sha256": the CA's signature algorithm, for csrattrs
+        self.hash_name = (
+            signer.hash_algorithm.name
+        )  # e.g. "sha256": the CA's signature algorithm, for csrattrs
         base = config.server.crl_base_url
         self._crl_url, self._delta_url = f"{base}/full.crl", f"{base}/delta.crl"
         self._templates: dict[str, EndEntityTemplate] = {}
 
     async def enroll(
-        self, csr_der: bytes, principal: Principal, *, profile_name: str | None = None,
+        self,
+        csr_der: bytes,
+        principal: Principal,
+        *,
+        profile_name: str | None = None,
         renewing: x509.Certificate | None = None,
     ) -> Issued:
         profile = self._config.profile(profile_name)
@@ -107,9 +128,11 @@ class Issuer:
                 return existing
             # 4. build the TBSCertificate
             builder = self._template(profile).builder(
-                subject=checked.subject, sans=checked.sans,
+                subject=checked.subject,
+                sans=checked.sans,
                 public_key=checked.csr.public_key(),  # type: ignore[arg-type]
-                serial=new_serial(), now=utcnow(),
+                serial=new_serial(),
+                now=utcnow(),
             )
             # 5. lint, then the HSM signs exactly the linted TBSCertificate (the signer)
             cert, der = await self._signer.certificate(builder)
@@ -117,10 +140,27 @@ class Issuer:
             await self.record_refusal(principal, action, profile.name, exc)
             raise
         # 6. store + audit, one durable commit
-        row = certificate_row(cert, der, kind="end-entity", profile=profile.name, requested_by=principal.entity_id,
-                              csr_sha256=checked.csr_sha256, pubkey_sha256=checked.pubkey_sha256, sans=checked.sans)
-        audit = event(principal, action, str(row["serial"]), "success", {"subject": row["subject"], "profile": profile.name,
-                                  "renews": serial_hex(renewing.serial_number) if renewing else None})
+        row = certificate_row(
+            cert,
+            der,
+            kind="end-entity",
+            profile=profile.name,
+            requested_by=principal.entity_id,
+            csr_sha256=checked.csr_sha256,
+            pubkey_sha256=checked.pubkey_sha256,
+            sans=checked.sans,
+        )
+        audit = event(
+            principal,
+            action,
+            str(row["serial"]),
+            "success",
+            {
+                "subject": row["subject"],
+                "profile": profile.name,
+                "renews": serial_hex(renewing.serial_number) if renewing else None,
+            },
+        )
 
         try:
             await self._writer.submit(Inserts(((certificates, row), (audit_events, audit))))
@@ -136,7 +176,8 @@ class Issuer:
         template = self._templates.get(profile.name)
         if template is None:
             template = self._templates[profile.name] = EndEntityTemplate(
-                profile=profile, issuer=self._ca_cert, crl_url=self._crl_url, delta_crl_url=self._delta_url)
+                profile=profile, issuer=self._ca_cert, crl_url=self._crl_url, delta_crl_url=self._delta_url
+            )
         return template
 
     def _existing_for(self, checked: CheckedCsr) -> Issued | None:
@@ -159,12 +200,15 @@ class Issuer:
 def _check_renewal(checked: CheckedCsr, current: x509.Certificate) -> None:
     """RFC 7030 §4.2.2: a re-enrolment keeps the subject (and SAN) of the certificate it renews."""
     if checked.subject != current.subject:
-        raise CsrRejected("re-enrolment must keep the subject of the certificate being renewed",
-                          code="csr_reenroll_subject")
+        raise CsrRejected(
+            "re-enrolment must keep the subject of the certificate being renewed", code="csr_reenroll_subject"
+        )
     try:
         current_sans = tuple(current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
     except x509.ExtensionNotFound:
         current_sans = ()
     if set(checked.sans) != set(current_sans):
-        raise CsrRejected("re-enrolment must keep the subjectAltName of the certificate being renewed",
-                          code="csr_reenroll_subject")
+        raise CsrRejected(
+            "re-enrolment must keep the subjectAltName of the certificate being renewed",
+            code="csr_reenroll_subject",
+        )

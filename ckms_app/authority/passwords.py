@@ -59,8 +59,10 @@ def read_password(password_file: Path | None, prompt: str = "password: ") -> str
         except FileNotFoundError:
             raise PasswordError(f"password file {password_file} does not exist") from None
         if mode & 0o077:
-            raise PasswordError(f"password file {password_file} is readable by group/others "
-                                f"(mode {mode & 0o777:o}); chmod 600 it")
+            raise PasswordError(
+                f"password file {password_file} is readable by group/others "
+                f"(mode {mode & 0o777:o}); chmod 600 it"
+            )
         lines = password_file.read_text().splitlines()
         if not lines or not lines[0]:
             raise PasswordError(f"password file {password_file} is empty")

@@ -30,41 +30,54 @@ from ckms_app.store.schema import certificates, entities, role_permissions, secu
 
 ROLES = ("authority", "administrator", "operator", "auditor")
 
-OPERATIONS = ("certificate.issue", "certificate.revoke", "certificate.read", "crl.publish", "entity.manage",
-              "acl.manage", "hsm.manage", "key.manage", "audit.read", "audit.export")
+OPERATIONS = (
+    "certificate.issue",
+    "certificate.revoke",
+    "certificate.read",
+    "crl.publish",
+    "entity.manage",
+    "acl.manage",
+    "hsm.manage",
+    "key.manage",
+    "audit.read",
+    "audit.export",
+)
 
 # (role, operation, resource). Resource "*" is any; "profile:<name>" limits issuance to a profile and
 # "key:<label>" names a key in the token (E.05 d). Operators issue and revoke (A.28); administrators
 # run the CA: keys, HSM, accounts and ACLs (A.28, E.03); authority and auditor read and archive the
 # logs. Seeded into role_permissions by migration 2; the database copy is the one enforced.
-DEFAULT_ACL: frozenset[tuple[str, str, str]] = frozenset({
-    ("operator", "certificate.issue", "profile:device"),
-    ("operator", "certificate.revoke", "kind:end-entity"),
-    ("administrator", "certificate.revoke", "kind:identity"),
-    ("administrator", "certificate.revoke", "kind:tls-server"),
-    ("operator", "certificate.read", "*"),
-    ("operator", "crl.publish", "*"),
-    ("administrator", "certificate.read", "*"),
-    ("administrator", "crl.publish", "*"),
-    ("administrator", "entity.manage", "*"),
-    ("administrator", "acl.manage", "*"),
-    ("administrator", "hsm.manage", "*"),
-    ("administrator", "key.manage", "key:ckms-ca-key"),
-    ("administrator", "key.manage", "key:ckms-audit-key"),
-    ("authority", "certificate.read", "*"),
-    ("authority", "audit.read", "*"),
-    ("authority", "audit.export", "*"),
-    ("auditor", "certificate.read", "*"),
-    ("auditor", "audit.read", "*"),
-    ("auditor", "audit.export", "*"),
-})
+DEFAULT_ACL: frozenset[tuple[str, str, str]] = frozenset(
+    {
+        ("operator", "certificate.issue", "profile:device"),
+        ("operator", "certificate.revoke", "kind:end-entity"),
+        ("administrator", "certificate.revoke", "kind:identity"),
+        ("administrator", "certificate.revoke", "kind:tls-server"),
+        ("operator", "certificate.read", "*"),
+        ("operator", "crl.publish", "*"),
+        ("administrator", "certificate.read", "*"),
+        ("administrator", "crl.publish", "*"),
+        ("administrator", "entity.manage", "*"),
+        ("administrator", "acl.manage", "*"),
+        ("administrator", "hsm.manage", "*"),
+        ("administrator", "key.manage", "key:ckms-ca-key"),
+        ("administrator", "key.manage", "key:ckms-audit-key"),
+        ("authority", "certificate.read", "*"),
+        ("authority", "audit.read", "*"),
+        ("authority", "audit.export", "*"),
+        ("auditor", "certificate.read", "*"),
+        ("auditor", "audit.read", "*"),
+        ("auditor", "audit.export", "*"),
+    }
+)
 
 # Separation of duties (A.29). The guidance's toy model separates all four roles of A.27, so every
 # pair conflicts: whoever issues must not audit or administer what they issued, whoever administers
 # keys and accounts must not audit them, and the authority that oversees operations is not one of
 # the people it oversees. A deployment that relaxes a pair edits this matrix and says why.
 CONFLICTING_ROLES: frozenset[frozenset[str]] = frozenset(
-    frozenset({a, b}) for i, a in enumerate(ROLES) for b in ROLES[i + 1:])
+    frozenset({a, b}) for i, a in enumerate(ROLES) for b in ROLES[i + 1 :]
+)
 
 
 def role_conflicts(current: Iterable[str], new: str) -> list[str]:
@@ -111,7 +124,8 @@ class Principal:
         if resource is not None and not self.allows(operation, resource):
             kind, _, name = resource.partition(":")
             what = {"profile": f"request profile {name!r}", "key": f"use key {name!r} for {operation}"}.get(
-                kind, f"perform {operation} on {kind} {name!r}")
+                kind, f"perform {operation} on {kind} {name!r}"
+            )
             raise NotAuthorized(f"role {self.role} may not {what}")
 
 
@@ -136,8 +150,9 @@ def certificate_fingerprint(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def resolve_principal(conn: Connection, peer_cert_der: bytes | None,
-                      acl: Iterable[tuple[str, str, str]] | None = None) -> tuple[Principal, dt.datetime | None]:
+def resolve_principal(
+    conn: Connection, peer_cert_der: bytes | None, acl: Iterable[tuple[str, str, str]] | None = None
+) -> tuple[Principal, dt.datetime | None]:
     """Map a verified TLS client certificate to an active entity, or refuse.
 
     Returns the principal and the credential's notAfter, so a cache can refuse it the moment it
@@ -147,8 +162,13 @@ def resolve_principal(conn: Connection, peer_cert_der: bytes | None,
         raise NotAuthenticated("a client certificate is required for this operation")
     fingerprint = certificate_fingerprint(peer_cert_der)
     row = conn.execute(
-        select(entities.c.entity_id, entities.c.role, entities.c.status, certificates.c.status.label("cert_status"),
-               certificates.c.not_after)
+        select(
+            entities.c.entity_id,
+            entities.c.role,
+            entities.c.status,
+            certificates.c.status.label("cert_status"),
+            certificates.c.not_after,
+        )
         .select_from(entities.outerjoin(certificates, certificates.c.serial == entities.c.cert_serial))
         .where(entities.c.cert_sha256 == fingerprint)
     ).first()
@@ -157,9 +177,13 @@ def resolve_principal(conn: Connection, peer_cert_der: bytes | None,
     if row.status != "active":
         raise CredentialRefused(f"entity {row.entity_id} is {row.status}", row.entity_id, row.role)
     if row.cert_status == "revoked":
-        raise CredentialRefused(f"the client certificate of {row.entity_id} is revoked", row.entity_id, row.role)
+        raise CredentialRefused(
+            f"the client certificate of {row.entity_id} is revoked", row.entity_id, row.role
+        )
     if row.not_after is not None and row.not_after <= utcnow():
-        raise CredentialRefused(f"the client certificate of {row.entity_id} has expired", row.entity_id, row.role)
+        raise CredentialRefused(
+            f"the client certificate of {row.entity_id} has expired", row.entity_id, row.role
+        )
     if row.role == "none":
         raise CredentialRefused(f"entity {row.entity_id} holds no role", row.entity_id, row.role)
     acl = load_acl(conn) if acl is None else acl
@@ -185,7 +209,8 @@ class PrincipalCache:
         self._entries: dict[bytes, tuple[Principal, dt.datetime | None]] = {}
         self._point_reader = PointReader(engine)
         self._generation_read = self._point_reader.prepare(
-            select(security_state.c.value).where(security_state.c.name == "entity_generation"))
+            select(security_state.c.value).where(security_state.c.name == "entity_generation")
+        )
 
     def _read_generation(self) -> int:
         row = self._point_reader.first(self._generation_read)
@@ -209,8 +234,11 @@ class PrincipalCache:
         principal, not_after = hit
         if not_after is not None and not_after <= utcnow():
             self._entries.pop(peer_cert_der, None)  # type: ignore[arg-type]
-            raise CredentialRefused(f"the client certificate of {principal.entity_id} has expired",
-                                    principal.entity_id, principal.role)
+            raise CredentialRefused(
+                f"the client certificate of {principal.entity_id} has expired",
+                principal.entity_id,
+                principal.role,
+            )
         return principal
 
     def clear(self) -> None:

@@ -31,8 +31,15 @@ REASONS: dict[str, x509.ReasonFlags] = {
     "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
     "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
 }
-_CODES = {0: "unspecified", 1: "keyCompromise", 2: "cACompromise", 3: "affiliationChanged", 4: "superseded",
-          5: "cessationOfOperation", 9: "privilegeWithdrawn"}
+_CODES = {
+    0: "unspecified",
+    1: "keyCompromise",
+    2: "cACompromise",
+    3: "affiliationChanged",
+    4: "superseded",
+    5: "cessationOfOperation",
+    9: "privilegeWithdrawn",
+}
 
 
 def parse_reason(value: str | int) -> str:
@@ -79,7 +86,9 @@ async def revoke(writer: GroupCommitWriter, principal: Principal, serial: str, r
         # read below then sees any revocation of the same serial committed meanwhile, and the
         # revocation ids are drawn in commit order, which the CRL publisher relies on (it publishes
         # revocations up to the highest id it has seen).
-        append_audit(conn, [event(principal, "certificate.revoke", serial_hex, "success", {"reason": reason_name})])
+        append_audit(
+            conn, [event(principal, "certificate.revoke", serial_hex, "success", {"reason": reason_name})]
+        )
         row = conn.execute(
             select(certificates.c.status, certificates.c.kind).where(certificates.c.serial == serial_hex)
         ).first()
@@ -90,8 +99,11 @@ async def revoke(writer: GroupCommitWriter, principal: Principal, serial: str, r
         if row.status == "revoked":
             raise Conflict(f"certificate {serial_hex} is already revoked")
         conn.execute(update(certificates).where(certificates.c.serial == serial_hex).values(status="revoked"))
-        conn.execute(revocations.insert().values(serial=serial_hex, reason=reason_name, revoked_at=now,
-                                                 revoked_by=principal.entity_id))
+        conn.execute(
+            revocations.insert().values(
+                serial=serial_hex, reason=reason_name, revoked_at=now, revoked_by=principal.entity_id
+            )
+        )
         if row.kind == "identity":  # someone's credential: every worker must refuse it from now on
             bump_entity_generation(conn)
         return Revoked(serial_hex, reason_name, now.isoformat())

@@ -42,9 +42,14 @@ CODE_DIR = Path(__file__).resolve().parent.parent  # the ckms_app package
 
 _SHA_KATS = (
     ("sha256", b"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
-    ("sha384", b"abc", "cb00753f45a35e8bb5a03d699ac65007272c32ab0eded1631a8b605a43ff5bed"
-                       "8086072ba1e7cc2358baeca134c825a7"),
+    (
+        "sha384",
+        b"abc",
+        "cb00753f45a35e8bb5a03d699ac65007272c32ab0eded1631a8b605a43ff5bed8086072ba1e7cc2358baeca134c825a7",
+    ),
 )
+
+
 # RFC 6979, A.2.5: P-256, SHA-256, message "sample".
 @dataclass(frozen=True)
 class _EcdsaKat:
@@ -109,7 +114,9 @@ def known_answer_tests() -> list[Check]:
     except InvalidSignature:
         rejected_bad = True
     ok = accepted_good and rejected_bad
-    detail = "ok" if ok else ("valid signature rejected" if not accepted_good else "invalid signature accepted")
+    detail = (
+        "ok" if ok else ("valid signature rejected" if not accepted_good else "invalid signature accepted")
+    )
     out.append(Check("kat.ecdsa_p256_verify", ok, detail))
     return out
 
@@ -172,8 +179,9 @@ def _sha256_file(path: Path) -> str:
 
 
 def _canonical(body: dict[str, Any]) -> bytes:
-    return json.dumps({k: v for k, v in body.items() if k != "signature"}, sort_keys=True,
-                      separators=(",", ":")).encode()
+    return json.dumps(
+        {k: v for k, v in body.items() if k != "signature"}, sort_keys=True, separators=(",", ":")
+    ).encode()
 
 
 def record_manifest(config: Config, key: HsmEcPrivateKey, recorded_by: str) -> Path:

@@ -40,7 +40,9 @@ class Signer:
 
     def __init__(self, ca_key: HsmEcPrivateKey, linter: AsyncLinter | None, guard: SigningGuard) -> None:
         self._ca_key = ca_key
-        self._linter = linter  # None only where the CA's configuration disables linting ([lint] enabled = false)
+        self._linter = (
+            linter  # None only where the CA's configuration disables linting ([lint] enabled = false)
+        )
         self.guard = guard
         self.curve = ca_key.curve_info
         self.hash_algorithm = ca_key.curve_info.hash_algorithm
@@ -51,8 +53,9 @@ class Signer:
     def public_key(self) -> ec.EllipticCurvePublicKey:
         return self._ca_key.public_key()
 
-    async def certificate(self, builder: x509.CertificateBuilder, what: str = "certificate"
-                          ) -> tuple[x509.Certificate, bytes]:
+    async def certificate(
+        self, builder: x509.CertificateBuilder, what: str = "certificate"
+    ) -> tuple[x509.Certificate, bytes]:
         """Sign a certificate: the parsed certificate and its DER."""
         await self.guard.check()
         linted = builder.sign(self._throwaway, self.hash_algorithm)
@@ -93,8 +96,9 @@ class Signer:
 
 
 @asynccontextmanager
-async def open_signer(config: Config, ca_key: HsmEcPrivateKey, writer: GroupCommitWriter | None = None
-                      ) -> AsyncIterator[Signer]:
+async def open_signer(
+    config: Config, ca_key: HsmEcPrivateKey, writer: GroupCommitWriter | None = None
+) -> AsyncIterator[Signer]:
     """A signer for one command (ceremony, ``entity add``, ``ca renew-tls``): the CA home's guard and, unless
     the configuration disables it, a linter helper of its own for the command's duration."""
     linter = await AsyncLinter.start(find_linter_binary(config.lint_binary)) if config.lint_enabled else None

@@ -30,31 +30,49 @@ COMMANDS = ("entity", "acl", "audit")
 
 def _add_actor(p: argparse.ArgumentParser, default_role: str) -> None:
     p.add_argument("--home", help="CA home directory (default: $CKMS_HOME)")
-    p.add_argument("--as", dest="as_entity", metavar="ENTITY", help="act as this entity (default: the home's "
-                   f"{default_role} credential)")
+    p.add_argument(
+        "--as",
+        dest="as_entity",
+        metavar="ENTITY",
+        help=f"act as this entity (default: the home's {default_role} credential)",
+    )
     p.add_argument("--cert", type=Path, help="your client certificate (PEM), identifying you")
     p.add_argument("--password-file", type=Path, help="0600 file holding your password (default: prompt)")
-    p.add_argument("--token-pin-file", type=Path, help="instead of a password: 0600 file with the token's user "
-                   "PIN (bootstraps entities that have no password yet)")
+    p.add_argument(
+        "--token-pin-file",
+        type=Path,
+        help="instead of a password: 0600 file with the token's user "
+        "PIN (bootstraps entities that have no password yet)",
+    )
     p.set_defaults(actor_default_role=default_role)
 
 
 def add_parsers(sub: Any) -> None:
     entity = sub.add_parser("entity", help="individuals and their roles (administrators)").add_subparsers(
-        dest="entity_command", required=True)
+        dest="entity_command", required=True
+    )
     add = entity.add_parser("add", help="register an individual, grant roles, issue its client certificate")
     _add_actor(add, "administrator")
     add.add_argument("entity_id")
-    add.add_argument("--role", dest="roles", action="append", default=[], required=True,
-                     help="role to grant (authority, administrator, operator, auditor)")
+    add.add_argument(
+        "--role",
+        dest="roles",
+        action="append",
+        default=[],
+        required=True,
+        help="role to grant (authority, administrator, operator, auditor)",
+    )
     add.add_argument("--new-password-file", type=Path, help="0600 file with the new entity's password")
-    add.add_argument("--out-dir", type=Path, help="where to write ENTITY.pem/.key (default: HOME/credentials/entities)")
+    add.add_argument(
+        "--out-dir", type=Path, help="where to write ENTITY.pem/.key (default: HOME/credentials/entities)"
+    )
     grant = entity.add_parser("grant", help="grant a role (refused if it conflicts with one held)")
     _add_actor(grant, "administrator")
     grant.add_argument("entity_id")
     grant.add_argument("role")
-    revoke = entity.add_parser("revoke", help="withdraw a role, or (without --role) disable the entity and "
-                                              "revoke its credential")
+    revoke = entity.add_parser(
+        "revoke", help="withdraw a role, or (without --role) disable the entity and revoke its credential"
+    )
     _add_actor(revoke, "administrator")
     revoke.add_argument("entity_id")
     revoke.add_argument("--role", help="withdraw only this role grant")
@@ -64,10 +82,13 @@ def add_parsers(sub: Any) -> None:
     passwd = entity.add_parser("passwd", help="set a password (your own, or as administrator anyone's)")
     _add_actor(passwd, "administrator")
     passwd.add_argument("entity_id")
-    passwd.add_argument("--new-password-file", type=Path, help="0600 file with the new password (default: prompt)")
+    passwd.add_argument(
+        "--new-password-file", type=Path, help="0600 file with the new password (default: prompt)"
+    )
 
     acl = sub.add_parser("acl", help="role → operation → resource access-control list").add_subparsers(
-        dest="acl_command", required=True)
+        dest="acl_command", required=True
+    )
     acl_list = acl.add_parser("list")
     _add_actor(acl_list, "administrator")
     for name in ("grant", "revoke"):
@@ -78,12 +99,16 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("--resource", default="*", help="'*', 'profile:NAME' or 'key:LABEL' (default *)")
 
     audit = sub.add_parser("audit", help="the tamper-evident audit trail").add_subparsers(
-        dest="audit_command", required=True)
+        dest="audit_command", required=True
+    )
     verify = audit.add_parser("verify", help="check the hash chain and HSM seals; name the first bad record")
     _add_actor(verify, "auditor")
     verify.add_argument("--export", type=Path, help="verify this JSON-lines export instead of the database")
-    verify.add_argument("--audit-public-key", type=Path, help="PEM public key of the audit key (default: from "
-                        "the token, else HOME/ca/audit-key.pub.pem)")
+    verify.add_argument(
+        "--audit-public-key",
+        type=Path,
+        help="PEM public key of the audit key (default: from the token, else HOME/ca/audit-key.pub.pem)",
+    )
     verify.add_argument("--json", action="store_true")
     export = audit.add_parser("export", help="write the trail and its seals as JSON lines for the auditor")
     _add_actor(export, "auditor")
@@ -92,8 +117,13 @@ def add_parsers(sub: Any) -> None:
     _add_actor(seal, "administrator")
 
 
-_OPERATION = {("entity", None): "entity.manage", ("acl", None): "acl.manage", ("audit", "verify"): "audit.read",
-              ("audit", "export"): "audit.export", ("audit", "seal"): "key.manage"}
+_OPERATION = {
+    ("entity", None): "entity.manage",
+    ("acl", None): "acl.manage",
+    ("audit", "verify"): "audit.read",
+    ("audit", "export"): "audit.export",
+    ("audit", "seal"): "key.manage",
+}
 
 
 def run(args: argparse.Namespace, home: Path) -> int:
@@ -112,8 +142,13 @@ def run(args: argparse.Namespace, home: Path) -> int:
     else:
         password = read_password(args.password_file, "your password: ")
     with AdminContext.open(config) as ctx:
-        ctx.authenticate(entity_id=args.as_entity, cert_path=cert, password=password, operation=operation,
-                         token_pin_ok=pin_ok)
+        ctx.authenticate(
+            entity_id=args.as_entity,
+            cert_path=cert,
+            password=password,
+            operation=operation,
+            token_pin_ok=pin_ok,
+        )
         if args.command == "entity":
             return _entity(ctx, args)
         if args.command == "acl":
@@ -128,14 +163,21 @@ def _print(doc: Any) -> None:
 def _entity(ctx: AdminContext, args: argparse.Namespace) -> int:
     cmd = args.entity_command
     if cmd == "add":
-        new_password = (read_password(args.new_password_file, "new entity's password: ")
-                        if args.new_password_file or sys.stdin.isatty() else None)
+        new_password = (
+            read_password(args.new_password_file, "new entity's password: ")
+            if args.new_password_file or sys.stdin.isatty()
+            else None
+        )
         out_dir = args.out_dir or ctx.config.home / "credentials" / "entities"
         _print(ctx.add_entity(args.entity_id, args.roles, password=new_password, out_dir=out_dir))
     elif cmd == "grant":
         _print(ctx.grant(args.entity_id, args.role))
     elif cmd == "revoke":
-        _print(ctx.revoke_role(args.entity_id, args.role) if args.role else ctx.disable(args.entity_id, args.reason))
+        _print(
+            ctx.revoke_role(args.entity_id, args.role)
+            if args.role
+            else ctx.disable(args.entity_id, args.reason)
+        )
     elif cmd == "list":
         _print(ctx.list_entities())
     elif cmd == "passwd":
@@ -156,8 +198,7 @@ def _audit(ctx: AdminContext, config: Config, args: argparse.Namespace) -> int:
     if args.audit_command == "seal":
         with Token(config.token) as token:
             ca_key = token.load_ec_key(config.ca_key_label)
-            key = seals.ensure_audit_key(token, config.home, ca_key.curve_info,
-                                         config.audit.key_label)
+            key = seals.ensure_audit_key(token, config.home, ca_key.curve_info, config.audit.key_label)
             sealed = ctx.writer.run(seals.seal_unit(key, force=True))
         _print({"sealed_up_to_seq": sealed})
         return 0
@@ -177,17 +218,25 @@ def _audit(ctx: AdminContext, config: Config, args: argparse.Namespace) -> int:
     else:
         report = verify.verify_database(ctx.reader, public_key)
     try:
-        ctx.record("audit.verify", str(args.export or "database"), "success" if report.ok else "error",
-                   {"ok": report.ok, "first_bad_seq": report.first_bad_seq})
+        ctx.record(
+            "audit.verify",
+            str(args.export or "database"),
+            "success" if report.ok else "error",
+            {"ok": report.ok, "first_bad_seq": report.first_bad_seq},
+        )
     except Exception as exc:  # noqa: BLE001 - a damaged trail may refuse new records; still report it
-        print(f"ckms: warning: could not record this verification in the trail: {type(exc).__name__}",
-              file=sys.stderr)
+        print(
+            f"ckms: warning: could not record this verification in the trail: {type(exc).__name__}",
+            file=sys.stderr,
+        )
     if args.json:
         _print({**report.as_dict(), "seals_checked": public_key is not None})
     elif report.ok:
-        print(f"audit trail OK: {report.records} records, {report.seals} seals "
-              f"({report.unsealed_records} records after the last seal)"
-              + ("" if public_key is not None else "; no audit public key, seal signatures NOT checked"))
+        print(
+            f"audit trail OK: {report.records} records, {report.seals} seals "
+            f"({report.unsealed_records} records after the last seal)"
+            + ("" if public_key is not None else "; no audit public key, seal signatures NOT checked")
+        )
     else:
         print(f"audit trail BROKEN at record {report.first_bad_seq}: {report.problem}")
     return 0 if report.ok else 2
@@ -200,7 +249,6 @@ def _token_pin_matches(config: Config, pin_file: Path) -> bool:
     guess never counts towards the token's PIN lockout (which would stop the CA).
     """
     import hmac
-
 
     given = read_secret_file(pin_file)
     return hmac.compare_digest(given.encode(), read_secret_file(config.token.pin_file).encode())

@@ -69,12 +69,14 @@ class CkmsClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         for attempt in (1, 2):  # one reconnect: the server may have closed an idle keep-alive
             if self._conn is None:
-                self._conn = http.client.HTTPSConnection(self._host, self._port, context=self._ctx,
-                                                         timeout=self._timeout)
+                self._conn = http.client.HTTPSConnection(
+                    self._host, self._port, context=self._ctx, timeout=self._timeout
+                )
             try:
                 self._conn.request(method, path, body=body, headers=headers or {})
                 resp = self._conn.getresponse()
@@ -82,7 +84,9 @@ class CkmsClient:
                 return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
             except ssl.SSLCertVerificationError as exc:
                 self.close()
-                raise ClientError(f"the server at {self._host}:{self._port} is not trusted: {exc.verify_message}") from None
+                raise ClientError(
+                    f"the server at {self._host}:{self._port} is not trusted: {exc.verify_message}"
+                ) from None
             except (ssl.SSLEOFError, http.client.RemoteDisconnected) as exc:
                 # TLS 1.3 checks the client certificate after the client thinks the handshake is
                 # done; the server's refusal often arrives as a bare close.
@@ -107,14 +111,20 @@ class CkmsClient:
     def _closed_message(self, exc: BaseException) -> str:
         if self._creds is None:
             return f"{self._host}:{self._port} closed the connection: {exc}"
-        return (f"{self._host}:{self._port} closed the connection without answering: it most likely refused the "
-                f"client certificate {self._creds.cert} (not issued by this CA, or expired)")
+        return (
+            f"{self._host}:{self._port} closed the connection without answering: it most likely refused the "
+            f"client certificate {self._creds.cert} (not issued by this CA, or expired)"
+        )
 
     def enroll(self, csr_der: bytes, *, renew: bool = False, label: str | None = None) -> x509.Certificate:
         op = "simplereenroll" if renew else "simpleenroll"
         path = f"/.well-known/est/{label}/{op}" if label else f"/.well-known/est/{op}"
-        status, _, data = self.request("POST", path, base64.encodebytes(csr_der),
-                                       {"Content-Type": "application/pkcs10", "Content-Transfer-Encoding": "base64"})
+        status, _, data = self.request(
+            "POST",
+            path,
+            base64.encodebytes(csr_der),
+            {"Content-Type": "application/pkcs10", "Content-Transfer-Encoding": "base64"},
+        )
         if status != 200:
             raise ClientError(f"enrolment refused (HTTP {status}): {data.decode(errors='replace').strip()}")
         certs = pkcs7.load_der_pkcs7_certificates(base64.b64decode(data))
@@ -128,13 +138,17 @@ class CkmsClient:
 
     def _json(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
         body = json.dumps(payload).encode() if payload is not None else None
-        status, _, data = self.request(method, path, body, {"Content-Type": "application/json"} if body else None)
+        status, _, data = self.request(
+            method, path, body, {"Content-Type": "application/json"} if body else None
+        )
         try:
             doc = json.loads(data) if data else {}
         except json.JSONDecodeError:
             doc = {"message": data.decode(errors="replace")}
         if status != 200:
-            raise ClientError(f"{doc.get('message', 'request failed')} (HTTP {status}, {doc.get('error', 'error')})")
+            raise ClientError(
+                f"{doc.get('message', 'request failed')} (HTTP {status}, {doc.get('error', 'error')})"
+            )
         return doc
 
     def revoke(self, serial: str, reason: str) -> dict[str, Any]:

@@ -29,7 +29,11 @@ def _add_home(p: argparse.ArgumentParser) -> None:
 
 
 def _add_identity(p: argparse.ArgumentParser, default_role: str) -> None:
-    p.add_argument("--role", default=default_role, help=f"use this role's credentials from the home (default {default_role})")
+    p.add_argument(
+        "--role",
+        default=default_role,
+        help=f"use this role's credentials from the home (default {default_role})",
+    )
     p.add_argument("--cert", type=Path, help="client certificate (PEM) instead of the role's")
     p.add_argument("--key", type=Path, help="client private key (PEM) instead of the role's")
 
@@ -44,19 +48,32 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--curve", default="P-256", choices=["P-256", "P-384"])
     init.add_argument("--ca-name", default="ckms Private CA", help="CN of the CA certificate")
     init.add_argument("--ca-validity-days", type=int, default=3650)
-    init.add_argument("--pkcs11-module", default=None, help="PKCS#11 module (default: SoftHSM2, token created in the home)")
+    init.add_argument(
+        "--pkcs11-module", default=None, help="PKCS#11 module (default: SoftHSM2, token created in the home)"
+    )
     init.add_argument("--token-label", default="ckms-ca")
-    init.add_argument("--pin-file", type=Path, help="0600 file with the user PIN of an existing (vendor) token")
+    init.add_argument(
+        "--pin-file", type=Path, help="0600 file with the user PIN of an existing (vendor) token"
+    )
     init.add_argument("--listen", default="127.0.0.1")
     init.add_argument("--public-host", default=None, help="name/address clients use (default: --listen)")
     init.add_argument("--est-port", type=int, default=8443)
     init.add_argument("--crl-port", type=int, default=8080)
-    init.add_argument("--csr-out", type=Path, help="write a CA CSR for an external root instead of self-signing")
-    init.add_argument("--policy-oid", help="certificate policy OID of your CP/CPS (A.05); default: a random example-arc OID")
-    init.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the home), e.g. postgresql+psycopg://…")
+    init.add_argument(
+        "--csr-out", type=Path, help="write a CA CSR for an external root instead of self-signing"
+    )
+    init.add_argument(
+        "--policy-oid", help="certificate policy OID of your CP/CPS (A.05); default: a random example-arc OID"
+    )
+    init.add_argument(
+        "--database-url", help="SQLAlchemy URL (default: SQLite in the home), e.g. postgresql+psycopg://…"
+    )
     init.add_argument("--no-lint", action="store_true", help="disable pre-issuance linting (not recommended)")
-    init.add_argument("--clock-source", choices=["chrony", "none"],
-                      help="clock gate for signing (A.33); default: chrony if chronyc is installed, else none")
+    init.add_argument(
+        "--clock-source",
+        choices=["chrony", "none"],
+        help="clock gate for signing (A.33); default: chrony if chronyc is installed, else none",
+    )
     init.add_argument("--json", action="store_true", help="print a JSON summary")
     imp = ca.add_parser("import-cert", help="finish a CA whose certificate an external root signed")
     _add_home(imp)
@@ -65,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--json", action="store_true")
     serve = ca.add_parser("serve", help="run the daemon (EST + API over mTLS, CRLs over HTTP)")
     _add_home(serve)
-    renew_tls = ca.add_parser("renew-tls", help="new key and certificate for the daemon's TLS listener (next start)")
+    renew_tls = ca.add_parser(
+        "renew-tls", help="new key and certificate for the daemon's TLS listener (next start)"
+    )
     _add_home(renew_tls)
     renew_tls.add_argument("--json", action="store_true")
 
@@ -75,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--csr", type=Path, required=True, help="PKCS#10 request, PEM or DER")
     issue.add_argument("--out", type=Path, required=True, help="where to write the certificate (PEM)")
     issue.add_argument("--profile", help="certificate profile (EST label); default: the CA's default")
-    issue.add_argument("--renew", action="store_true", help="use simplereenroll (same subject as a valid certificate)")
+    issue.add_argument(
+        "--renew", action="store_true", help="use simplereenroll (same subject as a valid certificate)"
+    )
 
     revoke = sub.add_parser("revoke", help="revoke a certificate by serial")
     _add_home(revoke)
@@ -83,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--serial", required=True, help="hex serial, as openssl prints it")
     revoke.add_argument("--reason", default="unspecified", help="RFC 5280 reason name or code")
 
-    cert = sub.add_parser("cert", help="certificate lookups").add_subparsers(dest="cert_command", required=True)
+    cert = sub.add_parser("cert", help="certificate lookups").add_subparsers(
+        dest="cert_command", required=True
+    )
     show = cert.add_parser("show", help="show a certificate's record and status")
     _add_home(show)
     _add_identity(show, "operator")
@@ -98,7 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
     publish = crl.add_parser("publish", help="publish new full and delta CRLs now")
     _add_home(publish)
     _add_identity(publish, "operator")
-
 
     admin_cli.add_parsers(sub)  # entity, acl, audit
 
@@ -130,12 +152,26 @@ def run(args: argparse.Namespace) -> int:
         return custody_cli.run(args, home)
     if args.command == "ca":
         if args.ca_command == "init":
-            summary = ceremony.init_ca(home, ceremony.InitOptions(
-                curve=args.curve, ca_name=args.ca_name, ca_validity_days=args.ca_validity_days,
-                module=args.pkcs11_module or DEFAULT_SOFTHSM_MODULE, token_label=args.token_label,
-                pin_file=args.pin_file, listen=args.listen, public_host=args.public_host or args.listen,
-                est_port=args.est_port, crl_port=args.crl_port, csr_out=args.csr_out, lint=not args.no_lint,
-                policy_oid=args.policy_oid, database_url=args.database_url, clock_source=args.clock_source))
+            summary = ceremony.init_ca(
+                home,
+                ceremony.InitOptions(
+                    curve=args.curve,
+                    ca_name=args.ca_name,
+                    ca_validity_days=args.ca_validity_days,
+                    module=args.pkcs11_module or DEFAULT_SOFTHSM_MODULE,
+                    token_label=args.token_label,
+                    pin_file=args.pin_file,
+                    listen=args.listen,
+                    public_host=args.public_host or args.listen,
+                    est_port=args.est_port,
+                    crl_port=args.crl_port,
+                    csr_out=args.csr_out,
+                    lint=not args.no_lint,
+                    policy_oid=args.policy_oid,
+                    database_url=args.database_url,
+                    clock_source=args.clock_source,
+                ),
+            )
             _print_summary(summary, args.json)
             return 0
         if args.ca_command == "import-cert":
@@ -167,8 +203,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"issued serial {cert.serial_number:x} for {cert.subject.rfc4514_string()} -> {args.out}")
         elif args.command == "revoke":
             done = client.revoke(args.serial, args.reason)
-            print(f"revoked {done['serial']} ({done['reason']}); in the published CRL within "
-                  f"{done['crl_within_seconds']} s (force with 'ckms crl publish')")
+            print(
+                f"revoked {done['serial']} ({done['reason']}); in the published CRL within "
+                f"{done['crl_within_seconds']} s (force with 'ckms crl publish')"
+            )
         elif args.command == "cert":
             print(json.dumps(client.certificate(args.serial), indent=2))
         elif args.command == "crl":

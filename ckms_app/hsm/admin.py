@@ -103,21 +103,35 @@ class AdminToken:
         try:
             so = self._token.open(so_pin=self._secret.so_pin, rw=True)
         except pkcs11.exceptions.PinIncorrect:
-            raise CustodyError("the token refused the SO PIN rebuilt from the custodians' shares "
-                               "(the token was re-initialised outside custody?)") from None
+            raise CustodyError(
+                "the token refused the SO PIN rebuilt from the custodians' shares "
+                "(the token was re-initialised outside custody?)"
+            ) from None
         except pkcs11.PKCS11Error as exc:
             raise HsmError(f"SO login failed: {type(exc).__name__}") from None
         try:
             if install_kwk:
-                self.kwk = self._holder.create_object({
-                    Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES,
-                    Attribute.VALUE: self._secret.kwk, Attribute.LABEL: KWK_LABEL,
-                    Attribute.TOKEN: False, Attribute.PRIVATE: False, Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False, Attribute.TRUSTED: True, Attribute.MODIFIABLE: False,
-                    Attribute.WRAP: True, Attribute.UNWRAP: True, Attribute.ENCRYPT: False,
-                    Attribute.DECRYPT: False, Attribute.SIGN: False, Attribute.VERIFY: False,
-                    Attribute.DERIVE: False,
-                })
+                self.kwk = self._holder.create_object(
+                    {
+                        Attribute.CLASS: ObjectClass.SECRET_KEY,
+                        Attribute.KEY_TYPE: KeyType.AES,
+                        Attribute.VALUE: self._secret.kwk,
+                        Attribute.LABEL: KWK_LABEL,
+                        Attribute.TOKEN: False,
+                        Attribute.PRIVATE: False,
+                        Attribute.SENSITIVE: True,
+                        Attribute.EXTRACTABLE: False,
+                        Attribute.TRUSTED: True,
+                        Attribute.MODIFIABLE: False,
+                        Attribute.WRAP: True,
+                        Attribute.UNWRAP: True,
+                        Attribute.ENCRYPT: False,
+                        Attribute.DECRYPT: False,
+                        Attribute.SIGN: False,
+                        Attribute.VERIFY: False,
+                        Attribute.DERIVE: False,
+                    }
+                )
         finally:
             so.close()  # C_Logout: the SO is logged in only for these lines
 
@@ -142,7 +156,9 @@ def _mac_key(secret: CustodySecret) -> bytes:
 
 
 def _canonical(body: dict[str, Any]) -> bytes:
-    return json.dumps({k: v for k, v in body.items() if k != "mac"}, sort_keys=True, separators=(",", ":")).encode()
+    return json.dumps(
+        {k: v for k, v in body.items() if k != "mac"}, sort_keys=True, separators=(",", ":")
+    ).encode()
 
 
 def kwk_fingerprint(secret: CustodySecret) -> str:
@@ -158,30 +174,43 @@ def backup(config: Config, secret: CustodySecret, out: Path, custody_id: str) ->
         adm.as_security_officer(install_kwk=True)
         session = adm.as_user()
         labels = [config.ca_key_label]
-        for obj in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.KEY_TYPE: KeyType.EC}):
+        for obj in session.get_objects(
+            {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.KEY_TYPE: KeyType.EC}
+        ):
             other = str(obj[Attribute.LABEL])
-            if other not in labels and bool(obj[Attribute.WRAP_WITH_TRUSTED]) and bool(obj[Attribute.EXTRACTABLE]):
+            if (
+                other not in labels
+                and bool(obj[Attribute.WRAP_WITH_TRUSTED])
+                and bool(obj[Attribute.EXTRACTABLE])
+            ):
                 labels.append(other)
         for label in labels:
-            private, public = adm.find(ObjectClass.PRIVATE_KEY, label), adm.find(ObjectClass.PUBLIC_KEY, label)
+            private, public = (
+                adm.find(ObjectClass.PRIVATE_KEY, label),
+                adm.find(ObjectClass.PUBLIC_KEY, label),
+            )
             if private is None or public is None:
                 raise HsmError(f"no key pair labelled {label!r} to back up")
             try:
                 wrapped = adm.kwk.wrap_key(private, mechanism=WRAP_MECHANISM)
             except pkcs11.exceptions.KeyUnextractable:
-                raise HsmError(f"key {label!r} was generated non-extractable; it cannot be backed up even wrapped "
-                               "(generate a new key with 'ckms hsm keygen')") from None
+                raise HsmError(
+                    f"key {label!r} was generated non-extractable; it cannot be backed up even wrapped "
+                    "(generate a new key with 'ckms hsm keygen')"
+                ) from None
             except pkcs11.PKCS11Error as exc:
                 raise HsmError(f"the token refused to wrap key {label!r}: {type(exc).__name__}") from None
             ec_point = bytes(public[Attribute.EC_POINT])
-            keys.append({
-                "label": label,
-                "id": bytes(private[Attribute.ID]).hex(),
-                "curve": _curve_of_point(_unwrap_octet_string(ec_point)),
-                "ec_params": base64.b64encode(bytes(public[Attribute.EC_PARAMS])).decode(),
-                "ec_point": base64.b64encode(ec_point).decode(),
-                "wrapped_private_key": base64.b64encode(wrapped).decode(),
-            })
+            keys.append(
+                {
+                    "label": label,
+                    "id": bytes(private[Attribute.ID]).hex(),
+                    "curve": _curve_of_point(_unwrap_octet_string(ec_point)),
+                    "ec_params": base64.b64encode(bytes(public[Attribute.EC_PARAMS])).decode(),
+                    "ec_point": base64.b64encode(ec_point).decode(),
+                    "wrapped_private_key": base64.b64encode(wrapped).decode(),
+                }
+            )
     body: dict[str, Any] = {
         "format": BACKUP_FORMAT,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -246,7 +275,10 @@ def restore(config: Config, secret: CustodySecret, infile: Path, token_dir: Path
     for entry in entries:
         curve = curve_by_name(entry["curve"])
         point = _unwrap_octet_string(base64.b64decode(entry["ec_point"]))
-        publics[entry["label"]] = (curve, ec.EllipticCurvePublicKey.from_encoded_point(curve.crypto_curve, point))
+        publics[entry["label"]] = (
+            curve,
+            ec.EllipticCurvePublicKey.from_encoded_point(curve.crypto_curve, point),
+        )
     if config.ca_key_label not in publics or publics[config.ca_key_label][1] != ca_cert.public_key():
         raise HsmError("the backup does not hold this CA certificate's key")
     if config.token.softhsm_conf is not None:
@@ -258,40 +290,77 @@ def restore(config: Config, secret: CustodySecret, infile: Path, token_dir: Path
         except HsmError:
             user_pin = secrets.token_urlsafe(18)
             write_secret_file(config.token.pin_file, user_pin)
-        provision_softhsm_token(config.token.module, config.token.softhsm_conf, token_dir,
-                                config.token.token_label, secret.so_pin, user_pin)
+        provision_softhsm_token(
+            config.token.module,
+            config.token.softhsm_conf,
+            token_dir,
+            config.token.token_label,
+            secret.so_pin,
+            user_pin,
+        )
     with AdminToken(config, secret) as adm:
         adm.as_security_officer(install_kwk=True)
         session = adm.as_user()
         for entry in entries:
             curve, public_key = publics[entry["label"]]
             _restore_one(adm, session, entry, public_key, curve.hash_algorithm)
-    return {"restored": [e["label"] for e in entries], "token_label": config.token.token_label,
-            "token_dir": str(token_dir) if token_dir else None, "pairwise_test": "passed"}
+    return {
+        "restored": [e["label"] for e in entries],
+        "token_label": config.token.token_label,
+        "token_dir": str(token_dir) if token_dir else None,
+        "pairwise_test": "passed",
+    }
 
 
-def _restore_one(adm: AdminToken, session: Any, body: dict[str, Any], public_key: ec.EllipticCurvePublicKey,
-             algorithm: hashes.HashAlgorithm) -> None:
+def _restore_one(
+    adm: AdminToken,
+    session: Any,
+    body: dict[str, Any],
+    public_key: ec.EllipticCurvePublicKey,
+    algorithm: hashes.HashAlgorithm,
+) -> None:
     label = body["label"]
     if adm.find(ObjectClass.PRIVATE_KEY, label) is not None:
         raise HsmError(f"the token already holds a key labelled {label!r}; restore goes into a fresh token")
     key_id = bytes.fromhex(body["id"])
-    template = {**ca_private_key_template(), Attribute.LABEL: label, Attribute.ID: key_id,
-                # python-pkcs11 adds every capability attribute; EC private keys take none of these.
-                Attribute.ENCRYPT: DEFAULT, Attribute.VERIFY: DEFAULT, Attribute.WRAP: DEFAULT}
+    template = {
+        **ca_private_key_template(),
+        Attribute.LABEL: label,
+        Attribute.ID: key_id,
+        # python-pkcs11 adds every capability attribute; EC private keys take none of these.
+        Attribute.ENCRYPT: DEFAULT,
+        Attribute.VERIFY: DEFAULT,
+        Attribute.WRAP: DEFAULT,
+    }
     try:
-        private = adm.kwk.unwrap_key(ObjectClass.PRIVATE_KEY, KeyType.EC,
-                                     base64.b64decode(body["wrapped_private_key"]), label=label, id=key_id,
-                                     store=True, mechanism=WRAP_MECHANISM, template=template)
+        private = adm.kwk.unwrap_key(
+            ObjectClass.PRIVATE_KEY,
+            KeyType.EC,
+            base64.b64decode(body["wrapped_private_key"]),
+            label=label,
+            id=key_id,
+            store=True,
+            mechanism=WRAP_MECHANISM,
+            template=template,
+        )
     except pkcs11.PKCS11Error as exc:
-        raise HsmError(f"the token refused to unwrap the backup ({type(exc).__name__}): "
-                       "wrong key-wrapping key or a damaged backup") from None
-    session.create_object({
-        Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC, Attribute.TOKEN: True,
-        Attribute.LABEL: label, Attribute.ID: key_id, Attribute.VERIFY: True, Attribute.PRIVATE: False,
-        Attribute.EC_PARAMS: base64.b64decode(body["ec_params"]),
-        Attribute.EC_POINT: base64.b64decode(body["ec_point"]),
-    })
+        raise HsmError(
+            f"the token refused to unwrap the backup ({type(exc).__name__}): "
+            "wrong key-wrapping key or a damaged backup"
+        ) from None
+    session.create_object(
+        {
+            Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+            Attribute.KEY_TYPE: KeyType.EC,
+            Attribute.TOKEN: True,
+            Attribute.LABEL: label,
+            Attribute.ID: key_id,
+            Attribute.VERIFY: True,
+            Attribute.PRIVATE: False,
+            Attribute.EC_PARAMS: base64.b64decode(body["ec_params"]),
+            Attribute.EC_POINT: base64.b64decode(body["ec_point"]),
+        }
+    )
     _pairwise(private, public_key, algorithm)
 
 
@@ -302,7 +371,9 @@ def _pairwise(private: Any, public_key: ec.EllipticCurvePublicKey, algorithm: ha
     try:
         public_key.verify(signature, message, ec.ECDSA(algorithm))
     except Exception:  # noqa: BLE001 - any failure means the key pair is not consistent
-        raise HsmError("the key in the token does not match the CA certificate (pairwise test failed)") from None
+        raise HsmError(
+            "the key in the token does not match the CA certificate (pairwise test failed)"
+        ) from None
 
 
 # --- key generation and destruction --------------------------------------------------------------
@@ -317,12 +388,17 @@ def generate_key(config: Config, secret: CustodySecret, label: str, curve_name: 
         from pkcs11.util.ec import encode_named_curve_parameters
 
         params = session.create_domain_parameters(
-            KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(_PKCS11_CURVE_NAMES[curve.name])},
-            local=True)
+            KeyType.EC,
+            {Attribute.EC_PARAMS: encode_named_curve_parameters(_PKCS11_CURVE_NAMES[curve.name])},
+            local=True,
+        )
         public, private = params.generate_keypair(
-            store=True, label=label, id=secrets.token_bytes(16),
+            store=True,
+            label=label,
+            id=secrets.token_bytes(16),
             public_template={Attribute.VERIFY: True, Attribute.TOKEN: True},
-            private_template=ca_private_key_template())
+            private_template=ca_private_key_template(),
+        )
         point = _unwrap_octet_string(bytes(public[Attribute.EC_POINT]))
         public_key = ec.EllipticCurvePublicKey.from_encoded_point(curve.crypto_curve, point)
         _pairwise(private, public_key, curve.hash_algorithm)

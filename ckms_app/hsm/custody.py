@@ -89,8 +89,13 @@ class CustodyRecord:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
             raise CustodyError(f"no custody set in {home}: run 'ckms hsm custody split' first") from None
-        return cls(raw["custody_id"], int(raw["threshold"]), tuple(raw["custodians"]), raw["created_at"],
-                   raw["token_label"])
+        return cls(
+            raw["custody_id"],
+            int(raw["threshold"]),
+            tuple(raw["custodians"]),
+            raw["created_at"],
+            raw["token_label"],
+        )
 
     def save(self, home: Path) -> None:
         path = record_path(home)
@@ -121,8 +126,12 @@ class SealedShare:
         return str(self.header["custody_id"])
 
     def to_json(self) -> str:
-        return json.dumps({**self.header, "nonce": _b64(self.nonce), "ciphertext": _b64(self.ciphertext)},
-                          indent=2) + "\n"
+        return (
+            json.dumps(
+                {**self.header, "nonce": _b64(self.nonce), "ciphertext": _b64(self.ciphertext)}, indent=2
+            )
+            + "\n"
+        )
 
     @classmethod
     def from_json(cls, text: str, where: str) -> SealedShare:
@@ -150,16 +159,40 @@ def _derive(passphrase: str, kdf: dict[str, Any]) -> bytes:
     if kdf.get("name") != "scrypt":
         raise CustodyError(f"unsupported share KDF {kdf.get('name')!r}")
     n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
-    return hashlib.scrypt(passphrase.encode(), salt=base64.b64decode(kdf["salt"]), n=n, r=r, p=p,
-                          maxmem=n * r * 128 * 2 + 1024 * 1024, dklen=32)
+    return hashlib.scrypt(
+        passphrase.encode(),
+        salt=base64.b64decode(kdf["salt"]),
+        n=n,
+        r=r,
+        p=p,
+        maxmem=n * r * 128 * 2 + 1024 * 1024,
+        dklen=32,
+    )
 
 
-def seal(share: shamir.Share, *, custody_id: str, custodian: str, shares: int, passphrase: str) -> SealedShare:
+def seal(
+    share: shamir.Share, *, custody_id: str, custodian: str, shares: int, passphrase: str
+) -> SealedShare:
     if len(passphrase) < MIN_PASSPHRASE:
-        raise CustodyError(f"custodian {custodian}: the passphrase must have at least {MIN_PASSPHRASE} characters")
-    kdf = {"name": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P, "salt": _b64(secrets.token_bytes(16))}
-    header = {"format": SHARE_FORMAT, "custody_id": custody_id, "custodian": custodian, "index": share.index,
-              "threshold": share.threshold, "shares": shares, "kdf": kdf}
+        raise CustodyError(
+            f"custodian {custodian}: the passphrase must have at least {MIN_PASSPHRASE} characters"
+        )
+    kdf = {
+        "name": "scrypt",
+        "n": SCRYPT_N,
+        "r": SCRYPT_R,
+        "p": SCRYPT_P,
+        "salt": _b64(secrets.token_bytes(16)),
+    }
+    header = {
+        "format": SHARE_FORMAT,
+        "custody_id": custody_id,
+        "custodian": custodian,
+        "index": share.index,
+        "threshold": share.threshold,
+        "shares": shares,
+        "kdf": kdf,
+    }
     nonce = secrets.token_bytes(12)
     ciphertext = AESGCM(_derive(passphrase, kdf)).encrypt(nonce, share.value, _aad(header))
     return SealedShare(header, nonce, ciphertext)
@@ -168,8 +201,9 @@ def seal(share: shamir.Share, *, custody_id: str, custodian: str, shares: int, p
 def unseal(sealed: SealedShare, passphrase: str) -> shamir.Share:
     """Open a share with its custodian's passphrase; a wrong passphrase or an edited file fails."""
     try:
-        value = AESGCM(_derive(passphrase, sealed.header["kdf"])).decrypt(sealed.nonce, sealed.ciphertext,
-                                                                         _aad(sealed.header))
+        value = AESGCM(_derive(passphrase, sealed.header["kdf"])).decrypt(
+            sealed.nonce, sealed.ciphertext, _aad(sealed.header)
+        )
     except (InvalidTag, ValueError):
         raise CustodyError(f"custodian {sealed.custodian}: wrong passphrase or altered share file") from None
     try:
@@ -178,7 +212,9 @@ def unseal(sealed: SealedShare, passphrase: str) -> shamir.Share:
         raise CustodyError(f"custodian {sealed.custodian}: {exc}") from None
 
 
-def split_secret(secret: CustodySecret, record: CustodyRecord, passphrases: Sequence[str]) -> list[SealedShare]:
+def split_secret(
+    secret: CustodySecret, record: CustodyRecord, passphrases: Sequence[str]
+) -> list[SealedShare]:
     """Split and seal: one :class:`SealedShare` per custodian, in the record's order."""
     names = record.custodians
     if len(set(names)) != len(names) or len(names) < record.threshold:
@@ -188,16 +224,23 @@ def split_secret(secret: CustodySecret, record: CustodyRecord, passphrases: Sequ
     if len(set(passphrases)) != len(passphrases):
         raise CustodyError("every custodian needs their own passphrase (two are the same)")
     parts = shamir.split(secret.encode(), record.threshold, len(names))
-    return [seal(part, custody_id=record.custody_id, custodian=name, shares=len(names), passphrase=pp)
-            for part, name, pp in zip(parts, names, passphrases, strict=True)]
+    return [
+        seal(part, custody_id=record.custody_id, custodian=name, shares=len(names), passphrase=pp)
+        for part, name, pp in zip(parts, names, passphrases, strict=True)
+    ]
 
 
 def new_record(custodians: Sequence[str], token_label: str, threshold: int = 2) -> CustodyRecord:
     for name in custodians:
         if not name or not all(c.isalnum() or c in "._-" for c in name) or len(name) > 64:
             raise CustodyError(f"custodian name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
-    return CustodyRecord(secrets.token_hex(16), threshold, tuple(custodians),
-                         dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), token_label)
+    return CustodyRecord(
+        secrets.token_hex(16),
+        threshold,
+        tuple(custodians),
+        dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        token_label,
+    )
 
 
 @dataclass(frozen=True)
@@ -226,8 +269,10 @@ def reconstruct(record: CustodyRecord, credentials: Sequence[Credential]) -> tup
     if len(set(names)) != len(names):
         raise CustodyError("the same custodian was presented twice; two different custodians are needed")
     if len(credentials) < record.threshold:
-        raise CustodyError(f"{len(credentials)} custodian credential(s) given; HSM administration needs "
-                           f"{record.threshold} of {len(record.custodians)}")
+        raise CustodyError(
+            f"{len(credentials)} custodian credential(s) given; HSM administration needs "
+            f"{record.threshold} of {len(record.custodians)}"
+        )
     parts = [unseal(c.sealed, c.passphrase) for c in credentials]
     try:
         payload = shamir.combine(parts)
@@ -244,8 +289,9 @@ def read_share_file(path: Path) -> SealedShare:
     return SealedShare.from_json(path.read_text(), str(path))
 
 
-def gather_credentials(share_files: Sequence[Path], passphrase_files: Sequence[Path],
-                       prompt: Prompt = getpass.getpass) -> list[Credential]:
+def gather_credentials(
+    share_files: Sequence[Path], passphrase_files: Sequence[Path], prompt: Prompt = getpass.getpass
+) -> list[Credential]:
     """Pair ``--share-file`` i with ``--passphrase-file`` i; prompt (no echo) for any passphrase missing."""
     if len(passphrase_files) > len(share_files):
         raise CustodyError("more --passphrase-file than --share-file arguments")
@@ -255,7 +301,9 @@ def gather_credentials(share_files: Sequence[Path], passphrase_files: Sequence[P
         if i < len(passphrase_files):
             passphrase = read_secret_file(passphrase_files[i])
         else:
-            passphrase = prompt(f"passphrase of custodian {sealed.custodian} (share {sealed.header['index']}): ")
+            passphrase = prompt(
+                f"passphrase of custodian {sealed.custodian} (share {sealed.header['index']}): "
+            )
         creds.append(Credential(sealed, passphrase))
     return creds
 

@@ -133,5 +133,7 @@ def combine(shares: Sequence[Share]) -> bytes:
             out[pos] ^= gf_mul(y, lj)
     secret, tag = bytes(out[:-TAG_BYTES]), bytes(out[-TAG_BYTES:])
     if not hmac.compare_digest(tag, _tag(secret)):
-        raise ShamirError("the shares do not rebuild a valid secret: one is wrong, corrupted or from another set")
+        raise ShamirError(
+            "the shares do not rebuild a valid secret: one is wrong, corrupted or from another set"
+        )
     return secret

@@ -41,7 +41,9 @@ def read_secret_file(path: Path) -> str:
     except FileNotFoundError:
         raise HsmError(f"secret file {path} does not exist") from None
     if st.st_mode & 0o077:
-        raise HsmError(f"secret file {path} is readable by group/others (mode {st.st_mode & 0o777:o}); chmod 600 it")
+        raise HsmError(
+            f"secret file {path} is readable by group/others (mode {st.st_mode & 0o777:o}); chmod 600 it"
+        )
     return path.read_text().strip()
 
 
@@ -254,8 +256,9 @@ class HsmEcPrivateKey(ec.EllipticCurvePrivateKey):
     def public_key(self) -> ec.EllipticCurvePublicKey:
         return self._public_key
 
-    def sign(self, data: bytes | bytearray | memoryview, signature_algorithm: ec.EllipticCurveSignatureAlgorithm
-             ) -> bytes:
+    def sign(
+        self, data: bytes | bytearray | memoryview, signature_algorithm: ec.EllipticCurveSignatureAlgorithm
+    ) -> bytes:
         algorithm = signature_algorithm.algorithm
         if not isinstance(algorithm, hashes.HashAlgorithm):
             raise HsmError("prehashed input is not accepted by the CA signer")
@@ -286,6 +289,7 @@ class HsmEcPrivateKey(ec.EllipticCurvePrivateKey):
 # --- SoftHSM2 provisioning -------------------------------------------------------------------
 # python-pkcs11 does not expose C_InitToken, so a fresh SoftHSM token is initialised through
 # ctypes. This keeps the PINs out of any command line (softhsm2-util would need them in argv).
+
 
 class _CK_TOKEN_INFO_PAD(ctypes.Structure):  # only used as an opaque buffer
     _fields_ = [("data", ctypes.c_ubyte * 512)]
@@ -333,7 +337,9 @@ def provision_softhsm_token(
         so = so_pin.encode()
         padded_label = label.encode().ljust(32, b" ")[:32]
         check(
-            lib.C_InitToken(ck_ulong(free_slot), ctypes.c_char_p(so), ck_ulong(len(so)), ctypes.c_char_p(padded_label)),
+            lib.C_InitToken(
+                ck_ulong(free_slot), ctypes.c_char_p(so), ck_ulong(len(so)), ctypes.c_char_p(padded_label)
+            ),
             "C_InitToken",
         )
         # Set the user PIN as the security officer. SoftHSM moves the initialised token to a
@@ -341,7 +347,9 @@ def provision_softhsm_token(
         session = ck_ulong(0)
         slot = _find_slot_by_label(lib, padded_label)
         rw_serial = ck_ulong(0x2 | 0x4)  # CKF_RW_SESSION | CKF_SERIAL_SESSION
-        check(lib.C_OpenSession(ck_ulong(slot), rw_serial, None, None, ctypes.byref(session)), "C_OpenSession")
+        check(
+            lib.C_OpenSession(ck_ulong(slot), rw_serial, None, None, ctypes.byref(session)), "C_OpenSession"
+        )
         try:
             check(lib.C_Login(session, ck_ulong(0), ctypes.c_char_p(so), ck_ulong(len(so))), "C_Login(SO)")
             user = user_pin.encode()
@@ -361,6 +369,9 @@ def _find_slot_by_label(lib: ctypes.CDLL, padded_label: bytes) -> int:
     lib.C_GetSlotList(ctypes.c_ubyte(1), slots, ctypes.byref(count))
     for slot in slots[: count.value]:
         info = _CK_TOKEN_INFO_PAD()
-        if lib.C_GetTokenInfo(ck_ulong(slot), ctypes.byref(info)) == 0 and bytes(info.data[:32]) == padded_label:
+        if (
+            lib.C_GetTokenInfo(ck_ulong(slot), ctypes.byref(info)) == 0
+            and bytes(info.data[:32]) == padded_label
+        ):
             return int(slot)
     raise HsmError("the newly initialised token is not visible")

@@ -71,10 +71,16 @@ def audit_record_hash(prev_hash: str, record: Any) -> str:
 
 # The writer's statements, built once: SQLAlchemy caches their compiled form by identity, so the
 # group-commit thread skips constructing and cache-keying them on every batch.
-_CHAIN_HEAD_FOR_UPDATE = (select(audit_chain_head.c.last_seq, audit_chain_head.c.last_hash)
-                          .where(audit_chain_head.c.chain_id == 1).with_for_update())
-_CHAIN_HEAD_UPDATE = (update(audit_chain_head).where(audit_chain_head.c.chain_id == 1)
-                      .values(last_seq=bindparam("new_seq"), last_hash=bindparam("new_hash")))
+_CHAIN_HEAD_FOR_UPDATE = (
+    select(audit_chain_head.c.last_seq, audit_chain_head.c.last_hash)
+    .where(audit_chain_head.c.chain_id == 1)
+    .with_for_update()
+)
+_CHAIN_HEAD_UPDATE = (
+    update(audit_chain_head)
+    .where(audit_chain_head.c.chain_id == 1)
+    .values(last_seq=bindparam("new_seq"), last_hash=bindparam("new_hash"))
+)
 _AUDIT_INSERT = audit_events.insert()
 
 
@@ -117,6 +123,9 @@ def append_audit(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
 
 @event.listens_for(Engine, "before_execute")
 def _refuse_unchained_audit_inserts(conn: Connection, clauseelement: Any, *_args: Any) -> None:
-    if (getattr(clauseelement, "is_insert", False) and getattr(clauseelement, "table", None) is audit_events
-            and not conn.info.get("ckms_audit_append")):
+    if (
+        getattr(clauseelement, "is_insert", False)
+        and getattr(clauseelement, "table", None) is audit_events
+        and not conn.info.get("ckms_audit_append")
+    ):
         raise AuditBypass("audit records must be written with storage.append_audit (hash chain)")

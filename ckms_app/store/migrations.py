@@ -79,13 +79,20 @@ def _migration_2(conn: Connection) -> None:
         if column.name not in present:
             ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"
             conn.exec_driver_sql(ddl)
-    metadata.create_all(conn, tables=[entity_roles, role_permissions, audit_chain_head, audit_seals, security_state])
+    metadata.create_all(
+        conn, tables=[entity_roles, role_permissions, audit_chain_head, audit_seals, security_state]
+    )
     now = utcnow()
     for row in conn.execute(select(entities.c.entity_id, entities.c.role)).all():
-        conn.execute(entity_roles.insert().values(entity_id=row.entity_id, role=row.role, granted_at=now,
-                                                  granted_by="migration-2"))
-    conn.execute(role_permissions.insert(), [{"role": r, "operation": op, "resource": res}
-                                             for r, op, res in _MIGRATION_2_ACL])
+        conn.execute(
+            entity_roles.insert().values(
+                entity_id=row.entity_id, role=row.role, granted_at=now, granted_by="migration-2"
+            )
+        )
+    conn.execute(
+        role_permissions.insert(),
+        [{"role": r, "operation": op, "resource": res} for r, op, res in _MIGRATION_2_ACL],
+    )
     conn.execute(security_state.insert().values(name="entity_generation", value=1))
     prev, last_seq = GENESIS_HASH, 0
     for record in conn.execute(select(audit_events).order_by(audit_events.c.seq)).mappings().all():
@@ -98,21 +105,44 @@ def _migration_2(conn: Connection) -> None:
 def _migration_3(conn: Connection) -> None:
     """Revocation rights by certificate kind, in the ACL instead of a role name in the code: operators
     revoke device certificates, administrators revoke identity and TLS certificates."""
-    conn.execute(role_permissions.delete().where(role_permissions.c.operation == "certificate.revoke",
-                                                 role_permissions.c.resource == "*"))
-    present = {(r.role, r.resource) for r in conn.execute(
-        select(role_permissions.c.role, role_permissions.c.resource)
-        .where(role_permissions.c.operation == "certificate.revoke"))}
-    wanted = [("operator", "kind:end-entity"), ("administrator", "kind:identity"), ("administrator", "kind:tls-server")]
-    rows = [{"role": r, "operation": "certificate.revoke", "resource": res} for r, res in wanted if (r, res) not in present]
+    conn.execute(
+        role_permissions.delete().where(
+            role_permissions.c.operation == "certificate.revoke", role_permissions.c.resource == "*"
+        )
+    )
+    present = {
+        (r.role, r.resource)
+        for r in conn.execute(
+            select(role_permissions.c.role, role_permissions.c.resource).where(
+                role_permissions.c.operation == "certificate.revoke"
+            )
+        )
+    }
+    wanted = [
+        ("operator", "kind:end-entity"),
+        ("administrator", "kind:identity"),
+        ("administrator", "kind:tls-server"),
+    ]
+    rows = [
+        {"role": r, "operation": "certificate.revoke", "resource": res}
+        for r, res in wanted
+        if (r, res) not in present
+    ]
     if rows:
         conn.execute(role_permissions.insert(), rows)
-    conn.execute(update(security_state).where(security_state.c.name == "entity_generation")
-                 .values(value=security_state.c.value + 1))
+    conn.execute(
+        update(security_state)
+        .where(security_state.c.name == "entity_generation")
+        .values(value=security_state.c.value + 1)
+    )
 
 
 # Ordered, append-only. A migration never changes once released; add a new one instead.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _migration_1), (2, _migration_2), (3, _migration_3)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    (1, _migration_1),
+    (2, _migration_2),
+    (3, _migration_3),
+]
 
 
 # pg_advisory_xact_lock key of the schema migrations ("ckms_mig" in ASCII).

@@ -178,8 +178,9 @@ class GroupCommitWriter:
             else:
                 fut.set_exception(value)
 
-    def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]],
-                   isolate: bool) -> list[tuple[Future[Any], bool, Any]]:
+    def _run_batch(
+        self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]], isolate: bool
+    ) -> list[tuple[Future[Any], bool, Any]]:
         results: list[tuple[Future[Any], bool, Any]] = []
         with self._turn(), self._engine.begin() as conn:
             if not isolate:
@@ -201,8 +202,9 @@ class GroupCommitWriter:
         return results
 
     @staticmethod
-    def _run_optimistic(conn: Connection, batch: list[tuple[Unit, Future[Any]]],
-                        results: list[tuple[Future[Any], bool, Any]]) -> None:
+    def _run_optimistic(
+        conn: Connection, batch: list[tuple[Unit, Future[Any]]], results: list[tuple[Future[Any], bool, Any]]
+    ) -> None:
         """Run units in order; consecutive ``Inserts`` become one executemany per table."""
         pending: dict[Table, list[dict[str, Any]]] = {}
 

@@ -28,7 +28,7 @@ def _element(der: bytes, offset: int) -> tuple[int, int]:
     if first < 0x80:
         return offset + 2, offset + 2 + first
     count = first & 0x7F
-    length = int.from_bytes(der[offset + 2:offset + 2 + count], "big")
+    length = int.from_bytes(der[offset + 2 : offset + 2 + count], "big")
     start = offset + 2 + count
     return start, start + length
 

@@ -78,7 +78,9 @@ def check_csr(der: bytes, profile: Profile, max_bytes: int) -> CheckedCsr:
             code="csr_key_type",
         )
     if not isinstance(csr.signature_hash_algorithm, _ACCEPTED_SIGNATURE_HASHES):
-        raise CsrRejected("request must be signed with ECDSA and SHA-256/384/512", code="csr_signature_algorithm")
+        raise CsrRejected(
+            "request must be signed with ECDSA and SHA-256/384/512", code="csr_signature_algorithm"
+        )
     if not csr.is_signature_valid:
         raise CsrRejected(
             "request signature does not verify: it was not signed by the key it contains",

@@ -41,5 +41,7 @@ def _oid(dotted: str) -> bytes:
 def csr_attributes(hash_name: str, curves: tuple[str, ...]) -> bytes:
     """DER CsrAttrs: the CA's signature algorithm, then id-ecPublicKey with the accepted curves."""
     signature = _oid(_OIDS[f"ecdsa-with-{hash_name.upper()}"])  # sha256 -> ecdsa-with-SHA256
-    key_attr = _tlv(0x30, _oid(_OIDS["id-ecPublicKey"]) + _tlv(0x31, b"".join(_oid(_OIDS[c]) for c in curves)))
+    key_attr = _tlv(
+        0x30, _oid(_OIDS["id-ecPublicKey"]) + _tlv(0x31, b"".join(_oid(_OIDS[c]) for c in curves))
+    )
     return _tlv(0x30, signature + key_attr)

@@ -64,7 +64,9 @@ class EndEntityTemplate:
     saves the per-extension copying and checks of ``add_extension`` on the issuance hot path.
     """
 
-    def __init__(self, *, profile: Profile, issuer: x509.Certificate, crl_url: str, delta_crl_url: str) -> None:
+    def __init__(
+        self, *, profile: Profile, issuer: x509.Certificate, crl_url: str, delta_crl_url: str
+    ) -> None:
         self._backdate = dt.timedelta(seconds=profile.backdate_seconds)
         self._validity = dt.timedelta(days=profile.validity_days)
         self._issuer_not_after = issuer.not_valid_after_utc
@@ -76,36 +78,80 @@ class EndEntityTemplate:
             ext(ExtensionOID.KEY_USAGE, True, key_usage(profile.key_usage)),
         ]
         self._tail: list[x509.Extension[x509.ExtensionType]] = [
-            ext(ExtensionOID.AUTHORITY_KEY_IDENTIFIER, False,
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski)),
-            ext(ExtensionOID.CERTIFICATE_POLICIES, False,
-                x509.CertificatePolicies([x509.PolicyInformation(x509.ObjectIdentifier(profile.policy_oid), None)])),
-            ext(ExtensionOID.CRL_DISTRIBUTION_POINTS, False, x509.CRLDistributionPoints(
-                [x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], None, None, None)])),
-            ext(ExtensionOID.FRESHEST_CRL, False, x509.FreshestCRL(
-                [x509.DistributionPoint([x509.UniformResourceIdentifier(delta_crl_url)], None, None, None)])),
+            ext(
+                ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+                False,
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
+            ),
+            ext(
+                ExtensionOID.CERTIFICATE_POLICIES,
+                False,
+                x509.CertificatePolicies(
+                    [x509.PolicyInformation(x509.ObjectIdentifier(profile.policy_oid), None)]
+                ),
+            ),
+            ext(
+                ExtensionOID.CRL_DISTRIBUTION_POINTS,
+                False,
+                x509.CRLDistributionPoints(
+                    [x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], None, None, None)]
+                ),
+            ),
+            ext(
+                ExtensionOID.FRESHEST_CRL,
+                False,
+                x509.FreshestCRL(
+                    [
+                        x509.DistributionPoint(
+                            [x509.UniformResourceIdentifier(delta_crl_url)], None, None, None
+                        )
+                    ]
+                ),
+            ),
         ]
         if profile.extended_key_usage:
-            self._tail.append(ext(ExtensionOID.EXTENDED_KEY_USAGE, False,
-                                  extended_key_usage(profile.extended_key_usage)))
+            self._tail.append(
+                ext(ExtensionOID.EXTENDED_KEY_USAGE, False, extended_key_usage(profile.extended_key_usage))
+            )
 
     def validity(self, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
         """notBefore (backdated for clock skew) and notAfter (never beyond the issuer's)."""
         return now - self._backdate, min(now + self._validity, self._issuer_not_after)
 
-    def builder(self, *, subject: x509.Name, sans: tuple[x509.GeneralName, ...],
-                public_key: ec.EllipticCurvePublicKey, serial: int, now: dt.datetime) -> x509.CertificateBuilder:
+    def builder(
+        self,
+        *,
+        subject: x509.Name,
+        sans: tuple[x509.GeneralName, ...],
+        public_key: ec.EllipticCurvePublicKey,
+        serial: int,
+        now: dt.datetime,
+    ) -> x509.CertificateBuilder:
         not_before, not_after = self.validity(now)
-        extensions = [*self._head,
-                      x509.Extension(ExtensionOID.SUBJECT_KEY_IDENTIFIER, False,
-                                     x509.SubjectKeyIdentifier.from_public_key(public_key)),
-                      *self._tail]
+        extensions = [
+            *self._head,
+            x509.Extension(
+                ExtensionOID.SUBJECT_KEY_IDENTIFIER,
+                False,
+                x509.SubjectKeyIdentifier.from_public_key(public_key),
+            ),
+            *self._tail,
+        ]
         if sans:
-            extensions.append(x509.Extension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, False,
-                                             x509.SubjectAlternativeName(list(sans))))
+            extensions.append(
+                x509.Extension(
+                    ExtensionOID.SUBJECT_ALTERNATIVE_NAME, False, x509.SubjectAlternativeName(list(sans))
+                )
+            )
         return x509.CertificateBuilder(
-            issuer_name=self._issuer_name, subject_name=subject, public_key=public_key, serial_number=serial,
-            not_valid_before=_naive_utc(not_before), not_valid_after=_naive_utc(not_after), extensions=extensions)
+            issuer_name=self._issuer_name,
+            subject_name=subject,
+            public_key=public_key,
+            serial_number=serial,
+            not_valid_before=_naive_utc(not_before),
+            not_valid_after=_naive_utc(not_after),
+            extensions=extensions,
+        )
 
 
 def _naive_utc(moment: dt.datetime) -> dt.datetime:
@@ -131,7 +177,12 @@ def end_entity_builder(
 
 
 def ca_builder(
-    *, subject: x509.Name, public_key: ec.EllipticCurvePublicKey, now: dt.datetime, validity_days: int, policy_oid: str
+    *,
+    subject: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    now: dt.datetime,
+    validity_days: int,
+    policy_oid: str,
 ) -> x509.CertificateBuilder:
     """A self-signed root for the private CA: keyCertSign + cRLSign, no path length below it."""
     return (

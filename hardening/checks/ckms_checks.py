@@ -29,7 +29,9 @@ def role_defaults(role: str) -> dict[str, Any]:
 @cache
 def _roles() -> tuple[str, ...]:
     # longest first, so ckms_ca_* is not taken for a role "ckms"
-    return tuple(sorted((p.name for p in ROLES_DIR.iterdir() if (p / "defaults").is_dir()), key=len, reverse=True))
+    return tuple(
+        sorted((p.name for p in ROLES_DIR.iterdir() if (p / "defaults").is_dir()), key=len, reverse=True)
+    )
 
 
 def role_of(name: str) -> str | None:
@@ -68,8 +70,10 @@ _PROBE = Path(__file__).resolve().parent / "ckms_probe.py"
 def as_ckms(host, command: str, env: dict[str, str] | None = None):
     """Run ``command`` (a shell command line) as the CA service user with the CA's environment."""
     extra = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
-    return host.run(f"runuser -u {CA_USER} -- env CKMS_HOME={CA_HOME} SOFTHSM2_CONF={SOFTHSM_CONF} {extra} "
-                    f"sh -c {shlex.quote(command)}")
+    return host.run(
+        f"runuser -u {CA_USER} -- env CKMS_HOME={CA_HOME} SOFTHSM2_CONF={SOFTHSM_CONF} {extra} "
+        f"sh -c {shlex.quote(command)}"
+    )
 
 
 def probe(host, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:

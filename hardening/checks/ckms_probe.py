@@ -23,8 +23,22 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_PINS = ("1234", "12345678", "123456", "0000", "00000000", "1111", "111111", "password", "userpin",
-                "sopin", "so-pin", "user-pin", "ckms", "softhsm")
+DEFAULT_PINS = (
+    "1234",
+    "12345678",
+    "123456",
+    "0000",
+    "00000000",
+    "1111",
+    "111111",
+    "password",
+    "userpin",
+    "sopin",
+    "so-pin",
+    "user-pin",
+    "ckms",
+    "softhsm",
+)
 
 
 def _home() -> Path:
@@ -124,18 +138,21 @@ def cmd_token(args) -> dict:
                 except pkcs11.exceptions.PinIncorrect:
                     pass
                 except pkcs11.PKCS11Error as exc:
-                    out.setdefault("probe_errors", []).append(f"{kind} PIN of length {len(candidate)}: "
-                                                              f"{type(exc).__name__}")
+                    out.setdefault("probe_errors", []).append(
+                        f"{kind} PIN of length {len(candidate)}: {type(exc).__name__}"
+                    )
         out["default_pins_accepted"] = accepted
         out["probed"] = len(DEFAULT_PINS)
     token = lib.get_token(token_label=tc.token_label)
     out["flags"] = [f.name for f in pkcs11.TokenFlag if f and f in token.flags and f.name]
     A = pkcs11.Attribute
     with token.open() as public:  # no login
-        out["private_keys_visible_without_login"] = len(list(public.get_objects(
-            {A.CLASS: pkcs11.ObjectClass.PRIVATE_KEY})))
-        out["public_keys_visible_without_login"] = len(list(public.get_objects(
-            {A.CLASS: pkcs11.ObjectClass.PUBLIC_KEY})))
+        out["private_keys_visible_without_login"] = len(
+            list(public.get_objects({A.CLASS: pkcs11.ObjectClass.PRIVATE_KEY}))
+        )
+        out["public_keys_visible_without_login"] = len(
+            list(public.get_objects({A.CLASS: pkcs11.ObjectClass.PUBLIC_KEY}))
+        )
     pin = tc.pin_file.read_text().strip()
     out["user_pin_length"] = len(pin)
     out["user_pin_is_a_default"] = pin in DEFAULT_PINS
@@ -163,10 +180,15 @@ def cmd_spare(args) -> dict:
     checks.append(selftest.integrity_test(config, ca_cert))
     public_key, source = _audit_public_key(config)
     trail = verify.verify_database(open_engine(config.database_url), public_key)
-    return {"checks": [c.__dict__ for c in checks], "trail": trail.as_dict(), "audit_key_from": source,
-            "ca_subject": ca_cert.subject.rfc4514_string(),
-            "ca_sha256": ca_cert.fingerprint(__import__("cryptography.hazmat.primitives.hashes",
-                                                        fromlist=["SHA256"]).SHA256()).hex()}
+    return {
+        "checks": [c.__dict__ for c in checks],
+        "trail": trail.as_dict(),
+        "audit_key_from": source,
+        "ca_subject": ca_cert.subject.rfc4514_string(),
+        "ca_sha256": ca_cert.fingerprint(
+            __import__("cryptography.hazmat.primitives.hashes", fromlist=["SHA256"]).SHA256()
+        ).hex(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,8 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("spare")
     sp.add_argument("home")
     args = ap.parse_args(argv)
-    fn = {"trail": cmd_trail, "kat": cmd_kat, "integrity": cmd_integrity, "verify-db": cmd_verify_db,
-          "token": cmd_token, "spare": cmd_spare}[args.cmd]
+    fn = {
+        "trail": cmd_trail,
+        "kat": cmd_kat,
+        "integrity": cmd_integrity,
+        "verify-db": cmd_verify_db,
+        "token": cmd_token,
+        "spare": cmd_spare,
+    }[args.cmd]
     print(json.dumps(fn(args), default=str))
     return 0
 

@@ -30,11 +30,15 @@ _RESULTS_KEY = pytest.StashKey[list]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--ckms-results", default=None, help="write check results (JSON) for the hardening report")
+    parser.addoption(
+        "--ckms-results", default=None, help="write check results (JSON) for the hardening report"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "check(check_id): the catalog check this test implements (check:<item>...)")
+    config.addinivalue_line(
+        "markers", "check(check_id): the catalog check this test implements (check:<item>...)"
+    )
     config.stash[_RESULTS_KEY] = []
 
 
@@ -82,18 +86,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
         return
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         ev = item.stash.get(_EVIDENCE_KEY, None)
-        item.config.stash[_RESULTS_KEY].append({
-            "check": marker.args[0],
-            "test": item.nodeid,
-            "host": _host_name(item),
-            "outcome": report.outcome,  # passed | failed | skipped
-            "duration_s": round(report.duration, 3),
-            "message": str(report.longrepr.reprcrash.message) if report.failed and hasattr(report.longrepr, "reprcrash")
-            else (str(report.longrepr[2]) if report.skipped and isinstance(report.longrepr, tuple) else None),
-            "evidence": ev.items if ev else [],
-            "limitation": "; ".join(ev.limitations) if ev and ev.limitations else None,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        })
+        item.config.stash[_RESULTS_KEY].append(
+            {
+                "check": marker.args[0],
+                "test": item.nodeid,
+                "host": _host_name(item),
+                "outcome": report.outcome,  # passed | failed | skipped
+                "duration_s": round(report.duration, 3),
+                "message": str(report.longrepr.reprcrash.message)
+                if report.failed and hasattr(report.longrepr, "reprcrash")
+                else (
+                    str(report.longrepr[2]) if report.skipped and isinstance(report.longrepr, tuple) else None
+                ),
+                "evidence": ev.items if ev else [],
+                "limitation": "; ".join(ev.limitations) if ev and ev.limitations else None,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -21,8 +21,11 @@ LINT = "/usr/local/lib/ckms/audit-rules-lint"
 
 def compiled_rules(host) -> list[str]:
     f = host.file("/etc/audit/audit.rules")
-    return [ln.strip() for ln in f.content_string.splitlines() if ln.strip() and not ln.startswith("#")] \
-        if f.exists else []
+    return (
+        [ln.strip() for ln in f.content_string.splitlines() if ln.strip() and not ln.startswith("#")]
+        if f.exists
+        else []
+    )
 
 
 def watches(rules: list[str]) -> dict[str, str]:
@@ -36,8 +39,11 @@ def watches(rules: list[str]) -> dict[str, str]:
 
 def _level(host, evidence) -> None:
     if in_container(host):
-        evidence.add("verification level", "configuration: auditd cannot run inside this lab container (kernel "
-                     "audit needs the host's PID namespace); rules verified as files, syntax and compiled set")
+        evidence.add(
+            "verification level",
+            "configuration: auditd cannot run inside this lab container (kernel "
+            "audit needs the host's PID namespace); rules verified as files, syntax and compiled set",
+        )
 
 
 @pytest.mark.check("check:F.12.auditd_watches_identity_and_config")
@@ -52,16 +58,30 @@ def test_auditd_watches_identity_and_config(host, evidence):
     evidence.add("rule count", len(rules))
     w = watches(rules)
     required = {}
-    for var in ("audit_watch_identity", "audit_watch_privilege", "audit_watch_ssh", "audit_watch_ca",
-                "audit_watch_keys", "audit_watch_config"):
+    for var in (
+        "audit_watch_identity",
+        "audit_watch_privilege",
+        "audit_watch_ssh",
+        "audit_watch_ca",
+        "audit_watch_keys",
+        "audit_watch_config",
+    ):
         for p in policy(host, var):
             required[p] = var
     missing = sorted(p for p in required if p not in w or "w" not in w[p])
     text = "\n".join(rules)
-    syscalls = {k: bool(re.search(rf"-S [^ ]*{s}[^ ]* .*-k ckms-{k}", text))
-                for k, s in (("time", "settimeofday"), ("modules", "init_module"), ("perm", "chmod"),
-                             ("acl", "setxattr"))}
-    privileged = sorted(set(policy(host, "audit_privileged_commands")) - set(re.findall(r"-F path=(\S+)", text)))
+    syscalls = {
+        k: bool(re.search(rf"-S [^ ]*{s}[^ ]* .*-k ckms-{k}", text))
+        for k, s in (
+            ("time", "settimeofday"),
+            ("modules", "init_module"),
+            ("perm", "chmod"),
+            ("acl", "setxattr"),
+        )
+    }
+    privileged = sorted(
+        set(policy(host, "audit_privileged_commands")) - set(re.findall(r"-F path=(\S+)", text))
+    )
     evidence.add("watched paths", w)
     evidence.add("syscall groups", syscalls)
     assert lint.rc == 0, f"F.12: audit rules do not parse: {lint.stderr.strip()}"
@@ -92,11 +112,18 @@ def test_audit_config_writable_by_admin_only(host, evidence):
 @pytest.mark.check("check:F.14.auditd_records_enriched")
 def test_auditd_records_enriched(host, evidence):
     _level(host, evidence)
-    conf = dict(re.findall(r"^\s*(\w+)\s*=\s*(\S+)", host.file("/etc/audit/auditd.conf").content_string, re.M))
+    conf = dict(
+        re.findall(r"^\s*(\w+)\s*=\s*(\S+)", host.file("/etc/audit/auditd.conf").content_string, re.M)
+    )
     rules = compiled_rules(host)
     unkeyed = [r for r in rules if (r.startswith("-w") or r.startswith("-a")) and " -k " not in r]
-    evidence.add("auditd.conf", {k: conf.get(k) for k in ("log_format", "max_log_file_action", "disk_full_action",
-                                                         "name_format", "flush")})
+    evidence.add(
+        "auditd.conf",
+        {
+            k: conf.get(k)
+            for k in ("log_format", "max_log_file_action", "disk_full_action", "name_format", "flush")
+        },
+    )
     evidence.add("rules without a key", unkeyed)
     assert conf.get("log_format", "").upper() == "ENRICHED", "F.14: records do not resolve who (log_format)"
     assert conf.get("max_log_file_action", "").lower() == "keep_logs", "F.14: audit logs rotate away"
@@ -108,8 +135,11 @@ def test_account_change_alerts(host, evidence):
     unit = host.run("systemctl show -p ActiveState -p UnitFileState -p Paths ckms-account-watch.path").stdout
     evidence.add("path unit", unit)
     state = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line)
-    watched = host.file("/etc/systemd/system/ckms-account-watch.path").content_string \
-        if host.file("/etc/systemd/system/ckms-account-watch.path").exists else ""
+    watched = (
+        host.file("/etc/systemd/system/ckms-account-watch.path").content_string
+        if host.file("/etc/systemd/system/ckms-account-watch.path").exists
+        else ""
+    )
     need = ["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/sudoers", "/etc/sudoers.d"]
     missing = [p for p in need if f"PathChanged={p}\n" not in watched]
     last = host.run("journalctl -q -t ckms-audit -n 3 --no-pager").stdout.strip()
@@ -137,11 +167,15 @@ def test_acl_change_audited(host, evidence):
 def test_auditd_rules_loaded(host, evidence):
     if in_container(host):
         evidence.add("auditd.service", host.run("systemctl is-enabled auditd.service").stdout.strip())
-        pytest.skip("A.31: kernel audit is unavailable inside the lab container; rules are verified at "
-                    "configuration level (F.12/F.13 checks)")
+        pytest.skip(
+            "A.31: kernel audit is unavailable inside the lab container; rules are verified at "
+            "configuration level (F.12/F.13 checks)"
+        )
     status = host.run("auditctl -s")
     listed = host.run("auditctl -l")
     evidence.add("auditctl -s", status.stdout)
     evidence.add("loaded rule count", len(listed.stdout.splitlines()))
     assert "enabled 2" in status.stdout, "A.31: audit rules not loaded or not immutable"
-    assert len(listed.stdout.splitlines()) >= len(compiled_rules(host)) - 6, "A.31: fewer rules loaded than compiled"
+    assert len(listed.stdout.splitlines()) >= len(compiled_rules(host)) - 6, (
+        "A.31: fewer rules loaded than compiled"
+    )

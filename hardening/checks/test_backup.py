@@ -21,12 +21,16 @@ def newest_backup(host) -> str:
 @pytest.mark.check("check:F.49.backup_timer_active")
 def test_backup_timer_active(host, evidence):
     timer = host.service("ckms-backup.timer")
-    show = host.run("systemctl show ckms-backup.timer -p TimersCalendar -p NextElapseUSecRealtime "
-                    "-p LastTriggerUSec -p Persistent").stdout
+    show = host.run(
+        "systemctl show ckms-backup.timer -p TimersCalendar -p NextElapseUSecRealtime "
+        "-p LastTriggerUSec -p Persistent"
+    ).stdout
     evidence.add("timer", show.strip())
     assert timer.is_enabled and timer.is_running
     assert "OnCalendar=" in show and "Persistent=yes" in show
-    unit = host.run("systemctl show ckms-backup.service -p User -p ProtectSystem -p PrivateNetwork -p ExecStart").stdout
+    unit = host.run(
+        "systemctl show ckms-backup.service -p User -p ProtectSystem -p PrivateNetwork -p ExecStart"
+    ).stdout
     evidence.add("backup service", unit.strip())
     assert "User=ckms" in unit and "ProtectSystem=strict" in unit and "PrivateNetwork=yes" in unit
     backups = host.run(f"ls -l --time-style=+%FT%T {BACKUP_DIR}").stdout
@@ -41,8 +45,10 @@ def test_backup_after_config_change(host, evidence):
     show = host.run("systemctl show ckms-backup.path -p Paths -p Unit -p ActiveState").stdout
     evidence.add("path unit", show.strip())
     assert path_unit.is_enabled and path_unit.is_running
-    assert f"PathChanged={HOME}/ckms.toml" in show.replace(" ", "=").replace("{=", "").replace("==", "=") or \
-        f"{HOME}/ckms.toml" in show
+    assert (
+        f"PathChanged={HOME}/ckms.toml" in show.replace(" ", "=").replace("{=", "").replace("==", "=")
+        or f"{HOME}/ckms.toml" in show
+    )
     last = host.run(f"cat {BACKUP_DIR}/last-success 2>/dev/null").stdout.strip()
     evidence.add("last successful backup", last or "none yet")
 
@@ -55,16 +61,22 @@ def test_backup_encrypted_and_host_cannot_decrypt(host, evidence):
     info = host.run(f"openssl cms -cmsout -print -inform DER -in {newest}")
     text = info.stdout
     evidence.add("newest backup", newest)
-    evidence.add("CMS structure", "\n".join(line for line in text.splitlines()
-                                           if "contentType" in line or "algorithm:" in line)[:1500])
+    evidence.add(
+        "CMS structure",
+        "\n".join(line for line in text.splitlines() if "contentType" in line or "algorithm:" in line)[:1500],
+    )
     assert "id-smime-ct-authEnvelopedData" in text and "aes-256-gcm" in text
     # the archive is not readable as plaintext (no tar header, no PEM key markers) ...
-    raw = host.run(f"sh -c \"grep -c -a -e 'BEGIN .*PRIVATE KEY' -e 'ustar' {newest} || true\"").stdout.strip()
+    raw = host.run(
+        f"sh -c \"grep -c -a -e 'BEGIN .*PRIVATE KEY' -e 'ustar' {newest} || true\""
+    ).stdout.strip()
     evidence.add("plaintext markers in the file", raw)
     assert raw == "0"
     # ... and the host holds no key that could decrypt it: only the recipient certificate
-    keys = host.run("sh -c 'ls -l /etc/ckms-backup; grep -l PRIVATE /etc/ckms-backup/* /root/.ckms-restore-key.pem "
-                    "2>/dev/null || true'").stdout
+    keys = host.run(
+        "sh -c 'ls -l /etc/ckms-backup; grep -l PRIVATE /etc/ckms-backup/* /root/.ckms-restore-key.pem "
+        "2>/dev/null || true'"
+    ).stdout
     evidence.add("/etc/ckms-backup", keys.strip())
     assert "PRIVATE" not in host.run("cat /etc/ckms-backup/*").stdout
     assert not host.file("/root/.ckms-restore-key.pem").exists
@@ -80,14 +92,20 @@ def test_restore_drill_passes(host, evidence):
     info = _restored(host)
     if info is None:
         pytest.skip("no restore drill on this host yet (ansible/restore.yml)")
-    fp = host.run(f"openssl x509 -in {HOME}/ca/ca.pem -noout -fingerprint -sha256").stdout.strip().split("=")[1]
+    fp = (
+        host.run(f"openssl x509 -in {HOME}/ca/ca.pem -noout -fingerprint -sha256")
+        .stdout.strip()
+        .split("=")[1]
+    )
     evidence.add("restored from", info)
     evidence.add("running CA", fp)
     assert fp == info["ca_sha256"]
     serial = host.file("/root/drill-serial")
     if serial.exists:  # the Molecule drill recorded a certificate issued before the backup
         s = serial.content_string.strip()
-        shown = host.run(f"runuser -u ckms -- env CKMS_HOME={HOME} /opt/ckms/venv/bin/ckms cert show --serial {s}")
+        shown = host.run(
+            f"runuser -u ckms -- env CKMS_HOME={HOME} /opt/ckms/venv/bin/ckms cert show --serial {s}"
+        )
         evidence.add("certificate issued before the backup", shown.stdout[-600:] or shown.stderr[-600:])
         assert shown.rc == 0 and s.lower().lstrip("0") in shown.stdout.lower()
 
@@ -98,10 +116,14 @@ def test_restore_then_self_test_before_service(host, evidence):
     if info is None:
         pytest.skip("no restore drill on this host yet (ansible/restore.yml)")
     restored_at = int(host.run(f"stat -c %Y {HOME}/restored-from.json").stdout.strip())
-    started = host.run("systemctl show ckms-ca.service -p ActiveEnterTimestamp --timestamp=unix").stdout.strip()
+    started = host.run(
+        "systemctl show ckms-ca.service -p ActiveEnterTimestamp --timestamp=unix"
+    ).stdout.strip()
     started_at = int(started.split("@")[-1]) if "@" in started else 0
-    health = host.run(f"curl -s --cacert {HOME}/ca/ca.pem https://$(sed -n 's/^public_host = \"\\(.*\\)\"/\\1/p' "
-                      f"{HOME}/ckms.toml | head -1):8443/health")
+    health = host.run(
+        f"curl -s --cacert {HOME}/ca/ca.pem https://$(sed -n 's/^public_host = \"\\(.*\\)\"/\\1/p' "
+        f"{HOME}/ckms.toml | head -1):8443/health"
+    )
     evidence.add("restored at / daemon started at", {"restored": restored_at, "started": started_at})
     evidence.add("/health", health.stdout[:1000])
     assert started_at >= restored_at

@@ -69,12 +69,16 @@ def _other(request, group: str):
 @pytest.mark.check("check:F.07.application_integrity_at_start")
 def test_application_integrity_at_start(host, evidence):
     since = _active_since(host)
-    starts = probe(host, "trail", "--action", "selftest.run", "--action", "daemon.start", "--limit", "200")["records"]
+    starts = probe(host, "trail", "--action", "selftest.run", "--action", "daemon.start", "--limit", "200")[
+        "records"
+    ]
     current = [r for r in starts if r["at"][:19] >= since[:19]] if since else []
     at_start = [r for r in current if r["action"] == "selftest.run" and _detail(r).get("trigger") == "start"]
     evidence.add("daemon running since (UTC)", since or "not running")
-    evidence.add("self-test records of this start", [{k: r[k] for k in ("seq", "at", "outcome", "detail")}
-                                                     for r in at_start])
+    evidence.add(
+        "self-test records of this start",
+        [{k: r[k] for k in ("seq", "at", "outcome", "detail")} for r in at_start],
+    )
     now = probe(host, "integrity")
     evidence.add("integrity of the installed code now", now)
     manifest = host.file(f"{CA_HOME}/selftest-manifest.json")
@@ -82,20 +86,27 @@ def test_application_integrity_at_start(host, evidence):
     assert since, "F.07: the CA daemon is not running"
     assert at_start, "F.07: no start-up self-test record for the daemon's current start"
     assert all(r["outcome"] == "success" for r in at_start), f"F.07: start-up self-test failed: {at_start}"
-    assert now["ok"] and now["name"] == "integrity", f"F.07: installed code differs from the signed manifest: {now}"
+    assert now["ok"] and now["name"] == "integrity", (
+        f"F.07: installed code differs from the signed manifest: {now}"
+    )
 
 
 @pytest.mark.check("check:F.24.a.kat_at_startup")
 def test_kat_at_startup(host, evidence):
     since = _active_since(host)
     recs = probe(host, "trail", "--action", "selftest.run", "--limit", "200")["records"]
-    at_start = [r for r in recs if since and r["at"][:19] >= since[:19] and _detail(r).get("trigger") == "start"]
+    at_start = [
+        r for r in recs if since and r["at"][:19] >= since[:19] and _detail(r).get("trigger") == "start"
+    ]
     kat = probe(host, "kat")["checks"]
-    evidence.add("start-up self-test records (this start)", [{k: r[k] for k in ("seq", "at", "outcome", "detail")}
-                                                            for r in at_start])
+    evidence.add(
+        "start-up self-test records (this start)",
+        [{k: r[k] for k in ("seq", "at", "outcome", "detail")} for r in at_start],
+    )
     evidence.add("known-answer tests run now with the installed code", kat)
-    assert at_start and all(r["outcome"] == "success" for r in at_start), \
+    assert at_start and all(r["outcome"] == "success" for r in at_start), (
         "F.24 a: the daemon's current start has no passed start-up self-test (KAT, pairwise, integrity) record"
+    )
     names = {c["name"] for c in kat}
     assert {"kat.sha256", "kat.sha384", "kat.ecdsa_p256_verify"} <= names, f"F.24 a: KATs missing: {names}"
     assert all(c["ok"] for c in kat), f"F.24 a: known-answer test failed: {[c for c in kat if not c['ok']]}"
@@ -105,7 +116,9 @@ def test_kat_at_startup(host, evidence):
 @pytest.mark.check("check:F.24.c.health_endpoint_reports_faults")
 def test_health_endpoint_reports_faults(host, evidence):
     ph = _public_host(host)
-    est = host.run(f"curl -s -w '\\n%{{http_code}}' --max-time 10 --cacert {CA_HOME}/ca/ca.pem https://{ph}:8443/health")
+    est = host.run(
+        f"curl -s -w '\\n%{{http_code}}' --max-time 10 --cacert {CA_HOME}/ca/ca.pem https://{ph}:8443/health"
+    )
     crl = host.run(f"curl -s -w '\\n%{{http_code}}' --max-time 10 http://{ph}:8080/health")
     evidence.add("EST /health", est.stdout)
     evidence.add("CRL /health", crl.stdout)
@@ -120,30 +133,52 @@ def test_health_endpoint_reports_faults(host, evidence):
         assert len(checks) > len(need), f"F.24 c: {name} /health reports no error-state/clock line: {checks}"
         bad = {k: v for k, v in checks.items() if v != "ok"}
         # the status code follows the components: 200 only when all are ok, 503 otherwise
-        assert (code == "200") == (not bad) and data["status"] == ("ok" if not bad else "error"), \
+        assert (code == "200") == (not bad) and data["status"] == ("ok" if not bad else "error"), (
             f"F.24 c: {name} /health status {code}/{data['status']} does not match its checks {checks}"
+        )
         assert not bad, f"F.24 c: {name} /health reports faults: {bad}"
 
 
 # --------------------------------------------------------------------------------------- F.24 d
 @pytest.mark.check("check:F.24.d.periodic_self_test")
 def test_periodic_self_test(host, evidence):
-    timer = systemd_props(host, SELFTEST_TIMER, "ActiveState", "UnitFileState", "TimersCalendar",
-                          "NextElapseUSecRealtime", "LastTriggerUSec")
-    svc = systemd_props(host, "ckms-selftest.service", "User", "ExecStart", "Result", "ExecMainStatus",
-                        "ExecMainExitTimestamp", "NoNewPrivileges", "ProtectSystem")
+    timer = systemd_props(
+        host,
+        SELFTEST_TIMER,
+        "ActiveState",
+        "UnitFileState",
+        "TimersCalendar",
+        "NextElapseUSecRealtime",
+        "LastTriggerUSec",
+    )
+    svc = systemd_props(
+        host,
+        "ckms-selftest.service",
+        "User",
+        "ExecStart",
+        "Result",
+        "ExecMainStatus",
+        "ExecMainExitTimestamp",
+        "NoNewPrivileges",
+        "ProtectSystem",
+    )
     evidence.add("timer", timer)
     evidence.add("service", {k: v[:300] for k, v in svc.items()})
     recs = probe(host, "trail", "--action", "selftest.run", "--limit", "500")["records"]
     periodic = [r for r in recs if r["entity_id"].startswith("local:") and r["role"] == "administrator"]
-    evidence.add("last periodic self-test records", [{k: r[k] for k in ("seq", "at", "entity_id", "outcome")}
-                                                     for r in periodic[-3:]])
-    assert timer.get("ActiveState") == "active" and timer.get("UnitFileState") == "enabled", \
+    evidence.add(
+        "last periodic self-test records",
+        [{k: r[k] for k in ("seq", "at", "entity_id", "outcome")} for r in periodic[-3:]],
+    )
+    assert timer.get("ActiveState") == "active" and timer.get("UnitFileState") == "enabled", (
         "F.24 d: the periodic self-test timer is not active and enabled"
-    assert "selftest" in svc.get("ExecStart", "") and svc.get("User") == CA_USER, \
+    )
+    assert "selftest" in svc.get("ExecStart", "") and svc.get("User") == CA_USER, (
         f"F.24 d: the timer does not run 'ckms selftest' as {CA_USER}"
-    assert svc.get("Result") == "success" and svc.get("ExecMainStatus") == "0", \
+    )
+    assert svc.get("Result") == "success" and svc.get("ExecMainStatus") == "0", (
         f"F.24 d: the last periodic self-test failed (Result={svc.get('Result')}, status={svc.get('ExecMainStatus')})"
+    )
     assert periodic, "F.24 d: no periodic self-test has run yet (no selftest.run record from the timer)"
     assert periodic[-1]["outcome"] == "success", f"F.24 d: the last periodic self-test failed: {periodic[-1]}"
 
@@ -175,18 +210,34 @@ def test_ca_events_audited(host, evidence):
     time.sleep(1.0)  # the daemon's group-commit writer flushes within milliseconds
     recs = probe(host, "trail", "--since", since, "--limit", "200")["records"]
     want = serial.lower().lstrip("0")
-    issued = [r for r in recs if r["action"] == "certificate.issue" and want in (r["target"] + r["detail"]).lower()]
-    revoked = [r for r in recs if r["action"] == "certificate.revoke" and want in (r["target"] + r["detail"]).lower()]
-    life = probe(host, "trail", "--action", "daemon.start", "--action", "selftest.run", "--limit", "5")["records"]
+    issued = [
+        r for r in recs if r["action"] == "certificate.issue" and want in (r["target"] + r["detail"]).lower()
+    ]
+    revoked = [
+        r for r in recs if r["action"] == "certificate.revoke" and want in (r["target"] + r["detail"]).lower()
+    ]
+    life = probe(host, "trail", "--action", "daemon.start", "--action", "selftest.run", "--limit", "5")[
+        "records"
+    ]
     evidence.add("serial issued and revoked by the check", serial)
-    evidence.add("trail records since", {"since": since, "records": [
-        {k: r[k] for k in ("seq", "action", "target", "outcome", "entity_id", "role")} for r in recs]})
-    evidence.add("daemon life-cycle records (last)", [{k: r[k] for k in ("seq", "at", "action", "outcome")}
-                                                      for r in life])
+    evidence.add(
+        "trail records since",
+        {
+            "since": since,
+            "records": [
+                {k: r[k] for k in ("seq", "action", "target", "outcome", "entity_id", "role")} for r in recs
+            ],
+        },
+    )
+    evidence.add(
+        "daemon life-cycle records (last)",
+        [{k: r[k] for k in ("seq", "at", "action", "outcome")} for r in life],
+    )
     assert issued, f"F.12: issuing {serial} left no certificate.issue record in the CA's trail"
     assert revoked, f"F.12: revoking {serial} left no certificate.revoke record in the CA's trail"
-    assert {r["action"] for r in life} >= {"daemon.start", "selftest.run"}, \
+    assert {r["action"] for r in life} >= {"daemon.start", "selftest.run"}, (
         "F.12: daemon start and self-test events are not in the trail"
+    )
 
 
 @pytest.mark.check("check:F.14.audit_record_fields_present")
@@ -204,9 +255,13 @@ def test_audit_record_fields_present(host, evidence):
             except ValueError:
                 bad.append({"seq": r["seq"], "at": r["at"]})
     evidence.add("records examined", len(recs))
-    evidence.add("who / when / target / action / outcome (last 5)",
-                 [{k: r[k] for k in ("seq", "at", "entity_id", "role", "target", "action", "outcome")}
-                  for r in recs[-5:]])
+    evidence.add(
+        "who / when / target / action / outcome (last 5)",
+        [
+            {k: r[k] for k in ("seq", "at", "entity_id", "role", "target", "action", "outcome")}
+            for r in recs[-5:]
+        ],
+    )
     evidence.add("records lacking a field", bad[:20] or "none")
     assert recs, "F.14: the CA's audit trail is empty"
     assert not bad, f"F.14: audit records without who/when/target/action/outcome: {bad[:5]}"
@@ -215,8 +270,9 @@ def test_audit_record_fields_present(host, evidence):
 # ------------------------------------------------------------------------------------------- F.15
 def _alerts(host, since: str) -> list[dict]:
     """Alerts delivered since ``since`` (syslog authpriv through the journal, or the daemon's fallback file)."""
-    journal = host.run(f"journalctl -q --no-pager -o cat --since {shlex.quote(since.replace('T', ' '))} "
-                       "SYSLOG_FACILITY=10").stdout
+    journal = host.run(
+        f"journalctl -q --no-pager -o cat --since {shlex.quote(since.replace('T', ' '))} SYSLOG_FACILITY=10"
+    ).stdout
     fallback = host.run(f"cat {CA_HOME}/log/alerts.log 2>/dev/null").stdout
     out = []
     for line in (journal + "\n" + fallback).splitlines():
@@ -233,26 +289,51 @@ def _alerts(host, since: str) -> list[dict]:
 def test_role_change_alerts(host, evidence):
     """An attempted role change (the operator granting itself administrator: refused, so nothing changes)
     must be in the trail and reach the administrators as an alert at once."""
-    entities = json.loads(as_ckms(host, f"{CA_VENV}/bin/ckms entity list --home {CA_HOME} "
-                                        f"--token-pin-file {CA_HOME}/secrets/token-pin").stdout or "[]")
-    operator = next((e["entity_id"] for e in entities if e["roles"] == ["operator"] and e["status"] == "active"), None)
+    entities = json.loads(
+        as_ckms(
+            host,
+            f"{CA_VENV}/bin/ckms entity list --home {CA_HOME} --token-pin-file {CA_HOME}/secrets/token-pin",
+        ).stdout
+        or "[]"
+    )
+    operator = next(
+        (e["entity_id"] for e in entities if e["roles"] == ["operator"] and e["status"] == "active"), None
+    )
     assert operator, "F.15: no active operator entity to attempt the change with"
     since = host.run("date -u +%Y-%m-%dT%H:%M:%S").stdout.strip()
-    attempt = as_ckms(host, f"{CA_VENV}/bin/ckms entity grant {operator} administrator --home {CA_HOME} "
-                            f"--as {operator} --cert {CA_HOME}/credentials/operator.pem "
-                            f"--password-file {CA_HOME}/credentials/operator.password")
+    attempt = as_ckms(
+        host,
+        f"{CA_VENV}/bin/ckms entity grant {operator} administrator --home {CA_HOME} "
+        f"--as {operator} --cert {CA_HOME}/credentials/operator.pem "
+        f"--password-file {CA_HOME}/credentials/operator.password",
+    )
     time.sleep(1.0)
     # refused at authorisation: recorded (and alerted) as the operation the operator may not perform
-    recs = [r for r in probe(host, "trail", "--since", since, "--limit", "100")["records"]
-            if r["entity_id"] == operator and r["action"].startswith("entity.")]
-    alerts = [a for a in _alerts(host, since) if a.get("entity_id") == operator
-              and str(a.get("action", "")).startswith("entity.")]
-    after = json.loads(as_ckms(host, f"{CA_VENV}/bin/ckms entity list --home {CA_HOME} "
-                                     f"--token-pin-file {CA_HOME}/secrets/token-pin").stdout or "[]")
+    recs = [
+        r
+        for r in probe(host, "trail", "--since", since, "--limit", "100")["records"]
+        if r["entity_id"] == operator and r["action"].startswith("entity.")
+    ]
+    alerts = [
+        a
+        for a in _alerts(host, since)
+        if a.get("entity_id") == operator and str(a.get("action", "")).startswith("entity.")
+    ]
+    after = json.loads(
+        as_ckms(
+            host,
+            f"{CA_VENV}/bin/ckms entity list --home {CA_HOME} --token-pin-file {CA_HOME}/secrets/token-pin",
+        ).stdout
+        or "[]"
+    )
     roles_after = next((e["roles"] for e in after if e["entity_id"] == operator), None)
-    evidence.add("attempt: operator grants itself administrator", f"rc={attempt.rc} {attempt.stderr.strip()[-300:]}")
-    evidence.add("trail", [{k: r[k] for k in ("seq", "at", "entity_id", "role", "action", "target", "outcome")}
-                           for r in recs])
+    evidence.add(
+        "attempt: operator grants itself administrator", f"rc={attempt.rc} {attempt.stderr.strip()[-300:]}"
+    )
+    evidence.add(
+        "trail",
+        [{k: r[k] for k in ("seq", "at", "entity_id", "role", "action", "target", "outcome")} for r in recs],
+    )
     evidence.add("alerts delivered (syslog authpriv, ident ckms)", alerts)
     evidence.add("operator's roles afterwards", roles_after)
     assert attempt.rc != 0 and roles_after == ["operator"], "F.15: the operator could change its own role"
@@ -294,8 +375,10 @@ def test_report_covers_every_automated_item(host, request, evidence):
     f_missing = [cid for cid in not_collected if cid.startswith("check:F.")]
     evidence.add("automated entries without a check", no_check or "none")
     evidence.add("F checks neither collected nor run by a drill", f_missing or "none")
-    evidence.add("A/E checks named in the catalog but implemented nowhere (partial/not run in this report)",
-                 sorted(set(not_collected) - set(f_missing)) or "none")
+    evidence.add(
+        "A/E checks named in the catalog but implemented nowhere (partial/not run in this report)",
+        sorted(set(not_collected) - set(f_missing)) or "none",
+    )
     assert not no_check, f"F.16: automated items without a check: {no_check}"
     assert not f_missing, f"F.16: F checks that no check module or drill implements: {f_missing}"
     assert not f_planned, f"F.16: F items whose checks are still planned: {f_planned}"
@@ -308,24 +391,30 @@ def test_issuance_tests_pass(host, request, evidence):
     if term is None:
         pytest.skip("F.35: no terminal host in this inventory")
     cn = f"check-f35-{int(time.time())}"
-    out = term.run(f"d=$(mktemp -d) && ckms-enroll {cn} $d && "
-                   f"openssl verify -x509_strict -purpose sslclient -CAfile /etc/ckms-terminal/ca.pem $d/{cn}.pem && "
-                   f"openssl x509 -in $d/{cn}.pem -noout -subject -issuer -dates -ext keyUsage,extendedKeyUsage && "
-                   f"openssl x509 -in $d/{cn}.pem -noout -pubkey | cmp -s - <(openssl pkey -in $d/{cn}.key -pubout) "
-                   f"&& echo key-matches; rm -rf $d", )
+    out = term.run(
+        f"d=$(mktemp -d) && ckms-enroll {cn} $d && "
+        f"openssl verify -x509_strict -purpose sslclient -CAfile /etc/ckms-terminal/ca.pem $d/{cn}.pem && "
+        f"openssl x509 -in $d/{cn}.pem -noout -subject -issuer -dates -ext keyUsage,extendedKeyUsage && "
+        f"openssl x509 -in $d/{cn}.pem -noout -pubkey | cmp -s - <(openssl pkey -in $d/{cn}.key -pubout) "
+        f"&& echo key-matches; rm -rf $d",
+    )
     evidence.add("terminal: enrol over EST, verify chain and key", (out.stdout + out.stderr)[-2500:])
     # a request that the CA policy must refuse: a subject the profile does not allow
-    bad = term.run("d=$(mktemp -d) && . /etc/ckms-terminal/est.conf && cd $d && "
-                   "openssl ecparam -genkey -name prime256v1 -noout -out k && "
-                   "openssl req -new -key k -subj '/CN=bad name with spaces!' -outform DER | base64 -w0 > r && "
-                   "curl -s -o /dev/null -w '%{http_code}' --tlsv1.3 --cacert /etc/ckms-terminal/ca.pem "
-                   "--cert /etc/ckms-terminal/client.pem --key /etc/ckms-terminal/client.key "
-                   "-H 'Content-Type: application/pkcs10' --data-binary @r $EST_URL/simpleenroll; rm -rf $d")
+    bad = term.run(
+        "d=$(mktemp -d) && . /etc/ckms-terminal/est.conf && cd $d && "
+        "openssl ecparam -genkey -name prime256v1 -noout -out k && "
+        "openssl req -new -key k -subj '/CN=bad name with spaces!' -outform DER | base64 -w0 > r && "
+        "curl -s -o /dev/null -w '%{http_code}' --tlsv1.3 --cacert /etc/ckms-terminal/ca.pem "
+        "--cert /etc/ckms-terminal/client.pem --key /etc/ckms-terminal/client.key "
+        "-H 'Content-Type: application/pkcs10' --data-binary @r $EST_URL/simpleenroll; rm -rf $d"
+    )
     evidence.add("policy-violating request (HTTP status)", bad.stdout.strip())
     assert out.rc == 0, f"F.35: issuance from the terminal failed: {(out.stdout + out.stderr)[-500:]}"
     assert f"{cn}.pem: OK" in out.stdout and "key-matches" in out.stdout
     assert f"CN = {cn}" in out.stdout and "TLS Web Client Authentication" in out.stdout
-    assert bad.stdout.strip().startswith("4"), f"F.35: a request violating the profile was not refused ({bad.stdout})"
+    assert bad.stdout.strip().startswith("4"), (
+        f"F.35: a request violating the profile was not refused ({bad.stdout})"
+    )
 
 
 @pytest.mark.check("check:F.35.crl_tests_pass")
@@ -335,15 +424,19 @@ def test_crl_tests_pass(host, request, evidence):
         pytest.skip("F.35: no terminal host in this inventory")
     serial, _ = _issue_and_revoke(host, "check-f35-crl")
     pub = as_ckms(host, f"{CA_VENV}/bin/ckms crl publish --home {CA_HOME}")
-    evidence.add("revoked serial / publish", {"serial": serial, "publish": (pub.stdout + pub.stderr).strip()[-300:]})
+    evidence.add(
+        "revoked serial / publish", {"serial": serial, "publish": (pub.stdout + pub.stderr).strip()[-300:]}
+    )
     ph = _public_host(host)
-    res = term.run(f"d=$(mktemp -d) && cd $d && curl -sf --max-time 10 -o full.crl http://{ph}:8080/crl/full.crl && "
-                   "curl -sf --max-time 10 -o delta.crl http://" + ph + ":8080/crl/delta.crl; "
-                   "for c in full delta; do test -s $c.crl || continue; echo \"== $c\"; "
-                   "openssl crl -inform DER -in $c.crl -CAfile /etc/ckms-terminal/ca.pem -noout -verify "
-                   "-lastupdate -nextupdate -crlnumber 2>&1; "
-                   "openssl crl -inform DER -in $c.crl -noout -text | grep -c 'Serial Number: " + serial + "'; "
-                   "done; cd /; rm -rf $d")
+    res = term.run(
+        f"d=$(mktemp -d) && cd $d && curl -sf --max-time 10 -o full.crl http://{ph}:8080/crl/full.crl && "
+        "curl -sf --max-time 10 -o delta.crl http://" + ph + ":8080/crl/delta.crl; "
+        'for c in full delta; do test -s $c.crl || continue; echo "== $c"; '
+        "openssl crl -inform DER -in $c.crl -CAfile /etc/ckms-terminal/ca.pem -noout -verify "
+        "-lastupdate -nextupdate -crlnumber 2>&1; "
+        "openssl crl -inform DER -in $c.crl -noout -text | grep -c 'Serial Number: " + serial + "'; "
+        "done; cd /; rm -rf $d"
+    )
     evidence.add("terminal: CRLs fetched over HTTP and verified with openssl", res.stdout[-2500:])
     text = res.stdout
     assert pub.rc == 0, f"F.35: CRL publication failed: {pub.stderr.strip()[-300:]}"
@@ -354,8 +447,9 @@ def test_crl_tests_pass(host, request, evidence):
     next_update = dt.datetime.strptime(m.group(1).strip().replace("  ", " "), "%b %d %H:%M:%S %Y GMT")
     assert next_update > dt.datetime.utcnow(), f"F.35: the full CRL is stale (nextUpdate {m.group(1)})"
     counts = re.findall(r"^(\d+)$", text, re.M)
-    assert counts and int(counts[-1]) >= 1 or (counts and int(counts[0]) >= 1), \
+    assert counts and int(counts[-1]) >= 1 or (counts and int(counts[0]) >= 1), (
         f"F.35: the revoked serial {serial} is in no published CRL"
+    )
 
 
 # ------------------------------------------------------------------------------------------- F.48
@@ -369,15 +463,21 @@ def test_audit_verify_detects_edit(host, evidence):
     assert scratch, "F.48: no scratch directory"
     try:
         copy = f"{scratch}/trail-copy.sqlite"
-        back = as_ckms(host, f"{CA_VENV}/bin/python -c \"import sqlite3; s=sqlite3.connect('file:{path}?mode=ro', "
-                             f"uri=True); d=sqlite3.connect('{copy}'); s.backup(d); d.close()\"")
+        back = as_ckms(
+            host,
+            f"{CA_VENV}/bin/python -c \"import sqlite3; s=sqlite3.connect('file:{path}?mode=ro', "
+            f"uri=True); d=sqlite3.connect('{copy}'); s.backup(d); d.close()\"",
+        )
         assert back.rc == 0, f"F.48: could not copy the database: {back.stderr[-300:]}"
         clean = probe(host, "verify-db", copy)
         # edit one record in the middle of the copy, as someone rewriting history in the database would
         seq = max(1, int(clean["last_seq"]) // 2)
-        edit = as_ckms(host, f"{CA_VENV}/bin/python -c \"import sqlite3; d=sqlite3.connect('{copy}'); "
-                             f"d.execute(\\\"update audit_events set target = target || ' (edited)' where seq = {seq}\\\"); "
-                             "d.commit()\"")
+        edit = as_ckms(
+            host,
+            f"{CA_VENV}/bin/python -c \"import sqlite3; d=sqlite3.connect('{copy}'); "
+            f"d.execute(\\\"update audit_events set target = target || ' (edited)' where seq = {seq}\\\"); "
+            'd.commit()"',
+        )
         assert edit.rc == 0, f"F.48: could not edit the copy: {edit.stderr[-300:]}"
         edited = probe(host, "verify-db", copy)
     finally:
@@ -388,7 +488,9 @@ def test_audit_verify_detects_edit(host, evidence):
     evidence.add("scratch copy removed", not host.file(scratch).exists)
     assert clean["ok"], f"F.48: the live trail does not verify: {clean.get('problem')}"
     assert not edited["ok"], "F.48: an edited record went unnoticed by the trail verification"
-    assert edited["first_bad_seq"] == seq, f"F.48: verification named record {edited['first_bad_seq']}, not {seq}"
+    assert edited["first_bad_seq"] == seq, (
+        f"F.48: verification named record {edited['first_bad_seq']}, not {seq}"
+    )
 
 
 # ------------------------------------------------------------------------------------------- F.56
@@ -398,12 +500,16 @@ def test_tampered_code_blocks_start(host, evidence):
     assert pkg, "F.56: installed ckms_app not found"
     scratch = host.run(f"runuser -u {CA_USER} -- mktemp -d /var/tmp/check-f56-XXXXXX").stdout.strip()
     try:
-        cp = host.run(f"runuser -u {CA_USER} -- cp -r {pkg} {scratch}/ckms_app && "
-                      f"runuser -u {CA_USER} -- find {scratch}/ckms_app -name __pycache__ -prune -exec rm -rf {{}} +")
+        cp = host.run(
+            f"runuser -u {CA_USER} -- cp -r {pkg} {scratch}/ckms_app && "
+            f"runuser -u {CA_USER} -- find {scratch}/ckms_app -name __pycache__ -prune -exec rm -rf {{}} +"
+        )
         assert cp.rc == 0, f"F.56: could not copy the code: {cp.stderr}"
         same = probe(host, "integrity", env={"PYTHONPATH": scratch})
         # one changed byte in the copy of the issuance code, as a modified binary would be
-        host.run(f"runuser -u {CA_USER} -- sh -c 'echo \"# tampered\" >> {scratch}/ckms_app/authority/issuance.py'")
+        host.run(
+            f"runuser -u {CA_USER} -- sh -c 'echo \"# tampered\" >> {scratch}/ckms_app/authority/issuance.py'"
+        )
         tampered = probe(host, "integrity", env={"PYTHONPATH": scratch})
     finally:
         host.run(f"rm -rf {shlex.quote(scratch)}")
@@ -412,10 +518,13 @@ def test_tampered_code_blocks_start(host, evidence):
     evidence.add("integrity test over a copy with issuance.py changed", tampered)
     evidence.add("start-up gate in the daemon (enters the error state on a failed self-test)", gate)
     evidence.add("live install", "untouched (copies under /var/tmp, removed)")
-    assert same["ok"] and same["code_dir"].startswith(scratch), f"F.56: the untouched copy does not verify: {same}"
+    assert same["ok"] and same["code_dir"].startswith(scratch), (
+        f"F.56: the untouched copy does not verify: {same}"
+    )
     assert tampered["code_dir"].startswith(scratch)
-    assert not tampered["ok"] and "code/authority/issuance.py modified" in tampered["detail"], \
+    assert not tampered["ok"] and "code/authority/issuance.py modified" in tampered["detail"], (
         f"F.56: the start-up integrity test did not name the changed file: {tampered}"
+    )
     assert gate, "F.56: the daemon's start-up does not gate on the self-test"
 
 
@@ -434,8 +543,24 @@ def test_spare_node_restore(host, evidence):
         enc.write_bytes(host.file(newest).content)
         tar = Path(tmp, "backup.tar")
         # decrypted on the controller: the recipient key never goes to the CA host for a drill
-        dec = subprocess.run(["openssl", "cms", "-decrypt", "-binary", "-inform", "DER", "-in", str(enc),
-                              "-inkey", key, "-out", str(tar)], capture_output=True, text=True)
+        dec = subprocess.run(
+            [
+                "openssl",
+                "cms",
+                "-decrypt",
+                "-binary",
+                "-inform",
+                "DER",
+                "-in",
+                str(enc),
+                "-inkey",
+                key,
+                "-out",
+                str(tar),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert dec.returncode == 0, f"F.54: the backup does not decrypt: {dec.stderr[-300:]}"
         spare = host.run("mktemp -d /var/tmp/ckms-spare-XXXXXX").stdout.strip()
         try:
@@ -446,18 +571,20 @@ def test_spare_node_restore(host, evidence):
 
             b64 = base64.b64encode(data).decode()
             for i in range(0, len(b64), 60000):
-                host.run(f"printf %s {b64[i:i + 60000]} >> {spare}/backup.b64")
+                host.run(f"printf %s {b64[i : i + 60000]} >> {spare}/backup.b64")
             steps = host.run(
                 f"set -e; cd {spare}; base64 -d backup.b64 > backup.tar; rm backup.b64; tar -C x -xf backup.tar; "
                 "rm backup.tar; cd x/ckms; sha256sum --check --quiet --strict MANIFEST.sha256; echo manifest-ok; "
                 # the spare's own token directory: the restored token, not the live one
                 f"sed -i 's#{CA_HOME}/hsm/tokens#{spare}/x/ckms/hsm/tokens#' hsm/softhsm2.conf; "
-                f"chown -R {CA_USER}: {spare}; echo staged")
+                f"chown -R {CA_USER}: {spare}; echo staged"
+            )
             assert up.rc == 0 and steps.rc == 0, f"F.54: staging the restore failed: {steps.stderr[-500:]}"
             # the spare's token: the restored token directory (the PIN comes from the vault on a real spare;
             # here the CA's PIN file, which the restored configuration names, is only read)
-            result = probe(host, "spare", f"{spare}/x/ckms",
-                           env={"SOFTHSM2_CONF": f"{spare}/x/ckms/hsm/softhsm2.conf"})
+            result = probe(
+                host, "spare", f"{spare}/x/ckms", env={"SOFTHSM2_CONF": f"{spare}/x/ckms/hsm/softhsm2.conf"}
+            )
             # The restored manifest describes the code installed when the backup was taken: after an upgrade
             # the spare's newer code differs from it, and restore.yml re-records the manifest (as an
             # administrator does after a reviewed upgrade). Accepted only for code and linter files
@@ -467,14 +594,23 @@ def test_spare_node_restore(host, evidence):
             if not integrity["ok"]:
                 named = [x.strip().rsplit(" ", 1) for x in integrity["detail"].rstrip(" …").split(",")]
                 pkg = host.run(f"ls -d {SITE}/ckms_app").stdout.strip()
-                paths = [f"{pkg}/{n.split('/', 1)[1]}" if n.startswith("code/") else
-                         f"{CA_VENV.rsplit('/', 1)[0]}/bin/ckms-lint" if n == "lint/ckms-lint" else None
-                         for n, _ in named]
+                paths = [
+                    f"{pkg}/{n.split('/', 1)[1]}"
+                    if n.startswith("code/")
+                    else f"{CA_VENV.rsplit('/', 1)[0]}/bin/ckms-lint"
+                    if n == "lint/ckms-lint"
+                    else None
+                    for n, _ in named
+                ]
                 backup_at = int(host.run(f"stat -c %Y {newest}").stdout.strip() or 0)
                 mtimes = [int(host.run(f"stat -c %Y {p}").stdout.strip() or 0) if p else 0 for p in paths]
-                newer_code_only = bool(paths) and all(p and m > backup_at for p, m in zip(paths, mtimes, strict=True))
-                evidence.add("integrity differences vs the installed code", {
-                    "detail": integrity["detail"], "installed after the backup": newer_code_only})
+                newer_code_only = bool(paths) and all(
+                    p and m > backup_at for p, m in zip(paths, mtimes, strict=True)
+                )
+                evidence.add(
+                    "integrity differences vs the installed code",
+                    {"detail": integrity["detail"], "installed after the backup": newer_code_only},
+                )
             live = host.run(f"openssl x509 -in {CA_HOME}/ca/ca.pem -noout -fingerprint -sha256").stdout
         finally:
             host.run(f"rm -rf {shlex.quote(spare)}")
@@ -484,7 +620,9 @@ def test_spare_node_restore(host, evidence):
         evidence.add("restored CA vs live CA", {"restored": result["ca_sha256"], "live": live.strip()})
         evidence.add("scratch removed", not host.file(spare).exists)
     live_fp = live.strip().split("=", 1)[1].replace(":", "").lower()
-    failed = [c for c in result["checks"] if not c["ok"] and not (c["name"] == "integrity" and newer_code_only)]
+    failed = [
+        c for c in result["checks"] if not c["ok"] and not (c["name"] == "integrity" and newer_code_only)
+    ]
     assert "manifest-ok" in steps.stdout, "F.54: the restored content does not match its manifest"
     assert result["ca_sha256"] == live_fp, "F.54: the backup restores a different CA"
     assert not failed, f"F.54: the restored CA fails its self-tests: {failed}"
@@ -510,7 +648,7 @@ def wheel_commit(depth: int = 300) -> str | None:
     args = [f"{c}:{p}" for c in commits for p in ("ckms_app", "ckms_lab", "pyproject.toml")]
     ids = _local(["git", "rev-parse", *args]).stdout.split()
     for i, c in enumerate(commits):
-        blob = "".join(x + "\n" for x in ids[3 * i:3 * i + 3]).encode()
+        blob = "".join(x + "\n" for x in ids[3 * i : 3 * i + 3]).encode()
         if hashlib.sha256(blob).hexdigest() == stamp.removeprefix("head-"):
             return c
     return None
@@ -521,8 +659,23 @@ def committed_tree():
     """The committed tree the CA's wheel was built from (else HEAD), exported to a temporary directory."""
     commit = wheel_commit() or "HEAD"
     with tempfile.TemporaryDirectory(prefix="ckms-f55-") as tmp:
-        arch = subprocess.run(["git", "archive", commit, "pyproject.toml", "README.md", "ckms_app", "ckms_lab",
-                               "hardening", "tests", "docs"], cwd=REPO, capture_output=True, check=True)
+        arch = subprocess.run(
+            [
+                "git",
+                "archive",
+                commit,
+                "pyproject.toml",
+                "README.md",
+                "ckms_app",
+                "ckms_lab",
+                "hardening",
+                "tests",
+                "docs",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
         subprocess.run(["tar", "xf", "-", "-C", tmp], input=arch.stdout, check=True)
         yield Path(tmp), _local(["git", "rev-parse", "--short", commit]).stdout.strip()
 
@@ -535,19 +688,32 @@ def _deployed_is(host, tree: Path) -> dict:
         digest, _, name = line.partition("  ")
         remote[name.strip()] = digest
     local = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tree / "ckms_app").glob("*.py")}
-    return {"installed files": len(remote),
-            "differ": sorted(n for n in set(remote) | set(local) if remote.get(n) != local.get(n))}
+    return {
+        "installed files": len(remote),
+        "differ": sorted(n for n in set(remote) | set(local) if remote.get(n) != local.get(n)),
+    }
 
 
 @pytest.mark.check("check:F.55.static_analysis_clean")
 def test_static_analysis_clean(host, evidence, committed_tree):
     tree, head = committed_tree
     same = _deployed_is(host, tree)
-    ruff = _local([str(Path(sys.executable).with_name("ruff")), "check", "--no-cache", "--output-format", "concise",
-                   "ckms_app"], cwd=tree)
+    ruff = _local(
+        [
+            str(Path(sys.executable).with_name("ruff")),
+            "check",
+            "--no-cache",
+            "--output-format",
+            "concise",
+            "ckms_app",
+        ],
+        cwd=tree,
+    )
     evidence.add("installed code vs the analysed commit", {"commit": head, **same})
-    evidence.add("ruff check ckms_app (pyproject rules E,F,W,I,B,UP)",
-                 f"rc={ruff.returncode} " + (ruff.stdout + ruff.stderr).strip()[-2000:])
+    evidence.add(
+        "ruff check ckms_app (pyproject rules E,F,W,I,B,UP)",
+        f"rc={ruff.returncode} " + (ruff.stdout + ruff.stderr).strip()[-2000:],
+    )
     assert ruff.returncode == 0, f"F.55: static analysis finds problems in the CA code: {ruff.stdout[-400:]}"
     assert not same["differ"], f"F.55: the installed code is not the analysed commit {head}: {same['differ']}"
 
@@ -559,12 +725,32 @@ def test_suite_passes(host, evidence, committed_tree):
     junit = REPO / "build" / "report" / "unit-junit.xml"
     junit.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    run = _local([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/unit",
-                  f"--junitxml={junit}", f"--basetemp={tree}/.pytest-tmp"], cwd=tree, timeout=900)
+    run = _local(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/unit",
+            f"--junitxml={junit}",
+            f"--basetemp={tree}/.pytest-tmp",
+        ],
+        cwd=tree,
+        timeout=900,
+    )
     summary = run.stdout.strip().splitlines()[-1:] if run.stdout.strip() else [run.stderr[-300:]]
-    evidence.add("tests/unit of the commit on the controller", {
-        "commit": head, "rc": run.returncode, "summary": summary, "seconds": round(time.monotonic() - start, 1),
-        "junit": str(junit.relative_to(REPO))})
+    evidence.add(
+        "tests/unit of the commit on the controller",
+        {
+            "commit": head,
+            "rc": run.returncode,
+            "summary": summary,
+            "seconds": round(time.monotonic() - start, 1),
+            "junit": str(junit.relative_to(REPO)),
+        },
+    )
     evidence.add("installed code vs the tested commit", same)
     assert run.returncode == 0, f"F.55: the unit tests of the CA code fail: {summary} {run.stdout[-600:]}"
     assert not same["differ"], f"F.55: the installed code is not the tested commit {head}: {same['differ']}"
@@ -586,28 +772,50 @@ def test_no_default_token_pins(host, evidence):
     t = _token(host)
     so_pin = str(policy(host, "hsm_client_so_pin") or "")
     user_pin = str(policy(host, "hsm_client_user_pin") or "")
-    evidence.add("user PIN in use", {"length": t["user_pin_length"], "a well-known default": t["user_pin_is_a_default"]})
-    evidence.add("default PINs the token accepted", t.get("default_pins_accepted", "not probed (vendor module)"))
+    evidence.add(
+        "user PIN in use",
+        {"length": t["user_pin_length"], "a well-known default": t["user_pin_is_a_default"]},
+    )
+    evidence.add(
+        "default PINs the token accepted", t.get("default_pins_accepted", "not probed (vendor module)")
+    )
     evidence.add("token flags", t["flags"])
-    evidence.add("vault PINs (lengths only)", {"user": len(user_pin), "so": len(so_pin), "distinct": user_pin != so_pin})
-    assert not t["user_pin_is_a_default"] and t["user_pin_length"] >= 12, "F.06 f: the token's user PIN is weak"
-    assert not {"USER_PIN_TO_BE_CHANGED", "SO_PIN_TO_BE_CHANGED"} & set(t["flags"]), \
+    evidence.add(
+        "vault PINs (lengths only)",
+        {"user": len(user_pin), "so": len(so_pin), "distinct": user_pin != so_pin},
+    )
+    assert not t["user_pin_is_a_default"] and t["user_pin_length"] >= 12, (
+        "F.06 f: the token's user PIN is weak"
+    )
+    assert not {"USER_PIN_TO_BE_CHANGED", "SO_PIN_TO_BE_CHANGED"} & set(t["flags"]), (
         "F.06 f: the token still asks for its initial PIN to be changed"
+    )
     accepted = t.get("default_pins_accepted", {})
     assert not t.get("probe_errors"), f"F.06 f: default PINs could not be tried: {t.get('probe_errors')}"
-    assert not accepted.get("user") and not accepted.get("so"), f"F.06 f: the token accepts a default PIN: {accepted}"
+    assert not accepted.get("user") and not accepted.get("so"), (
+        f"F.06 f: the token accepts a default PIN: {accepted}"
+    )
     if so_pin or user_pin:  # the vault is readable here (make report): the PINs set are not defaults either
-        assert len(so_pin) >= 12 and len(user_pin) >= 12 and so_pin != user_pin, \
+        assert len(so_pin) >= 12 and len(user_pin) >= 12 and so_pin != user_pin, (
             "F.06 f: the vault's token PINs are short or identical"
+        )
 
 
 @pytest.mark.check("check:F.08.token_requires_user_login")
 def test_token_requires_user_login(host, evidence):
     t = _token(host)
     evidence.add("token", {k: t[k] for k in ("module", "label", "flags")})
-    evidence.add("objects seen", {k: t[k] for k in ("private_keys_visible_without_login",
-                                                    "public_keys_visible_without_login",
-                                                    "private_keys_after_login")})
+    evidence.add(
+        "objects seen",
+        {
+            k: t[k]
+            for k in (
+                "private_keys_visible_without_login",
+                "public_keys_visible_without_login",
+                "private_keys_after_login",
+            )
+        },
+    )
     assert "LOGIN_REQUIRED" in t["flags"], "F.08: the token does not require a login for cryptographic use"
     assert t["private_keys_visible_without_login"] == 0, "F.08: private keys are visible without a login"
     assert t["private_keys_after_login"] >= 1, "F.08: no private key after the user login (wrong token?)"
@@ -618,10 +826,17 @@ def test_token_so_pin_not_default(host, evidence):
     t = _token(host)
     accepted = t.get("default_pins_accepted")
     so_file = host.run(f"find {CA_HOME} /etc /root -name '*so*pin*' 2>/dev/null").stdout.strip()
-    evidence.add("SO login attempts with well-known default PINs", {
-        "probed": t.get("probed", 0), "accepted": (accepted or {}).get("so", "not probed (vendor module)"),
-        "errors": t.get("probe_errors", [])})
-    evidence.add("SO PIN files on the host", so_file or "none (2-of-3 custody: the SO PIN is split among custodians)")
+    evidence.add(
+        "SO login attempts with well-known default PINs",
+        {
+            "probed": t.get("probed", 0),
+            "accepted": (accepted or {}).get("so", "not probed (vendor module)"),
+            "errors": t.get("probe_errors", []),
+        },
+    )
+    evidence.add(
+        "SO PIN files on the host", so_file or "none (2-of-3 custody: the SO PIN is split among custodians)"
+    )
     assert "SO_PIN_LOCKED" not in t["flags"], "F.08: the SO PIN is locked"
     assert "SO_PIN_TO_BE_CHANGED" not in t["flags"], "F.08: the token's SO PIN is still the initial one"
     if accepted is not None:
@@ -641,8 +856,11 @@ def _pins(host) -> dict[str, tuple[str, str]]:
     """requirements.txt of the host's wheelhouse: name -> (version, sha256)."""
     f = host.file(f"{WHEELHOUSE}/requirements.txt")
     pins = {}
-    for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==(\S+) --hash=sha256:([0-9a-f]{64})$", f.content_string if f.exists else "",
-                         re.M):
+    for m in re.finditer(
+        r"^([A-Za-z0-9_.\-]+)==(\S+) --hash=sha256:([0-9a-f]{64})$",
+        f.content_string if f.exists else "",
+        re.M,
+    ):
         pins[m.group(1).lower().replace("-", "_").replace(".", "_")] = (m.group(2), m.group(3))
     return pins
 
@@ -656,8 +874,11 @@ def test_wheelhouse_hashes_verified(host, evidence):
         on_host[name.strip()] = digest
     controller = Path(os.environ.get("CKMS_WHEELHOUSE", REPO / "build" / "wheelhouse"))
     built = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in controller.glob("*.whl")}
-    installed = dict(line.split("==", 1) for line in
-                     host.run(f"{CA_PIP} list --format=freeze --disable-pip-version-check").stdout.split() if "==" in line)
+    installed = dict(
+        line.split("==", 1)
+        for line in host.run(f"{CA_PIP} list --format=freeze --disable-pip-version-check").stdout.split()
+        if "==" in line
+    )
     installed = {k.lower().replace("-", "_").replace(".", "_"): v for k, v in installed.items()}
     problems = []
     for wheel, digest in on_host.items():
@@ -690,17 +911,25 @@ def test_wheelhouse_hash_mismatch_rejected(host, evidence):
     assert wheel, f"F.27: ckms {version} wheel missing from the wheelhouse"
     scratch = host.run("mktemp -d /var/tmp/check-f27-XXXXXX").stdout.strip()
     try:
-        host.run(f"cp {wheel[0]} {scratch}/ && echo 'ckms=={version} --hash=sha256:{digest}' > {scratch}/req.txt")
-        cmd = (f"env PYTHONDONTWRITEBYTECODE=1 {CA_PIP} download --no-cache-dir --no-index --no-deps --require-hashes --disable-pip-version-check "
-               f"--find-links {scratch} -d {scratch}/out -r {scratch}/req.txt")
+        host.run(
+            f"cp {wheel[0]} {scratch}/ && echo 'ckms=={version} --hash=sha256:{digest}' > {scratch}/req.txt"
+        )
+        cmd = (
+            f"env PYTHONDONTWRITEBYTECODE=1 {CA_PIP} download --no-cache-dir --no-index --no-deps --require-hashes --disable-pip-version-check "
+            f"--find-links {scratch} -d {scratch}/out -r {scratch}/req.txt"
+        )
         good = host.run(cmd)
         host.run(f"rm -rf {scratch}/out; printf 'x' >> {scratch}/$(basename {wheel[0]})")
         bad = host.run(cmd)
     finally:
         host.run(f"rm -rf {scratch}")
     evidence.add("pip with the wheel as built", f"rc={good.rc} {good.stdout.strip()[-300:]}")
-    evidence.add("pip with one byte appended to a copy of the wheel", f"rc={bad.rc} {(bad.stdout + bad.stderr).strip()[-600:]}")
+    evidence.add(
+        "pip with one byte appended to a copy of the wheel",
+        f"rc={bad.rc} {(bad.stdout + bad.stderr).strip()[-600:]}",
+    )
     evidence.add("live wheelhouse", "untouched (copies under /var/tmp, removed)")
     assert good.rc == 0, f"F.27: the untouched wheel is not accepted: {good.stderr.strip()[-300:]}"
-    assert bad.rc != 0 and "DO NOT MATCH THE HASHES" in (bad.stdout + bad.stderr), \
+    assert bad.rc != 0 and "DO NOT MATCH THE HASHES" in (bad.stdout + bad.stderr), (
         "F.27: a modified wheel was not refused by the hash-pinned install"
+    )

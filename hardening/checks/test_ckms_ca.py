@@ -41,16 +41,20 @@ print(json.dumps(keys))
 
 
 def as_ckms(host, command: str):
-    return host.run(f"runuser -u {USER} -- env CKMS_HOME={HOME} SOFTHSM2_CONF={HOME}/hsm/softhsm2.conf {command}")
+    return host.run(
+        f"runuser -u {USER} -- env CKMS_HOME={HOME} SOFTHSM2_CONF={HOME}/hsm/softhsm2.conf {command}"
+    )
 
 
 @pytest.mark.check("check:F.06.e.ckms_runs_unprivileged_and_sandboxed")
 def test_ckms_runs_unprivileged_and_sandboxed(host, evidence):
     svc = host.service("ckms-ca")
     assert svc.is_running and svc.is_enabled
-    props = host.run(f"systemctl show {UNIT} -p User -p NoNewPrivileges -p ProtectSystem -p ProtectHome "
-                     "-p PrivateTmp -p CapabilityBoundingSet -p RestrictAddressFamilies -p ReadWritePaths "
-                     "-p UMask -p SystemCallFilter -p PrivateDevices").stdout
+    props = host.run(
+        f"systemctl show {UNIT} -p User -p NoNewPrivileges -p ProtectSystem -p ProtectHome "
+        "-p PrivateTmp -p CapabilityBoundingSet -p RestrictAddressFamilies -p ReadWritePaths "
+        "-p UMask -p SystemCallFilter -p PrivateDevices"
+    ).stdout
     p = dict(line.split("=", 1) for line in props.splitlines() if "=" in line)
     evidence.add("unit properties", {k: v[:200] for k, v in p.items()})
     assert p["User"] == USER
@@ -59,7 +63,9 @@ def test_ckms_runs_unprivileged_and_sandboxed(host, evidence):
     assert p["CapabilityBoundingSet"] == ""
     assert set(p["RestrictAddressFamilies"].split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}
     assert p["ReadWritePaths"].split() == [HOME]
-    procs = host.run("ps -o user= -C ckms -C python3 --no-headers; ps -eo user=,args= | grep '[c]kms ca serve'").stdout
+    procs = host.run(
+        "ps -o user= -C ckms -C python3 --no-headers; ps -eo user=,args= | grep '[c]kms ca serve'"
+    ).stdout
     evidence.add("daemon processes", procs.strip())
     assert "root" not in {line.split()[0] for line in procs.splitlines() if "ckms ca serve" in line}
     sec = host.run(f"systemd-analyze security --no-pager {UNIT}")
@@ -100,10 +106,15 @@ def test_ca_firewall_admits_exactly_the_flow_model(host, evidence):
     for m in re.finditer(r"ip saddr \{?\s*([0-9./, ]+?)\s*\}? tcp dport (\d+) accept", ruleset.stdout):
         for cidr in m.group(1).split(","):
             accepted.add((cidr.strip(), int(m.group(2))))
-    expected = {(c if "/" in c and not c.endswith("/32") else c.removesuffix("/32"), f["port"])
-                for f in flows for c in f["src_cidrs"]}
+    expected = {
+        (c if "/" in c and not c.endswith("/32") else c.removesuffix("/32"), f["port"])
+        for f in flows
+        for c in f["src_cidrs"]
+    }
     assert accepted == expected
-    assert re.search(r"tcp dport \{ (8443, 8080|8080, 8443) \} counter packets \d+ bytes \d+ drop", ruleset.stdout)
+    assert re.search(
+        r"tcp dport \{ (8443, 8080|8080, 8443) \} counter packets \d+ bytes \d+ drop", ruleset.stdout
+    )
 
 
 @pytest.mark.check("check:A.38.issue_and_revoke_end_to_end")
@@ -117,10 +128,11 @@ def test_issue_and_revoke_end_to_end(host, evidence):
         f"{VENV}/bin/ckms revoke --home {HOME} --serial $s --reason superseded >/dev/null; "
         f"{VENV}/bin/ckms crl publish --home {HOME} >/dev/null; "
         f"{VENV}/bin/ckms crl fetch --home {HOME} --out crl.der >/dev/null; "
-        "echo serial=$s; openssl crl -inform DER -in crl.der -noout -text | grep -c \"Serial Number: $s\"; "
+        'echo serial=$s; openssl crl -inform DER -in crl.der -noout -text | grep -c "Serial Number: $s"; '
         "cd /; rm -rf $d"
     )
-    out = host.run(f"runuser -u {USER} -- env CKMS_HOME={HOME} SOFTHSM2_CONF={HOME}/hsm/softhsm2.conf "
-                   f"sh -c '{script}'")
+    out = host.run(
+        f"runuser -u {USER} -- env CKMS_HOME={HOME} SOFTHSM2_CONF={HOME}/hsm/softhsm2.conf sh -c '{script}'"
+    )
     evidence.add("issue, revoke, publish, fetch CRL", (out.stdout + out.stderr)[-1500:])
     assert out.rc == 0 and out.stdout.strip().endswith("1")

@@ -29,8 +29,11 @@ def test_token_usable_only_by_ca_service_user(host, evidence):
     rows = {}
     for path in (HOME, f"{HOME}/hsm", TOKEN_DIR, f"{HOME}/secrets", PIN_FILE, CONF):
         f = host.file(path)
-        rows[path] = {"exists": f.exists, "user": f.user if f.exists else None,
-                      "mode": oct(f.mode) if f.exists else None}
+        rows[path] = {
+            "exists": f.exists,
+            "user": f.user if f.exists else None,
+            "mode": oct(f.mode) if f.exists else None,
+        }
     evidence.add("owner and mode", rows)
     for path in (HOME, f"{HOME}/hsm", TOKEN_DIR, f"{HOME}/secrets"):
         assert rows[path]["user"] == USER and rows[path]["mode"] == "0o700", (path, rows[path])
@@ -50,13 +53,17 @@ def test_pkcs11_module_loads_and_pin_opens_token(host, evidence):
     status = as_ckms(host, f"/usr/local/sbin/ckms-pkcs11-token status --module {MODULE} --label {LABEL}")
     evidence.add("token status (no PIN)", status.stdout.strip() or status.stderr.strip())
     assert status.rc == 0 and json.loads(status.stdout)["initialized"]
-    login = as_ckms(host, f"/usr/local/sbin/ckms-pkcs11-token login --module {MODULE} --label {LABEL} "
-                          f"--pin-file {PIN_FILE}")
+    login = as_ckms(
+        host,
+        f"/usr/local/sbin/ckms-pkcs11-token login --module {MODULE} --label {LABEL} --pin-file {PIN_FILE}",
+    )
     evidence.add("user login with the PIN file", login.stdout.strip() or login.stderr.strip())
     assert login.rc == 0
-    bad = host.run(f"sh -c 'f=$(mktemp); echo wrong-pin-000000 >$f; chown {USER} $f; "
-                   f"runuser -u {USER} -- env SOFTHSM2_CONF={CONF} /usr/local/sbin/ckms-pkcs11-token login "
-                   f"--module {MODULE} --label {LABEL} --pin-file $f; rc=$?; rm -f $f; exit $rc'")
+    bad = host.run(
+        f"sh -c 'f=$(mktemp); echo wrong-pin-000000 >$f; chown {USER} $f; "
+        f"runuser -u {USER} -- env SOFTHSM2_CONF={CONF} /usr/local/sbin/ckms-pkcs11-token login "
+        f"--module {MODULE} --label {LABEL} --pin-file $f; rc=$?; rm -f $f; exit $rc'"
+    )
     evidence.add("user login with a wrong PIN", bad.stderr.strip())
     assert bad.rc != 0
 
@@ -69,4 +76,3 @@ def test_token_offers_required_mechanisms(host, evidence):
     evidence.add("required", sorted(need))
     evidence.add("offered", sorted(names))
     assert out.rc == 0 and need <= names
-

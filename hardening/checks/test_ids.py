@@ -62,7 +62,9 @@ def alerts_since(host, since: float, sid: int | None = None) -> list[dict]:
     return found
 
 
-def wait_for_alert(host, since: float, sid: int, timeout: float = DETECT_WITHIN_S) -> tuple[list[dict], float]:
+def wait_for_alert(
+    host, since: float, sid: int, timeout: float = DETECT_WITHIN_S
+) -> tuple[list[dict], float]:
     deadline = time.time() + timeout
     while True:
         got = alerts_since(host, since, sid)
@@ -116,7 +118,9 @@ def test_ids_signatures_current(host, evidence):
     evidence.add("expected from the flow model", sorted(expected))
     extra = [p for p in passes if p not in expected]
     assert not extra, f"F.50 c: IDS pass rules outside the flow model: {extra}"
-    assert len(passes) == len(expected), f"F.50 c: IDS pass rules {len(passes)} != modelled flows {len(expected)}"
+    assert len(passes) == len(expected), (
+        f"F.50 c: IDS pass rules {len(passes)} != modelled flows {len(expected)}"
+    )
     for sid in ("801", "802", "804", "805", "901", "902"):
         assert f"sid:{9100000 + int(sid)};" in text, f"F.50 c: signature {sid} missing"
     valid = host.run(f"suricata -T -c /etc/suricata/ckms-suricata.yaml -S {RULES}")
@@ -178,12 +182,22 @@ def test_ca_host_firewall_matches_flow_model(host, evidence):
         if r["verdict"] != "accept" or not r["dports"]:
             continue
         for port in r["dports"]:
-            ok = [f for f in inbound if f["proto"] == r["proto"] and int(f["port"]) == port
-                  and _covered(r["saddr"], f["src_cidrs"])]
+            ok = [
+                f
+                for f in inbound
+                if f["proto"] == r["proto"]
+                and int(f["port"]) == port
+                and _covered(r["saddr"], f["src_cidrs"])
+            ]
             if ok:
                 seen.update(f["name"] for f in ok)
-            elif r["proto"] == "tcp" and port == 22 and ctrl and r["saddr"] and \
-                    all(n.subnet_of(ipaddress.ip_network(f"{ctrl}/32")) for n in r["saddr"]):
+            elif (
+                r["proto"] == "tcp"
+                and port == 22
+                and ctrl
+                and r["saddr"]
+                and all(n.subnet_of(ipaddress.ip_network(f"{ctrl}/32")) for n in r["saddr"])
+            ):
                 continue
             else:
                 src = "any" if r["saddr"] is None else ", ".join(map(str, r["saddr"]))

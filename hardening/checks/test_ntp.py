@@ -50,7 +50,9 @@ def test_offset_within_bound(host, evidence):
     maxdist = [float(ln.split()[1]) for ln in conf.splitlines() if ln.startswith("maxdistance")]
     evidence.add("maxdistance", maxdist)
     assert maxdist and maxdist[0] < BOUND_S, "A.33: maxdistance missing or not below the 10 s bound"
-    assert any(ln.startswith("makestep") for ln in conf.splitlines()), "A.33: no makestep (large start offsets stay)"
+    assert any(ln.startswith("makestep") for ln in conf.splitlines()), (
+        "A.33: no makestep (large start offsets stay)"
+    )
 
 
 @pytest.mark.check("check:A.34.only_trusted_ntp_sources")
@@ -63,7 +65,9 @@ def test_only_trusted_sources(host, evidence):
     evidence.add("configured", sorted(configured))
     bad = [d for d in directives if d[0] in ("pool", "sourcedir", "refclock")]
     assert not bad, f"A.34: other time sources are configured: {bad}"
-    assert configured and configured <= want, f"A.34: untrusted sources configured: {sorted(configured - want)}"
+    assert configured and configured <= want, (
+        f"A.34: untrusted sources configured: {sorted(configured - want)}"
+    )
     dropins = host.run("ls /etc/chrony/sources.d/ /etc/chrony/conf.d/ 2>/dev/null").stdout.split()
     evidence.add("drop-ins", dropins or "none")
     assert not [d for d in dropins if d.endswith((".sources", ".conf"))], "A.34: unmanaged chrony drop-ins"

@@ -29,11 +29,22 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 NOLOGIN = {"/usr/sbin/nologin", "/sbin/nologin", "/bin/false", "/usr/bin/false", "/bin/sync"}
-STRONG_KEX = {"sntrup761x25519-sha512@openssh.com", "curve25519-sha256", "curve25519-sha256@libssh.org",
-              "diffie-hellman-group16-sha512", "diffie-hellman-group18-sha512",
-              "mlkem768x25519-sha256"}
-STRONG_CIPHERS = {"chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com",
-                  "aes256-ctr", "aes192-ctr", "aes128-ctr"}
+STRONG_KEX = {
+    "sntrup761x25519-sha512@openssh.com",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "diffie-hellman-group16-sha512",
+    "diffie-hellman-group18-sha512",
+    "mlkem768x25519-sha256",
+}
+STRONG_CIPHERS = {
+    "chacha20-poly1305@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+}
 STRONG_MACS = {"hmac-sha2-512-etm@openssh.com", "hmac-sha2-256-etm@openssh.com", "umac-128-etm@openssh.com"}
 
 
@@ -49,7 +60,7 @@ def sshd_t(host, ctx: str | None = None) -> dict[str, str]:
 
 def allowed_inbound(host) -> set[tuple[str, int]]:
     """(proto, port) the flow model allows to this host, plus management SSH."""
-    role = (policy(host, "ckms_role") or "ca")
+    role = policy(host, "ckms_role") or "ca"
     flows = policy(host, "ckms_flows")
     if not flows:
         from ckms_lab.model import default_flows
@@ -64,7 +75,9 @@ def allowed_inbound(host) -> set[tuple[str, int]]:
 @pytest.mark.check("check:F.05.os_hardening_baseline_applied")
 def test_baseline_applied(host, evidence):
     record = host.file("/var/lib/ckms-hardening/os_hardening.json")
-    assert record.exists, "F.05: os_hardening has not been applied (no /var/lib/ckms-hardening/os_hardening.json)"
+    assert record.exists, (
+        "F.05: os_hardening has not been applied (no /var/lib/ckms-hardening/os_hardening.json)"
+    )
     data = json.loads(record.content_string)
     evidence.add("applied concerns", data["concerns"])
     off = sorted(k for k, v in data["concerns"].items() if not v)
@@ -115,7 +128,9 @@ def test_sensitive_file_modes(host, evidence):
             problems.append(f"{spec['path']} mode {f.mode:04o} wider than {spec['mode']}")
         if spec.get("owner") and f.user != spec["owner"]:
             problems.append(f"{spec['path']} owned by {f.user}, not {spec['owner']}")
-    ww = host.run("find /etc /usr /opt /var/lib -xdev -type f -perm -0002 2>/dev/null | head -20").stdout.split()
+    ww = host.run(
+        "find /etc /usr /opt /var/lib -xdev -type f -perm -0002 2>/dev/null | head -20"
+    ).stdout.split()
     evidence.add("modes", seen)
     evidence.add("world-writable files in /etc /usr /opt /var/lib", ww)
     problems += [f"{p} is world-writable" for p in ww]
@@ -140,8 +155,15 @@ def test_only_expected_accounts(host, evidence):
 
 def _sudo_grants(host, user: str) -> list[str]:
     out = host.run(f"sudo -n -l -U {user}").stdout
-    return [line.strip() for line in out.split("may run the following commands", 1)[-1].splitlines()
-            if line.strip().startswith("(")] if "may run" in out else []
+    return (
+        [
+            line.strip()
+            for line in out.split("may run the following commands", 1)[-1].splitlines()
+            if line.strip().startswith("(")
+        ]
+        if "may run" in out
+        else []
+    )
 
 
 @pytest.mark.check("check:F.06.d.sudo_command_allowlist")
@@ -176,8 +198,12 @@ def test_password_quality_policy(host, evidence):
     stack = host.file("/etc/pam.d/common-password").content_string
     evidence.add("pwquality.conf", conf)
     evidence.add("pam password stack", [ln for ln in stack.splitlines() if ln.startswith("password")])
-    assert re.search(r"^password\s+requisite\s+pam_pwquality\.so", stack, re.M), "F.06 f: pam_pwquality not in use"
-    assert int(conf.get("minlen", 0)) >= int(want["minlen"]), f"F.06 f: minlen {conf.get('minlen')} < {want['minlen']}"
+    assert re.search(r"^password\s+requisite\s+pam_pwquality\.so", stack, re.M), (
+        "F.06 f: pam_pwquality not in use"
+    )
+    assert int(conf.get("minlen", 0)) >= int(want["minlen"]), (
+        f"F.06 f: minlen {conf.get('minlen')} < {want['minlen']}"
+    )
     assert int(conf.get("minclass", 0)) >= int(want["minclass"]), "F.06 f: too few character classes required"
     assert "enforce_for_root" in conf, "F.06 f: policy not enforced for root"
 
@@ -210,8 +236,11 @@ def _listeners(host) -> list[tuple[str, str, int]]:
 def test_no_unexpected_listeners(host, evidence):
     allowed = allowed_inbound(host)
     listening = _listeners(host)
-    exposed = [(p, a, port) for p, a, port in listening
-               if not (a.startswith("127.") or a in ("::1", "localhost") or a.startswith("%lo"))]
+    exposed = [
+        (p, a, port)
+        for p, a, port in listening
+        if not (a.startswith("127.") or a in ("::1", "localhost") or a.startswith("%lo"))
+    ]
     evidence.add("listening sockets", listening)
     evidence.add("allowed by the flow model", sorted(allowed))
     bad = sorted({f"{p}/{port} on {a}" for p, a, port in exposed if (p, port) not in allowed})
@@ -231,15 +260,19 @@ def test_unneeded_units_masked(host, evidence):
 @pytest.mark.check("check:F.06.i.usb_storage_disabled")
 def test_usb_storage_disabled(host, evidence):
     conf = host.run("cat /etc/modprobe.d/*.conf 2>/dev/null").stdout
-    blocked = {m: bool(re.search(rf"^install\s+{m}\s+/bin/(false|true)", conf, re.M))
-               for m in ("usb_storage", "uas")}
+    blocked = {
+        m: bool(re.search(rf"^install\s+{m}\s+/bin/(false|true)", conf, re.M)) for m in ("usb_storage", "uas")
+    }
     evidence.add("modprobe install /bin/false", blocked)
     automounters = host.run("dpkg-query -W -f='${Package} ${db:Status-Status}\\n' udisks2 autofs").stdout
     evidence.add("automounters", automounters)
     loaded = host.run("grep -E '^(usb_storage|uas) ' /proc/modules").stdout.strip()
     if in_container(host):
-        evidence.add("verification level", "configuration: a lab container shares the build machine's kernel, "
-                     f"whose loaded modules say nothing about this host (host kernel shows: {loaded or 'none'})")
+        evidence.add(
+            "verification level",
+            "configuration: a lab container shares the build machine's kernel, "
+            f"whose loaded modules say nothing about this host (host kernel shows: {loaded or 'none'})",
+        )
     else:
         evidence.add("loaded", loaded or "none")
         assert not loaded, f"F.06 i: USB storage driver loaded: {loaded}"
@@ -270,8 +303,12 @@ def _rule_ports(rule: dict) -> tuple[str | None, list[int], list[str], bool]:
                 ports += [int(v) for v in vals if isinstance(v, int)]
             if pl and pl.get("field") == "saddr":
                 vals = right.get("set", [right]) if isinstance(right, dict) and "set" in right else [right]
-                saddrs += [f"{v['prefix']['addr']}/{v['prefix']['len']}" if isinstance(v, dict) and "prefix" in v
-                           else str(v) for v in vals]
+                saddrs += [
+                    f"{v['prefix']['addr']}/{v['prefix']['len']}"
+                    if isinstance(v, dict) and "prefix" in v
+                    else str(v)
+                    for v in vals
+                ]
         if "accept" in e:
             accept = True
     return proto, ports, saddrs, accept
@@ -320,7 +357,10 @@ def test_apparmor_profile_valid(host, evidence):
     text = f.content_string
     parse = host.run(f"/sbin/apparmor_parser --skip-kernel-load --skip-cache --quiet {path}")
     evidence.add("apparmor_parser --skip-kernel-load", f"rc={parse.rc} {parse.stderr.strip()}")
-    complain = re.search(r"flags=\([^)]*complain", text) or host.file(f"/etc/apparmor.d/force-complain/{name}").exists
+    complain = (
+        re.search(r"flags=\([^)]*complain", text)
+        or host.file(f"/etc/apparmor.d/force-complain/{name}").exists
+    )
     evidence.add("mode", "complain" if complain else "enforce")
     evidence.add("apparmor.service", host.run("systemctl is-enabled apparmor.service").stdout.strip())
     assert parse.rc == 0, f"F.06 k: the CA profile does not parse: {parse.stderr.strip()}"
@@ -341,21 +381,30 @@ def test_apparmor_enforcing(host, evidence):
         text = host.file(path).content_string if host.file(path).exists else ""
         parse = host.run(f"/sbin/apparmor_parser --skip-kernel-load --skip-cache --quiet {path}")
         ca_unit = host.run("systemctl show -p LoadState --value ckms-ca.service").stdout.strip() == "loaded"
-        unit = host.run("systemctl show -p AppArmorProfile ckms-ca.service").stdout.strip() if ca_unit \
+        unit = (
+            host.run("systemctl show -p AppArmorProfile ckms-ca.service").stdout.strip()
+            if ca_unit
             else "no ckms-ca.service on this host (role scenario without the CA)"
+        )
         enabled = host.run("systemctl is-enabled apparmor.service").stdout.strip()
-        complain = bool(re.search(r"flags=\([^)]*complain", text)) or \
-            host.file(f"/etc/apparmor.d/force-complain/{name}").exists
+        complain = (
+            bool(re.search(r"flags=\([^)]*complain", text))
+            or host.file(f"/etc/apparmor.d/force-complain/{name}").exists
+        )
         evidence.add("profile", {"path": path, "compiles": parse.rc == 0, "complain mode": complain})
         evidence.add("ckms-ca.service", unit)
         evidence.add("apparmor.service at boot", enabled)
-        evidence.limit("no AppArmor in the kernel this lab container shares (no securityfs): that the "
-                       "profile is loaded and enforcing cannot be observed; installed, compiling, enforce-mode "
-                       "profile referenced by the unit verified instead")
+        evidence.limit(
+            "no AppArmor in the kernel this lab container shares (no securityfs): that the "
+            "profile is loaded and enforcing cannot be observed; installed, compiling, enforce-mode "
+            "profile referenced by the unit verified instead"
+        )
         assert text, f"F.06 k: no AppArmor profile {path}"
         assert parse.rc == 0, f"F.06 k: the CA profile does not compile: {parse.stderr.strip()}"
         assert not complain, "F.06 k: the CA profile is in complain mode"
-        assert not ca_unit or unit.endswith(name), f"F.06 k: ckms-ca.service is not confined by {name} ({unit})"
+        assert not ca_unit or unit.endswith(name), (
+            f"F.06 k: ckms-ca.service is not confined by {name} ({unit})"
+        )
         assert enabled == "enabled", "F.06 k: apparmor.service is not enabled at boot"
         return
     loaded = profiles.content_string
@@ -367,15 +416,38 @@ def test_apparmor_enforcing(host, evidence):
 @pytest.mark.check("check:F.06.l.sshd_hardened")
 def test_sshd_hardened(host, evidence):
     c = sshd_t(host)
-    keys = ("passwordauthentication", "kbdinteractiveauthentication", "permitemptypasswords", "pubkeyauthentication",
-            "authenticationmethods", "x11forwarding", "allowtcpforwarding", "allowagentforwarding", "permittunnel",
-            "maxauthtries", "kexalgorithms", "ciphers", "macs", "loglevel", "allowgroups", "permituserenvironment")
+    keys = (
+        "passwordauthentication",
+        "kbdinteractiveauthentication",
+        "permitemptypasswords",
+        "pubkeyauthentication",
+        "authenticationmethods",
+        "x11forwarding",
+        "allowtcpforwarding",
+        "allowagentforwarding",
+        "permittunnel",
+        "maxauthtries",
+        "kexalgorithms",
+        "ciphers",
+        "macs",
+        "loglevel",
+        "allowgroups",
+        "permituserenvironment",
+    )
     evidence.add("sshd -T", {k: c.get(k) for k in keys})
     problems = []
-    for k, want in (("passwordauthentication", "no"), ("kbdinteractiveauthentication", "no"),
-                    ("permitemptypasswords", "no"), ("pubkeyauthentication", "yes"),
-                    ("authenticationmethods", "publickey"), ("x11forwarding", "no"), ("allowtcpforwarding", "no"),
-                    ("allowagentforwarding", "no"), ("permittunnel", "no"), ("permituserenvironment", "no")):
+    for k, want in (
+        ("passwordauthentication", "no"),
+        ("kbdinteractiveauthentication", "no"),
+        ("permitemptypasswords", "no"),
+        ("pubkeyauthentication", "yes"),
+        ("authenticationmethods", "publickey"),
+        ("x11forwarding", "no"),
+        ("allowtcpforwarding", "no"),
+        ("allowagentforwarding", "no"),
+        ("permittunnel", "no"),
+        ("permituserenvironment", "no"),
+    ):
         if c.get(k) != want:
             problems.append(f"{k} is {c.get(k)}, want {want}")
     if int(c.get("maxauthtries", 99)) > 4:
@@ -400,7 +472,9 @@ def test_root_login_disabled(host, evidence):
     assert other == "no", f"F.06 l: root login allowed from an arbitrary address ({other})"
     for addr, mode in exceptions:
         assert mode == "prohibit-password", f"F.06 l: root may log in with a password from {addr}"
-        assert "/" not in addr or addr.endswith("/32"), f"F.06 l: root login exception for a whole network {addr}"
+        assert "/" not in addr or addr.endswith("/32"), (
+            f"F.06 l: root login exception for a whole network {addr}"
+        )
 
 
 @pytest.mark.check("check:F.06.l.kernel_sysctls")
@@ -408,20 +482,33 @@ def test_kernel_sysctls(host, evidence):
     net = policy(host, "os_hardening_sysctl_net")
     kern = policy(host, "os_hardening_sysctl_kernel")
     path = policy(host, "os_hardening_sysctl_file")
-    conf = dict(re.findall(r"^\s*([\w.]+)\s*=\s*(\S+)", host.file(path).content_string, re.M)) \
-        if host.file(path).exists else {}
+    conf = (
+        dict(re.findall(r"^\s*([\w.]+)\s*=\s*(\S+)", host.file(path).content_string, re.M))
+        if host.file(path).exists
+        else {}
+    )
     runtime = {k: host.run(f"sysctl -n {k}").stdout.strip() for k in {**net, **kern}}
     container = in_container(host)
     evidence.add("runtime", runtime)
     evidence.add("in container", container)
-    problems = [f"{k}: {path} has {conf.get(k)}, want {v}" for k, v in {**net, **kern}.items() if conf.get(k) != str(v)]
+    problems = [
+        f"{k}: {path} has {conf.get(k)}, want {v}"
+        for k, v in {**net, **kern}.items()
+        if conf.get(k) != str(v)
+    ]
     problems += [f"{k}={runtime[k]} at run time, want {v}" for k, v in net.items() if runtime[k] != str(v)]
     if container:
-        evidence.add("verification level (kernel-wide)", "configuration: kernel-wide sysctls belong to the build "
-                     "machine's kernel inside a lab container; the file is verified, run-time values are evidence")
+        evidence.add(
+            "verification level (kernel-wide)",
+            "configuration: kernel-wide sysctls belong to the build "
+            "machine's kernel inside a lab container; the file is verified, run-time values are evidence",
+        )
     else:
-        problems += [f"{k}={runtime[k]} at run time, want {v}" for k, v in kern.items()
-                     if runtime[k] and runtime[k] != str(v)]
+        problems += [
+            f"{k}={runtime[k]} at run time, want {v}"
+            for k, v in kern.items()
+            if runtime[k] and runtime[k] != str(v)
+        ]
     assert not problems, f"F.06 l: {problems}"
 
 
@@ -430,13 +517,17 @@ def test_security_updates_configured(host, evidence):
     dump = host.check_output("apt-config dump")
     periodic = dict(re.findall(r'^APT::Periodic::([\w-]+) "(\S*)";', dump, re.M))
     origins = re.findall(r'^Unattended-Upgrade::Origins-Pattern:: "(.*)";', dump, re.M)
-    timers = {t: host.run(f"systemctl is-enabled {t}").stdout.strip() for t in ("apt-daily.timer",
-                                                                               "apt-daily-upgrade.timer")}
+    timers = {
+        t: host.run(f"systemctl is-enabled {t}").stdout.strip()
+        for t in ("apt-daily.timer", "apt-daily-upgrade.timer")
+    }
     evidence.add("APT::Periodic", periodic)
     evidence.add("origins", origins)
     evidence.add("timers", timers)
     assert periodic.get("Unattended-Upgrade") == "1", "F.06 l: unattended security upgrades not enabled"
-    assert origins and all("security" in o.lower() for o in origins), f"F.06 l: non-security origins: {origins}"
+    assert origins and all("security" in o.lower() for o in origins), (
+        f"F.06 l: non-security origins: {origins}"
+    )
 
 
 # ------------------------------------------------------------------------------------------- F.07
@@ -459,11 +550,16 @@ def test_secure_boot_enabled(host, evidence):
         rec = host.file("/var/lib/ckms-hardening/boot-integrity.json")
         record = json.loads(rec.content_string) if rec.exists else {}
         evidence.add("boot-integrity record", record)
-        evidence.limit("a lab container sees no firmware: the secure boot state is not visible; the host's "
-                       "boot-integrity record says so and names what provides boot integrity instead")
-        assert record.get("secure_boot") == "not-visible", \
+        evidence.limit(
+            "a lab container sees no firmware: the secure boot state is not visible; the host's "
+            "boot-integrity record says so and names what provides boot integrity instead"
+        )
+        assert record.get("secure_boot") == "not-visible", (
             f"F.07: the boot-integrity record does not state that secure boot is not visible: {record}"
-        assert record.get("provided_by"), "F.07: the boot-integrity record names nothing providing boot integrity"
+        )
+        assert record.get("provided_by"), (
+            "F.07: the boot-integrity record names nothing providing boot integrity"
+        )
         return
     raw = host.run(f"od -An -t u1 {var}").stdout.split()
     mok = host.run("mokutil --sb-state 2>&1").stdout.strip()
@@ -487,8 +583,10 @@ def _group_members(host) -> dict[str, set[str]]:
 def test_linux_groups_per_role(host, evidence):
     groups = policy(host, "os_hardening_role_groups")
     members = _group_members(host)
-    evidence.add("role groups", {role: sorted(members.get(g, [])) if g in members else "missing"
-                                 for role, g in groups.items()})
+    evidence.add(
+        "role groups",
+        {role: sorted(members.get(g, [])) if g in members else "missing" for role, g in groups.items()},
+    )
     missing = sorted(g for g in groups.values() if g not in members)
     assert not missing, f"A.27: Linux groups for CKMS roles missing: {missing}"
 
@@ -501,7 +599,7 @@ def test_role_groups_disjoint(host, evidence):
     shared = {}
     names = sorted(groups.values())
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             both = members.get(a, set()) & members.get(b, set())
             if both:
                 shared[f"{a}+{b}"] = sorted(both)
@@ -528,10 +626,17 @@ def test_ssh_only_from_registered_admin_addresses(host, evidence):
     pol, rules = _nft_input(host)
     assert pol == "drop", "A.67: no default-drop host firewall"
     flows = policy(host, "ckms_flows")
-    registered = {c for f in (flows or []) if f.get("port") == 22 and "ca" in f.get("dst", [])
-                  for c in f.get("src_cidrs", [])}
-    mgmt = set(policy(host, "os_hardening_firewall_mgmt_sources") or []) \
-        if not str(policy(host, "os_hardening_firewall_mgmt_sources")).startswith("{{") else set()
+    registered = {
+        c
+        for f in (flows or [])
+        if f.get("port") == 22 and "ca" in f.get("dst", [])
+        for c in f.get("src_cidrs", [])
+    }
+    mgmt = (
+        set(policy(host, "os_hardening_firewall_mgmt_sources") or [])
+        if not str(policy(host, "os_hardening_firewall_mgmt_sources")).startswith("{{")
+        else set()
+    )
     if policy(host, "ckms_controller_address"):
         mgmt.add(policy(host, "ckms_controller_address").split("/")[0] + "/32")
     ssh_sources = []
@@ -540,7 +645,9 @@ def test_ssh_only_from_registered_admin_addresses(host, evidence):
         if accept and proto == "tcp" and 22 in ports:
             ssh_sources += saddrs or ["any"]
     evidence.add("sources allowed to SSH", ssh_sources)
-    evidence.add("registered (flow model) + management", sorted(registered | mgmt) or "flow model not in inventory")
+    evidence.add(
+        "registered (flow model) + management", sorted(registered | mgmt) or "flow model not in inventory"
+    )
     assert "any" not in ssh_sources, "A.67: SSH open to any source"
     if registered:
         norm = {s if "/" in s else s + "/32" for s in ssh_sources}

@@ -58,9 +58,21 @@ def _values(right: Any) -> list[Any]:
 
 def parse_rule(rule: dict) -> dict[str, Any]:
     """What one nft JSON rule matches and does (only what the checks need)."""
-    out: dict[str, Any] = {"saddr": None, "daddr": None, "proto": None, "dports": [], "verdict": None,
-                           "jump": None, "ct_state": None, "iif": None, "other": [], "set_ref": None,
-                           "comment": rule.get("comment"), "dynset": False, "limit": False}
+    out: dict[str, Any] = {
+        "saddr": None,
+        "daddr": None,
+        "proto": None,
+        "dports": [],
+        "verdict": None,
+        "jump": None,
+        "ct_state": None,
+        "iif": None,
+        "other": [],
+        "set_ref": None,
+        "comment": rule.get("comment"),
+        "dynset": False,
+        "limit": False,
+    }
     for e in rule.get("expr", []):
         if "match" in e:
             left, right = e["match"]["left"], e["match"]["right"]
@@ -75,7 +87,9 @@ def parse_rule(rule: dict) -> dict[str, Any]:
                 out["proto"] = pl.get("protocol")
                 out["dports"] = [int(v) for v in _values(right) if isinstance(v, int)]
             elif isinstance(left, dict) and "ct" in left and left["ct"].get("key") == "state":
-                out["ct_state"] = sorted(str(v) for v in (right if isinstance(right, list) else _values(right)))
+                out["ct_state"] = sorted(
+                    str(v) for v in (right if isinstance(right, list) else _values(right))
+                )
             elif isinstance(left, dict) and "meta" in left and left["meta"].get("key") in ("iif", "iifname"):
                 out["iif"] = right
             else:
@@ -94,9 +108,19 @@ def parse_rule(rule: dict) -> dict[str, Any]:
 
 
 def _chain(ruleset: list[dict], name: str) -> tuple[dict | None, list[dict]]:
-    chain = next((x["chain"] for x in ruleset if "chain" in x and x["chain"]["name"] == name
-                  and x["chain"].get("table") == TABLE), None)
-    rules = [x["rule"] for x in ruleset if "rule" in x and x["rule"]["chain"] == name and x["rule"].get("table") == TABLE]
+    chain = next(
+        (
+            x["chain"]
+            for x in ruleset
+            if "chain" in x and x["chain"]["name"] == name and x["chain"].get("table") == TABLE
+        ),
+        None,
+    )
+    rules = [
+        x["rule"]
+        for x in ruleset
+        if "rule" in x and x["rule"]["chain"] == name and x["rule"].get("table") == TABLE
+    ]
     return chain, rules
 
 
@@ -108,8 +132,12 @@ def _covered(nets: list[ipaddress.IPv4Network] | None, allowed: list[str]) -> bo
 
 
 def _is_established(r: dict) -> bool:
-    return r["ct_state"] is not None and set(r["ct_state"]) <= {"established", "related"} \
-        and r["saddr"] is None and r["dports"] == []
+    return (
+        r["ct_state"] is not None
+        and set(r["ct_state"]) <= {"established", "related"}
+        and r["saddr"] is None
+        and r["dports"] == []
+    )
 
 
 def forward_violations(ruleset: list[dict], flows: list[dict], own: list[str] = ()) -> list[str]:
@@ -130,16 +158,26 @@ def forward_violations(ruleset: list[dict], flows: list[dict], own: list[str] = 
         if _is_established(r):
             continue
         if not r["dports"]:
-            problems.append(f"F.18 a: forward accepts without a port: {r['comment'] or json.dumps(raw['expr'])[:160]}")
+            problems.append(
+                f"F.18 a: forward accepts without a port: {r['comment'] or json.dumps(raw['expr'])[:160]}"
+            )
             continue
         for port in r["dports"]:
-            match = [f for f in routed if f["proto"] == r["proto"] and int(f["port"]) == port
-                     and _covered(r["saddr"], f["src_cidrs"]) and _covered(r["daddr"], f["dst_cidrs"])]
+            match = [
+                f
+                for f in routed
+                if f["proto"] == r["proto"]
+                and int(f["port"]) == port
+                and _covered(r["saddr"], f["src_cidrs"])
+                and _covered(r["daddr"], f["dst_cidrs"])
+            ]
             if not match:
                 src = "any" if r["saddr"] is None else ", ".join(map(str, r["saddr"]))
                 dst = "any" if r["daddr"] is None else ", ".join(map(str, r["daddr"]))
-                problems.append(f"F.18 a: forward accepts {r['proto']}/{port} from {src} to {dst} "
-                                f"({r['comment'] or 'no comment'}), outside the flow model")
+                problems.append(
+                    f"F.18 a: forward accepts {r['proto']}/{port} from {src} to {dst} "
+                    f"({r['comment'] or 'no comment'}), outside the flow model"
+                )
             seen.update(f["name"] for f in match)
     for f in routed:
         if f["name"] in seen:
@@ -150,8 +188,14 @@ def forward_violations(ruleset: list[dict], flows: list[dict], own: list[str] = 
     return problems
 
 
-def input_violations(ruleset: list[dict], flows: list[dict], admin_sources: list[str], own: list[str],
-                     vpn_port: int | None, admin_port: int = 22) -> list[str]:
+def input_violations(
+    ruleset: list[dict],
+    flows: list[dict],
+    admin_sources: list[str],
+    own: list[str],
+    vpn_port: int | None,
+    admin_port: int = 22,
+) -> list[str]:
     """Everything the router itself accepts beyond admins, the VPN port and flows addressed to it."""
     problems = []
     chain, rules = _chain(ruleset, "input")
@@ -160,8 +204,12 @@ def input_violations(ruleset: list[dict], flows: list[dict], admin_sources: list
     if chain.get("policy") != "drop":
         problems.append(f"A.66: input policy is {chain.get('policy')!r}, not drop")
     own_nets = [ipaddress.ip_network(a if "/" in a else f"{a}/32") for a in own]
-    to_router = [f for f in flows if f.get("dst_cidrs") and any(
-        ipaddress.ip_network(d).subnet_of(o) for d in f["dst_cidrs"] for o in own_nets)]
+    to_router = [
+        f
+        for f in flows
+        if f.get("dst_cidrs")
+        and any(ipaddress.ip_network(d).subnet_of(o) for d in f["dst_cidrs"] for o in own_nets)
+    ]
     for raw in rules:
         r = parse_rule(raw)
         if r["verdict"] != "accept" or _is_established(r):
@@ -175,17 +223,26 @@ def input_violations(ruleset: list[dict], flows: list[dict], admin_sources: list
                 continue
             if vpn_port and r["proto"] == "udp" and port == vpn_port:
                 continue
-            if any(f["proto"] == r["proto"] and int(f["port"]) == port and _covered(r["saddr"], f["src_cidrs"])
-                   for f in to_router):
+            if any(
+                f["proto"] == r["proto"] and int(f["port"]) == port and _covered(r["saddr"], f["src_cidrs"])
+                for f in to_router
+            ):
                 continue
-            problems.append(f"A.66: the router accepts {r['proto']}/{port} ({r['comment'] or 'no comment'}) "
-                            "beyond its registered admins, VPN endpoint and modelled flows")
-    sets = [x["set"] for x in ruleset if "set" in x and x["set"]["name"] == "admin_sources"
-            and x["set"].get("table") == TABLE]
+            problems.append(
+                f"A.66: the router accepts {r['proto']}/{port} ({r['comment'] or 'no comment'}) "
+                "beyond its registered admins, VPN endpoint and modelled flows"
+            )
+    sets = [
+        x["set"]
+        for x in ruleset
+        if "set" in x and x["set"]["name"] == "admin_sources" and x["set"].get("table") == TABLE
+    ]
     elems = [] if not sets else [_net(v) for v in sets[0].get("elem", [])]
     if not _covered(elems, admin_sources):
-        problems.append(f"A.66: router admin sources {sorted(map(str, elems))} exceed the registered "
-                        f"{sorted(admin_sources)}")
+        problems.append(
+            f"A.66: router admin sources {sorted(map(str, elems))} exceed the registered "
+            f"{sorted(admin_sources)}"
+        )
     return problems
 
 
@@ -238,10 +295,13 @@ def _ip_of(h, segment: str) -> str:
 def test_router_default_drop(host, evidence):
     rs = ruleset(host)
     assert rs, f"F.17: table inet {TABLE} is not loaded"
-    policies = {x["chain"]["name"]: x["chain"].get("policy") for x in rs if "chain" in x and "hook" in x["chain"]}
+    policies = {
+        x["chain"]["name"]: x["chain"].get("policy") for x in rs if "chain" in x and "hook" in x["chain"]
+    }
     evidence.add("base chain policies", policies)
-    assert policies.get("input") == "drop" and policies.get("forward") == "drop", \
+    assert policies.get("input") == "drop" and policies.get("forward") == "drop", (
         f"F.17: router input/forward policies are {policies}, not drop"
+    )
     tables = [t for t in host.run("nft list tables").stdout.splitlines() if t.strip()]
     evidence.add("tables", tables)
     for t in tables:
@@ -249,8 +309,9 @@ def test_router_default_drop(host, evidence):
         if name in (TABLE, f"{TABLE}_meta"):
             continue
         listing = host.run(f"nft list table {' '.join(t.split()[1:])}").stdout
-        assert "hook forward" not in listing and "hook input" not in listing, \
+        assert "hook forward" not in listing and "hook input" not in listing, (
             f"F.17: another table ({t.strip()}) hooks input/forward and may accept around the flow model"
+        )
     fwd = host.sysctl("net.ipv4.ip_forward")
     evidence.add("net.ipv4.ip_forward", fwd)
 
@@ -259,15 +320,23 @@ def _rules_match(host, evidence, item: str) -> None:
     v = variables(host)
     flows = model_flows(v)
     rs = ruleset(host)
-    evidence.add("flow model", [{k: f[k] for k in ("name", "proto", "port", "src_cidrs", "dst_cidrs")} for f in flows])
+    evidence.add(
+        "flow model", [{k: f[k] for k in ("name", "proto", "port", "src_cidrs", "dst_cidrs")} for f in flows]
+    )
     _, fwd = _chain(rs, "forward")
-    evidence.add("forward accept rules", [parse_rule(r)["comment"] for r in fwd if parse_rule(r)["verdict"] == "accept"])
+    evidence.add(
+        "forward accept rules",
+        [parse_rule(r)["comment"] for r in fwd if parse_rule(r)["verdict"] == "accept"],
+    )
     assert rs, f"{item}: table inet {TABLE} is not loaded"
     problems = forward_violations(rs, flows, own_addresses(host, v))
-    problems += input_violations(rs, flows, admin_sources(v, flows), own_addresses(host, v),
-                                 int(v.get("router_vpn_port", 51820)))
+    problems += input_violations(
+        rs, flows, admin_sources(v, flows), own_addresses(host, v), int(v.get("router_vpn_port", 51820))
+    )
     evidence.add("violations", problems or "none")
-    assert not problems, "; ".join(p.replace("F.18 a:", f"{item}:") if item != "F.18 a" else p for p in problems)
+    assert not problems, "; ".join(
+        p.replace("F.18 a:", f"{item}:") if item != "F.18 a" else p for p in problems
+    )
 
 
 @pytest.mark.check("check:F.18.a.router_rules_match_flow_model")
@@ -281,7 +350,9 @@ def test_router_rules_reviewed_against_flow_model(host, evidence):
     meta = host.run(f"nft list table inet {TABLE}_meta")
     conf = host.file("/etc/nftables.conf")
     evidence.add("loaded rule set id", meta.stdout.strip()[:200] or meta.stderr.strip())
-    assert meta.rc == 0 and conf.exists, "F.50 c: the rendered rule set is not what is loaded (no ckms_router_meta)"
+    assert meta.rc == 0 and conf.exists, (
+        "F.50 c: the rendered rule set is not what is loaded (no ckms_router_meta)"
+    )
     rid = meta.stdout.split("rules ")[-1].split('"')[0]
     assert rid and rid in conf.content_string, "F.50 c: loaded rule set id differs from /etc/nftables.conf"
     check = host.run("nft -c -f /etc/nftables.conf")
@@ -309,7 +380,9 @@ def test_syn_flood_protection(host, evidence):
     assert syn and syn[0] < _first_accept(rules), "F.19: no per-source SYN rate limit before the flow rules"
     pre = [parse_rule(r) for r in _chain(rs, "prerouting")[1]]
     evidence.add("prerouting drops", [r["jump"] for r in pre])
-    assert any(r["jump"] == "log_drop_invalid" for r in pre), "F.19: no drop of malformed TCP flag combinations"
+    assert any(r["jump"] == "log_drop_invalid" for r in pre), (
+        "F.19: no drop of malformed TCP flag combinations"
+    )
     inv = [r for r in rules if r["ct_state"] == ["invalid"]]
     assert inv, "F.19: invalid conntrack state is not dropped on forward"
     cookies = host.sysctl("net.ipv4.tcp_syncookies")
@@ -320,12 +393,15 @@ def test_syn_flood_protection(host, evidence):
 @pytest.mark.check("check:F.19.rate_limits_on_ca_ports")
 def test_rate_limits(host, evidence):
     rules = _dos_rules(host)
-    targets = [r["jump"] for r in rules[:_first_accept(rules)] if r["dynset"]]
+    targets = [r["jump"] for r in rules[: _first_accept(rules)] if r["dynset"]]
     evidence.add("limits before the first flow rule", targets)
     for want in ("log_drop_rate", "log_drop_connlimit", "log_drop_syn_flood"):
         assert want in targets, f"F.19: per-source limit {want} missing before the flow rules"
     listing = host.run(f"nft list chain inet {TABLE} forward").stdout
-    evidence.add("limit statements", [ln.strip() for ln in listing.splitlines() if "limit rate over" in ln or "ct count" in ln])
+    evidence.add(
+        "limit statements",
+        [ln.strip() for ln in listing.splitlines() if "limit rate over" in ln or "ct count" in ln],
+    )
 
 
 @pytest.mark.check("check:F.20.unregistered_source_dropped")
@@ -346,11 +422,16 @@ def test_unregistered_source_dropped(host, evidence):
             return sum(e["counter"]["packets"] for r in rules for e in r["expr"] if "counter" in e)
         except (ValueError, KeyError):
             return -1
+
     evidence.add("forward drop counter before/after", [count(before), count(after)])
     rogue_ip = _ip_of(rogue, "lan")
-    log = host.run(f"grep -c 'SRC={rogue_ip} ' {variables(host).get('router_log_file', '/var/log/ulog/ckms-router.log')}")
+    log = host.run(
+        f"grep -c 'SRC={rogue_ip} ' {variables(host).get('router_log_file', '/var/log/ulog/ckms-router.log')}"
+    )
     evidence.add("drop log lines from the rogue host", log.stdout.strip())
-    assert all(results[k] != 0 for k in results if k.startswith("rogue")), f"F.20: rogue host reached the CA: {results}"
+    assert all(results[k] != 0 for k in results if k.startswith("rogue")), (
+        f"F.20: rogue host reached the CA: {results}"
+    )
     assert results["terminal->ca:8443"] == 0, "F.20: the registered terminal cannot reach EST (flow est)"
     assert count(after) > count(before), "F.20: the rogue host's packets were not counted as dropped"
     assert log.rc == 0 and int(log.stdout.strip() or 0) > 0, "F.20: drops of the rogue host are not logged"
@@ -363,22 +444,34 @@ def test_vpn_endpoint_configured(host, evidence):
     conf, key = host.file(f"/etc/wireguard/{iface}.conf"), host.file(f"/etc/wireguard/{iface}.key")
     assert conf.exists and key.exists, "F.17: no WireGuard configuration or key on the router"
     evidence.add("modes", {"conf": oct(conf.mode), "key": oct(key.mode), "key owner": key.user})
-    assert conf.mode == 0o600 and key.mode == 0o600 and key.user == "root", "F.17: VPN key material readable by others"
+    assert conf.mode == 0o600 and key.mode == 0o600 and key.user == "root", (
+        "F.17: VPN key material readable by others"
+    )
     assert "PrivateKey" not in conf.content_string, "F.17: private key inside the config file"
     registered = sorted(p["public_key"] for p in v.get("router_vpn_peers", []))
-    configured = sorted(ln.split("=", 1)[1].strip() for ln in conf.content_string.splitlines()
-                        if ln.strip().startswith("PublicKey"))
+    configured = sorted(
+        ln.split("=", 1)[1].strip()
+        for ln in conf.content_string.splitlines()
+        if ln.strip().startswith("PublicKey")
+    )
     evidence.add("registered peers", registered)
     evidence.add("configured peers", configured)
     assert configured == registered, "F.17: VPN peers differ from the registered peer keys"
     show = host.run(f"wg show {iface} dump")
     impl = "kernel" if host.run("test -e /sys/module/wireguard").rc == 0 else "wireguard-go (userspace)"
-    evidence.add("running", {"rc": show.rc, "implementation": impl,
-                             "peers": sorted(ln.split("\t")[0] for ln in show.stdout.splitlines()[1:])})
+    evidence.add(
+        "running",
+        {
+            "rc": show.rc,
+            "implementation": impl,
+            "peers": sorted(ln.split("\t")[0] for ln in show.stdout.splitlines()[1:]),
+        },
+    )
     if v.get("router_vpn_up", True):
         assert show.rc == 0, f"F.17: the VPN interface {iface} is not up: {show.stderr.strip()}"
-        assert sorted(ln.split("\t")[0] for ln in show.stdout.splitlines()[1:]) == registered, \
+        assert sorted(ln.split("\t")[0] for ln in show.stdout.splitlines()[1:]) == registered, (
             "F.17: the running VPN has peers that are not registered"
+        )
         port = show.stdout.splitlines()[0].split("\t")[2]
         assert port == str(v.get("router_vpn_port", 51820)), f"F.17: VPN listens on {port}"
 
@@ -392,13 +485,17 @@ def test_admin_access_only_registered(host, evidence):
     assert admin, "A.66: the model has no admin flow"
     vpn_cidr = next((s["cidr"] for s in v.get("ckms_segments", []) if s["name"] == "vpn"), None)
     for f in admin:
-        assert ipaddress.ip_network("0.0.0.0/0") not in [ipaddress.ip_network(c) for c in f["src_cidrs"]], \
+        assert ipaddress.ip_network("0.0.0.0/0") not in [ipaddress.ip_network(c) for c in f["src_cidrs"]], (
             "A.66: administration open to any source"
-        assert all(ipaddress.ip_network(c).prefixlen == 32 or c == vpn_cidr or vpn_cidr is None
-                   for c in f["src_cidrs"]), f"A.66: admin sources are not registered addresses or the VPN: {f['src_cidrs']}"
+        )
+        assert all(
+            ipaddress.ip_network(c).prefixlen == 32 or c == vpn_cidr or vpn_cidr is None
+            for c in f["src_cidrs"]
+        ), f"A.66: admin sources are not registered addresses or the VPN: {f['src_cidrs']}"
     rs = ruleset(host)
-    problems = input_violations(rs, flows, admin_sources(v, flows), own_addresses(host, v),
-                                int(v.get("router_vpn_port", 51820)))
+    problems = input_violations(
+        rs, flows, admin_sources(v, flows), own_addresses(host, v), int(v.get("router_vpn_port", 51820))
+    )
     evidence.add("router input violations", problems or "none")
     assert not problems, "; ".join(problems)
     rogue = peer(host, "rogue")

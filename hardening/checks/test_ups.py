@@ -36,9 +36,12 @@ def test_ups_monitored(host, evidence):
     mon = host.file("/etc/nut/upsmon.conf").content_string
     lines = [ln.strip() for ln in mon.splitlines() if ln.strip() and not ln.startswith("#")]
     evidence.add("upsmon directives", [ln for ln in lines if not ln.startswith("MONITOR")])
-    assert any(ln.startswith(f"MONITOR {name}@localhost") and ln.endswith("primary") for ln in lines), \
+    assert any(ln.startswith(f"MONITOR {name}@localhost") and ln.endswith("primary") for ln in lines), (
         "F.52: upsmon is not the primary monitor of the UPS"
-    assert 'SHUTDOWNCMD "/usr/local/sbin/ckms-ups-shutdown"' in lines, "F.52: SHUTDOWNCMD is not the graceful CA stop"
+    )
+    assert 'SHUTDOWNCMD "/usr/local/sbin/ckms-ups-shutdown"' in lines, (
+        "F.52: SHUTDOWNCMD is not the graceful CA stop"
+    )
     for ev in ("ONBATT", "LOWBATT", "FSD"):
         assert f"NOTIFYFLAG {ev} SYSLOG+EXEC" in lines, f"F.52: no notification for {ev}"
     script = host.file("/usr/local/sbin/ckms-ups-shutdown").content_string
@@ -48,8 +51,15 @@ def test_ups_monitored(host, evidence):
     assert "LISTEN 127.0.0.1" in listen and "0.0.0.0" not in listen, "F.52: upsd listens beyond loopback"
     low_rt = int(var(host, "ups_low_runtime_s", 600))
     nominal_rt = int(var(host, "ups_nominal_runtime_s", 1800))
-    evidence.add("thresholds", {"nominal VA": var(host, "ups_nominal_va", 1500), "runtime s": nominal_rt,
-                                "low runtime s": low_rt, "low charge %": var(host, "ups_low_charge_pct", 30)})
+    evidence.add(
+        "thresholds",
+        {
+            "nominal VA": var(host, "ups_nominal_va", 1500),
+            "runtime s": nominal_rt,
+            "low runtime s": low_rt,
+            "low charge %": var(host, "ups_low_charge_pct", 30),
+        },
+    )
     assert 0 < low_rt < nominal_rt, "F.52: low-runtime threshold must lie inside the unit's runtime"
 
 
@@ -86,21 +96,26 @@ def test_low_battery_stops_ca_then_host(host, evidence):
         evidence.add("timings", timings)
         evidence.add("shutdown log", host.file(SHUTDOWN_LOG).content_string.strip().splitlines())
         evidence.add("events", host.file(EVENTS).content_string.strip().splitlines())
-        state = [host.run(f"systemctl show -p {p} --value {ca}").stdout.strip() for p in ("ActiveState", "Result")]
+        state = [
+            host.run(f"systemctl show -p {p} --value {ca}").stdout.strip() for p in ("ActiveState", "Result")
+        ]
         evidence.add(f"{ca} state after", state)
         assert timings["onbatt_notified_s"] is not None, "F.52: no on-battery notification"
         assert timings["lowbatt_notified_s"] is not None, "F.52: no low-battery notification"
         assert timings["ca_stopped_s"] is not None, "F.52: the shutdown sequence did not stop the CA"
         assert state[0] == "inactive" and state[1] == "success", f"F.52: the CA did not stop cleanly: {state}"
         log = host.file(SHUTDOWN_LOG).content_string
-        assert log.index("stopping") < log.index("stopped:") < log.index("power-off"), \
+        assert log.index("stopping") < log.index("stopped:") < log.index("power-off"), (
             "F.52: power-off came before the CA stopped"
+        )
     finally:
         _set_state(host, dev, ups_status="OL", battery_charge=100, battery_runtime=1800, ups_load=35)
         # power back = what a boot does: driver and upsd fresh (FSD cleared), then upsmon, then the CA
         host.run(f"rm -f /etc/killpower; systemctl restart nut-driver@{name} nut-server")
         _wait(host, f"upsc {name}@localhost ups.status 2>/dev/null | grep -qx OL", 30)
         host.run(f"systemctl restart nut-monitor; systemctl start {ca}")
-    back = _wait(host, f"systemctl is-active --quiet {ca} && upsc {name}@localhost ups.status | grep -qx OL", 30)
+    back = _wait(
+        host, f"systemctl is-active --quiet {ca} && upsc {name}@localhost ups.status | grep -qx OL", 30
+    )
     evidence.add("power back: CA active after (s)", back)
     assert back is not None, "F.52: after power returned the CA did not come back"

@@ -23,8 +23,16 @@ class _Res(pulumi.CustomResource):
 
 
 def _rules(rules) -> list[dict]:
-    return [{"description": r.flow, "protocol": r.proto, "fromPort": r.port, "toPort": r.port,
-             "cidrBlocks": list(r.sources)} for r in rules]
+    return [
+        {
+            "description": r.flow,
+            "protocol": r.proto,
+            "fromPort": r.port,
+            "toPort": r.port,
+            "cidrBlocks": list(r.sources),
+        }
+        for r in rules
+    ]
 
 
 class AwsBackend:
@@ -34,38 +42,84 @@ class AwsBackend:
 
     def build(self, env: Environment, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output]:
         tags = {"ckms:environment": env.name}
-        vpc = _Res("aws:ec2/vpc:Vpc", "vpc", {
-            "cidrBlock": str(ipaddress.ip_network(env.segment(MANAGEMENT).cidr).supernet(new_prefix=16)),
-            "enableDnsSupport": True, "enableDnsHostnames": False, "tags": tags}, opts)
+        vpc = _Res(
+            "aws:ec2/vpc:Vpc",
+            "vpc",
+            {
+                "cidrBlock": str(ipaddress.ip_network(env.segment(MANAGEMENT).cidr).supernet(new_prefix=16)),
+                "enableDnsSupport": True,
+                "enableDnsHostnames": False,
+                "tags": tags,
+            },
+            opts,
+        )
         subnets, tables = {}, {}
         for seg in (MANAGEMENT, CA_SEGMENT, FACTORY_LAN):
-            subnets[seg] = _Res("aws:ec2/subnet:Subnet", f"subnet-{seg}", {
-                "vpcId": vpc.id, "cidrBlock": env.segment(seg).cidr, "mapPublicIpOnLaunch": False,
-                "tags": {**tags, "ckms:segment": seg}}, opts)
+            subnets[seg] = _Res(
+                "aws:ec2/subnet:Subnet",
+                f"subnet-{seg}",
+                {
+                    "vpcId": vpc.id,
+                    "cidrBlock": env.segment(seg).cidr,
+                    "mapPublicIpOnLaunch": False,
+                    "tags": {**tags, "ckms:segment": seg},
+                },
+                opts,
+            )
             # Only local VPC routing: no internet gateway, no NAT, no default route anywhere.
-            tables[seg] = _Res("aws:ec2/routeTable:RouteTable", f"rt-{seg}", {
-                "vpcId": vpc.id, "routes": [], "tags": {**tags, "ckms:segment": seg}}, opts)
-            _Res("aws:ec2/routeTableAssociation:RouteTableAssociation", f"rta-{seg}", {
-                "subnetId": subnets[seg].id, "routeTableId": tables[seg].id}, opts)
+            tables[seg] = _Res(
+                "aws:ec2/routeTable:RouteTable",
+                f"rt-{seg}",
+                {"vpcId": vpc.id, "routes": [], "tags": {**tags, "ckms:segment": seg}},
+                opts,
+            )
+            _Res(
+                "aws:ec2/routeTableAssociation:RouteTableAssociation",
+                f"rta-{seg}",
+                {"subnetId": subnets[seg].id, "routeTableId": tables[seg].id},
+                opts,
+            )
         groups = {}
         roles = sorted({h.role for h in env.hosts if h.role not in ("router", "rogue")})
         for role in roles:
-            groups[role] = _Res("aws:ec2/securityGroup:SecurityGroup", f"sg-{role}", {
-                "vpcId": vpc.id, "description": f"ckms {role}: allowed flows only",
-                "ingress": _rules([*ingress_for_role(env, role), management_ingress(env)]),
-                "egress": _rules(egress_for_role(env, role)),
-                "tags": {**tags, "ckms:role": role}}, opts)
+            groups[role] = _Res(
+                "aws:ec2/securityGroup:SecurityGroup",
+                f"sg-{role}",
+                {
+                    "vpcId": vpc.id,
+                    "description": f"ckms {role}: allowed flows only",
+                    "ingress": _rules([*ingress_for_role(env, role), management_ingress(env)]),
+                    "egress": _rules(egress_for_role(env, role)),
+                    "tags": {**tags, "ckms:role": role},
+                },
+                opts,
+            )
         out: dict[str, pulumi.Output] = {}
         for host in env.hosts:
             if host.role in ("router", "rogue"):
                 continue
             seg = CA_SEGMENT if CA_SEGMENT in host.addresses else FACTORY_LAN
-            _Res("aws:ec2/instance:Instance", f"instance-{host.name}", {
-                "ami": self.ami, "instanceType": self.instance_type, "subnetId": subnets[seg].id,
-                "privateIp": host.address(seg), "associatePublicIpAddress": False,
-                "vpcSecurityGroupIds": [groups[host.role].id], "metadataOptions": {"httpTokens": "required"},
-                "tags": {**tags, "Name": host.name, "ckms:role": host.role}}, opts)
+            _Res(
+                "aws:ec2/instance:Instance",
+                f"instance-{host.name}",
+                {
+                    "ami": self.ami,
+                    "instanceType": self.instance_type,
+                    "subnetId": subnets[seg].id,
+                    "privateIp": host.address(seg),
+                    "associatePublicIpAddress": False,
+                    "vpcSecurityGroupIds": [groups[host.role].id],
+                    "metadataOptions": {"httpTokens": "required"},
+                    "tags": {**tags, "Name": host.name, "ckms:role": host.role},
+                },
+                opts,
+            )
             out[host.name] = pulumi.Output.from_input(
-                {"name": host.name, "role": host.role, "addresses": host.addresses,
-                 "mgmt_address": host.address(MANAGEMENT)})
+                {
+                    "name": host.name,
+                    "role": host.role,
+                    "addresses": host.addresses,
+                    "mgmt_address": host.address(MANAGEMENT),
+                }
+            )
         return out

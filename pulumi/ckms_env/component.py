@@ -28,8 +28,9 @@ class CkmsEnvironment(pulumi.ComponentResource):
     flows: list[dict]
     segments: list[dict]
 
-    def __init__(self, name: str, env: Environment, backend: Backend,
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, env: Environment, backend: Backend, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("ckms:index:CkmsEnvironment", name, None, opts)
         self.model = env
         host_outputs = backend.build(env, pulumi.ResourceOptions(parent=self))

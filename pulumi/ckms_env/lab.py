@@ -17,27 +17,51 @@ class LabBackend:
     def build(self, env: Environment, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output]:
         segments = {}
         for seg in (MANAGEMENT, CA_SEGMENT, FACTORY_LAN):
-            props = {"lab": self.lab, "name": seg,
-                     "controller_address": env.controller_address if seg == MANAGEMENT else ""}
+            props = {
+                "lab": self.lab,
+                "name": seg,
+                "controller_address": env.controller_address if seg == MANAGEMENT else "",
+            }
             segments[seg] = LabSegment(f"segment-{seg}", props, pulumi.ResourceOptions.merge(opts, None))
         prefix = {s.name: s.cidr.split("/")[1] for s in env.segments}
         out: dict[str, pulumi.Output] = {}
         for host in env.hosts:
-            nics = [{"ifname": "mgmt0", "segment": MANAGEMENT,
-                     "address": f"{host.address(MANAGEMENT)}/{prefix[MANAGEMENT]}"}]
+            nics = [
+                {
+                    "ifname": "mgmt0",
+                    "segment": MANAGEMENT,
+                    "address": f"{host.address(MANAGEMENT)}/{prefix[MANAGEMENT]}",
+                }
+            ]
             for i, seg in enumerate(s for s in (CA_SEGMENT, FACTORY_LAN) if s in host.addresses):
                 gw = None if host.role == "router" else env.segment(seg).gateway
-                nics.append({"ifname": f"eth{i}", "segment": seg,
-                             "address": f"{host.address(seg)}/{prefix[seg]}", "gateway": gw})
+                nics.append(
+                    {
+                        "ifname": f"eth{i}",
+                        "segment": seg,
+                        "address": f"{host.address(seg)}/{prefix[seg]}",
+                        "gateway": gw,
+                    }
+                )
             props = {
-                "lab": self.lab, "name": host.name, "role": host.role, "nics": nics,
-                "authorized_key": paths.ssh_public_key(), "ip_forward": host.role == "router",
-                "image": str(paths.golden_rootfs()), "image_stamp": paths.golden_stamp(),
+                "lab": self.lab,
+                "name": host.name,
+                "role": host.role,
+                "nics": nics,
+                "authorized_key": paths.ssh_public_key(),
+                "ip_forward": host.role == "router",
+                "image": str(paths.golden_rootfs()),
+                "image_stamp": paths.golden_stamp(),
             }
             deps = [segments[s] for s in (MANAGEMENT, *host.addresses) if s in segments]
-            res = LabHost(f"host-{host.name}", props,
-                          pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=deps)))
+            res = LabHost(
+                f"host-{host.name}",
+                props,
+                pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=deps)),
+            )
             out[host.name] = pulumi.Output.all(
-                mgmt_address=res.mgmt_address, host_key=res.host_key, netns=res.netns,
+                mgmt_address=res.mgmt_address,
+                host_key=res.host_key,
+                netns=res.netns,
             ).apply(lambda o, h=host: {"name": h.name, "role": h.role, "addresses": h.addresses, **o})
         return out

@@ -49,7 +49,9 @@ def check(resources: list[Declared]) -> list[str]:
                 for rule in r.inputs.get("ingress", []):
                     for port in range(int(rule["fromPort"]), int(rule["toPort"]) + 1):
                         if (rule["protocol"], port) not in allowed:
-                            v.append(f"{r.name}: CA reachable on {rule['protocol']}/{port} ({rule.get('description')})")
+                            v.append(
+                                f"{r.name}: CA reachable on {rule['protocol']}/{port} ({rule.get('description')})"
+                            )
         elif r.type == "ckms:onprem:HostFirewall":
             if r.inputs.get("defaultPolicy") != "drop":
                 v.append(f"{r.name}: host firewall default policy is not drop")
@@ -61,7 +63,9 @@ def check(resources: list[Declared]) -> list[str]:
                     v.append(f"{r.name}: CA reachable on {rule['proto']}/{rule['port']} ({rule['flow']})")
         elif r.type == "libvirt:index/cloudInitDisk:CloudInitDisk":
             if any(w in r.inputs.get("userData", "") for w in WIDE):
-                v.append(f"{r.name}: router rules mention {sorted(w for w in WIDE if w in r.inputs['userData'])}")
+                v.append(
+                    f"{r.name}: router rules mention {sorted(w for w in WIDE if w in r.inputs['userData'])}"
+                )
         elif r.type == "libvirt:index/network:Network":
             if r.name.endswith("-ca") and r.inputs.get("mode") not in ("none", "isolated"):
                 v.append(f"{r.name}: CA segment network mode {r.inputs.get('mode')!r} routes outside")

@@ -34,11 +34,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ckms(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*CKMS, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
-                          timeout=120)
+def ckms(
+    *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [*CKMS, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"ckms {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"ckms {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -72,13 +77,26 @@ class CaHome:
 
     def audit(self, action: str) -> list[tuple]:
         with self.db() as conn:
-            return conn.execute("SELECT entity_id, role, action, target, outcome, detail FROM audit_events "
-                                "WHERE action=? ORDER BY seq", (action,)).fetchall()
+            return conn.execute(
+                "SELECT entity_id, role, action, target, outcome, detail FROM audit_events "
+                "WHERE action=? ORDER BY seq",
+                (action,),
+            ).fetchall()
 
 
 def init_home(path: Path, *extra: str) -> CaHome:
-    out = ckms("ca", "init", "--home", str(path), "--json", "--est-port", str(free_port()),
-               "--crl-port", str(free_port()), *extra)
+    out = ckms(
+        "ca",
+        "init",
+        "--home",
+        str(path),
+        "--json",
+        "--est-port",
+        str(free_port()),
+        "--crl-port",
+        str(free_port()),
+        *extra,
+    )
     return CaHome(path, json.loads(out.stdout))
 
 
@@ -92,8 +110,12 @@ class Daemon:
 
     def start(self, timeout: float = 30) -> None:
         logf = open(self.log, "a")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen([*CKMS, "ca", "serve", "--home", str(self.home.home)], stdout=subprocess.PIPE,
-                                     stderr=logf, text=True)
+        self.proc = subprocess.Popen(
+            [*CKMS, "ca", "serve", "--home", str(self.home.home)],
+            stdout=subprocess.PIPE,
+            stderr=logf,
+            text=True,
+        )
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:
@@ -127,9 +149,14 @@ def daemon(ca: CaHome) -> Iterator[Daemon]:
         d.stop()
 
 
-def make_csr(cn: str = "device-0001", *, key: ec.EllipticCurvePrivateKey | None = None,
-             curve: ec.EllipticCurve | None = None, sans: list[x509.GeneralName] | None = None,
-             extra_subject: list[x509.NameAttribute] | None = None) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+def make_csr(
+    cn: str = "device-0001",
+    *,
+    key: ec.EllipticCurvePrivateKey | None = None,
+    curve: ec.EllipticCurve | None = None,
+    sans: list[x509.GeneralName] | None = None,
+    extra_subject: list[x509.NameAttribute] | None = None,
+) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
     key = key or ec.generate_private_key(curve or ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), *(extra_subject or [])])
     builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
@@ -139,14 +166,32 @@ def make_csr(cn: str = "device-0001", *, key: ec.EllipticCurvePrivateKey | None 
     return csr.public_bytes(serialization.Encoding.DER), key
 
 
-def curl_enroll(ca: CaHome, csr_der: bytes, tmp: Path, *, role: str | None = "operator",
-                cert_key: tuple[Path, Path] | None = None, op: str = "simpleenroll",
-                body: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def curl_enroll(
+    ca: CaHome,
+    csr_der: bytes,
+    tmp: Path,
+    *,
+    role: str | None = "operator",
+    cert_key: tuple[Path, Path] | None = None,
+    op: str = "simpleenroll",
+    body: bytes | None = None,
+) -> subprocess.CompletedProcess[bytes]:
     """POST a base64 DER CSR with curl, as an EST client would; returns curl's result."""
     req = tmp / f"req-{time.monotonic_ns()}.b64"
     req.write_bytes(body if body is not None else base64.encodebytes(csr_der))
-    cmd = ["curl", "-sS", "--cacert", str(ca.ca_cert), "-H", "Content-Type: application/pkcs10",
-           "--data-binary", f"@{req}", "-w", "\n%{http_code}", f"{ca.est_url}/{op}"]
+    cmd = [
+        "curl",
+        "-sS",
+        "--cacert",
+        str(ca.ca_cert),
+        "-H",
+        "Content-Type: application/pkcs10",
+        "--data-binary",
+        f"@{req}",
+        "-w",
+        "\n%{http_code}",
+        f"{ca.est_url}/{op}",
+    ]
     creds = cert_key or (ca.cred(role) if role else None)
     if creds:
         cmd[2:2] = ["--cert", str(creds[0]), "--key", str(creds[1])]

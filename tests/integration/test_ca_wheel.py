@@ -17,8 +17,15 @@ LAB_CODE = ("ckms_lab", "bench", "multinode", "throwaway_postgres", "provider", 
 
 
 def test_the_ca_wheel_carries_only_the_daemon_package() -> None:
-    out = subprocess.run([str(REPO / "scripts/build-wheelhouse.sh")], cwd=REPO, capture_output=True, text=True,
-                         timeout=900, env={**os.environ, "CKMS_VENV": str(REPO / ".venv")}, check=True)
+    out = subprocess.run(
+        [str(REPO / "scripts/build-wheelhouse.sh")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "CKMS_VENV": str(REPO / ".venv")},
+        check=True,
+    )
     wheelhouse = Path(out.stdout.strip().splitlines()[-1])
     (wheel,) = wheelhouse.glob("ckms-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

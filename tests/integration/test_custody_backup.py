@@ -37,7 +37,17 @@ def custody_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[CaHome, dict
         pp.chmod(0o600)
         args += ["--custodian", name, "--passphrase-file", str(pp)]
     so_pin = (home.home / "secrets" / "token-so-pin").read_text().strip()
-    out = ckms("hsm", "custody", "split", "--home", str(home.home), "--out-dir", str(root / "shares"), "--json", *args)
+    out = ckms(
+        "hsm",
+        "custody",
+        "split",
+        "--home",
+        str(home.home),
+        "--out-dir",
+        str(root / "shares"),
+        "--json",
+        *args,
+    )
     summary = json.loads(out.stdout)
     assert summary["threshold"] == "2 of 3" and summary["so_pin_file"] == "destroyed"
     creds = {n: (root / "shares" / f"{n}.share", pp_dir / n) for n in CUSTODIANS}
@@ -69,13 +79,27 @@ def hsm_audit(home: CaHome, action: str) -> list[tuple]:
 def test_one_custodian_is_refused_and_audited(custody_home, tmp_path: Path) -> None:
     home, creds = custody_home
     for name in CUSTODIANS:
-        res = ckms("hsm", "backup", "--home", str(home.home), "--out", str(tmp_path / f"{name}.bak"),
-                   *with_custodians(creds, name), check=False)
+        res = ckms(
+            "hsm",
+            "backup",
+            "--home",
+            str(home.home),
+            "--out",
+            str(tmp_path / f"{name}.bak"),
+            *with_custodians(creds, name),
+            check=False,
+        )
         assert res.returncode == 1 and "needs 2 of 3" in res.stderr, res.stderr
         assert not (tmp_path / f"{name}.bak").exists()
     # the same share twice is still one custodian
-    res = ckms("hsm", "custody-check", "--home", str(home.home), *with_custodians(creds, "alice", "alice"),
-               check=False)
+    res = ckms(
+        "hsm",
+        "custody-check",
+        "--home",
+        str(home.home),
+        *with_custodians(creds, "alice", "alice"),
+        check=False,
+    )
     assert res.returncode == 1 and "same custodian" in res.stderr
     denied = [r for r in hsm_audit(home, "hsm.backup") if r[4] == "denied"]
     assert len(denied) >= 3
@@ -97,9 +121,21 @@ def test_wrong_passphrase_and_altered_share_refused(custody_home, tmp_path: Path
     wrong = tmp_path / "wrong"
     wrong.write_text("not the passphrase at all\n")
     wrong.chmod(0o600)
-    res = ckms("hsm", "custody-check", "--home", str(home.home), "--share-file", str(creds["alice"][0]),
-               "--share-file", str(creds["bob"][0]), "--passphrase-file", str(creds["alice"][1]),
-               "--passphrase-file", str(wrong), check=False)
+    res = ckms(
+        "hsm",
+        "custody-check",
+        "--home",
+        str(home.home),
+        "--share-file",
+        str(creds["alice"][0]),
+        "--share-file",
+        str(creds["bob"][0]),
+        "--passphrase-file",
+        str(creds["alice"][1]),
+        "--passphrase-file",
+        str(wrong),
+        check=False,
+    )
     assert res.returncode == 1 and "wrong passphrase or altered share" in res.stderr
     raw = json.loads(creds["bob"][0].read_text())
     ct = bytearray(base64.b64decode(raw["ciphertext"]))
@@ -107,17 +143,41 @@ def test_wrong_passphrase_and_altered_share_refused(custody_home, tmp_path: Path
     raw["ciphertext"] = base64.b64encode(bytes(ct)).decode()
     altered = tmp_path / "bob-altered.share"
     altered.write_text(json.dumps(raw))
-    res = ckms("hsm", "custody-check", "--home", str(home.home), "--share-file", str(creds["alice"][0]),
-               "--share-file", str(altered), "--passphrase-file", str(creds["alice"][1]),
-               "--passphrase-file", str(creds["bob"][1]), check=False)
+    res = ckms(
+        "hsm",
+        "custody-check",
+        "--home",
+        str(home.home),
+        "--share-file",
+        str(creds["alice"][0]),
+        "--share-file",
+        str(altered),
+        "--passphrase-file",
+        str(creds["alice"][1]),
+        "--passphrase-file",
+        str(creds["bob"][1]),
+        check=False,
+    )
     assert res.returncode == 1 and "altered share" in res.stderr
     raw = json.loads(creds["bob"][0].read_text())
     raw["index"] = 3  # a relabelled share: the header is authenticated data
     relabelled = tmp_path / "bob-relabelled.share"
     relabelled.write_text(json.dumps(raw))
-    res = ckms("hsm", "custody-check", "--home", str(home.home), "--share-file", str(creds["alice"][0]),
-               "--share-file", str(relabelled), "--passphrase-file", str(creds["alice"][1]),
-               "--passphrase-file", str(creds["bob"][1]), check=False)
+    res = ckms(
+        "hsm",
+        "custody-check",
+        "--home",
+        str(home.home),
+        "--share-file",
+        str(creds["alice"][0]),
+        "--share-file",
+        str(relabelled),
+        "--passphrase-file",
+        str(creds["alice"][1]),
+        "--passphrase-file",
+        str(creds["bob"][1]),
+        check=False,
+    )
     assert res.returncode == 1
     assert len([r for r in hsm_audit(home, "hsm.custody.check") if r[4] == "denied"]) >= 3
 
@@ -160,8 +220,16 @@ def test_backup_destroy_restore_then_issue(custody_home, tmp_path: Path) -> None
         daemon.stop()
 
     backup = tmp_path / "ca-key.backup"
-    out = ckms("hsm", "backup", "--home", str(home.home), "--out", str(backup), "--json",
-               *with_custodians(creds, "alice", "bob"))
+    out = ckms(
+        "hsm",
+        "backup",
+        "--home",
+        str(home.home),
+        "--out",
+        str(backup),
+        "--json",
+        *with_custodians(creds, "alice", "bob"),
+    )
     assert home.summary["credentials"]  # sanity
     assert "ckms-ca-key" in json.loads(out.stdout)["keys"]
     assert backup.stat().st_mode & 0o777 == 0o600
@@ -182,16 +250,44 @@ def test_backup_destroy_restore_then_issue(custody_home, tmp_path: Path) -> None
     lost = ckms("selftest", "--home", str(home.home), check=False)
     assert lost.returncode == 1 and "FAIL hsm.pairwise" in lost.stdout
     # one custodian cannot restore; a tampered file is refused before anything is created
-    res = ckms("hsm", "restore", "--home", str(home.home), "--in", str(backup), *with_custodians(creds, "carol"),
-               check=False)
+    res = ckms(
+        "hsm",
+        "restore",
+        "--home",
+        str(home.home),
+        "--in",
+        str(backup),
+        *with_custodians(creds, "carol"),
+        check=False,
+    )
     assert res.returncode == 1 and "needs 2 of 3" in res.stderr
-    res = ckms("hsm", "restore", "--home", str(home.home), "--in", str(tampered), "--token-dir",
-               str(tmp_path / "tok-x"), *with_custodians(creds, "bob", "carol"), check=False)
+    res = ckms(
+        "hsm",
+        "restore",
+        "--home",
+        str(home.home),
+        "--in",
+        str(tampered),
+        "--token-dir",
+        str(tmp_path / "tok-x"),
+        *with_custodians(creds, "bob", "carol"),
+        check=False,
+    )
     assert res.returncode == 1 and "altered" in res.stderr, res.stderr
 
     new_dir = tmp_path / "fresh-token"
-    out = ckms("hsm", "restore", "--home", str(home.home), "--in", str(backup), "--token-dir", str(new_dir),
-               "--json", *with_custodians(creds, "bob", "carol"))
+    out = ckms(
+        "hsm",
+        "restore",
+        "--home",
+        str(home.home),
+        "--in",
+        str(backup),
+        "--token-dir",
+        str(new_dir),
+        "--json",
+        *with_custodians(creds, "bob", "carol"),
+    )
     restored = json.loads(out.stdout)
     assert "ckms-ca-key" in restored["restored"] and restored["pairwise_test"] == "passed"
     assert str(new_dir) in (home.home / "hsm" / "softhsm2.conf").read_text()
@@ -199,14 +295,18 @@ def test_backup_destroy_restore_then_issue(custody_home, tmp_path: Path) -> None
     assert [r for r in hsm_audit(home, "hsm.restore") if r[4] == "denied"]
 
     # the restored key is as protected as the original
-    probe = subprocess.run([sys.executable, "-c", PROBE, str(home.home)], capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE, str(home.home)], capture_output=True, text=True, timeout=60
+    )
     assert probe.returncode == 0, probe.stderr
     attrs = json.loads(probe.stdout)
     assert attrs["attributes"]["sensitive"] and attrs["attributes"]["wrap_with_trusted"]
     assert attrs["read_value"] == "AttributeSensitive" and attrs["untrusted_wrap"] == "KeyNotWrappable"
 
     # the real daemon issues again; the certificates verify under the original CA certificate
-    ckms("ca", "recover", "--home", str(home.home))  # the failed self-test above put the CA in the error state
+    ckms(
+        "ca", "recover", "--home", str(home.home)
+    )  # the failed self-test above put the CA in the error state
     daemon = Daemon(home)
     daemon.start()
     try:
@@ -214,13 +314,21 @@ def test_backup_destroy_restore_then_issue(custody_home, tmp_path: Path) -> None
             csr, _ = make_csr(f"after-restore-{i}")
             body, code = split_status(curl_enroll(home, csr, tmp_path).stdout)
             assert code == 200, body
-            pem = subprocess.run(["openssl", "pkcs7", "-inform", "DER", "-print_certs"],
-                                 input=base64.b64decode(body), capture_output=True, timeout=30).stdout
+            pem = subprocess.run(
+                ["openssl", "pkcs7", "-inform", "DER", "-print_certs"],
+                input=base64.b64decode(body),
+                capture_output=True,
+                timeout=30,
+            ).stdout
             cert = x509.load_pem_x509_certificate(pem)
             cert.verify_directly_issued_by(ca_cert)
             (tmp_path / "leaf.pem").write_bytes(pem)
-            verify = subprocess.run(["openssl", "verify", "-CAfile", str(home.ca_cert), str(tmp_path / "leaf.pem")],
-                                    capture_output=True, text=True, timeout=30)
+            verify = subprocess.run(
+                ["openssl", "verify", "-CAfile", str(home.ca_cert), str(tmp_path / "leaf.pem")],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert verify.returncode == 0, verify.stdout + verify.stderr
     finally:
         daemon.stop()
@@ -228,14 +336,45 @@ def test_backup_destroy_restore_then_issue(custody_home, tmp_path: Path) -> None
 
 def test_key_generation_and_destruction_need_two(custody_home) -> None:
     home, creds = custody_home
-    res = ckms("hsm", "keygen", "--home", str(home.home), "--label", "next-ca-key", *with_custodians(creds, "bob"),
-               check=False)
+    res = ckms(
+        "hsm",
+        "keygen",
+        "--home",
+        str(home.home),
+        "--label",
+        "next-ca-key",
+        *with_custodians(creds, "bob"),
+        check=False,
+    )
     assert res.returncode == 1 and "needs 2 of 3" in res.stderr
-    ckms("hsm", "keygen", "--home", str(home.home), "--label", "next-ca-key", *with_custodians(creds, "alice", "carol"))
-    res = ckms("hsm", "destroy-key", "--home", str(home.home), "--label", "next-ca-key",
-               *with_custodians(creds, "carol"), check=False)
+    ckms(
+        "hsm",
+        "keygen",
+        "--home",
+        str(home.home),
+        "--label",
+        "next-ca-key",
+        *with_custodians(creds, "alice", "carol"),
+    )
+    res = ckms(
+        "hsm",
+        "destroy-key",
+        "--home",
+        str(home.home),
+        "--label",
+        "next-ca-key",
+        *with_custodians(creds, "carol"),
+        check=False,
+    )
     assert res.returncode == 1
-    ckms("hsm", "destroy-key", "--home", str(home.home), "--label", "next-ca-key",
-         *with_custodians(creds, "carol", "alice"))
+    ckms(
+        "hsm",
+        "destroy-key",
+        "--home",
+        str(home.home),
+        "--label",
+        "next-ca-key",
+        *with_custodians(creds, "carol", "alice"),
+    )
     assert [r for r in hsm_audit(home, "hsm.key.generate") if r[4] == "denied"]
     assert [r for r in hsm_audit(home, "hsm.key.destroy") if r[4] == "success"]

@@ -53,7 +53,10 @@ def test_enrol_with_curl_and_openssl_then_verify_chain(ca: CaHome, daemon: Daemo
     bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
     assert bc.critical and not bc.value.ca
     assert cert.extensions.get_extension_for_class(x509.KeyUsage).critical
-    assert x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert (
+        x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
+        in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    )
     policies = cert.extensions.get_extension_for_class(x509.CertificatePolicies).value
     assert policies[0].policy_identifier.dotted_string.startswith("2.999.")
     cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
@@ -61,21 +64,30 @@ def test_enrol_with_curl_and_openssl_then_verify_chain(ca: CaHome, daemon: Daemo
     ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     ca_cert = x509.load_pem_x509_certificate(ca.ca_cert.read_bytes())
-    assert ski.digest and aki.key_identifier == ca_cert.extensions.get_extension_for_class(
-        x509.SubjectKeyIdentifier).value.digest
+    assert (
+        ski.digest
+        and aki.key_identifier
+        == ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    )
     row = ca.audit("certificate.issue")[-1]
     assert row[0] == "demo-operator" and row[3] == format(cert.serial_number, "x") and row[4] == "success"
 
 
 def test_cacerts_and_csrattrs_use_rfc7030_encodings(ca: CaHome, daemon: Daemon) -> None:
-    out = subprocess.run(["curl", "-sS", "-D", "-", "--cacert", str(ca.ca_cert), f"{ca.est_url}/cacerts"],
-                         capture_output=True, timeout=30)
+    out = subprocess.run(
+        ["curl", "-sS", "-D", "-", "--cacert", str(ca.ca_cert), f"{ca.est_url}/cacerts"],
+        capture_output=True,
+        timeout=30,
+    )
     head, _, body = out.stdout.partition(b"\r\n\r\n")
     assert b"application/pkcs7-mime" in head and b"Content-Transfer-Encoding: base64" in head
     certs = openssl("pkcs7", "-inform", "DER", "-print_certs", input=base64.b64decode(body))
     assert b"CN=ckms Private CA" in certs.stdout.replace(b" = ", b"=")
-    out = subprocess.run(["curl", "-sS", "-D", "-", "--cacert", str(ca.ca_cert), f"{ca.est_url}/csrattrs"],
-                         capture_output=True, timeout=30)
+    out = subprocess.run(
+        ["curl", "-sS", "-D", "-", "--cacert", str(ca.ca_cert), f"{ca.est_url}/csrattrs"],
+        capture_output=True,
+        timeout=30,
+    )
     head, _, body = out.stdout.partition(b"\r\n\r\n")
     assert b"application/csrattrs" in head
     parsed = openssl("asn1parse", "-inform", "DER", input=base64.b64decode(body))
@@ -84,7 +96,9 @@ def test_cacerts_and_csrattrs_use_rfc7030_encodings(ca: CaHome, daemon: Daemon) 
     assert b"prime256v1" in parsed.stdout and b"secp384r1" in parsed.stdout
 
 
-def test_revoke_then_serial_in_next_crl_and_openssl_rejects(ca: CaHome, daemon: Daemon, tmp_path: Path) -> None:
+def test_revoke_then_serial_in_next_crl_and_openssl_rejects(
+    ca: CaHome, daemon: Daemon, tmp_path: Path
+) -> None:
     pem = enroll_pem(ca, tmp_path, "device-revoke-1")
     serial = openssl("x509", "-in", str(pem), "-noout", "-serial").stdout.decode().strip().split("=")[1]
     home = ["--home", str(ca.home)]
@@ -111,7 +125,9 @@ def test_revoke_then_serial_in_next_crl_and_openssl_rejects(ca: CaHome, daemon: 
     # An unrevoked certificate still verifies against the same CRL.
     good = enroll_pem(ca, tmp_path, "device-good-1")
     assert openssl("verify", "-crl_check", "-CAfile", str(bundle), str(good)).returncode == 0
-    assert any(r[4] == "success" and r[3] == serial.lower().lstrip("0") for r in ca.audit("certificate.revoke"))
+    assert any(
+        r[4] == "success" and r[3] == serial.lower().lstrip("0") for r in ca.audit("certificate.revoke")
+    )
 
 
 def test_forced_publication_and_delta_crl(ca: CaHome, daemon: Daemon, tmp_path: Path) -> None:
@@ -154,13 +170,15 @@ def test_reenrol_keeps_subject_and_issues_new_certificate(ca: CaHome, daemon: Da
     body, code = split_status(curl_enroll(ca, csr, tmp_path, op="simplereenroll").stdout)
     assert code == 200, body
     renewed = x509.load_pem_x509_certificate(
-        openssl("pkcs7", "-inform", "DER", "-print_certs", input=base64.b64decode(body)).stdout)
+        openssl("pkcs7", "-inform", "DER", "-print_certs", input=base64.b64decode(body)).stdout
+    )
     assert renewed.subject == first.subject and renewed.serial_number != first.serial_number
     assert ca.audit("certificate.reissue")[-1][3] == format(renewed.serial_number, "x")
     # The renewed certificate is a new one; the first stays valid until it is revoked.
     with ca.db() as conn:
-        status = conn.execute("SELECT status FROM certificates WHERE serial=?",
-                              (format(first.serial_number, "x"),)).fetchone()[0]
+        status = conn.execute(
+            "SELECT status FROM certificates WHERE serial=?", (format(first.serial_number, "x"),)
+        ).fetchone()[0]
     assert status == "valid"
     csr_other, _ = make_csr("device-never-issued")
     body, code = split_status(curl_enroll(ca, csr_other, tmp_path, op="simplereenroll").stdout)
@@ -180,12 +198,25 @@ def test_cli_issue_and_lookup(ca: CaHome, daemon: Daemon, tmp_path: Path) -> Non
     ckms("issue", "--home", str(ca.home), "--csr", str(tmp_path / "dev.csr"), "--out", str(again))
     assert again.read_bytes() == out.read_bytes()
     # Auditors may look but not issue; the refusal is clear.
-    denied = ckms("issue", "--home", str(ca.home), "--role", "auditor", "--csr", str(tmp_path / "dev.csr"),
-                  "--out", str(tmp_path / "x.pem"), check=False)
+    denied = ckms(
+        "issue",
+        "--home",
+        str(ca.home),
+        "--role",
+        "auditor",
+        "--csr",
+        str(tmp_path / "dev.csr"),
+        "--out",
+        str(tmp_path / "x.pem"),
+        check=False,
+    )
     assert denied.returncode == 1 and "role auditor may not perform certificate.issue" in denied.stderr
 
 
 def test_health(ca: CaHome, daemon: Daemon) -> None:
-    out = subprocess.run(["curl", "-sS", "--cacert", str(ca.ca_cert), ca.est_url.replace("/.well-known/est", "/health")],
-                         capture_output=True, timeout=30)
+    out = subprocess.run(
+        ["curl", "-sS", "--cacert", str(ca.ca_cert), ca.est_url.replace("/.well-known/est", "/health")],
+        capture_output=True,
+        timeout=30,
+    )
     assert b'"status": "ok"' in out.stdout and b'"hsm": "ok"' in out.stdout

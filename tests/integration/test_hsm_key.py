@@ -85,8 +85,14 @@ def probe(home: Path) -> dict:
 def test_ca_private_key_is_sensitive_and_cannot_be_read(ca: CaHome) -> None:
     out = probe(ca.home)
     # Extractable only as a wrapped backup under a trusted key (2-of-3 custody, see test_custody_backup).
-    assert out["attributes"] == {"sensitive": True, "extractable": True, "always_sensitive": True,
-                                 "never_extractable": False, "local": True, "wrap_with_trusted": True}
+    assert out["attributes"] == {
+        "sensitive": True,
+        "extractable": True,
+        "always_sensitive": True,
+        "never_extractable": False,
+        "local": True,
+        "wrap_with_trusted": True,
+    }
     assert out["read_value"] == "AttributeSensitive"
     assert out["private_bytes"] == "HsmError" and out["private_numbers"] == "HsmError"
     assert out["untrusted_wrap_AES_KEY_WRAP_PAD"] == "KeyNotWrappable"
@@ -134,26 +140,55 @@ def test_external_root_flow(tmp_path: Path) -> None:
     root_key = ec.generate_private_key(ec.SECP384R1())
     root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "External Root")])
     now = dt.datetime.now(dt.UTC)
-    root = (x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name).public_key(root_key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False)
-            .sign(root_key, hashes.SHA384()))
-    sub = (x509.CertificateBuilder().subject_name(csr.subject).issuer_name(root_name).public_key(csr.public_key())
-           .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1825))
-           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-           .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
-           .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
-           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
-           .sign(root_key, hashes.SHA384()))
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(root_name)
+        .issuer_name(root_name)
+        .public_key(root_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False)
+        .sign(root_key, hashes.SHA384())
+    )
+    sub = (
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)
+        .issuer_name(root_name)
+        .public_key(csr.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1825))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False
+        )
+        .sign(root_key, hashes.SHA384())
+    )
     from cryptography.hazmat.primitives import serialization
 
     (tmp_path / "sub.pem").write_bytes(sub.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "root.pem").write_bytes(root.public_bytes(serialization.Encoding.PEM))
     wrong = ckms("ca", "import-cert", "--home", str(home), "--cert", str(tmp_path / "root.pem"), check=False)
     assert wrong.returncode == 1 and "not for this CA's key" in wrong.stderr
-    done = json.loads(ckms("ca", "import-cert", "--home", str(home), "--cert", str(tmp_path / "sub.pem"),
-                           "--chain", str(tmp_path / "root.pem"), "--json").stdout)
+    done = json.loads(
+        ckms(
+            "ca",
+            "import-cert",
+            "--home",
+            str(home),
+            "--cert",
+            str(tmp_path / "sub.pem"),
+            "--chain",
+            str(tmp_path / "root.pem"),
+            "--json",
+        ).stdout
+    )
     assert done["status"] == "ready"
     operator = x509.load_pem_x509_certificate(Path(done["credentials"]["operator"]["cert"]).read_bytes())
     operator.verify_directly_issued_by(sub)

@@ -17,7 +17,11 @@ def test_lint_error_blocks_issuance_and_is_audited(tmp_path: Path) -> None:
     text = config.read_text()
     marker = '[profiles.device]\nvalidity_days = 365\nkey_usage = [\n    "digital_signature",\n]'
     assert marker in text
-    config.write_text(text.replace(marker, marker.replace('"digital_signature",', '"digital_signature",\n    "key_cert_sign",')))
+    config.write_text(
+        text.replace(
+            marker, marker.replace('"digital_signature",', '"digital_signature",\n    "key_cert_sign",')
+        )
+    )
     ckms("selftest", "--home", str(ca.home), "--record")  # an administrator records a config change (E.32)
     daemon = Daemon(ca)
     daemon.start()

@@ -26,8 +26,16 @@ from .conftest import CaHome, Daemon, ckms, curl_enroll, init_home, make_csr, sp
 
 
 def admin(ca: CaHome, *args: str, role: str = "administrator", check: bool = True):  # type: ignore[no-untyped-def]
-    return ckms(*args, "--home", str(ca.home), "--password-file", str(ca.home / "credentials" / f"{role}.password"),
-                "--cert", str(ca.cred(role)[0]), check=check)
+    return ckms(
+        *args,
+        "--home",
+        str(ca.home),
+        "--password-file",
+        str(ca.home / "credentials" / f"{role}.password"),
+        "--cert",
+        str(ca.cred(role)[0]),
+        check=check,
+    )
 
 
 def as_operator(ca: CaHome, *args: str):  # type: ignore[no-untyped-def]
@@ -36,8 +44,10 @@ def as_operator(ca: CaHome, *args: str):  # type: ignore[no-untyped-def]
 
 def trail(ca: CaHome, where: str = "1=1") -> list[tuple]:
     with ca.db() as db:
-        return db.execute(f"SELECT seq, entity_id, role, action, target, outcome, detail FROM audit_events "
-                          f"WHERE {where} ORDER BY seq").fetchall()
+        return db.execute(
+            f"SELECT seq, entity_id, role, action, target, outcome, detail FROM audit_events "
+            f"WHERE {where} ORDER BY seq"
+        ).fetchall()
 
 
 def edit_config(ca: CaHome, **tables: dict) -> None:
@@ -55,9 +65,14 @@ def edit_config(ca: CaHome, **tables: dict) -> None:
 def home(tmp_path_factory: pytest.TempPathFactory) -> CaHome:
     ca = init_home(tmp_path_factory.mktemp("roles") / "home")
     log = tmp_path_factory.mktemp("alerts") / "alerts.jsonl"
-    edit_config(ca, server={"workers": 2}, audit={"seal_interval_seconds": 1, "seal_every_records": 50},
-                alerts={"command": [sys.executable, "-c",
-                                    f"import sys; open({str(log)!r}, 'a').write(sys.stdin.read())"]})
+    edit_config(
+        ca,
+        server={"workers": 2},
+        audit={"seal_interval_seconds": 1, "seal_every_records": 50},
+        alerts={
+            "command": [sys.executable, "-c", f"import sys; open({str(log)!r}, 'a').write(sys.stdin.read())"]
+        },
+    )
     ca.alert_log = log  # type: ignore[attr-defined]
     return ca
 
@@ -73,10 +88,17 @@ def served(home: CaHome):  # type: ignore[no-untyped-def]
 
 
 def test_operator_cannot_administer_and_the_denial_names_them(home: CaHome) -> None:
-    for args in (("entity", "add", "x-1", "--role", "operator"), ("entity", "grant", "demo-auditor", "operator"),
-                 ("entity", "list"), ("acl", "grant", "operator", "audit.read"), ("audit", "export", "--out", "/tmp/x")):
+    for args in (
+        ("entity", "add", "x-1", "--role", "operator"),
+        ("entity", "grant", "demo-auditor", "operator"),
+        ("entity", "list"),
+        ("acl", "grant", "operator", "audit.read"),
+        ("audit", "export", "--out", "/tmp/x"),
+    ):
         proc = as_operator(home, *args)
-        assert proc.returncode == 1 and "demo-operator (role operator) may not perform" in proc.stderr, proc.stderr
+        assert proc.returncode == 1 and "demo-operator (role operator) may not perform" in proc.stderr, (
+            proc.stderr
+        )
     denials = trail(home, "entity_id='demo-operator' AND outcome='denied'")
     assert {d[3] for d in denials} >= {"entity.manage", "acl.manage", "audit.export"}
 
@@ -93,7 +115,14 @@ def test_wrong_password_is_refused_and_audited(home: CaHome, tmp_path: Path) -> 
 
 def test_token_pin_instead_of_a_password(home: CaHome, tmp_path: Path) -> None:
     """For entities from before passwords existed: the token's user PIN, compared, never tried on the token."""
-    ok = ckms("entity", "list", "--home", str(home.home), "--token-pin-file", str(home.home / "secrets" / "token-pin"))
+    ok = ckms(
+        "entity",
+        "list",
+        "--home",
+        str(home.home),
+        "--token-pin-file",
+        str(home.home / "secrets" / "token-pin"),
+    )
     assert "demo-operator" in ok.stdout
     bad = tmp_path / "pin"
     bad.write_text("not-the-pin\n")
@@ -103,12 +132,22 @@ def test_token_pin_instead_of_a_password(home: CaHome, tmp_path: Path) -> None:
     assert "wrong token PIN" in trail(home, "action='auth.deny'")[-1][6]
 
 
-def test_password_change_is_self_service_but_others_need_an_administrator(home: CaHome, tmp_path: Path) -> None:
+def test_password_change_is_self_service_but_others_need_an_administrator(
+    home: CaHome, tmp_path: Path
+) -> None:
     new = tmp_path / "new.pw"
     new.write_text("a brand new long passphrase\n")
     new.chmod(0o600)
-    proc = admin(home, "entity", "passwd", "demo-operator", "--new-password-file", str(new), role="auditor",
-                 check=False)
+    proc = admin(
+        home,
+        "entity",
+        "passwd",
+        "demo-operator",
+        "--new-password-file",
+        str(new),
+        role="auditor",
+        check=False,
+    )
     assert proc.returncode == 1 and "only an administrator" in proc.stderr
     old_pw = home.home / "credentials" / "auditor.password"
     admin(home, "entity", "passwd", "demo-auditor", "--new-password-file", str(new), role="auditor")
@@ -119,9 +158,11 @@ def test_password_change_is_self_service_but_others_need_an_administrator(home: 
 
 def test_conflicting_roles_are_refused_and_audited(home: CaHome) -> None:
     admin(home, "entity", "add", "carol", "--role", "operator")
-    for args, target in ((("entity", "grant", "carol", "auditor"), "carol:auditor"),
-                         (("entity", "grant", "carol", "administrator"), "carol:administrator"),
-                         (("entity", "add", "dave", "--role", "administrator", "--role", "auditor"), "dave")):
+    for args, target in (
+        (("entity", "grant", "carol", "auditor"), "carol:auditor"),
+        (("entity", "grant", "carol", "administrator"), "carol:administrator"),
+        (("entity", "add", "dave", "--role", "administrator", "--role", "auditor"), "dave"),
+    ):
         proc = admin(home, *args, check=False)
         assert proc.returncode == 1 and "separation of duties" in proc.stderr, proc.stderr
         refusal = trail(home, f"target='{target}' AND outcome='denied'")
@@ -132,7 +173,9 @@ def test_conflicting_roles_are_refused_and_audited(home: CaHome) -> None:
 
 
 def test_auditor_cannot_issue_and_the_denial_names_them(home: CaHome, served: Daemon, tmp_path: Path) -> None:
-    body, status = split_status(curl_enroll(home, make_csr("device-by-auditor")[0], tmp_path, role="auditor").stdout)
+    body, status = split_status(
+        curl_enroll(home, make_csr("device-by-auditor")[0], tmp_path, role="auditor").stdout
+    )
     assert status == 403 and b"may not perform certificate.issue" in body
     denial = trail(home, "action='certificate.issue' AND outcome='denied'")[-1]
     assert denial[1:3] == ("demo-auditor", "auditor")
@@ -166,8 +209,10 @@ def test_revoked_operator_is_refused_immediately_by_every_worker(home: CaHome, s
     refusals = trail(home, "action='auth.deny' AND entity_id='frank'")
     assert len(refusals) >= 6 and all("revoked" in r[6] or "disabled" in r[6] for r in refusals)
     with home.db() as db:
-        assert db.execute("SELECT status FROM certificates WHERE serial=?", (out["cert_serial"],)).fetchone()[0] == \
-            "revoked"
+        assert (
+            db.execute("SELECT status FROM certificates WHERE serial=?", (out["cert_serial"],)).fetchone()[0]
+            == "revoked"
+        )
 
 
 def test_which_kinds_a_role_may_revoke_comes_from_the_acl(home: CaHome, served: Daemon) -> None:
@@ -177,7 +222,9 @@ def test_which_kinds_a_role_may_revoke_comes_from_the_acl(home: CaHome, served: 
     serial = out["cert_serial"]
     config = load_config(home.home)
     with CkmsClient(config, Credentials(*home.cred("operator"))) as operator:
-        with pytest.raises(ClientError, match=r"may not perform certificate.revoke on kind 'identity' \(HTTP 403"):
+        with pytest.raises(
+            ClientError, match=r"may not perform certificate.revoke on kind 'identity' \(HTTP 403"
+        ):
             operator.revoke(serial, "keyCompromise")
     refused = trail(home, f"action='certificate.revoke' AND target='{serial}' AND outcome='denied'")
     assert refused and refused[-1][1] == "demo-operator"
@@ -202,8 +249,9 @@ def test_entity_changes_raise_alerts(home: CaHome) -> None:
     events = [json.loads(line)["ckms_alert"] for line in home.alert_log.read_text().splitlines()]  # type: ignore[attr-defined]
     assert len(events) > before
     assert events[-1]["action"] == "entity.create" and events[-1]["target"] == "henry"
-    assert events[-1]["entity_id"] == "demo-administrator" and "password" not in json.dumps(events[-1]).lower().replace(
-        "password_set", "")
+    assert events[-1]["entity_id"] == "demo-administrator" and "password" not in json.dumps(
+        events[-1]
+    ).lower().replace("password_set", "")
     # Refusals alert too (someone tried to break separation of duties).
     admin(home, "entity", "grant", "henry", "operator", check=False)
     last = json.loads(home.alert_log.read_text().splitlines()[-1])["ckms_alert"]  # type: ignore[attr-defined]
@@ -271,12 +319,18 @@ def test_trail_verifies_after_concurrent_load_on_two_workers(home: CaHome, serve
 TAMPERING = {
     "edit": ["UPDATE audit_events SET entity_id='someone-else' WHERE seq=40"],
     "delete": ["DELETE FROM audit_events WHERE seq=40"],
-    "insert": ["UPDATE audit_events SET seq=-seq WHERE seq>=40", "UPDATE audit_events SET seq=1-seq WHERE seq<0",
-               "INSERT INTO audit_events (seq, at, entity_id, role, action, target, outcome, detail, chain_hash) "
-               "SELECT 40, at, 'mallory', 'operator', 'certificate.issue', 'ff', 'success', '{}', chain_hash "
-               "FROM audit_events WHERE seq=39"],
-    "reorder": ["UPDATE audit_events SET seq=-1 WHERE seq=40", "UPDATE audit_events SET seq=40 WHERE seq=41",
-                "UPDATE audit_events SET seq=41 WHERE seq=-1"],
+    "insert": [
+        "UPDATE audit_events SET seq=-seq WHERE seq>=40",
+        "UPDATE audit_events SET seq=1-seq WHERE seq<0",
+        "INSERT INTO audit_events (seq, at, entity_id, role, action, target, outcome, detail, chain_hash) "
+        "SELECT 40, at, 'mallory', 'operator', 'certificate.issue', 'ff', 'success', '{}', chain_hash "
+        "FROM audit_events WHERE seq=39",
+    ],
+    "reorder": [
+        "UPDATE audit_events SET seq=-1 WHERE seq=40",
+        "UPDATE audit_events SET seq=40 WHERE seq=41",
+        "UPDATE audit_events SET seq=41 WHERE seq=-1",
+    ],
 }
 
 
@@ -311,6 +365,8 @@ def test_export_for_the_auditor_verifies_and_an_edit_is_named(home: CaHome, tmp_
     proc = admin(home, "audit", "verify", "--export", str(out), role="auditor", check=False)
     assert proc.returncode == 2 and "BROKEN at record 25" in proc.stdout
     # The authority may export too; the administrator may not read the trail it is audited by.
-    assert admin(home, "audit", "export", "--out", str(tmp_path / "a.jsonl"), role="authority").returncode == 0
+    assert (
+        admin(home, "audit", "export", "--out", str(tmp_path / "a.jsonl"), role="authority").returncode == 0
+    )
     proc = admin(home, "audit", "export", "--out", str(tmp_path / "b.jsonl"), check=False)
     assert proc.returncode == 1 and "may not perform audit.export" in proc.stderr

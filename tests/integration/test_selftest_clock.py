@@ -68,8 +68,12 @@ def https_json(home: CaHome, method: str, path: str, role: str | None = "adminis
     if role:
         ctx.load_cert_chain(*home.cred(role))
     base = home.est_url.split("/.well-known")[0]
-    req = urllib.request.Request(base + path, method=method, data=b"{}" if method == "POST" else None,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        base + path,
+        method=method,
+        data=b"{}" if method == "POST" else None,
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
             return resp.status, json.loads(resp.read() or b"{}")
@@ -93,8 +97,20 @@ def clock_ca(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("clock")
     bin_dir = fake_chronyc(root, "sync")
     path = f"{bin_dir}:{os.environ['PATH']}"
-    out = ckms("ca", "init", "--home", str(root / "home"), "--json", "--est-port", str(free_port()),
-               "--crl-port", str(free_port()), "--clock-source", "chrony", env={"PATH": path})
+    out = ckms(
+        "ca",
+        "init",
+        "--home",
+        str(root / "home"),
+        "--json",
+        "--est-port",
+        str(free_port()),
+        "--crl-port",
+        str(free_port()),
+        "--clock-source",
+        "chrony",
+        env={"PATH": path},
+    )
     home = CaHome(root / "home", json.loads(out.stdout))
     assert home.summary["clock_source"] == "chrony"
     old = os.environ["PATH"]
@@ -122,10 +138,30 @@ def test_issuance_refused_while_clock_unsynchronised(clock_ca, tmp_path: Path) -
     assert code == 503
     assert b"clock_unsynchronised" in body and b"not synchronised" in body
     # Retry-After tells an EST client when to come back
-    res = subprocess.run(["curl", "-sS", "-D", "-", "-o", "/dev/null", "--cacert", str(home.ca_cert),
-                          "--cert", str(home.cred("operator")[0]), "--key", str(home.cred("operator")[1]),
-                          "-H", "Content-Type: application/pkcs10", "--data-binary", "@/dev/null",
-                          f"{home.est_url}/simpleenroll"], capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--cacert",
+            str(home.ca_cert),
+            "--cert",
+            str(home.cred("operator")[0]),
+            "--key",
+            str(home.cred("operator")[1]),
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            "@/dev/null",
+            f"{home.est_url}/simpleenroll",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert "retry-after" in res.stdout.lower()
     refused = [r for r in home.audit("certificate.issue") if r[4] == "error"]
     assert any(json.loads(r[5])["code"] == "clock_unsynchronised" for r in refused)
@@ -151,14 +187,28 @@ def test_nothing_at_all_is_signed_while_the_clock_is_unsynchronised(clock_ca) ->
     identity certificate (ckms entity add), a renewal of the daemon's TLS certificate and a CRL."""
     home, bin_dir = clock_ca
     with home.db() as db:
-        before = db.execute("SELECT count(*), (SELECT max(crl_number) FROM crls) FROM certificates").fetchone()
+        before = db.execute(
+            "SELECT count(*), (SELECT max(crl_number) FROM crls) FROM certificates"
+        ).fetchone()
     tls_before = (home.home / "tls" / "server.pem").read_bytes()
     path = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
     set_clock(bin_dir, "unsync")
     try:
-        add = ckms("entity", "add", "clock-erin", "--role", "operator", "--home", str(home.home),
-                   "--password-file", str(home.home / "credentials" / "administrator.password"),
-                   "--cert", str(home.cred("administrator")[0]), check=False, env=path)
+        add = ckms(
+            "entity",
+            "add",
+            "clock-erin",
+            "--role",
+            "operator",
+            "--home",
+            str(home.home),
+            "--password-file",
+            str(home.home / "credentials" / "administrator.password"),
+            "--cert",
+            str(home.cred("administrator")[0]),
+            check=False,
+            env=path,
+        )
         renew = ckms("ca", "renew-tls", "--home", str(home.home), check=False, env=path)
         code, body = https_json(home, "POST", "/api/v1/crl/publish", role="operator")
     finally:
@@ -174,8 +224,10 @@ def test_nothing_at_all_is_signed_while_the_clock_is_unsynchronised(clock_ca) ->
     # With the clock back, the same renewal goes through the same signer.
     renewed = json.loads(ckms("ca", "renew-tls", "--home", str(home.home), "--json", env=path).stdout)
     cert = x509.load_pem_x509_certificate((home.home / "tls" / "server.pem").read_bytes())
-    assert format(cert.serial_number, "x") == renewed["serial"] and cert.issuer == x509.load_pem_x509_certificate(
-        home.ca_cert.read_bytes()).subject
+    assert (
+        format(cert.serial_number, "x") == renewed["serial"]
+        and cert.issuer == x509.load_pem_x509_certificate(home.ca_cert.read_bytes()).subject
+    )
     assert any(r[3] == renewed["serial"] for r in home.audit("certificate.issue"))
 
 
@@ -205,8 +257,13 @@ class CopyDaemon(Daemon):
 
 
 def ckms_copy(code_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "ckms_app.cli.main", *args], capture_output=True, text=True,
-                          cwd=code_dir, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ckms_app.cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=code_dir,
+        timeout=120,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"ckms {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -215,8 +272,18 @@ def ckms_copy(code_dir: Path, *args: str, check: bool = True) -> subprocess.Comp
 def test_corrupted_code_puts_daemon_in_error_state_until_recovered(tmp_path: Path) -> None:
     code_dir = tmp_path / "code"
     shutil.copytree(REPO / "ckms_app", code_dir / "ckms_app", ignore=shutil.ignore_patterns("__pycache__"))
-    out = ckms_copy(code_dir, "ca", "init", "--home", str(tmp_path / "home"), "--json", "--est-port",
-                    str(free_port()), "--crl-port", str(free_port()))
+    out = ckms_copy(
+        code_dir,
+        "ca",
+        "init",
+        "--home",
+        str(tmp_path / "home"),
+        "--json",
+        "--est-port",
+        str(free_port()),
+        "--crl-port",
+        str(free_port()),
+    )
     home = CaHome(tmp_path / "home", json.loads(out.stdout))
     manifest = json.loads((home.home / "selftest-manifest.json").read_text())
     assert manifest["code_dir"] == str(code_dir / "ckms_app")
@@ -280,8 +347,18 @@ def test_corrupted_code_puts_daemon_in_error_state_until_recovered(tmp_path: Pat
 def test_selftest_record_after_upgrade(tmp_path: Path) -> None:
     code_dir = tmp_path / "code"
     shutil.copytree(REPO / "ckms_app", code_dir / "ckms_app", ignore=shutil.ignore_patterns("__pycache__"))
-    out = ckms_copy(code_dir, "ca", "init", "--home", str(tmp_path / "home"), "--json", "--est-port",
-                    str(free_port()), "--crl-port", str(free_port()))
+    out = ckms_copy(
+        code_dir,
+        "ca",
+        "init",
+        "--home",
+        str(tmp_path / "home"),
+        "--json",
+        "--est-port",
+        str(free_port()),
+        "--crl-port",
+        str(free_port()),
+    )
     home = Path(json.loads(out.stdout)["home"])
     (code_dir / "ckms_app" / "upgrade_note.py").write_text('"""new module from an upgrade"""\n')
     res = ckms_copy(code_dir, "selftest", "--home", str(home), check=False)

@@ -54,30 +54,53 @@ PUBLICATIONS_PER_NODE = 8
 def two_nodes(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[CaHome]]:
     root = tmp_path_factory.mktemp("two-nodes")
     url = postgres.create_database("ckms_two_nodes")
-    out = ckms("ca", "init", "--home", str(root / "node1"), "--json", "--database-url", url,
-               "--est-port", str(free_port()), "--crl-port", str(free_port()))
+    out = ckms(
+        "ca",
+        "init",
+        "--home",
+        str(root / "node1"),
+        "--json",
+        "--database-url",
+        url,
+        "--est-port",
+        str(free_port()),
+        "--crl-port",
+        str(free_port()),
+    )
     first = CaHome(root / "node1", json.loads(out.stdout))
     custody = multinode.split_custody(first.home, root / "custody")
     backup = root / "ca-key.backup"
     saved = multinode.backup_ca_key(first.home, custody, backup)
     assert {"ckms-ca-key", "ckms-audit-key"} <= set(saved["keys"])
     est_port, crl_port = free_port(), free_port()
-    restored = multinode.add_node(first.home, root / "node2", backup=backup, custody=custody,
-                                  est_port=est_port, crl_port=crl_port)
+    restored = multinode.add_node(
+        first.home, root / "node2", backup=backup, custody=custody, est_port=est_port, crl_port=crl_port
+    )
     assert {"ckms-ca-key", "ckms-audit-key"} <= set(restored["restored"])
     assert restored["pairwise_test"] == "passed"
-    second = CaHome(root / "node2", {
-        **first.summary, "est_url": first.est_url.replace(f":{load_config(first.home).server.est_port}/",
-                                                          f":{est_port}/"),
-        "crl_url": f"http://127.0.0.1:{crl_port}/crl/full.crl",
-        "credentials": {role: {**c, "cert": str(root / "node2" / Path(c["cert"]).relative_to(first.home)),
-                               "key": str(root / "node2" / Path(c["key"]).relative_to(first.home))}
-                        for role, c in first.summary["credentials"].items()},
-        "ca_cert": str(root / "node2" / "ca" / "ca.pem")})
+    second = CaHome(
+        root / "node2",
+        {
+            **first.summary,
+            "est_url": first.est_url.replace(f":{load_config(first.home).server.est_port}/", f":{est_port}/"),
+            "crl_url": f"http://127.0.0.1:{crl_port}/crl/full.crl",
+            "credentials": {
+                role: {
+                    **c,
+                    "cert": str(root / "node2" / Path(c["cert"]).relative_to(first.home)),
+                    "key": str(root / "node2" / Path(c["key"]).relative_to(first.home)),
+                }
+                for role, c in first.summary["credentials"].items()
+            },
+            "ca_cert": str(root / "node2" / "ca" / "ca.pem"),
+        },
+    )
     # one database, two tokens: node 2's token is its own, and its PIN is not node 1's
     assert (second.home / "hsm" / "tokens").is_dir() and not (second.home / "db").exists()
     assert load_config(second.home).database_url == load_config(first.home).database_url == url
-    assert (second.home / "secrets" / "token-pin").read_text() != (first.home / "secrets" / "token-pin").read_text()
+    assert (second.home / "secrets" / "token-pin").read_text() != (
+        first.home / "secrets" / "token-pin"
+    ).read_text()
     return url, [first, second]
 
 
@@ -92,8 +115,11 @@ def test_two_nodes_issue_revoke_and_publish_concurrently(two_nodes: tuple[str, l
     published: list[dict] = []
     errors: list[str] = []
     lock = threading.Lock()
-    csrs = [make_csr(f"device-n{n}-c{i}")[0] for n in range(NODES) for i in range(ENROLLERS_PER_NODE
-                                                                                   * CERTS_PER_ENROLLER)]
+    csrs = [
+        make_csr(f"device-n{n}-c{i}")[0]
+        for n in range(NODES)
+        for i in range(ENROLLERS_PER_NODE * CERTS_PER_ENROLLER)
+    ]
 
     def client(node: int) -> CkmsClient:
         config = load_config(homes[node].home)
@@ -117,8 +143,11 @@ def test_two_nodes_issue_revoke_and_publish_concurrently(two_nodes: tuple[str, l
             with client(node) as c:
                 while done < REVOCATIONS_PER_NODE:
                     with lock:  # any certificate, whichever node issued it, not yet revoked
-                        candidates = [format(cert.serial_number, "x") for n, cert in issued
-                                      if n != node or done % 2] if issued else []
+                        candidates = (
+                            [format(cert.serial_number, "x") for n, cert in issued if n != node or done % 2]
+                            if issued
+                            else []
+                        )
                         candidates = [s for s in candidates if s not in revoked]
                         serial = rng.choice(candidates) if candidates else None
                         if serial is not None:
@@ -143,8 +172,11 @@ def test_two_nodes_issue_revoke_and_publish_concurrently(two_nodes: tuple[str, l
             with lock:
                 errors.append(f"publish on node {node + 1}: {exc!r}")
 
-    threads = [threading.Thread(target=enroller, args=(n, k * CERTS_PER_ENROLLER))
-               for n in range(NODES) for k in range(ENROLLERS_PER_NODE)]
+    threads = [
+        threading.Thread(target=enroller, args=(n, k * CERTS_PER_ENROLLER))
+        for n in range(NODES)
+        for k in range(ENROLLERS_PER_NODE)
+    ]
     threads += [threading.Thread(target=revoker, args=(n,)) for n in range(NODES)]
     threads += [threading.Thread(target=publisher, args=(n,)) for n in range(NODES)]
     try:
@@ -173,10 +205,17 @@ def test_two_nodes_issue_revoke_and_publish_concurrently(two_nodes: tuple[str, l
     engine = open_engine(url)
     try:
         with engine.connect() as conn:
-            stored = {r.serial: r for r in conn.execute(select(certificates.c.serial, certificates.c.der,
-                                                               certificates.c.status, certificates.c.kind))}
-            revoked_rows = conn.execute(select(revocations.c.id, revocations.c.serial)
-                                        .order_by(revocations.c.id)).all()
+            stored = {
+                r.serial: r
+                for r in conn.execute(
+                    select(
+                        certificates.c.serial, certificates.c.der, certificates.c.status, certificates.c.kind
+                    )
+                )
+            }
+            revoked_rows = conn.execute(
+                select(revocations.c.id, revocations.c.serial).order_by(revocations.c.id)
+            ).all()
     finally:
         engine.dispose()
     crl_rows, publish_events = _crl_state(url)
@@ -187,8 +226,9 @@ def test_two_nodes_issue_revoke_and_publish_concurrently(two_nodes: tuple[str, l
         assert row.der == cert.public_bytes(serialization.Encoding.DER)
         cert.verify_directly_issued_by(ca_cert)  # signed by the one CA key, in either token
     assert {s for s, r in end_entity.items() if r.status == "revoked"} == set(revoked)
-    assert [r.serial for r in revoked_rows if r.serial in end_entity] and \
-        Counter(r.serial for r in revoked_rows).most_common(1)[0][1] == 1
+    assert [r.serial for r in revoked_rows if r.serial in end_entity] and Counter(
+        r.serial for r in revoked_rows
+    ).most_common(1)[0][1] == 1
 
     # one CRL sequence, whose numbers each publication got once and in commit order
     in_commit_order = _assert_one_crl_sequence(crl_rows, publish_events, ca_cert, revoked)
@@ -201,30 +241,56 @@ def test_two_nodes_issue_revoke_and_publish_concurrently(two_nodes: tuple[str, l
     for der in node_crls:
         crl = x509.load_der_x509_crl(der)
         assert crl.is_signature_valid(public_key)  # type: ignore[arg-type]
-    assert x509.load_der_x509_crl(node_crls[0]).extensions.get_extension_for_class(
-        x509.CRLNumber).value.crl_number == newest
+    assert (
+        x509.load_der_x509_crl(node_crls[0])
+        .extensions.get_extension_for_class(x509.CRLNumber)
+        .value.crl_number
+        == newest
+    )
     for home, answer in zip(homes, final, strict=True):
         local = x509.load_der_x509_crl((home.home / "crl" / "full.crl").read_bytes())
         assert local.is_signature_valid(public_key)  # type: ignore[arg-type]
-        assert local.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == \
-            answer["full_crl_number"]
+        assert (
+            local.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+            == answer["full_crl_number"]
+        )
         assert {c.serial_number for c in local} == {int(s, 16) for s in revoked}
 
     # one unbroken audit chain, whichever node verifies it, with a seal made by each node's token
     for home in homes:
-        proc = ckms("audit", "seal", "--home", str(home.home), "--password-file",
-                    str(home.home / "credentials" / "administrator.password"),
-                    "--cert", str(home.cred("administrator")[0]))
+        proc = ckms(
+            "audit",
+            "seal",
+            "--home",
+            str(home.home),
+            "--password-file",
+            str(home.home / "credentials" / "administrator.password"),
+            "--cert",
+            str(home.cred("administrator")[0]),
+        )
         assert json.loads(proc.stdout)["sealed_up_to_seq"]
     for home in homes:
-        proc = ckms("audit", "verify", "--json", "--home", str(home.home), "--password-file",
-                    str(home.home / "credentials" / "auditor.password"), "--cert", str(home.cred("auditor")[0]))
+        proc = ckms(
+            "audit",
+            "verify",
+            "--json",
+            "--home",
+            str(home.home),
+            "--password-file",
+            str(home.home / "credentials" / "auditor.password"),
+            "--cert",
+            str(home.cred("auditor")[0]),
+        )
         report = json.loads(proc.stdout)
         assert report["ok"] and report["seals_checked"] and report["seals"] >= NODES, report
 
 
-def _assert_one_crl_sequence(crl_rows: list, publish_events: list, ca_cert: x509.Certificate,  # type: ignore[type-arg]
-                             revoked: list[str]) -> list[int]:
+def _assert_one_crl_sequence(
+    crl_rows: list,
+    publish_events: list,
+    ca_cert: x509.Certificate,  # type: ignore[type-arg]
+    revoked: list[str],
+) -> list[int]:
     """The CRLs form one sequence: in the order publications committed (the audit chain's order)
     their numbers strictly increase, every stored CRL belongs to one of them, each verifies under the
     CA and lists every revocation an earlier CRL listed; the newest lists exactly ``revoked``."""
@@ -254,10 +320,11 @@ def _crl_state(url: str) -> tuple[list, list]:  # type: ignore[type-arg]
     try:
         with engine.connect() as conn:
             crl_rows = conn.execute(select(crls).order_by(crls.c.crl_number)).all()
-            publish_events = conn.execute(select(audit_events.c.seq, audit_events.c.detail)
-                                          .where(audit_events.c.action == "crl.publish",
-                                                 audit_events.c.outcome == "success")
-                                          .order_by(audit_events.c.seq)).all()
+            publish_events = conn.execute(
+                select(audit_events.c.seq, audit_events.c.detail)
+                .where(audit_events.c.action == "crl.publish", audit_events.c.outcome == "success")
+                .order_by(audit_events.c.seq)
+            ).all()
     finally:
         engine.dispose()
     return crl_rows, publish_events
@@ -340,8 +407,9 @@ def test_a_token_without_the_cas_audit_key_does_not_start_a_second_one(tmp_path:
     """A node whose token lacks the CA's audit key, or holds another, must not seal: its seals and
     the other nodes' would fail each other's verification. It is told to restore the key instead."""
     home = init_home(tmp_path / "audit-key-node")
-    probe = subprocess.run([sys.executable, "-c", AUDIT_KEY_PROBE, str(home.home)], capture_output=True, text=True,
-                           timeout=60)
+    probe = subprocess.run(
+        [sys.executable, "-c", AUDIT_KEY_PROBE, str(home.home)], capture_output=True, text=True, timeout=60
+    )
     assert probe.returncode == 0, probe.stderr
     out = json.loads(probe.stdout)
     assert out["same"] == "ckms-audit-key"

@@ -30,8 +30,14 @@ def lab() -> Lab:
     try:
         subprocess.run([str(REPO / "scripts/lab-up.sh")], env=lab_env(), check=True, timeout=3600)
         pulumi = pulumi_cmd()
-        out = subprocess.run([*pulumi, "stack", "output", "--json", "--show-secrets", "--stack", STACK],
-                             cwd=REPO / "pulumi", env=pulumi_environment(), capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [*pulumi, "stack", "output", "--json", "--show-secrets", "--stack", STACK],
+            cwd=REPO / "pulumi",
+            env=pulumi_environment(),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         yield Lab(json.loads(out.stdout), REPO / "inventories" / STACK / "generated" / "hosts.yml")
     finally:
         subprocess.run([str(REPO / "scripts/lab-down.sh")], env=lab_env(), check=True, timeout=600)
@@ -49,8 +55,9 @@ def converged_lab(lab) -> str:
     """`make lab` once on the session lab (site.yml, verify, first backup, report): shared by
     test_make_lab.py and the drills (test_make_lab_drills.py, which sorts after it). Returns make's output."""
     start = time.monotonic()
-    proc = subprocess.run(["make", "lab"], cwd=REPO, env=converge_env(), capture_output=True, text=True,
-                          timeout=2400)
+    proc = subprocess.run(
+        ["make", "lab"], cwd=REPO, env=converge_env(), capture_output=True, text=True, timeout=2400
+    )
     print(f"make lab (stack {STACK}): {time.monotonic() - start:.0f} s")
     if proc.returncode != 0:
         pytest.fail(f"make lab failed:\n{(proc.stdout + proc.stderr)[-8000:]}")

@@ -44,8 +44,16 @@ def _rule(chain: str, *exprs: dict, comment: str | None = None) -> dict:
 
 
 def _addr(field: str, values: list[str]) -> dict:
-    right = values[0] if len(values) == 1 else {"set": [
-        {"prefix": {"addr": v.split("/")[0], "len": int(v.split("/")[1])}} if "/" in v else v for v in values]}
+    right = (
+        values[0]
+        if len(values) == 1
+        else {
+            "set": [
+                {"prefix": {"addr": v.split("/")[0], "len": int(v.split("/")[1])}} if "/" in v else v
+                for v in values
+            ]
+        }
+    )
     if len(values) == 1 and "/" in values[0] and not values[0].endswith("/32"):
         right = {"prefix": {"addr": values[0].split("/")[0], "len": int(values[0].split("/")[1])}}
     elif len(values) == 1:
@@ -65,24 +73,73 @@ def rendered(flows: list[dict]) -> list[dict]:
     """The nft -j shape of the role's forward and input chains for these flows (router at .10.1)."""
     own = {"10.238.10.1/32", "10.238.20.1/32", "10.238.30.1/32"}
     rs: list[dict] = [
-        {"chain": {"family": "inet", "table": "ckms_router", "name": "forward", "hook": "forward", "policy": "drop"}},
-        {"chain": {"family": "inet", "table": "ckms_router", "name": "input", "hook": "input", "policy": "drop"}},
-        {"set": {"family": "inet", "table": "ckms_router", "name": "admin_sources",
-                 "elem": ["10.238.0.1", "10.238.20.20", {"prefix": {"addr": "10.238.30.0", "len": 24}}]}},
+        {
+            "chain": {
+                "family": "inet",
+                "table": "ckms_router",
+                "name": "forward",
+                "hook": "forward",
+                "policy": "drop",
+            }
+        },
+        {
+            "chain": {
+                "family": "inet",
+                "table": "ckms_router",
+                "name": "input",
+                "hook": "input",
+                "policy": "drop",
+            }
+        },
+        {
+            "set": {
+                "family": "inet",
+                "table": "ckms_router",
+                "name": "admin_sources",
+                "elem": ["10.238.0.1", "10.238.20.20", {"prefix": {"addr": "10.238.30.0", "len": 24}}],
+            }
+        },
         _rule("forward", ESTABLISHED, ACCEPT),
         _rule("input", ESTABLISHED, ACCEPT),
-        _rule("input", {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
-                                  "right": "@admin_sources"}}, _port("tcp", 22), ACCEPT, comment="router-admin"),
+        _rule(
+            "input",
+            {
+                "match": {
+                    "op": "==",
+                    "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                    "right": "@admin_sources",
+                }
+            },
+            _port("tcp", 22),
+            ACCEPT,
+            comment="router-admin",
+        ),
         _rule("input", _port("udp", 51820), ACCEPT, comment="vpn-endpoint"),
     ]
     for f in flows:
         to_router = set(f["dst_cidrs"]) & own
         if to_router:
-            rs.append(_rule("input", _addr("saddr", f["src_cidrs"]), _addr("daddr", sorted(to_router)),
-                            _port(f["proto"], f["port"]), ACCEPT, comment=f["name"]))
+            rs.append(
+                _rule(
+                    "input",
+                    _addr("saddr", f["src_cidrs"]),
+                    _addr("daddr", sorted(to_router)),
+                    _port(f["proto"], f["port"]),
+                    ACCEPT,
+                    comment=f["name"],
+                )
+            )
         else:
-            rs.append(_rule("forward", _addr("saddr", f["src_cidrs"]), _addr("daddr", f["dst_cidrs"]),
-                            _port(f["proto"], f["port"]), ACCEPT, comment=f["name"]))
+            rs.append(
+                _rule(
+                    "forward",
+                    _addr("saddr", f["src_cidrs"]),
+                    _addr("daddr", f["dst_cidrs"]),
+                    _port(f["proto"], f["port"]),
+                    ACCEPT,
+                    comment=f["name"],
+                )
+            )
     return rs
 
 
@@ -97,8 +154,9 @@ def test_rendered_rule_set_matches_flow_model() -> None:
     assert _problems(rendered(flows), flows) == []
 
 
-@pytest.mark.parametrize("widen", ["source", "destination", "port", "any", "no_port", "missing_flow", "policy",
-                                   "router_input"])
+@pytest.mark.parametrize(
+    "widen", ["source", "destination", "port", "any", "no_port", "missing_flow", "policy", "router_input"]
+)
 def test_widened_rule_fails_and_names_the_item(widen: str) -> None:
     flows = _flows()
     rs = rendered(flows)
@@ -122,8 +180,11 @@ def test_widened_rule_fails_and_names_the_item(widen: str) -> None:
     elif widen == "router_input":
         rs.append(_rule("input", _port("tcp", 8080), ACCEPT, comment="opened"))
     if widen not in ("policy", "router_input"):
-        rs[est] = rule if rule is not None else {"rule": {"family": "inet", "table": "ckms_router",
-                                                          "chain": "forward", "expr": []}}
+        rs[est] = (
+            rule
+            if rule is not None
+            else {"rule": {"family": "inet", "table": "ckms_router", "chain": "forward", "expr": []}}
+        )
     problems = _problems(rs, flows)
     assert problems, f"widening ({widen}) was not detected"
     item = "A.66" if widen == "router_input" else "F.18 a"

@@ -47,8 +47,12 @@ def test_terminal_reaches_ca_segment_only_through_the_router(lab):
 def test_rogue_host_is_on_the_factory_lan(lab):
     rogue = lab.hosts["rogue"]["addresses"]["lan"]
     assert lab.ssh("rogue", "ip -4 -o addr show dev eth0").stdout.count(f"{rogue}/24") == 1
-    ports = subprocess.run(["ip", "-n", f"ckms-{LAB}-sw-lan", "-o", "link", "show", "master", "br0"],
-                           capture_output=True, text=True, check=True).stdout
+    ports = subprocess.run(
+        ["ip", "-n", f"ckms-{LAB}-sw-lan", "-o", "link", "show", "master", "br0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "rogue-eth0" in ports and "terminal-eth0" in ports and "router-eth1" in ports
     assert lab.ssh("terminal", f"ping -c 1 -W 2 {rogue}").returncode == 0  # same L2 segment
 
@@ -68,16 +72,34 @@ def test_inventory_matches_stack(lab):
     assert set(inv["children"]) == {"router", "ca", "terminal", "admin", "rogue"}
     assert {f["name"] for f in inv["vars"]["ckms_flows"]} == {"est", "admin-ssh", "ntp", "crl"}
     assert (lab.inventory.parent / "known_hosts").read_text().count("ssh-ed25519") == len(lab.hosts)
-    listed = subprocess.run([str(REPO / ".venv/bin/ansible-inventory"), "-i", str(lab.inventory), "--list"],
-                            capture_output=True, text=True, check=True).stdout
+    listed = subprocess.run(
+        [str(REPO / ".venv/bin/ansible-inventory"), "-i", str(lab.inventory), "--list"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert json.loads(listed)["ca"]["hosts"] == ["ca1"]
 
 
 def test_preview_right_after_up_shows_no_changes(lab, pulumi_env):
     config = REPO / "pulumi" / ".state" / "config" / f"Pulumi.{STACK}.yaml"
-    proc = subprocess.run(["pulumi", "preview", "--expect-no-changes", "--non-interactive", "--stack", STACK,
-                           "--config-file", str(config)],
-                          cwd=REPO / "pulumi", env=pulumi_env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            "pulumi",
+            "preview",
+            "--expect-no-changes",
+            "--non-interactive",
+            "--stack",
+            STACK,
+            "--config-file",
+            str(config),
+        ],
+        cwd=REPO / "pulumi",
+        env=pulumi_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -91,9 +113,25 @@ def test_driver_teardown_leaves_nothing(tmp_path):
     py = str(REPO / ".venv/bin/python")
     try:
         for i, name in enumerate(("one", "two")):
-            subprocess.run([py, *run[1:], "create", "--lab", lab_name, "--name", name,
-                            "--mgmt", f"10.233.0.{10 + i}/24", "--controller-address", "10.233.0.1/24"],
-                           check=True, capture_output=True, text=True, timeout=180)
+            subprocess.run(
+                [
+                    py,
+                    *run[1:],
+                    "create",
+                    "--lab",
+                    lab_name,
+                    "--name",
+                    name,
+                    "--mgmt",
+                    f"10.233.0.{10 + i}/24",
+                    "--controller-address",
+                    "10.233.0.1/24",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
         during = hosts.lab_footprint(lab_name)
         assert len(during["netns"]) == 2 and len(during["processes"]) == 2 and during["cgroups"]
         assert len(during["mounts"]) == 2 and during["directories"]

@@ -42,18 +42,40 @@ def test_make_lab_ends_with_report_and_enrolment_instructions(made):
         assert (out / name).is_file(), name
     assert "ckms-enroll device-0001" in made and "report.html" in made
     results = json.loads((out / "results.json").read_text())
-    mine = [r for r in results if r["test"].split("::")[0].rsplit("/", 1)[-1]
-            in ("test_hsm_client.py", "test_ckms_ca.py", "test_backup.py")]
-    assert mine and not [r for r in mine if r["outcome"] == "failed"], [r for r in mine if r["outcome"] == "failed"]
+    mine = [
+        r
+        for r in results
+        if r["test"].split("::")[0].rsplit("/", 1)[-1]
+        in ("test_hsm_client.py", "test_ckms_ca.py", "test_backup.py")
+    ]
+    assert mine and not [r for r in mine if r["outcome"] == "failed"], [
+        r for r in mine if r["outcome"] == "failed"
+    ]
 
 
 def test_make_lab_report_passes_every_automated_f_item(made):
     """Acceptance of issue 5: every automated F item passes on the lab CA server (drills included)."""
     out = REPO / "build" / "report-labtest"
     assert (out / "drills.json").is_file(), "make lab ran no drills"
-    proc = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "hardening.report", "--results",
-                           str(out / "results.json"), "--results", str(out / "drills.json"), "--out",
-                           str(out), "--require", "F"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            str(REPO / ".venv/bin/python"),
+            "-m",
+            "hardening.report",
+            "--results",
+            str(out / "results.json"),
+            "--results",
+            str(out / "drills.json"),
+            "--out",
+            str(out),
+            "--require",
+            "F",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     doc = json.loads((out / "report.json").read_text())
     f_items = [i for i in doc["items"] if i["id"].startswith("F.") and i["applicability"] == "automated"]
@@ -64,8 +86,14 @@ def test_make_lab_report_passes_every_automated_f_item(made):
 
 
 def test_second_converge_changes_nothing(made):
-    proc = subprocess.run([str(REPO / "scripts/lab-converge.sh"), "site.yml"], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [str(REPO / "scripts/lab-converge.sh"), "site.yml"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout[-6000:]
     recap = _recap(proc.stdout)
     changed, task = [], ""
@@ -74,15 +102,20 @@ def test_second_converge_changes_nothing(made):
             task = line.split("[", 1)[1].rsplit("]", 1)[0]
         elif line.startswith("changed:"):
             changed.append(f"{task}: {line[:120]}")
-    assert recap and all(c.get("changed", 0) == 0 and c.get("failed", 0) == 0 for c in recap.values()), \
-        (recap, changed)
+    assert recap and all(c.get("changed", 0) == 0 and c.get("failed", 0) == 0 for c in recap.values()), (
+        recap,
+        changed,
+    )
 
 
 def test_terminal_enrols_through_the_router(made, lab):
     ca = lab.hosts["ca1"]["addresses"]["ca"]
     got = lab.ssh("terminal", "ckms-enroll device-test-0001 /root/certs", timeout=60)
     assert "subject=CN = device-test-0001" in got.stdout
-    assert f"via {lab.hosts['router']['addresses']['lan']}" in lab.ssh("terminal", f"ip -4 route get {ca}").stdout
+    assert (
+        f"via {lab.hosts['router']['addresses']['lan']}"
+        in lab.ssh("terminal", f"ip -4 route get {ca}").stdout
+    )
     issuer = lab.ssh("terminal", "openssl x509 -in /root/certs/device-test-0001.pem -noout -issuer").stdout
     cacert = lab.ssh("terminal", "openssl x509 -in /etc/ckms-terminal/ca.pem -noout -subject").stdout
     assert issuer.split("=", 1)[1].strip() == cacert.split("=", 1)[1].strip()
@@ -91,8 +124,11 @@ def test_terminal_enrols_through_the_router(made, lab):
 def test_rogue_host_cannot_reach_the_daemon(made, lab):
     ca = lab.hosts["ca1"]["addresses"]["ca"]
     for url in (f"https://{ca}:8443/.well-known/est/cacerts", f"http://{ca}:8080/crl/full.crl"):
-        r = lab.ssh("rogue", f"curl -sk --connect-timeout 3 --max-time 5 -o /dev/null -w '%{{http_code}}' {url}",
-                    check=False)
+        r = lab.ssh(
+            "rogue",
+            f"curl -sk --connect-timeout 3 --max-time 5 -o /dev/null -w '%{{http_code}}' {url}",
+            check=False,
+        )
         assert r.returncode != 0 and r.stdout.strip() in ("000", ""), (url, r.returncode, r.stdout)
     # the same LAN's registered terminal does reach it (so the refusal is the allow-list, not the path)
     ok = lab.ssh("terminal", f"curl -s --cacert /etc/ckms-terminal/ca.pem https://{ca}:8443/health")
@@ -101,8 +137,14 @@ def test_rogue_host_cannot_reach_the_daemon(made, lab):
 
 def test_restore_drill_brings_back_the_same_ca(made, lab):
     before = lab.ssh("ca1", "openssl x509 -in /var/lib/ckms/ca/ca.pem -noout -fingerprint -sha256").stdout
-    proc = subprocess.run([str(REPO / "scripts/lab-converge.sh"), "restore.yml"], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [str(REPO / "scripts/lab-converge.sh"), "restore.yml"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-6000:]
     after = lab.ssh("ca1", "openssl x509 -in /var/lib/ckms/ca/ca.pem -noout -fingerprint -sha256").stdout
     assert before == after

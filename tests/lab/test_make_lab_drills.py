@@ -34,7 +34,9 @@ def drill_target(request) -> tuple[Path, Path, bool]:
     if external:
         results = Path(os.environ.get("CKMS_DRILL_RESULTS", REPO / "build" / "report" / "drills.json"))
         return Path(external), results, False
-    request.getfixturevalue("converged_lab")  # make lab ran the drills and wrote their records (this run's only)
+    request.getfixturevalue(
+        "converged_lab"
+    )  # make lab ran the drills and wrote their records (this run's only)
     return REPO / "inventories" / STACK / "generated" / "hosts.yml", REPORT / "drills.json", True
 
 
@@ -42,16 +44,22 @@ def drill_target(request) -> tuple[Path, Path, bool]:
 def test_drill(drill: str, drill_target) -> None:
     inv, results, strict = drill_target
     if not strict:
-        proc = subprocess.run([sys.executable, str(DRILLS / f"{drill}.py"), "--inventory", str(inv),
-                               "--results", str(results)], capture_output=True, text=True, timeout=900,
-                              env=dict(os.environ))
+        proc = subprocess.run(
+            [sys.executable, str(DRILLS / f"{drill}.py"), "--inventory", str(inv), "--results", str(results)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=dict(os.environ),
+        )
         print(proc.stdout[-3000:])
         assert proc.returncode == 0, f"drill {drill} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-1000:]}"
     assert results.is_file(), f"no drill records at {results}"
     records = [r for r in json.loads(results.read_text()) if r["test"].endswith(f"/{drill}.py")]
     assert records, f"drill {drill} wrote no check records"
-    assert all(set(r) >= {"check", "test", "host", "outcome", "duration_s", "message", "evidence", "at"}
-               for r in records)
+    assert all(
+        set(r) >= {"check", "test", "host", "outcome", "duration_s", "message", "evidence", "at"}
+        for r in records
+    )
     bad = [(r["check"], r["outcome"], r["message"]) for r in records if r["outcome"] != "passed"]
     if strict:
         assert not bad, f"drill {drill} on the converged lab: {bad}"
@@ -61,9 +69,23 @@ def test_report_includes_the_drills(drill_target) -> None:
     inv, results, strict = drill_target
     if not strict:
         pytest.skip("report re-rendered only for the session lab")
-    proc = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "hardening.report", "--results",
-                           str(REPORT / "results.json"), "--results", str(results), "--out", str(REPORT)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            str(REPO / ".venv/bin/python"),
+            "-m",
+            "hardening.report",
+            "--results",
+            str(REPORT / "results.json"),
+            "--results",
+            str(results),
+            "--out",
+            str(REPORT),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     body = (REPORT / "report.json").read_text()
     assert "drill_" in body and "F.52.low_battery_stops_ca_then_host" in body

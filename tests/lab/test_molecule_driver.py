@@ -42,10 +42,22 @@ def test_molecule_delegated_driver_uses_the_lab_host_driver(tmp_path: Path):
     scenario.mkdir(parents=True)
     (scenario / "molecule.yml").write_text(SCENARIO % {"repo": REPO})
     (scenario / "converge.yml").write_text(textwrap.dedent(CONVERGE))
-    env = dict(os.environ, PATH=f"{REPO / '.venv/bin'}:{os.environ['PATH']}", CKMS_MOLECULE_LAB="moltest",
-               CKMS_MOLECULE_NET="10.237.0", ANSIBLE_NOCOLOR="1", PY_COLORS="0")
-    proc = subprocess.run(["molecule", "test", "-s", "default"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
+    env = dict(
+        os.environ,
+        PATH=f"{REPO / '.venv/bin'}:{os.environ['PATH']}",
+        CKMS_MOLECULE_LAB="moltest",
+        CKMS_MOLECULE_NET="10.237.0",
+        ANSIBLE_NOCOLOR="1",
+        PY_COLORS="0",
+    )
+    proc = subprocess.run(
+        ["molecule", "test", "-s", "default"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "failed=0" in proc.stdout + proc.stderr
     left = hosts.lab_footprint("moltest")

@@ -12,8 +12,9 @@ pytestmark = pytest.mark.lab
 
 @pytest.mark.parametrize("role", ["hsm_client", "ckms_ca", "backup"])
 def test_molecule_scenario_passes_with_idempotence(role):
-    out, elapsed = run_molecule(role, "default", lab="molb", network={"CKMS_MOLECULE_NET": "10.237.0"},
-                                timeout=900)
+    out, elapsed = run_molecule(
+        role, "default", lab="molb", network={"CKMS_MOLECULE_NET": "10.237.0"}, timeout=900
+    )
     assert "idempotence: Executed: Successful" in out
     assert "verify: Executed: Successful" in out
     print(f"molecule test {role}: {elapsed:.0f} s")

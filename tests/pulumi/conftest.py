@@ -28,8 +28,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.resources.append(Declared(args.typ, args.name, dict(args.inputs)))
         outs = dict(args.inputs)
         if args.typ.startswith("pulumi-python:dynamic/ckms:LabHost"):
-            outs.update(mgmt_address=args.inputs["nics"][0]["address"].split("/")[0],
-                        host_key="ssh-ed25519 AAAAmock", netns=f"ckms-{args.inputs['lab']}-{args.name}")
+            outs.update(
+                mgmt_address=args.inputs["nics"][0]["address"].split("/")[0],
+                host_key="ssh-ed25519 AAAAmock",
+                netns=f"ckms-{args.inputs['lab']}-{args.name}",
+            )
         return f"{args.name}-id", outs
 
     def call(self, args: pulumi.runtime.MockCallArgs):

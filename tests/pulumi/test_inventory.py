@@ -17,10 +17,23 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _outputs() -> dict:
     env = build_environment("lab", "lab").to_dict()
-    hosts = {h["name"]: {**h, "mgmt_address": h["addresses"]["mgmt"], "host_key": f"ssh-ed25519 KEY{h['name']}",
-                         "netns": f"ckms-lab-{h['name']}"} for h in env["hosts"]}
-    return {"kind": "lab", "controller_address": env["controller_address"], "hosts": hosts,
-            "flows": env["flows"], "segments": env["segments"], "time_sources": list(env["time_sources"])}
+    hosts = {
+        h["name"]: {
+            **h,
+            "mgmt_address": h["addresses"]["mgmt"],
+            "host_key": f"ssh-ed25519 KEY{h['name']}",
+            "netns": f"ckms-lab-{h['name']}",
+        }
+        for h in env["hosts"]
+    }
+    return {
+        "kind": "lab",
+        "controller_address": env["controller_address"],
+        "hosts": hosts,
+        "flows": env["flows"],
+        "segments": env["segments"],
+        "time_sources": list(env["time_sources"]),
+    }
 
 
 def test_inventory_has_groups_addresses_keys_and_flows(tmp_path):
@@ -41,8 +54,12 @@ def test_inventory_has_groups_addresses_keys_and_flows(tmp_path):
 
 def test_ansible_reads_the_rendered_inventory(tmp_path):
     path = render(_outputs(), tmp_path / "inv", ssh_key=tmp_path / "id")
-    out = subprocess.run([str(REPO / ".venv/bin/ansible-inventory"), "-i", str(path), "--list"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(REPO / ".venv/bin/ansible-inventory"), "-i", str(path), "--list"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     data = json.loads(out)
     assert data["rogue"]["hosts"] == ["rogue"]
     assert data["_meta"]["hostvars"]["router"]["ckms_flows"][0]["name"] == "est"

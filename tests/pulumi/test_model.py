@@ -56,5 +56,5 @@ def test_nftables_allow_list_is_default_drop_with_one_rule_per_routed_flow():
     rules = render_nftables(build_environment("lab", "lab", with_db=True))
     assert "policy drop;" in rules
     assert rules.count("ct state new accept") == 4  # ca-db stays inside the CA segment
-    assert 'ip saddr { 10.231.20.10/32 } ip daddr { 10.231.10.10/32 } tcp dport 8443' in rules
+    assert "ip saddr { 10.231.20.10/32 } ip daddr { 10.231.10.10/32 } tcp dport 8443" in rules
     assert "0.0.0.0/0" not in rules

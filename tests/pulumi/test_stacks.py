@@ -47,7 +47,11 @@ def test_onprem_scale_out_stack(deploy):
     nets = {r.name: r.inputs for r in mocks.resources if r.type == "libvirt:index/network:Network"}
     assert all(n["mode"] == "none" for n in nets.values())
     fw = {r.name: r.inputs for r in mocks.resources if r.type == "ckms:onprem:HostFirewall"}
-    assert {(x["proto"], x["port"]) for x in fw["fw-ca2"]["ingress"]} == {("tcp", 8443), ("tcp", 22), ("tcp", 8080)}
+    assert {(x["proto"], x["port"]) for x in fw["fw-ca2"]["ingress"]} == {
+        ("tcp", 8443),
+        ("tcp", 22),
+        ("tcp", 8080),
+    }
     assert {(x["proto"], x["port"]) for x in fw["fw-db"]["ingress"]} == {("tcp", 5432), ("tcp", 22)}
     router = next(r for r in mocks.resources if r.name == "init-router")
     assert "policy drop;" in router.inputs["userData"] and "dport 8443" in router.inputs["userData"]
@@ -61,7 +65,9 @@ def test_lab_stack_wires_hosts_as_the_model_says(deploy):
     segs = {r.inputs["name"]: r.inputs for r in mocks.resources if r.type.endswith("ckms:LabSegment")}
     assert set(segs) == {"mgmt", "ca", "lan"} and segs["mgmt"]["controller_address"] == "10.231.0.1/24"
     assert set(hosts) == {"router", "ca1", "terminal", "admin", "rogue"}
-    nic_segs = {n: [(x["ifname"], x["segment"], x.get("gateway")) for x in h["nics"]] for n, h in hosts.items()}
+    nic_segs = {
+        n: [(x["ifname"], x["segment"], x.get("gateway")) for x in h["nics"]] for n, h in hosts.items()
+    }
     assert nic_segs["router"] == [("mgmt0", "mgmt", None), ("eth0", "ca", None), ("eth1", "lan", None)]
     assert nic_segs["terminal"] == [("mgmt0", "mgmt", None), ("eth0", "lan", "10.231.20.1")]
     assert nic_segs["rogue"] == [("mgmt0", "mgmt", None), ("eth0", "lan", "10.231.20.1")]
@@ -72,7 +78,9 @@ def test_lab_stack_wires_hosts_as_the_model_says(deploy):
 
 WIDENED = [
     pytest.param(lambda f: {**f, "src": ["anywhere"]} if f["name"] == "est" else f, id="est-from-anywhere"),
-    pytest.param(lambda f: {**f, "src": ["anywhere"]} if f["name"] == "admin-ssh" else f, id="ssh-from-anywhere"),
+    pytest.param(
+        lambda f: {**f, "src": ["anywhere"]} if f["name"] == "admin-ssh" else f, id="ssh-from-anywhere"
+    ),
     pytest.param(lambda f: {**f, "port": 5432} if f["name"] == "crl" else f, id="ca-extra-port"),
 ]
 
@@ -91,7 +99,12 @@ def test_policy_fails_when_a_flow_is_widened(deploy, kind, widen):
 def test_policy_catches_an_internet_route_from_the_ca_segment():
     from ckms_env.policy import Declared
 
-    bad = [Declared("aws:ec2/routeTable:RouteTable", "rt-ca",
-                    {"routes": [{"cidrBlock": "0.0.0.0/0", "gatewayId": "igw-1"}], "tags": {"ckms:segment": "ca"}}),
-           Declared("libvirt:index/network:Network", "net-ca", {"mode": "nat"})]
+    bad = [
+        Declared(
+            "aws:ec2/routeTable:RouteTable",
+            "rt-ca",
+            {"routes": [{"cidrBlock": "0.0.0.0/0", "gatewayId": "igw-1"}], "tags": {"ckms:segment": "ca"}},
+        ),
+        Declared("libvirt:index/network:Network", "net-ca", {"mode": "nat"}),
+    ]
     assert len(check(bad)) == 2

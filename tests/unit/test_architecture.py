@@ -44,8 +44,10 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             # "from ckms_app.hsm import admin" imports the module ckms_app.hsm.admin
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
-                     for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                for a in node.names
+            ]
         elif isinstance(node, ast.ImportFrom):
             raise AssertionError(f"{path}: relative import; ckms_app uses absolute imports")
         else:

@@ -46,8 +46,14 @@ class SoftAuditKey:
 
 
 def event(i: int, action: str = "certificate.issue") -> dict:
-    return audit_row(entity_id=f"op-{i % 3}", role="operator", action=action, target=f"{i:x}", outcome="success",
-                     detail={"n": i})
+    return audit_row(
+        entity_id=f"op-{i % 3}",
+        role="operator",
+        action=action,
+        target=f"{i:x}",
+        outcome="success",
+        detail={"n": i},
+    )
 
 
 @pytest.fixture
@@ -84,12 +90,15 @@ def test_untouched_trail_verifies(trail) -> None:  # type: ignore[no-untyped-def
     assert (report.records, report.seals, report.last_seq, report.unsealed_records) == (30, 1, 30, 11)
 
 
-@pytest.mark.parametrize("statement, first_bad", [
-    ("UPDATE audit_events SET target='forged' WHERE seq=7", 7),
-    ("UPDATE audit_events SET outcome='denied' WHERE seq=25", 25),
-    ("UPDATE audit_events SET at='2020-01-01 00:00:00.000000' WHERE seq=3", 3),
-    ("DELETE FROM audit_events WHERE seq=12", 12),
-])
+@pytest.mark.parametrize(
+    "statement, first_bad",
+    [
+        ("UPDATE audit_events SET target='forged' WHERE seq=7", 7),
+        ("UPDATE audit_events SET outcome='denied' WHERE seq=25", 25),
+        ("UPDATE audit_events SET at='2020-01-01 00:00:00.000000' WHERE seq=3", 3),
+        ("DELETE FROM audit_events WHERE seq=12", 12),
+    ],
+)
 def test_edit_and_delete_are_named(trail, statement: str, first_bad: int) -> None:  # type: ignore[no-untyped-def]
     reader, key, path = trail
     sql(path, statement)
@@ -99,8 +108,12 @@ def test_edit_and_delete_are_named(trail, statement: str, first_bad: int) -> Non
 
 def test_reordering_is_named(trail) -> None:  # type: ignore[no-untyped-def]
     reader, key, path = trail
-    sql(path, "UPDATE audit_events SET seq=-1 WHERE seq=5", "UPDATE audit_events SET seq=5 WHERE seq=6",
-        "UPDATE audit_events SET seq=6 WHERE seq=-1")
+    sql(
+        path,
+        "UPDATE audit_events SET seq=-1 WHERE seq=5",
+        "UPDATE audit_events SET seq=5 WHERE seq=6",
+        "UPDATE audit_events SET seq=6 WHERE seq=-1",
+    )
     report = verify_database(reader, key.public_key())
     assert not report.ok and report.first_bad_seq == 5, report
 
@@ -110,17 +123,22 @@ def test_insertion_in_the_middle_is_named(trail) -> None:  # type: ignore[no-unt
     with sqlite3.connect(path) as db:
         for seq in range(30, 8, -1):
             db.execute("UPDATE audit_events SET seq=? WHERE seq=?", (seq + 1, seq))
-        db.execute("INSERT INTO audit_events (seq, at, entity_id, role, action, target, outcome, detail, chain_hash) "
-                   "SELECT 9, at, 'mallory', 'operator', 'certificate.issue', 'ff', 'success', '{}', chain_hash "
-                   "FROM audit_events WHERE seq=8")
+        db.execute(
+            "INSERT INTO audit_events (seq, at, entity_id, role, action, target, outcome, detail, chain_hash) "
+            "SELECT 9, at, 'mallory', 'operator', 'certificate.issue', 'ff', 'success', '{}', chain_hash "
+            "FROM audit_events WHERE seq=8"
+        )
     report = verify_database(reader, key.public_key())
     assert not report.ok and report.first_bad_seq == 9, report
 
 
 def test_appended_record_without_the_chain_head_is_named(trail) -> None:  # type: ignore[no-untyped-def]
     reader, key, path = trail
-    sql(path, "INSERT INTO audit_events (seq, at, entity_id, role, action, target, outcome, detail, chain_hash) "
-              "VALUES (31, '2026-01-01 00:00:00.000000', 'mallory', 'operator', 'x', 'y', 'success', '{}', 'ab')")
+    sql(
+        path,
+        "INSERT INTO audit_events (seq, at, entity_id, role, action, target, outcome, detail, chain_hash) "
+        "VALUES (31, '2026-01-01 00:00:00.000000', 'mallory', 'operator', 'x', 'y', 'success', '{}', 'ab')",
+    )
     report = verify_database(reader, key.public_key())
     assert not report.ok and report.first_bad_seq == 31, report
 
@@ -140,7 +158,10 @@ def test_recomputed_chain_is_caught_by_the_hsm_seal(trail) -> None:  # type: ign
     reader, key, path = trail
     sql(path, "UPDATE audit_events SET target='forged' WHERE seq=4")
     with reader.connect() as conn:
-        rows = [_record_dict(r) for r in conn.execute(select(audit_events).order_by(audit_events.c.seq)).mappings()]
+        rows = [
+            _record_dict(r)
+            for r in conn.execute(select(audit_events).order_by(audit_events.c.seq)).mappings()
+        ]
     prev = GENESIS_HASH
     with sqlite3.connect(path) as db:
         for r in rows:
@@ -199,8 +220,11 @@ def test_a_failed_unit_leaves_no_gap_in_the_chain(trail) -> None:  # type: ignor
         raise ValueError("unit fails after writing its audit record")
 
     try:
-        futures = [writer._enqueue(Inserts(((audit_events, event(101)),))), writer._enqueue(failing),
-                   writer._enqueue(Inserts(((audit_events, event(102)),)))]
+        futures = [
+            writer._enqueue(Inserts(((audit_events, event(101)),))),
+            writer._enqueue(failing),
+            writer._enqueue(Inserts(((audit_events, event(102)),))),
+        ]
         futures[0].result(), futures[2].result()
         with pytest.raises(ValueError):
             futures[1].result()
@@ -212,8 +236,12 @@ def test_a_failed_unit_leaves_no_gap_in_the_chain(trail) -> None:  # type: ignor
 
 def _hammer(url: str, worker: int, count: int) -> None:
     writer = GroupCommitWriter(open_engine(url, writer=True))
-    threads = [threading.Thread(target=lambda i=i: writer.run(Inserts(((audit_events, event(worker * 10_000 + i)),))))
-               for i in range(count)]
+    threads = [
+        threading.Thread(
+            target=lambda i=i: writer.run(Inserts(((audit_events, event(worker * 10_000 + i)),)))
+        )
+        for i in range(count)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -255,11 +283,19 @@ def test_every_pair_of_the_four_roles_conflicts() -> None:
 
 
 def test_default_acl_permission_matrix() -> None:
-    operator, admin, auditor = Principal("o", "operator"), Principal("a", "administrator"), Principal("u", "auditor")
+    operator, admin, auditor = (
+        Principal("o", "operator"),
+        Principal("a", "administrator"),
+        Principal("u", "auditor"),
+    )
     assert operator.allows("certificate.issue", "profile:device") and operator.allows("certificate.revoke")
     assert not operator.allows("certificate.issue", "profile:identity")
     assert not operator.allows("entity.manage") and not operator.allows("audit.read")
-    assert admin.allows("entity.manage") and admin.allows("acl.manage") and admin.allows("key.manage", "key:ckms-ca-key")
+    assert (
+        admin.allows("entity.manage")
+        and admin.allows("acl.manage")
+        and admin.allows("key.manage", "key:ckms-ca-key")
+    )
     assert not admin.allows("certificate.issue") and not admin.allows("audit.read")
     assert auditor.allows("audit.export") and not auditor.allows("certificate.issue")
 

@@ -101,8 +101,9 @@ def test_suite_test_references_resolve(catalog):
             path, *names = ref.removeprefix("test:").split("::")
             source = REPO / path
             name = names[-1].split("[")[0]
-            if not source.is_file() or not re.search(rf"^\s*(async )?def {re.escape(name)}\(", source.read_text(),
-                                                     re.MULTILINE):
+            if not source.is_file() or not re.search(
+                rf"^\s*(async )?def {re.escape(name)}\(", source.read_text(), re.MULTILINE
+            ):
                 missing.append((c.id, ref))
     assert missing == []
 
@@ -454,7 +455,10 @@ def test_suite_test_under_checks_is_refused(tmp_path):
 
 
 def test_only_suite_tests_do_not_make_an_item_automated(tmp_path):
-    item = {**{k: v for k, v in GOOD_A01.items() if k != "checks"}, "tests": ["test:tests/unit/test_x.py::test_y"]}
+    item = {
+        **{k: v for k, v in GOOD_A01.items() if k != "checks"},
+        "tests": ["test:tests/unit/test_x.py::test_y"],
+    }
     assert "automated but lists no check" in _problems(tmp_path, [item])
 
 

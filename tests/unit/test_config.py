@@ -20,8 +20,11 @@ def write_home(tmp_path: Path, **tables: dict) -> Path:  # type: ignore[type-arg
 
 
 def test_audit_and_alert_tables_are_part_of_the_one_config(tmp_path: Path) -> None:
-    home = write_home(tmp_path, audit={"seal_every_records": 5, "key_label": "k"},
-                      alerts={"command": "/usr/local/bin/page", "syslog": False})
+    home = write_home(
+        tmp_path,
+        audit={"seal_every_records": 5, "key_label": "k"},
+        alerts={"command": "/usr/local/bin/page", "syslog": False},
+    )
     config = load_config(home)
     assert (config.audit.seal_every_records, config.audit.key_label) == (5, "k")
     assert config.alerts.command == ("/usr/local/bin/page",) and not config.alerts.syslog

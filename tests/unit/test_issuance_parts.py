@@ -20,10 +20,16 @@ from ckms_app.x509.est_encoding import csr_attributes
 from ckms_app.x509.profiles import end_entity_builder, key_usage, new_serial
 
 PROFILE = Profile(
-    name="device", validity_days=365, key_usage=("digital_signature",), extended_key_usage=("client_auth",),
-    policy_oid="2.999.1.2.3", subject_cn_pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
-    allowed_subject_attributes=("CN", "O", "OU", "serialNumber"), san_required=False,
-    san_dns_pattern=r"[a-z0-9.-]+", san_uri_pattern=r"urn:ckms:device:[A-Za-z0-9._-]{1,64}",
+    name="device",
+    validity_days=365,
+    key_usage=("digital_signature",),
+    extended_key_usage=("client_auth",),
+    policy_oid="2.999.1.2.3",
+    subject_cn_pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
+    allowed_subject_attributes=("CN", "O", "OU", "serialNumber"),
+    san_required=False,
+    san_dns_pattern=r"[a-z0-9.-]+",
+    san_uri_pattern=r"urn:ckms:device:[A-Za-z0-9._-]{1,64}",
     allowed_curves=("P-256", "P-384"),
 )
 
@@ -31,7 +37,8 @@ PROFILE = Profile(
 def csr(cn: str = "dev-1", key=None, sans=None, attrs=()) -> bytes:  # type: ignore[no-untyped-def]
     key = key or ec.generate_private_key(ec.SECP256R1())
     b = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), *attrs]))
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), *attrs])
+    )
     if sans:
         b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
@@ -100,28 +107,52 @@ def test_serials_are_positive_random_and_at_most_20_octets() -> None:
 def test_validity_never_exceeds_the_issuer() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    issuer = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CA")]))
-              .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CA")])).public_key(key.public_key())
-              .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=30))
-              .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-              .sign(key, hashes.SHA256()))
-    builder = end_entity_builder(profile=PROFILE, subject=issuer.subject, sans=(), public_key=key.public_key(),
-                                 issuer=issuer, serial=new_serial(), now=now, crl_url="http://c/full.crl",
-                                 delta_crl_url="http://c/delta.crl")
+    issuer = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CA")]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CA")]))
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    builder = end_entity_builder(
+        profile=PROFILE,
+        subject=issuer.subject,
+        sans=(),
+        public_key=key.public_key(),
+        issuer=issuer,
+        serial=new_serial(),
+        now=now,
+        crl_url="http://c/full.crl",
+        delta_crl_url="http://c/delta.crl",
+    )
     cert = builder.sign(key, hashes.SHA256())
     assert cert.not_valid_after_utc == issuer.not_valid_after_utc
 
 
 def test_csrattrs_is_valid_der_naming_algorithms() -> None:
     der = csr_attributes("sha384", ("P-256", "P-384"))
-    out = subprocess.run(["openssl", "asn1parse", "-inform", "DER"], input=der, capture_output=True, check=True)
+    out = subprocess.run(
+        ["openssl", "asn1parse", "-inform", "DER"], input=der, capture_output=True, check=True
+    )
     text = out.stdout.decode()
     assert "ecdsa-with-SHA384" in text and "id-ecPublicKey" in text
     assert "prime256v1" in text and "secp384r1" in text
 
 
-@pytest.mark.parametrize(("given", "expected"), [("keyCompromise", "keyCompromise"), ("KEYCOMPROMISE", "keyCompromise"),
-                                                 ("1", "keyCompromise"), (4, "superseded"), ("0", "unspecified")])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("keyCompromise", "keyCompromise"),
+        ("KEYCOMPROMISE", "keyCompromise"),
+        ("1", "keyCompromise"),
+        (4, "superseded"),
+        ("0", "unspecified"),
+    ],
+)
 def test_reason_parsing(given: str | int, expected: str) -> None:
     assert parse_reason(given) == expected
 
@@ -146,13 +177,19 @@ def test_assembled_certificate_carries_the_linted_tbs_and_verifies() -> None:
         ca_key, throwaway, subject_key = (ec.generate_private_key(curve) for _ in range(3))
         now = dt.datetime.now(dt.UTC)
         # A long SAN pushes the TBS over 255 bytes of content: exercises long-form DER lengths.
-        builder = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev-1")]))
-                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
-                   .public_key(subject_key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-                   .add_extension(x509.SubjectAlternativeName([x509.DNSName("d" * 60 + f".n{i}.example")
-                                                                 for i in range(8)]), critical=False))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev-1")]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
+            .public_key(subject_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.DNSName("d" * 60 + f".n{i}.example") for i in range(8)]),
+                critical=False,
+            )
+        )
         precert = builder.sign(throwaway, hash_algorithm)
         precert_der = precert.public_bytes(serialization.Encoding.DER)
         tbs = precert.tbs_certificate_bytes
@@ -163,17 +200,26 @@ def test_assembled_certificate_carries_the_linted_tbs_and_verifies() -> None:
         assert cert.public_bytes(serialization.Encoding.DER) == der
         ca_key.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hash_algorithm))
         # Re-assembling the throwaway-signed copy from its parts gives back its exact DER.
-        assert assemble(precert.tbs_certificate_bytes, signature_algorithm_der(precert_der),
-                        precert.signature) == precert_der
+        assert (
+            assemble(precert.tbs_certificate_bytes, signature_algorithm_der(precert_der), precert.signature)
+            == precert_der
+        )
         # CRLs have the same outer shape: the linted TBSCertList signed by the CA verifies as a CRL.
-        crl_copy = (x509.CertificateRevocationListBuilder()
-                    .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
-                    .last_update(now).next_update(now + dt.timedelta(hours=1))
-                    .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(7)
-                                             .revocation_date(now).build())
-                    .sign(throwaway, hash_algorithm))
-        crl_der = assemble(crl_copy.tbs_certlist_bytes, signature_algorithm_der(crl_copy.public_bytes(
-            serialization.Encoding.DER)), ca_key.sign(crl_copy.tbs_certlist_bytes, ec.ECDSA(hash_algorithm)))
+        crl_copy = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
+            .last_update(now)
+            .next_update(now + dt.timedelta(hours=1))
+            .add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(7).revocation_date(now).build()
+            )
+            .sign(throwaway, hash_algorithm)
+        )
+        crl_der = assemble(
+            crl_copy.tbs_certlist_bytes,
+            signature_algorithm_der(crl_copy.public_bytes(serialization.Encoding.DER)),
+            ca_key.sign(crl_copy.tbs_certlist_bytes, ec.ECDSA(hash_algorithm)),
+        )
         crl = x509.load_der_x509_crl(crl_der)
         assert crl.tbs_certlist_bytes == crl_copy.tbs_certlist_bytes
         assert crl.is_signature_valid(ca_key.public_key())

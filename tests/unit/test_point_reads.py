@@ -18,9 +18,21 @@ from ckms_app.store.writer import GroupCommitWriter, Inserts
 
 def _cert_row(serial: str, csr_hash: str) -> dict:
     now = utcnow()
-    return {"serial": serial, "kind": "end-entity", "profile": "device", "subject": f"CN={serial}", "sans": "",
-            "not_before": now, "not_after": now, "issued_at": now, "requested_by": "t", "csr_sha256": csr_hash,
-            "pubkey_sha256": "0" * 64, "status": "valid", "der": b"\x30\x03\x02\x01" + serial.encode()[:1]}
+    return {
+        "serial": serial,
+        "kind": "end-entity",
+        "profile": "device",
+        "subject": f"CN={serial}",
+        "sans": "",
+        "not_before": now,
+        "not_after": now,
+        "issued_at": now,
+        "requested_by": "t",
+        "csr_sha256": csr_hash,
+        "pubkey_sha256": "0" * 64,
+        "status": "valid",
+        "der": b"\x30\x03\x02\x01" + serial.encode()[:1],
+    }
 
 
 def _exercise(url: str) -> None:
@@ -30,8 +42,9 @@ def _exercise(url: str) -> None:
     reads = PointReader(reader_engine)
     try:
         der_for = reads.prepare(select(certificates.c.der).where(certificates.c.csr_sha256 == bindparam("h")))
-        generation = reads.prepare(select(security_state.c.value)
-                                   .where(security_state.c.name == "entity_generation"))
+        generation = reads.prepare(
+            select(security_state.c.value).where(security_state.c.name == "entity_generation")
+        )
         assert reads.first(der_for, h="a" * 64) is None
         before = int(reads.first(generation)[0])  # type: ignore[index]
 
@@ -39,8 +52,13 @@ def _exercise(url: str) -> None:
         writer.run(Inserts(((certificates, _cert_row("1a", "a" * 64)),)))
         found = reads.first(der_for, h="a" * 64)
         assert found is not None and bytes(found[0]) == b"\x30\x03\x02\x011"
-        writer.run(lambda c: c.execute(update(security_state).where(security_state.c.name == "entity_generation")
-                                       .values(value=security_state.c.value + 1)))
+        writer.run(
+            lambda c: c.execute(
+                update(security_state)
+                .where(security_state.c.name == "entity_generation")
+                .values(value=security_state.c.value + 1)
+            )
+        )
         assert int(reads.first(generation)[0]) == before + 1  # type: ignore[index]
 
         # A dropped connection is replaced transparently on the next read.

@@ -15,8 +15,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def record(check: str, outcome: str, host: str = "ca1", message: str | None = None) -> dict:
-    return {"check": check, "test": "t", "host": host, "outcome": outcome, "duration_s": 0.1, "message": message,
-            "evidence": [{"label": "sshd -T", "value": "permitrootlogin no"}], "at": "2026-01-01T00:00:00Z"}
+    return {
+        "check": check,
+        "test": "t",
+        "host": host,
+        "outcome": outcome,
+        "duration_s": 0.1,
+        "message": message,
+        "evidence": [{"label": "sshd -T", "value": "permitrootlogin no"}],
+        "at": "2026-01-01T00:00:00Z",
+    }
 
 
 def test_status_follows_results() -> None:
@@ -38,12 +46,29 @@ def test_all_formats_and_languages(tmp_path: Path) -> None:
     catalog = load_catalog()
     checks = catalog["F.06"].all_checks()
     results = tmp_path / "results.json"
-    results.write_text(json.dumps([record(checks[0], "failed", message="PermitRootLogin yes"),
-                                   record(checks[1], "passed")]))
+    results.write_text(
+        json.dumps([record(checks[0], "failed", message="PermitRootLogin yes"), record(checks[1], "passed")])
+    )
     for lang in ("en", "ja"):
         out = tmp_path / lang
-        proc = subprocess.run([sys.executable, "-m", "hardening.report", "--results", str(results), "--out", str(out),
-                               "--lang", lang, "--require", "F"], capture_output=True, text=True, cwd=ROOT)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "hardening.report",
+                "--results",
+                str(results),
+                "--out",
+                str(out),
+                "--lang",
+                lang,
+                "--require",
+                "F",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         assert proc.returncode == 1 and "F.06: fail" in proc.stdout
         doc = json.loads((out / "report.json").read_text())
         assert len(doc["items"]) == 163 and doc["lang"] == lang
@@ -64,7 +89,9 @@ def test_write_report_returns_paths(tmp_path: Path) -> None:
 def test_a_check_skipped_by_one_source_and_passed_by_another_passes() -> None:
     catalog = load_catalog()
     checks = catalog["F.52"].all_checks()
-    records = [record(c, "passed") for c in checks] + [record(checks[-1], "skipped", message="runs as a drill")]
+    records = [record(c, "passed") for c in checks] + [
+        record(checks[-1], "skipped", message="runs as a drill")
+    ]
     assert {i.control.id: i for i in evaluate(catalog, records)}["F.52"].status == "pass"
     only_skipped = [record(checks[0], "passed"), record(checks[-1], "skipped")]
     assert {i.control.id: i for i in evaluate(catalog, only_skipped)}["F.52"].status == "partial"
@@ -73,16 +100,26 @@ def test_a_check_skipped_by_one_source_and_passed_by_another_passes() -> None:
 def test_limitations_and_suite_tests_are_shown(tmp_path: Path) -> None:
     catalog = load_catalog()
     checks = catalog["F.06"].all_checks()
-    limited = {**record("check:F.06.k.apparmor_enforcing", "passed"), "limitation": "no AppArmor in the lab kernel"}
+    limited = {
+        **record("check:F.06.k.apparmor_enforcing", "passed"),
+        "limitation": "no AppArmor in the lab kernel",
+    }
     records = [record(c, "passed") for c in checks if c != limited["check"]] + [limited]
     items = evaluate(catalog, records)
     f06 = {i.control.id: i for i in items}["F.06"]
-    assert f06.status == "pass" and [r["check"] for r in f06.limitations] == ["check:F.06.k.apparmor_enforcing"]
+    assert f06.status == "pass" and [r["check"] for r in f06.limitations] == [
+        "check:F.06.k.apparmor_enforcing"
+    ]
     write_report(tmp_path, items, "en")
     doc = json.loads((tmp_path / "report.json").read_text())
     item = next(i for i in doc["items"] if i["id"] == "F.06")
-    assert item["limitations"] == [{"check": "check:F.06.k.apparmor_enforcing", "host": "ca1",
-                                    "limitation": "no AppArmor in the lab kernel"}]
+    assert item["limitations"] == [
+        {
+            "check": "check:F.06.k.apparmor_enforcing",
+            "host": "ca1",
+            "limitation": "no AppArmor in the lab kernel",
+        }
+    ]
     assert "no AppArmor in the lab kernel" in (tmp_path / "summary.md").read_text()
     assert "no AppArmor in the lab kernel" in (tmp_path / "report.html").read_text()
     f14 = next(i for i in doc["items"] if i["id"] == "F.14")

@@ -18,9 +18,21 @@ from ckms_app.store.writer import GroupCommitWriter, Inserts
 
 def cert_row(serial: str, csr_hash: str | None = None) -> dict:
     now = utcnow()
-    return {"serial": serial, "kind": "end-entity", "profile": "device", "subject": f"CN={serial}", "sans": "",
-            "not_before": now, "not_after": now, "issued_at": now, "requested_by": "t", "csr_sha256": csr_hash,
-            "pubkey_sha256": "0" * 64, "status": "valid", "der": b"\x30\x00"}
+    return {
+        "serial": serial,
+        "kind": "end-entity",
+        "profile": "device",
+        "subject": f"CN={serial}",
+        "sans": "",
+        "not_before": now,
+        "not_after": now,
+        "issued_at": now,
+        "requested_by": "t",
+        "csr_sha256": csr_hash,
+        "pubkey_sha256": "0" * 64,
+        "status": "valid",
+        "der": b"\x30\x00",
+    }
 
 
 @pytest.fixture
@@ -46,9 +58,23 @@ def test_concurrent_units_are_grouped_and_all_land(db) -> None:  # type: ignore[
 
     def submit(i: int) -> None:
         try:
-            writer.run(Inserts(((certificates, cert_row(f"{i:x}")),
-                                (audit_events, audit_row(entity_id="t", role="operator", action="certificate.issue",
-                                                         target=f"{i:x}", outcome="success")))))
+            writer.run(
+                Inserts(
+                    (
+                        (certificates, cert_row(f"{i:x}")),
+                        (
+                            audit_events,
+                            audit_row(
+                                entity_id="t",
+                                role="operator",
+                                action="certificate.issue",
+                                target=f"{i:x}",
+                                outcome="success",
+                            ),
+                        ),
+                    )
+                )
+            )
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -65,9 +91,11 @@ def test_concurrent_units_are_grouped_and_all_land(db) -> None:  # type: ignore[
 def test_a_failing_unit_is_isolated_by_savepoint(db) -> None:  # type: ignore[no-untyped-def]
     reader, writer = db
     writer.run(Inserts(((certificates, cert_row("aa", "h1")),)))
-    futures = [writer._enqueue(Inserts(((certificates, cert_row("bb")),))),
-               writer._enqueue(Inserts(((certificates, cert_row("cc", "h1")),))),  # duplicate CSR hash
-               writer._enqueue(Inserts(((certificates, cert_row("dd")),)))]
+    futures = [
+        writer._enqueue(Inserts(((certificates, cert_row("bb")),))),
+        writer._enqueue(Inserts(((certificates, cert_row("cc", "h1")),))),  # duplicate CSR hash
+        writer._enqueue(Inserts(((certificates, cert_row("dd")),))),
+    ]
     assert futures[0].result() is None and futures[2].result() is None
     with pytest.raises(IntegrityError):
         futures[1].result()
@@ -107,8 +135,12 @@ def test_migration_2_seeds_the_default_acl_as_released() -> None:
     from ckms_app.authority.rbac import DEFAULT_ACL
     from ckms_app.store.migrations import _MIGRATION_2_ACL
 
-    revoke_by_kind = {("operator", "certificate.revoke", "kind:end-entity"),
-                      ("administrator", "certificate.revoke", "kind:identity"),
-                      ("administrator", "certificate.revoke", "kind:tls-server")}
+    revoke_by_kind = {
+        ("operator", "certificate.revoke", "kind:end-entity"),
+        ("administrator", "certificate.revoke", "kind:identity"),
+        ("administrator", "certificate.revoke", "kind:tls-server"),
+    }
     # migration 3 replaced the operators' revoke-anything grant by grants per certificate kind
-    assert set(_MIGRATION_2_ACL) - {("operator", "certificate.revoke", "*")} | revoke_by_kind == set(DEFAULT_ACL)
+    assert set(_MIGRATION_2_ACL) - {("operator", "certificate.revoke", "*")} | revoke_by_kind == set(
+        DEFAULT_ACL
+    )

@@ -5,6 +5,7 @@ and log.
 
     python tests/lab/drills/dos.py [--inventory INV] [--results build/report/drills.json]
 """
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,17 @@ def body(lab: Lab, d, args) -> None:
     t0 = time.monotonic()
     before = {c: counter(router, c) for c in ("log_drop_syn_flood", "log_drop_forward")}
     # bounded flood: 2500 SYNs at 500/s from the rogue host's own address to the CA's EST port
-    flood = subprocess.Popen(["ssh", *rogue.ssh_args, f"root@{rogue.address}",
-                              f"timeout 15 hping3 -q -S -p 8443 -i u2000 -c 2500 {ca_ip}"],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    flood = subprocess.Popen(
+        [
+            "ssh",
+            *rogue.ssh_args,
+            f"root@{rogue.address}",
+            f"timeout 15 hping3 -q -S -p 8443 -i u2000 -c 2500 {ca_ip}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     time.sleep(1.5)
     during = []
     deployed = ca_daemon_deployed(ca)
@@ -49,15 +58,27 @@ def body(lab: Lab, d, args) -> None:
     after = {c: counter(router, c) for c in ("log_drop_syn_flood", "log_drop_forward")}
     logged = int(router.out(f"grep -c 'ckms-dos-syn .*SRC={rogue_ip} ' {logf} || true") or 0)
     tracked = rogue_ip in router.out("nft list set inet ckms_router dos_syn")
-    ev = {"flood": flood_out.strip().splitlines()[-3:],
-          "terminal during the flood" + ("" if deployed else " (CA daemon not deployed: TCP connect)"): during,
-          "drop counters before/after": [before, after], "syn-flood log lines from rogue": logged,
-          "rogue in the per-source SYN meter": tracked}
-    passed = all(x["ok"] for x in during) and after["log_drop_syn_flood"] > before["log_drop_syn_flood"] \
-        and logged > 0 and tracked
-    d.record("check:F.19.drill_syn_flood_bounded", router.name, passed,
-             None if passed else "the terminal lost service during the flood or the limits did not engage/log",
-             ev, time.monotonic() - t0)
+    ev = {
+        "flood": flood_out.strip().splitlines()[-3:],
+        "terminal during the flood" + ("" if deployed else " (CA daemon not deployed: TCP connect)"): during,
+        "drop counters before/after": [before, after],
+        "syn-flood log lines from rogue": logged,
+        "rogue in the per-source SYN meter": tracked,
+    }
+    passed = (
+        all(x["ok"] for x in during)
+        and after["log_drop_syn_flood"] > before["log_drop_syn_flood"]
+        and logged > 0
+        and tracked
+    )
+    d.record(
+        "check:F.19.drill_syn_flood_bounded",
+        router.name,
+        passed,
+        None if passed else "the terminal lost service during the flood or the limits did not engage/log",
+        ev,
+        time.monotonic() - t0,
+    )
 
 
 if __name__ == "__main__":

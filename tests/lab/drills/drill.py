@@ -51,7 +51,9 @@ class Host:
         args = ["ssh", *self.ssh_args, f"{self.vars.get('ansible_user', 'root')}@{self.address}", command]
         proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
-            raise AssertionError(f"{self.name}: {command!r} -> rc {proc.returncode}: {proc.stderr.strip()[:400]}")
+            raise AssertionError(
+                f"{self.name}: {command!r} -> rc {proc.returncode}: {proc.stderr.strip()[:400]}"
+            )
         return proc
 
     def ok(self, command: str, timeout: float = 120) -> bool:
@@ -68,8 +70,11 @@ class Lab:
         self.inventory = inventory
         ansible_inventory = Path(sys.executable).parent / "ansible-inventory"
         exe = str(ansible_inventory) if ansible_inventory.exists() else "ansible-inventory"
-        data = json.loads(subprocess.run([exe, "-i", str(inventory), "--list"], capture_output=True, text=True,
-                                         check=True).stdout)
+        data = json.loads(
+            subprocess.run(
+                [exe, "-i", str(inventory), "--list"], capture_output=True, text=True, check=True
+            ).stdout
+        )
         self.hostvars: dict[str, dict] = data["_meta"]["hostvars"]
         self.groups = {g: v.get("hosts", []) for g, v in data.items() if isinstance(v, dict) and "hosts" in v}
 
@@ -79,7 +84,16 @@ class Lab:
             raise DrillSkip(f"no host in group {group!r} of {self.inventory}")
         name = names[0]
         v = self.hostvars[name]
-        args = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"]
+        args = [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "LogLevel=ERROR",
+        ]
         key = v.get("ansible_ssh_private_key_file") or v.get("ansible_private_key_file")
         if key:
             args += ["-i", str(key)]
@@ -123,7 +137,9 @@ def ca_health(ca: Host) -> dict | None:
 def enrol(terminal: Host, tag: str) -> tuple[bool, float, str]:
     """One EST issuance from the terminal (ckms_ca's enrolment script); (ok, seconds, output)."""
     t0 = time.monotonic()
-    p = terminal.run(f"/usr/local/bin/ckms-enroll drill-{tag}-{int(time.time())} /root/ckms-drill", timeout=60)
+    p = terminal.run(
+        f"/usr/local/bin/ckms-enroll drill-{tag}-{int(time.time())} /root/ckms-drill", timeout=60
+    )
     return p.returncode == 0, round(time.monotonic() - t0, 2), (p.stdout + p.stderr).strip()[-400:]
 
 
@@ -136,8 +152,15 @@ class Drill:
     records: list[dict] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
-    def record(self, check: str, host: str, ok: bool | None, message: str | None, evidence: dict[str, Any],
-               duration: float | None = None) -> dict:
+    def record(
+        self,
+        check: str,
+        host: str,
+        ok: bool | None,
+        message: str | None,
+        evidence: dict[str, Any],
+        duration: float | None = None,
+    ) -> dict:
         rec = {
             "check": check,
             "test": f"tests/lab/drills/{self.name}.py",
@@ -145,13 +168,21 @@ class Drill:
             "outcome": "skipped" if ok is None else ("passed" if ok else "failed"),
             "duration_s": round(duration if duration is not None else time.monotonic() - self.started, 3),
             "message": message,
-            "evidence": [{"label": k, "value": v if isinstance(v, str) else json.dumps(v, default=str, sort_keys=True)[:4000]}
-                         for k, v in evidence.items()],
+            "evidence": [
+                {
+                    "label": k,
+                    "value": v if isinstance(v, str) else json.dumps(v, default=str, sort_keys=True)[:4000],
+                }
+                for k, v in evidence.items()
+            ],
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         self.records.append(rec)
         mark = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[rec["outcome"]]
-        print(f"[{mark}] {check} @ {host} ({rec['duration_s']} s){': ' + message if message else ''}", flush=True)
+        print(
+            f"[{mark}] {check} @ {host} ({rec['duration_s']} s){': ' + message if message else ''}",
+            flush=True,
+        )
         return rec
 
     def save(self) -> None:
@@ -166,17 +197,27 @@ class Drill:
         return all(r["outcome"] != "failed" for r in self.records)
 
 
-def main(name: str, doc: str, body: Callable[[Lab, Drill, argparse.Namespace], None],
-         extra: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+def main(
+    name: str,
+    doc: str,
+    body: Callable[[Lab, Drill, argparse.Namespace], None],
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
     p = argparse.ArgumentParser(prog=f"tests/lab/drills/{name}.py", description=doc.strip().splitlines()[0])
-    p.add_argument("--inventory", type=Path, default=Path(os.environ.get("CKMS_DRILL_INVENTORY", DEFAULT_INVENTORY)))
-    p.add_argument("--results", type=Path, default=Path(os.environ.get("CKMS_DRILL_RESULTS", DEFAULT_RESULTS)))
+    p.add_argument(
+        "--inventory", type=Path, default=Path(os.environ.get("CKMS_DRILL_INVENTORY", DEFAULT_INVENTORY))
+    )
+    p.add_argument(
+        "--results", type=Path, default=Path(os.environ.get("CKMS_DRILL_RESULTS", DEFAULT_RESULTS))
+    )
     if extra:
         extra(p)
     args = p.parse_args()
     # A converged lab's inventory holds the Ansible-Vault-encrypted token PINs (group_vars/ca/vault.yml):
     # ansible-inventory, the re-converge and the checks need the per-machine vault password, as make report.
-    vault = Path(os.environ.get("CKMS_TOOL_CACHE", Path.home() / ".cache" / "ckms")) / "ansible" / "vault-pass"
+    vault = (
+        Path(os.environ.get("CKMS_TOOL_CACHE", Path.home() / ".cache" / "ckms")) / "ansible" / "vault-pass"
+    )
     if vault.is_file() and vault.stat().st_size:
         os.environ.setdefault("ANSIBLE_VAULT_PASSWORD_FILE", str(vault))
     # the checks a drill runs (testinfra's ansible backend) call ansible-inventory: the venv's, first
@@ -191,6 +232,8 @@ def main(name: str, doc: str, body: Callable[[Lab, Drill, argparse.Namespace], N
             return 0
     finally:
         drill.save()
-    print(f"drill {name}: {'passed' if drill.ok else 'FAILED'} in {time.monotonic() - drill.started:.1f} s "
-          f"({len(drill.records)} checks) -> {args.results}")
+    print(
+        f"drill {name}: {'passed' if drill.ok else 'FAILED'} in {time.monotonic() - drill.started:.1f} s "
+        f"({len(drill.records)} checks) -> {args.results}"
+    )
     return 0 if drill.ok else 1

@@ -4,6 +4,7 @@ dropped by the router and logged; SSH to the CA only from the registered admin a
 
     python tests/lab/drills/flows.py [--inventory INV] [--results build/report/drills.json]
 """
+
 from __future__ import annotations
 
 import sys
@@ -38,9 +39,14 @@ def body(lab: Lab, d, args) -> None:
     ev["new drop-log lines for the rogue host"] = logged
     ev["drop log sample"] = router.out(f"grep 'SRC={rogue_ip} ' {logf} | tail -1")
     passed = ok and crl and all(rc != 0 for rc in rogue_rc.values()) and logged > 0
-    d.record("check:F.18.a.drill_modelled_flows_only", router.name, passed,
-             None if passed else "a modelled flow failed or the rogue host reached the CA / was not logged", ev,
-             time.monotonic() - t0)
+    d.record(
+        "check:F.18.a.drill_modelled_flows_only",
+        router.name,
+        passed,
+        None if passed else "a modelled flow failed or the rogue host reached the CA / was not logged",
+        ev,
+        time.monotonic() - t0,
+    )
 
     t0 = time.monotonic()
     ev = {}
@@ -51,12 +57,23 @@ def body(lab: Lab, d, args) -> None:
         ev["admin (registered) -> CA ssh"] = "no admin host in this topology"
     ev["rogue -> CA ssh (nc rc)"] = rogue_rc[22]
     ev["rogue -> router ssh (nc rc)"] = rogue.run(f"nc -z -w 2 {router.addr('lan')} 22").returncode
-    ev["VPN"] = ("WireGuard endpoint with registered peers is checked by check:F.17.vpn_endpoint_configured; "
-                 "the VPN data path (peer -> CA ssh) is not driven by this drill")
-    passed = ev["admin (registered) -> CA ssh"] is not False and rogue_rc[22] != 0 and ev["rogue -> router ssh (nc rc)"] != 0
-    d.record("check:A.66.drill_admin_ssh_registered_only", router.name, passed,
-             None if passed else "SSH to the CA/router from an unregistered host, or not from the admin PC", ev,
-             time.monotonic() - t0)
+    ev["VPN"] = (
+        "WireGuard endpoint with registered peers is checked by check:F.17.vpn_endpoint_configured; "
+        "the VPN data path (peer -> CA ssh) is not driven by this drill"
+    )
+    passed = (
+        ev["admin (registered) -> CA ssh"] is not False
+        and rogue_rc[22] != 0
+        and ev["rogue -> router ssh (nc rc)"] != 0
+    )
+    d.record(
+        "check:A.66.drill_admin_ssh_registered_only",
+        router.name,
+        passed,
+        None if passed else "SSH to the CA/router from an unregistered host, or not from the admin PC",
+        ev,
+        time.monotonic() - t0,
+    )
 
 
 if __name__ == "__main__":

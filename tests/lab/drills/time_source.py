@@ -7,6 +7,7 @@ blocks NTP on the CA and restarts chronyd: what a CA reboot during a time-source
 
     python tests/lab/drills/time_source.py [--inventory INV] [--results build/report/drills.json]
 """
+
 from __future__ import annotations
 
 import sys
@@ -14,9 +15,11 @@ import time
 
 from drill import Lab, ca_daemon_deployed, enrol, main, wait
 
-BLOCK = ("nft add table inet ckms_drill_time; nft add chain inet ckms_drill_time out "
-         "'{ type filter hook output priority -5; policy accept; }'; "
-         "nft add rule inet ckms_drill_time out udp dport 123 drop")
+BLOCK = (
+    "nft add table inet ckms_drill_time; nft add chain inet ckms_drill_time out "
+    "'{ type filter hook output priority -5; policy accept; }'; "
+    "nft add rule inet ckms_drill_time out udp dport 123 drop"
+)
 UNBLOCK = "nft delete table inet ckms_drill_time"
 
 
@@ -50,19 +53,34 @@ def body(lab: Lab, d, args) -> None:
     ev["tracking after"] = ca.out("chronyc -c tracking")
     synced_again = ev["seconds until synchronised again"] is not None
     lost = ev["seconds until Not synchronised"] is not None
-    d.record("check:A.35.drill_time_source_loss_detected", ca.name, lost and synced_again,
-             None if lost and synced_again else "chrony did not report the loss or did not resynchronise", ev,
-             time.monotonic() - t0)
+    d.record(
+        "check:A.35.drill_time_source_loss_detected",
+        ca.name,
+        lost and synced_again,
+        None if lost and synced_again else "chrony did not report the loss or did not resynchronise",
+        ev,
+        time.monotonic() - t0,
+    )
     if not deployed:
-        d.record("check:A.33.issuance_refused_when_unsynchronised", ca.name, None,
-                 "CA daemon not deployed on this lab: issuance part not run", {})
+        d.record(
+            "check:A.33.issuance_refused_when_unsynchronised",
+            ca.name,
+            None,
+            "CA daemon not deployed on this lab: issuance part not run",
+            {},
+        )
         return
     resumed = wait(lambda: enrol(term, "time-after")[0], 60, interval=2)
     ev["seconds until issuance resumed"] = resumed
     passed = refused and resumed is not None
-    d.record("check:A.33.issuance_refused_when_unsynchronised", ca.name, passed,
-             None if passed else "issuance was not refused while unsynchronised or did not resume", ev,
-             time.monotonic() - t0)
+    d.record(
+        "check:A.33.issuance_refused_when_unsynchronised",
+        ca.name,
+        passed,
+        None if passed else "issuance was not refused while unsynchronised or did not resume",
+        ev,
+        time.monotonic() - t0,
+    )
 
 
 if __name__ == "__main__":

@@ -24,43 +24,107 @@ CHECKS = ["test_os_hardening.py", "test_audit.py", "test_integrity.py", "test_an
 
 # (what is broken, shell command that breaks it, check that must fail, item named in its message)
 BREAKS = [
-    ("root SSH login re-enabled", "sed -i 's/^PermitRootLogin no$/PermitRootLogin yes/' /etc/ssh/sshd_config",
-     "check:F.06.l.root_login_disabled", "F.06 l"),
-    ("port 9999 opened in the host firewall", "nft add rule inet ckms_host input tcp dport 9999 accept",
-     "check:F.06.j.ports_closed", "F.06 j"),
-    ("a service listening on port 9999",
-     "setsid python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
-     " s.bind((\"0.0.0.0\", 9999)); s.listen(); time.sleep(600)' >/dev/null 2>&1 < /dev/null & sleep 1",
-     "check:F.06.g.no_unexpected_listeners", "F.06 g"),
-    ("an account with a login shell added", "useradd -m -s /bin/bash mallory",
-     "check:F.06.d.only_expected_accounts", "F.06 d"),
-    ("sudo ALL granted", "echo 'ckmsop ALL=(ALL) ALL' > /etc/sudoers.d/zz-broad && chmod 440 /etc/sudoers.d/zz-broad",
-     "check:F.06.d.sudo_command_allowlist", "F.06 d"),
-    ("a file under AIDE watch modified", "echo '# tampered' >> /etc/issue.net",
-     "check:F.48.aide_detects_modified_file", "F.48"),
-    ("an audit rule with bad syntax", "echo '-w /etc/hosts -p z -k bad' >> /etc/audit/rules.d/30-ckms-watches.rules"
-     " && augenrules >/dev/null", "check:F.12.auditd_watches_identity_and_config", "F.12"),
-    ("audit rules no longer immutable", "sed -i 's/^-e 2$/-e 1/' /etc/audit/rules.d/99-ckms-finalize.rules"
-     " && augenrules >/dev/null", "check:F.13.audit_config_writable_by_admin_only", "F.13"),
-    ("virus-scan timer stopped", "systemctl disable --now ckms-av-scan.timer",
-     "check:F.10.a.av_scan_scheduled", "F.10 a"),
-    ("unsigned package source", "echo 'deb [trusted=yes] http://192.0.2.1/debian bookworm main'"
-     " > /etc/apt/sources.list.d/zz-unsigned.list", "check:F.11.a.package_signatures_enforced", "F.11 a"),
-    ("USB storage allowed again", "rm -f /etc/modprobe.d/ckms-removable-media.conf",
-     "check:F.06.i.usb_storage_disabled", "F.06 i"),
-    ("password policy weakened", "sed -i 's/^minlen = .*/minlen = 6/' /etc/security/pwquality.conf",
-     "check:F.06.f.password_quality_policy", "F.06 f"),
-    ("setuid bit back on chsh", "chmod u+s /usr/bin/chsh",
-     "check:F.06.b.privileged_commands_restricted", "F.06 b"),
+    (
+        "root SSH login re-enabled",
+        "sed -i 's/^PermitRootLogin no$/PermitRootLogin yes/' /etc/ssh/sshd_config",
+        "check:F.06.l.root_login_disabled",
+        "F.06 l",
+    ),
+    (
+        "port 9999 opened in the host firewall",
+        "nft add rule inet ckms_host input tcp dport 9999 accept",
+        "check:F.06.j.ports_closed",
+        "F.06 j",
+    ),
+    (
+        "a service listening on port 9999",
+        "setsid python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
+        ' s.bind(("0.0.0.0", 9999)); s.listen(); time.sleep(600)\' >/dev/null 2>&1 < /dev/null & sleep 1',
+        "check:F.06.g.no_unexpected_listeners",
+        "F.06 g",
+    ),
+    (
+        "an account with a login shell added",
+        "useradd -m -s /bin/bash mallory",
+        "check:F.06.d.only_expected_accounts",
+        "F.06 d",
+    ),
+    (
+        "sudo ALL granted",
+        "echo 'ckmsop ALL=(ALL) ALL' > /etc/sudoers.d/zz-broad && chmod 440 /etc/sudoers.d/zz-broad",
+        "check:F.06.d.sudo_command_allowlist",
+        "F.06 d",
+    ),
+    (
+        "a file under AIDE watch modified",
+        "echo '# tampered' >> /etc/issue.net",
+        "check:F.48.aide_detects_modified_file",
+        "F.48",
+    ),
+    (
+        "an audit rule with bad syntax",
+        "echo '-w /etc/hosts -p z -k bad' >> /etc/audit/rules.d/30-ckms-watches.rules"
+        " && augenrules >/dev/null",
+        "check:F.12.auditd_watches_identity_and_config",
+        "F.12",
+    ),
+    (
+        "audit rules no longer immutable",
+        "sed -i 's/^-e 2$/-e 1/' /etc/audit/rules.d/99-ckms-finalize.rules && augenrules >/dev/null",
+        "check:F.13.audit_config_writable_by_admin_only",
+        "F.13",
+    ),
+    (
+        "virus-scan timer stopped",
+        "systemctl disable --now ckms-av-scan.timer",
+        "check:F.10.a.av_scan_scheduled",
+        "F.10 a",
+    ),
+    (
+        "unsigned package source",
+        "echo 'deb [trusted=yes] http://192.0.2.1/debian bookworm main'"
+        " > /etc/apt/sources.list.d/zz-unsigned.list",
+        "check:F.11.a.package_signatures_enforced",
+        "F.11 a",
+    ),
+    (
+        "USB storage allowed again",
+        "rm -f /etc/modprobe.d/ckms-removable-media.conf",
+        "check:F.06.i.usb_storage_disabled",
+        "F.06 i",
+    ),
+    (
+        "password policy weakened",
+        "sed -i 's/^minlen = .*/minlen = 6/' /etc/security/pwquality.conf",
+        "check:F.06.f.password_quality_policy",
+        "F.06 f",
+    ),
+    (
+        "setuid bit back on chsh",
+        "chmod u+s /usr/bin/chsh",
+        "check:F.06.b.privileged_commands_restricted",
+        "F.06 b",
+    ),
 ]
 
 
 def run_checks(request, out: Path) -> dict[str, list[dict]]:
     inventory = request.config.getoption("ansible_inventory")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-           *[f"hardening/checks/{m}" for m in CHECKS],
-           "--connection=ansible", f"--ansible-inventory={inventory}", "--hosts=ansible://all",
-           f"--ckms-results={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        *[f"hardening/checks/{m}" for m in CHECKS],
+        "--connection=ansible",
+        f"--ansible-inventory={inventory}",
+        "--hosts=ansible://all",
+        f"--ckms-results={out}",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ), timeout=600)
     assert out.exists(), f"the checks did not run:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
     by_check: dict[str, list[dict]] = {}
@@ -88,7 +152,9 @@ def test_all_checks_pass_before_breaking(results):
     assert len(before) >= 30
 
 
-@pytest.mark.parametrize("what,cmd,check,item", BREAKS, ids=[b[2].removeprefix("check:") + ":" + b[0] for b in BREAKS])
+@pytest.mark.parametrize(
+    "what,cmd,check,item", BREAKS, ids=[b[2].removeprefix("check:") + ":" + b[0] for b in BREAKS]
+)
 def test_check_fails_when_control_broken(results, what, cmd, check, item):
     _, after = results
     recs = after.get(check)
@@ -100,7 +166,9 @@ def test_check_fails_when_control_broken(results, what, cmd, check, item):
 
 def test_account_change_alert_fired(host, results):
     alerts = host.run("journalctl -q -t ckms-audit --no-pager").stdout
-    assert "F.15" in alerts and "mallory" in alerts, f"no real-time alert for the new account: {alerts[-500:]}"
+    assert "F.15" in alerts and "mallory" in alerts, (
+        f"no real-time alert for the new account: {alerts[-500:]}"
+    )
 
 
 def test_aide_alert_fired(host, results):
