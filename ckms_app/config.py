@@ -197,6 +197,14 @@ def _path(home: Path, value: str | None) -> Path | None:
     return p if p.is_absolute() else home / p
 
 
+def _required_path(home: Path, value: str, where: str) -> Path:
+    """A path the CA cannot run without: an empty value is a ConfigError, never None."""
+    path = _path(home, value)
+    if path is None:
+        raise ConfigError(f"{where}: must not be empty")
+    return path
+
+
 def _req(table: dict[str, Any], key: str, where: str) -> Any:
     try:
         return table[key]
@@ -231,7 +239,7 @@ def parse_config(home: Path, raw: dict[str, Any]) -> Config:
     token = TokenConfig(
         module=_req(hsm, "module", "[hsm]"),
         token_label=_req(hsm, "token_label", "[hsm]"),
-        pin_file=_path(home, _req(hsm, "pin_file", "[hsm]")),  # type: ignore[arg-type]
+        pin_file=_required_path(home, _req(hsm, "pin_file", "[hsm]"), "[hsm] pin_file"),
         softhsm_conf=_path(home, hsm.get("softhsm_conf")),
     )
     server = ServerConfig(
@@ -239,8 +247,8 @@ def parse_config(home: Path, raw: dict[str, Any]) -> Config:
         est_port=int(srv.get("est_port", 8443)),
         crl_port=int(srv.get("crl_port", 8080)),
         public_host=srv.get("public_host", "127.0.0.1"),
-        tls_cert=_path(home, _req(srv, "tls_cert", "[server]")),  # type: ignore[arg-type]
-        tls_key=_path(home, _req(srv, "tls_key", "[server]")),  # type: ignore[arg-type]
+        tls_cert=_required_path(home, _req(srv, "tls_cert", "[server]"), "[server] tls_cert"),
+        tls_key=_required_path(home, _req(srv, "tls_key", "[server]"), "[server] tls_key"),
         shutdown_grace_seconds=float(srv.get("shutdown_grace_seconds", 10.0)),
         max_request_bytes=int(srv.get("max_request_bytes", 16384)),
         workers=int(srv.get("workers", 0)),
@@ -273,7 +281,7 @@ def parse_config(home: Path, raw: dict[str, Any]) -> Config:
         home=home,
         ca_name=_req(ca, "name", "[ca]"),
         ca_key_label=ca.get("key_label", "ckms-ca-key"),
-        ca_cert=_path(home, ca.get("cert", "ca/ca.pem")),  # type: ignore[arg-type]
+        ca_cert=_required_path(home, ca.get("cert", "ca/ca.pem"), "[ca] cert"),
         ca_chain=_path(home, ca.get("chain")),
         token=token,
         server=server,
@@ -283,7 +291,7 @@ def parse_config(home: Path, raw: dict[str, Any]) -> Config:
             delta_validity_hours=int(crl.get("delta_validity_hours", 1)),
             full_interval_seconds=int(crl.get("full_interval_seconds", 3600)),
             max_publish_delay_seconds=int(crl.get("max_publish_delay_seconds", 60)),
-            directory=_path(home, crl.get("directory", "crl")),  # type: ignore[arg-type]
+            directory=_required_path(home, crl.get("directory", "crl"), "[crl] directory"),
         ),
         csr=CsrPolicy(
             max_bytes=int(csr.get("max_bytes", 4096)),

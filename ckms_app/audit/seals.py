@@ -99,7 +99,7 @@ def _iso(value: dt.datetime) -> str:
 
 
 # --- sealing ------------------------------------------------------------------------------------
-def seal_unit(key: HsmEcPrivateKey, *, force: bool = False):  # type: ignore[no-untyped-def]
+def seal_unit(key: HsmEcPrivateKey, *, force: bool = False) -> Callable[[Connection], int | None]:
     """A writer unit: sign the chain head and record the seal, in one transaction.
 
     Returns the new seal's ``up_to_seq``, or None when nothing new was written since the last
@@ -202,7 +202,7 @@ class AuditSealer:
 
 
 # --- configuration changes ----------------------------------------------------------------------
-def config_change_unit(home: Path):  # type: ignore[no-untyped-def]
+def config_change_unit(home: Path) -> Callable[[Connection], dict[str, Any] | None]:
     """A writer unit: record ``config.change`` when ckms.toml differs from the last recorded hash.
 
     The daemon runs it at start, so every configuration in force is on the trail, in order, with

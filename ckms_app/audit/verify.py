@@ -26,6 +26,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.hashes import SHA256, SHA384
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
@@ -174,8 +175,7 @@ def verify_trail(
     return VerifyReport(True, count, n_seals, last_seq, unsealed_records=last_seq - sealed_up_to)
 
 
-def _hash_for(public_key: ec.EllipticCurvePublicKey):  # type: ignore[no-untyped-def]
-
+def _hash_for(public_key: ec.EllipticCurvePublicKey) -> SHA256 | SHA384:
     return curve_of(public_key).hash_algorithm
 
 

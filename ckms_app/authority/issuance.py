@@ -94,7 +94,7 @@ class Issuer:
         self._der_for_csr = self._point_reader.prepare(
             select(certificates.c.der).where(certificates.c.csr_sha256 == bindparam("csr_sha256"))
         )
-        self._ca_pubkey_sha256 = public_key_sha256(ca_cert.public_key())  # type: ignore[arg-type]
+        self._ca_pubkey_sha256 = public_key_sha256(ca_cert.public_key())
         self.hash_name = (
             signer.hash_algorithm.name
         )  # e.g. "sha256": the CA's signature algorithm, for csrattrs
@@ -130,7 +130,7 @@ class Issuer:
             builder = self._template(profile).builder(
                 subject=checked.subject,
                 sans=checked.sans,
-                public_key=checked.csr.public_key(),  # type: ignore[arg-type]
+                public_key=checked.public_key,
                 serial=new_serial(),
                 now=utcnow(),
             )
@@ -150,10 +150,11 @@ class Issuer:
             pubkey_sha256=checked.pubkey_sha256,
             sans=checked.sans,
         )
+        serial = serial_hex(cert.serial_number)  # the row's "serial"
         audit = event(
             principal,
             action,
-            str(row["serial"]),
+            serial,
             "success",
             {
                 "subject": row["subject"],
@@ -170,7 +171,7 @@ class Issuer:
             if existing is None:
                 raise Conflict("the certificate could not be stored (serial collision); retry") from None
             return existing
-        return Issued(cert, der, row["serial"], reused=False)  # type: ignore[arg-type]
+        return Issued(cert, der, serial, reused=False)
 
     def _template(self, profile: Profile) -> EndEntityTemplate:
         template = self._templates.get(profile.name)

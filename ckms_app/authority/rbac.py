@@ -230,10 +230,13 @@ class PrincipalCache:
                 hit = resolve_principal(conn, peer_cert_der, self._acl)
             if len(self._entries) > 10_000:
                 self._entries.clear()
-            self._entries[peer_cert_der] = hit  # type: ignore[index]
+            # No client certificate: nothing to cache (a None key could never be read back).
+            if peer_cert_der is not None:
+                self._entries[peer_cert_der] = hit
         principal, not_after = hit
         if not_after is not None and not_after <= utcnow():
-            self._entries.pop(peer_cert_der, None)  # type: ignore[arg-type]
+            if peer_cert_der is not None:
+                self._entries.pop(peer_cert_der, None)
             raise CredentialRefused(
                 f"the client certificate of {principal.entity_id} has expired",
                 principal.entity_id,

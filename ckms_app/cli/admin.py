@@ -22,7 +22,7 @@ from ckms_app.audit.seals import AUDIT_PUBLIC_KEY_FILE
 from ckms_app.authority.entities import AdminContext
 from ckms_app.authority.passwords import read_password
 from ckms_app.config import Config, load_config
-from ckms_app.errors import HsmError
+from ckms_app.errors import ClientError, HsmError
 from ckms_app.hsm.token import Token, read_secret_file
 
 COMMANDS = ("entity", "acl", "audit")
@@ -258,12 +258,20 @@ def _audit_public_key(config: Config, explicit: Path | None) -> ec.EllipticCurve
     """The audit key's public half: given, else from the token (authoritative), else the home's copy."""
 
     if explicit is not None:
-        return serialization.load_pem_public_key(explicit.read_bytes())  # type: ignore[return-value]
+        return _load_ec_public_key(explicit)
     try:
         with Token(config.token) as token:
             return token.load_ec_key(config.audit.key_label).public_key()
     except HsmError:
         path = config.home / AUDIT_PUBLIC_KEY_FILE
         if path.exists():
-            return serialization.load_pem_public_key(path.read_bytes())  # type: ignore[return-value]
+            return _load_ec_public_key(path)
         return None
+
+
+def _load_ec_public_key(path: Path) -> ec.EllipticCurvePublicKey:
+    """A PEM public key that can check audit seals: seals are ECDSA, so only an EC key will do."""
+    key = serialization.load_pem_public_key(path.read_bytes())
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ClientError(f"{path}: the audit public key must be an EC key, not {type(key).__name__}")
+    return key

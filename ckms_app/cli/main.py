@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -18,7 +20,7 @@ from ckms_app.authority import ceremony
 from ckms_app.cli import admin as admin_cli
 from ckms_app.cli import hsm as custody_cli
 from ckms_app.cli.client import CkmsClient, Credentials, fetch_crl
-from ckms_app.config import load_config, resolve_home
+from ckms_app.config import Config, load_config, resolve_home
 from ckms_app.daemon import supervisor
 from ckms_app.errors import CkmsError, ClientError, LintUnavailable
 from ckms_app.hsm.token import DEFAULT_SOFTHSM_MODULE
@@ -128,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _creds(args: argparse.Namespace, config) -> Credentials:  # type: ignore[no-untyped-def]
+def _creds(args: argparse.Namespace, config: Config) -> Credentials:
     if args.cert or args.key:
         if not (args.cert and args.key):
             raise ClientError("--cert and --key go together")
@@ -214,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(summary: dict, as_json: bool) -> None:  # type: ignore[type-arg]
+def _print_summary(summary: Mapping[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary, indent=2))
         return

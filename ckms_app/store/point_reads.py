@@ -47,7 +47,7 @@ class PointReader:
         self._engine = engine
         self._raw: Any = None
 
-    def prepare(self, statement: Select) -> PreparedRead:  # type: ignore[type-arg]
+    def prepare(self, statement: Select[*tuple[Any, ...]]) -> PreparedRead:
         compiled = statement.compile(dialect=self._engine.dialect)
         positional = tuple(compiled.positiontup or ()) if compiled.positional else None
         return PreparedRead(compiled.string, positional, dict(compiled.params))
@@ -73,7 +73,10 @@ class PointReader:
         if self._raw is None:
             raw = self._engine.raw_connection()
             if self._engine.dialect.name != "sqlite":  # pysqlite connections are autocommit already
-                raw.driver_connection.autocommit = True  # type: ignore[union-attr]
+                driver = raw.driver_connection
+                if driver is None:  # only a detached or closed proxy has none, never a fresh checkout
+                    raise RuntimeError("the pool returned a connection without a driver connection")
+                driver.autocommit = True
             self._raw = raw
         cursor = self._raw.cursor()
         try:

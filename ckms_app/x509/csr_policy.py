@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
 
 from ckms_app.algorithms import CURVES, Curve
@@ -37,6 +38,7 @@ class CheckedCsr:
     """A request that passed every check, with what the builder needs."""
 
     csr: x509.CertificateSigningRequest
+    public_key: ec.EllipticCurvePublicKey  # the request's key, already checked to be EC on an allowed curve
     subject: x509.Name
     common_name: str
     sans: tuple[x509.GeneralName, ...]
@@ -45,7 +47,8 @@ class CheckedCsr:
     pubkey_sha256: str
 
 
-def public_key_sha256(key: ec.EllipticCurvePublicKey) -> str:
+def public_key_sha256(key: PublicKeyTypes) -> str:
+    """SHA-256 of the key's DER SubjectPublicKeyInfo, for any key type cryptography returns."""
     spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(spki).hexdigest()
 
@@ -91,6 +94,7 @@ def check_csr(der: bytes, profile: Profile, max_bytes: int) -> CheckedCsr:
     sans = _check_sans(csr, profile)
     return CheckedCsr(
         csr=csr,
+        public_key=key,
         subject=csr.subject,
         common_name=common_name,
         sans=sans,
