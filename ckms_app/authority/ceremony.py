@@ -8,7 +8,6 @@ PINs are generated, written to 0600 files under ``secrets/`` and never printed o
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
@@ -22,35 +21,30 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ckms_app.algorithms import curve_by_name
-from ckms_app.audit.record import Actor, event, named
+from ckms_app.audit.record import event
 from ckms_app.audit.seals import ensure_audit_key, seal_unit
 from ckms_app.authority.clock import ClockGate
 from ckms_app.authority.clock import default_source as default_clock_source
+from ckms_app.authority.credentials import CEREMONY, issue_certificate, tls_names, write_key_and_cert
 from ckms_app.authority.crl_publisher import CrlPublisher
 from ckms_app.authority.issuance import certificate_row
 from ckms_app.authority.linter import find_linter_binary
 from ckms_app.authority.passwords import hash_password
 from ckms_app.authority.rbac import ROLES, certificate_fingerprint
 from ckms_app.authority.selftest import record_manifest
-from ckms_app.authority.signer import Signer, open_signer
+from ckms_app.authority.signer import open_signer
 from ckms_app.config import CONFIG_NAME, Config, load_config, read_raw_config
 from ckms_app.errors import ConfigError
-from ckms_app.hsm.token import (
-    DEFAULT_SOFTHSM_MODULE,
-    HsmEcPrivateKey,
-    Token,
-    provision_softhsm_token,
-    write_secret_file,
-)
+from ckms_app.hsm.softhsm import provision_softhsm_token
+from ckms_app.hsm.token import DEFAULT_SOFTHSM_MODULE, HsmEcPrivateKey, Token, write_secret_file
 from ckms_app.store.chain import append_audit
 from ckms_app.store.engine import open_engine
 from ckms_app.store.migrations import migrate
 from ckms_app.store.schema import certificates, entities, entity_roles, utcnow
 from ckms_app.store.writer import GroupCommitWriter
 from ckms_app.x509.csr_policy import public_key_sha256
-from ckms_app.x509.profiles import ca_builder, end_entity_builder, new_serial
+from ckms_app.x509.profiles import ca_builder
 
-CEREMONY = named("ceremony", "administrator")  # who acts in ckms ca init
 DEVICE_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 
 
@@ -219,7 +213,7 @@ def import_ca_certificate(home: Path, cert_path: Path, chain_path: Path | None) 
         raise ConfigError(f"{cert_path} is not a PEM certificate: {exc}") from None
     with Token(config.token) as token:
         key = token.load_ec_key(config.ca_key_label)
-        if public_key_sha256(ca_cert.public_key()) != public_key_sha256(key.public_key()):  # type: ignore[arg-type]
+        if public_key_sha256(ca_cert.public_key()) != public_key_sha256(key.public_key()):
             raise ConfigError("the certificate is not for this CA's key in the token")
         bc = ca_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         if not bc.ca:
@@ -291,7 +285,7 @@ async def _issue_identities(
             requested_by="ceremony",
             csr_sha256=None,
             pubkey_sha256=public_key_sha256(ca_cert.public_key()),
-        )  # type: ignore[arg-type]
+        )
         await writer.submit(
             lambda c: c.execute(
                 certificates.insert().prefix_with("OR IGNORE")
@@ -302,14 +296,14 @@ async def _issue_identities(
         )
 
         tls_key = ec.generate_private_key(ec.SECP256R1())
-        tls_cert = await _issue(
+        tls_cert = await issue_certificate(
             config,
             signer,
             ca_cert,
             writer,
             "tls-server",
             config.server.public_host,
-            _tls_sans(config),
+            tls_names(config),
             tls_key,
             kind="tls-server",
         )
@@ -319,7 +313,7 @@ async def _issue_identities(
         for role in ROLES:
             entity_id = f"demo-{role}"
             client_key = ec.generate_private_key(ec.SECP256R1())
-            cert = await _issue(
+            cert = await issue_certificate(
                 config, signer, ca_cert, writer, "identity", entity_id, (), client_key, kind="identity"
             )
             key_path = config.home / "credentials" / f"{role}.key"
@@ -369,158 +363,8 @@ async def _issue_identities(
         return credentials
 
 
-async def _issue(
-    config: Config,
-    signer: Signer,
-    ca_cert: x509.Certificate,
-    writer: GroupCommitWriter,
-    profile_name: str,
-    cn: str,
-    sans: tuple[x509.GeneralName, ...],
-    subject_key: ec.EllipticCurvePrivateKey,
-    *,
-    kind: str,
-    who: Actor = CEREMONY,
-) -> x509.Certificate:
-    profile = config.profile(profile_name)
-    base = config.server.crl_base_url
-    builder = end_entity_builder(
-        profile=profile,
-        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]),
-        sans=sans,
-        public_key=subject_key.public_key(),
-        issuer=ca_cert,
-        serial=new_serial(),
-        now=utcnow(),
-        crl_url=f"{base}/full.crl",
-        delta_crl_url=f"{base}/delta.crl",
-    )
-    cert, der = await signer.certificate(builder, f"{kind} certificate")
-    row = certificate_row(
-        cert,
-        der,
-        kind=kind,
-        profile=profile_name,
-        requested_by=who.entity_id,
-        csr_sha256=None,
-        pubkey_sha256=public_key_sha256(subject_key.public_key()),
-    )
-    audit = event(
-        who, "certificate.issue", str(row["serial"]), "success", {"kind": kind, "subject": row["subject"]}
-    )
-
-    def store(c: Any) -> None:
-        c.execute(certificates.insert(), row)
-        append_audit(c, [audit])
-
-    await writer.submit(store)
-    return cert
-
-
 def _seal_initial_trail(config: Config, token: Token, key: Any, writer: GroupCommitWriter) -> None:
     """Generate the audit sealing key in the token and seal the ceremony's records with it."""
 
     audit_key = ensure_audit_key(token, config.home, key.curve_info, config.audit.key_label)
     writer.run(seal_unit(audit_key, force=True))
-
-
-def write_key_and_cert(
-    key_path: Path, cert_path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
-) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    if key_path.exists():
-        key_path.unlink()
-    write_secret_file(key_path, pem.decode().strip())
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def issue_identity_certificate(
-    config: Config, writer: GroupCommitWriter, entity_id: str, client_key: ec.EllipticCurvePrivateKey
-) -> x509.Certificate:
-    """An individual's client certificate (``ckms entity add``), signed through the signer (guard, lint, HSM)."""
-    ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
-    base = config.server.crl_base_url
-    builder = end_entity_builder(
-        profile=config.profile("identity"),
-        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, entity_id)]),
-        sans=(),
-        public_key=client_key.public_key(),
-        issuer=ca_cert,
-        serial=new_serial(),
-        now=utcnow(),
-        crl_url=f"{base}/full.crl",
-        delta_crl_url=f"{base}/delta.crl",
-    )
-
-    async def sign() -> x509.Certificate:
-        async with open_signer(config, key, writer) as signer:
-            cert, _ = await signer.certificate(builder, "identity certificate")
-        return cert
-
-    with Token(config.token) as token:
-        key = token.load_ec_key(config.ca_key_label)
-        return asyncio.run(sign())
-
-
-def renew_tls(home: Path) -> dict[str, Any]:
-    """``ckms ca renew-tls``: a new key and certificate for the daemon's EST/API listener, signed through
-    the signer like every certificate (refused in the error state or with the clock unsynchronised).
-    The daemon presents it from its next start."""
-    config = load_config(home)
-    ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
-    engine = open_engine(config.database_url)
-    migrate(engine)
-    writer = GroupCommitWriter(open_engine(config.database_url, writer=True))
-    tls_key = ec.generate_private_key(ec.SECP256R1())
-    try:
-        with Token(config.token) as token:
-            key = token.load_ec_key(config.ca_key_label)
-
-            async def issue() -> x509.Certificate:
-                async with open_signer(config, key, writer) as signer:
-                    return await _issue(
-                        config,
-                        signer,
-                        ca_cert,
-                        writer,
-                        "tls-server",
-                        config.server.public_host,
-                        _tls_sans(config),
-                        tls_key,
-                        kind="tls-server",
-                        who=named("ca-host", "system"),
-                    )
-
-            cert = asyncio.run(issue())
-    finally:
-        writer.close()
-        engine.dispose()
-    write_key_and_cert(config.server.tls_key, config.server.tls_cert, tls_key, cert)
-    return {
-        "home": str(config.home),
-        "status": "renewed",
-        "tls_cert": str(config.server.tls_cert),
-        "serial": format(cert.serial_number, "x"),
-        "not_after": cert.not_valid_after_utc.isoformat(),
-        "next": "restart the daemon to present it (systemctl restart ckms-ca)",
-    }
-
-
-def _tls_sans(config: Config) -> tuple[x509.GeneralName, ...]:
-    """The daemon's TLS names: loopback for local clients and the name or address clients use."""
-    sans = [
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        _host_name(config.server.public_host),
-    ]
-    return tuple(dict.fromkeys(sans))
-
-
-def _host_name(host: str) -> x509.GeneralName:
-    """The TLS server's own name: an IP address SAN for an address, a DNS SAN otherwise."""
-    try:
-        return x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        return x509.DNSName(host)

@@ -10,7 +10,7 @@ Several publishers share one sequence: every worker process of a node may publis
 several CA nodes share one PostgreSQL database. Reading ``max(crl_number) + 1``, signing, and then
 inserting would let two of them pick the same number, or commit a higher number before a lower one
 with fewer revocations in it. So a publication holds a lock from the moment it picks its number
-until its rows are committed (:class:`_PostgresSequence`, :class:`_SqliteSequence`): on PostgreSQL
+until its rows are committed (:class:`PostgresSequence`, :class:`SqliteSequence`): on PostgreSQL
 a transaction-scoped advisory lock, which every node sees; on SQLite (one host) a lock file next to
 the database. Neither holds up issuance: signing a CRL with thousands of entries takes a good part
 of a second, far too long to keep SQLite's write lock. CRL numbers are therefore strictly increasing
@@ -25,16 +25,16 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cryptography import x509
-from sqlalchemy import func, select, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, Engine, Row, make_url
 
 from ckms_app.audit.record import event, record, refusal
+from ckms_app.authority.crl_sequence import PostgresSequence, SqliteSequence, close_if_acquired
 from ckms_app.authority.rbac import SYSTEM, Principal
 from ckms_app.authority.revocation import REASONS
 from ckms_app.authority.signer import Signer
@@ -46,11 +46,8 @@ from ckms_app.store.queries import latest_crl
 from ckms_app.store.schema import crls, revocations, utcnow
 from ckms_app.store.writer import GroupCommitWriter
 
-T = TypeVar("T")
 log = logging.getLogger("ckms.crl")
 _POLL_SECONDS = 1.0
-# pg_advisory_xact_lock key of the CRL-number sequence ("ckms_crl" in ASCII); one lock per database.
-CRL_LOCK_KEY = 0x636B6D735F63726C
 
 
 @dataclass(frozen=True)
@@ -154,49 +151,48 @@ class CrlPublisher:
             self._write_files(*files)
             return result
 
-    async def _sequence(self) -> _PostgresSequence | _SqliteSequence:
+    async def _sequence(self) -> PostgresSequence | SqliteSequence:
         """Take the CRL-number lock of this database (waits for a publication in progress).
 
         The wait runs in a thread that a cancelled caller (a client that hung up) cannot stop, so
         a lock it obtains after the cancellation is released at once instead of blocking every
         publisher on every node for good.
         """
-        acquiring: asyncio.Future[_PostgresSequence | _SqliteSequence]
+        acquiring: asyncio.Future[PostgresSequence | SqliteSequence]
         if make_url(self._config.database_url).get_backend_name() == "postgresql":
             if self._lock_engine is None:
                 self._lock_engine = open_engine(self._config.database_url)
-            acquiring = asyncio.ensure_future(asyncio.to_thread(_PostgresSequence.acquire, self._lock_engine))
+            acquiring = asyncio.ensure_future(asyncio.to_thread(PostgresSequence.acquire, self._lock_engine))
         else:
             acquiring = asyncio.ensure_future(
                 asyncio.to_thread(
-                    _SqliteSequence.acquire, self._config.database_url, self._reader, self._writer
+                    SqliteSequence.acquire, self._config.database_url, self._reader, self._writer
                 )
             )
         try:
             return await asyncio.shield(acquiring)
         except asyncio.CancelledError:
-            acquiring.add_done_callback(_close_if_acquired)
+            acquiring.add_done_callback(close_if_acquired)
             raise
 
     async def _publish_locked(
-        self, sequence: _PostgresSequence | _SqliteSequence, principal: Principal
+        self, sequence: PostgresSequence | SqliteSequence, principal: Principal
     ) -> tuple[Published, tuple[int, bytes, bytes, bytes | None]]:
         """Pick the next number, sign full and delta CRLs, store and commit them: under the lock."""
         now = utcnow().replace(microsecond=0)
 
-        def read(conn: Connection) -> tuple:  # type: ignore[type-arg]
+        def read(conn: Connection) -> tuple[Row[Any] | None, int, list[Row[Any]]]:
             base = latest_crl(conn, ("base",))
-            number = (conn.execute(select(func.max(crls.c.crl_number))).scalar() or 0) + 1
-            rows = conn.execute(select(revocations).order_by(revocations.c.id)).all()
+            number = int(conn.execute(select(func.max(crls.c.crl_number))).scalar() or 0) + 1
+            rows = list(conn.execute(select(revocations).order_by(revocations.c.id)).all())
             return base, number, rows
 
         base, number, rows = await sequence.read(read)
         max_id = rows[-1].id if rows else 0
-        new_base = (
-            base is None or (now - base.this_update).total_seconds() >= self._config.crl.full_interval_seconds
-        )
-        base_number = number if new_base else base.crl_number
-        base_max_id = max_id if new_base else base.max_revocation_id
+        if base is None or (now - base.this_update).total_seconds() >= self._config.crl.full_interval_seconds:
+            new_base, base_number, base_max_id = True, number, max_id  # this full CRL starts a new base
+        else:
+            new_base, base_number, base_max_id = False, int(base.crl_number), int(base.max_revocation_id)
         full_next = now + dt.timedelta(hours=self._config.crl.validity_hours)
         delta_next = now + dt.timedelta(hours=self._config.crl.delta_validity_hours)
 
@@ -248,10 +244,10 @@ class CrlPublisher:
 
     def _builder(
         self,
-        rows: list,
+        rows: list[Row[Any]],
         number: int,
         now: dt.datetime,
-        next_update: dt.datetime,  # type: ignore[type-arg]
+        next_update: dt.datetime,
         delta_base: int | None,
     ) -> x509.CertificateRevocationListBuilder:
         builder = (
@@ -311,97 +307,6 @@ class CrlPublisher:
                 written["base"], changed = number, True
             if changed:
                 _atomic_write(numbers_path, json.dumps(written).encode())
-
-
-class _PostgresSequence:
-    """The CRL-number lock on PostgreSQL: ``pg_advisory_xact_lock`` in a transaction of its own.
-
-    Reads and the final insert run in that transaction, so the lock is held from picking the number
-    until the commit and released by it, on whichever node. It blocks nothing but other publishers.
-    """
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
-    @classmethod
-    def acquire(cls, engine: Engine) -> _PostgresSequence:
-        conn = engine.connect()
-        try:
-            conn.begin()
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CRL_LOCK_KEY})
-        except BaseException:
-            conn.close()
-            raise
-        return cls(conn)
-
-    async def read(self, query: Callable[[Connection], T]) -> T:
-        return await asyncio.to_thread(query, self._conn)
-
-    async def store(self, unit: Callable[[Connection], Any]) -> None:
-        def run() -> None:
-            unit(self._conn)
-            self._conn.commit()
-
-        await asyncio.to_thread(run)
-
-    async def release(self) -> None:
-        await asyncio.to_thread(self.close)
-
-    def close(self) -> None:
-        try:
-            self._conn.rollback()  # nothing to undo after store(); ends the transaction otherwise
-        finally:
-            self._conn.close()
-
-
-class _SqliteSequence:
-    """The CRL-number lock on SQLite: an exclusive ``flock`` on ``<database>.crl-lock``.
-
-    SQLite serves one host, so a lock file orders its worker processes. Reads see every commit made
-    before the lock was taken, and the insert goes through the durable group-commit writer before the
-    lock is let go; the database write lock is held only for that commit, as for any write.
-    """
-
-    def __init__(self, lock_fd: int | None, reader: Engine, writer: GroupCommitWriter) -> None:
-        self._lock_fd = lock_fd
-        self._reader = reader
-        self._writer = writer
-
-    @classmethod
-    def acquire(cls, url: str, reader: Engine, writer: GroupCommitWriter) -> _SqliteSequence:
-        database = make_url(url).database
-        lock_fd = None
-        if database and database != ":memory:":  # an in-memory database has a single connection anyway
-            lock_fd = os.open(f"{database}.crl-lock", os.O_WRONLY | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            except BaseException:
-                os.close(lock_fd)
-                raise
-        return cls(lock_fd, reader, writer)
-
-    async def read(self, query: Callable[[Connection], T]) -> T:
-        def run() -> T:
-            with self._reader.connect() as conn:
-                return query(conn)
-
-        return await asyncio.to_thread(run)
-
-    async def store(self, unit: Callable[[Connection], Any]) -> None:
-        await self._writer.submit(unit)
-
-    async def release(self) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the file releases the flock
-            self._lock_fd = None
-
-
-def _close_if_acquired(acquiring: asyncio.Future[_PostgresSequence | _SqliteSequence]) -> None:
-    if not acquiring.cancelled() and acquiring.exception() is None:
-        acquiring.result().close()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -14,182 +14,38 @@ every refusal raises a real-time alert. A grant that would give one entity two c
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import delete, select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
-from ckms_app.audit.alerts import is_alerting, send_alert
-from ckms_app.audit.record import event, named, record_now
-from ckms_app.authority.ceremony import issue_identity_certificate, write_key_and_cert
+from ckms_app.audit.record import event
+from ckms_app.authority.admin_session import AdminSession
+from ckms_app.authority.credentials import issue_identity_certificate, write_key_and_cert
 from ckms_app.authority.issuance import certificate_row
-from ckms_app.authority.passwords import hash_password, verify_password
+from ckms_app.authority.passwords import hash_password
 from ckms_app.authority.rbac import (
     OPERATIONS,
     ROLES,
-    Principal,
     certificate_fingerprint,
     load_acl,
-    permissions_for,
     role_conflicts,
     role_label,
 )
-from ckms_app.config import Config
-from ckms_app.errors import CkmsError, Conflict, NotAuthenticated, NotAuthorized, NotFound, SeparationOfDuties
+from ckms_app.errors import CkmsError, Conflict, NotAuthorized, NotFound, SeparationOfDuties
 from ckms_app.store.chain import append_audit
-from ckms_app.store.engine import open_engine
-from ckms_app.store.migrations import migrate
 from ckms_app.store.queries import bump_entity_generation
 from ckms_app.store.schema import certificates, entities, entity_roles, revocations, role_permissions, utcnow
-from ckms_app.store.writer import GroupCommitWriter
 from ckms_app.x509.csr_policy import public_key_sha256
 
 ENTITY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-@dataclass
-class AdminContext:
-    """An open CA home for one CLI action: config, reader, writer and the authenticated actor."""
-
-    config: Config
-    reader: Engine
-    writer: GroupCommitWriter
-    actor: Principal | None = None
-
-    @classmethod
-    def open(cls, config: Config) -> AdminContext:
-        reader = open_engine(config.database_url)
-        migrate(reader)
-        return cls(config, reader, GroupCommitWriter(open_engine(config.database_url, writer=True)))
-
-    def close(self) -> None:
-        self.writer.close()
-        self.reader.dispose()
-
-    def __enter__(self) -> AdminContext:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # --- audit + alert ---------------------------------------------------------------------------
-    def record(
-        self,
-        action: str,
-        target: str,
-        outcome: str,
-        detail: dict[str, Any] | None = None,
-        *,
-        actor: Principal | None = None,
-        entity_id: str | None = None,
-        role: str | None = None,
-    ) -> None:
-        """Write one audit record on its own (refusals; changes write theirs inside their unit)."""
-        who = actor or self.actor
-        acting = named(
-            entity_id or (who.entity_id if who else "unauthenticated"), role or (who.role if who else "none")
-        )
-        row = record_now(self.writer, acting, action, target, outcome, detail)
-        self.alert(row)
-
-    def alert(self, row: dict[str, Any]) -> list[Any]:
-        if not is_alerting(row["action"]):
-            return []
-        event = {k: row[k] for k in ("entity_id", "role", "action", "target", "outcome")}
-        event["at"] = row["at"].isoformat()
-        event["detail"] = row["detail"]
-        return send_alert(self.config.alerts, event)
-
-    def change(self, unit: Any, rows: list[dict[str, Any]]) -> Any:
-        """Run a change unit that appends ``rows`` to the audit chain; alert once it is committed."""
-        result = self.writer.run(unit)
-        for row in rows:
-            self.alert(row)
-        return result
-
-    # --- authentication --------------------------------------------------------------------------
-    def authenticate(
-        self,
-        *,
-        entity_id: str | None,
-        cert_path: Path | None,
-        password: str | None,
-        operation: str | None,
-        token_pin_ok: bool = False,
-    ) -> Principal:
-        """Credential + password (or the token PIN, proven by logging in), then the ACL.
-
-        Every refusal is audited under the entity's ID. The token-PIN path lets the holder of a
-        personal HSM PIN act, and lets an entity from before passwords existed set its first one.
-        """
-        with self.reader.connect() as conn:
-            query = select(entities)
-            if entity_id is not None:
-                query = query.where(entities.c.entity_id == entity_id)
-            elif cert_path is not None:
-                der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(
-                    serialization.Encoding.DER
-                )
-                query = query.where(entities.c.cert_sha256 == certificate_fingerprint(der))
-            else:
-                raise NotAuthenticated("say who you are: --as ENTITY, --cert FILE or --role ROLE")
-            row = conn.execute(query).first()
-            acl = load_acl(conn)
-        if row is None:
-            self.record(
-                "auth.deny",
-                operation or "-",
-                "denied",
-                {"reason": "unknown entity or credential", "claimed": entity_id or str(cert_path)},
-            )
-            raise NotAuthenticated("no such entity for these credentials")
-        secret_ok = token_pin_ok or (password is not None and verify_password(password, row.password_hash))
-        if row.status != "active" or not secret_ok:
-            reason = (
-                f"entity is {row.status}"
-                if row.status != "active"
-                else (
-                    "wrong token PIN"
-                    if password is None
-                    else "no password set (use --token-pin-file once, then ckms entity passwd)"
-                    if not row.password_hash
-                    else "wrong password"
-                )
-            )
-            self.record(
-                "auth.deny",
-                operation or "-",
-                "denied",
-                {"reason": reason},
-                entity_id=row.entity_id,
-                role=row.role,
-            )
-            raise NotAuthenticated(f"authentication of {row.entity_id} failed ({reason})")
-        principal = Principal(row.entity_id, row.role, permissions_for(row.role, acl))
-        if operation is not None:
-            try:
-                principal.require(operation)
-            except NotAuthorized as exc:
-                self.record(operation, "-", "denied", {"reason": str(exc)}, actor=principal)
-                raise NotAuthorized(
-                    f"{row.entity_id} (role {row.role}) may not perform {operation}"
-                ) from None
-        self.actor = principal
-        return principal
-
-    def _actor(self) -> Principal:
-        if self.actor is None:
-            raise NotAuthenticated("not authenticated")
-        return self.actor
-
-    def _refuse(self, action: str, target: str, exc: CkmsError) -> NoReturn:
-        self.record(action, target, "denied", {"code": exc.code, "reason": str(exc)})
-        raise exc
+class AdminContext(AdminSession):
+    """Entity, role-grant and ACL changes by an authenticated administrator (``ckms entity``, ``ckms acl``)."""
 
     # --- entities --------------------------------------------------------------------------------
     def add_entity(

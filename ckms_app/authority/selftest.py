@@ -20,7 +20,6 @@ import base64
 import datetime as dt
 import hashlib
 import json
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from ckms_app.authority.linter import find_linter_binary
 from ckms_app.config import Config
 from ckms_app.errors import CkmsError, LintUnavailable
-from ckms_app.hsm.token import HsmEcPrivateKey
+from ckms_app.hsm.token import HsmEcPrivateKey, pairwise_consistent
 
 MANIFEST_NAME = "selftest-manifest.json"
 MANIFEST_FORMAT = "ckms-selftest-manifest/1"
@@ -136,15 +135,12 @@ def _hash_of(cert: x509.Certificate) -> hashes.HashAlgorithm:
 
 
 def pairwise_test(key: HsmEcPrivateKey, ca_cert: x509.Certificate) -> Check:
-    algorithm = key.curve_info.hash_algorithm
-    message = b"ckms pairwise self-test " + secrets.token_bytes(16)
     try:
-        signature = key.sign(message, ec.ECDSA(algorithm))
-        _ec_public_key(ca_cert).verify(signature, message, ec.ECDSA(algorithm))
-    except InvalidSignature:
-        return Check("hsm.pairwise", False, "the token's signature does not verify under the CA certificate")
+        ok = pairwise_consistent(key.sign_digest, _ec_public_key(ca_cert), key.curve_info.hash_algorithm)
     except CkmsError as exc:
         return Check("hsm.pairwise", False, f"the token did not sign: {exc}")
+    if not ok:
+        return Check("hsm.pairwise", False, "the token's signature does not verify under the CA certificate")
     return Check("hsm.pairwise", True, "ok")
 
 

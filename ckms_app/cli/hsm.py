@@ -22,6 +22,7 @@ from ckms_app.authority.guard import ServiceState
 from ckms_app.config import Config, load_config
 from ckms_app.errors import CkmsError, CustodyError, HsmError
 from ckms_app.hsm import admin as hsm_admin
+from ckms_app.hsm import backup as hsm_backup
 from ckms_app.hsm import custody
 from ckms_app.hsm.custody import CustodySecret
 from ckms_app.hsm.token import Token, read_secret_file
@@ -167,12 +168,12 @@ def run(args: argparse.Namespace, home: Path) -> int:
     operations: dict[str, tuple[str, Callable[[custody.CustodySecret, str], dict[str, Any]], str]] = {
         "backup": (
             "hsm.backup",
-            lambda s, cid: hsm_admin.backup(config, s, args.out, cid),
+            lambda s, cid: hsm_backup.backup(config, s, args.out, cid),
             config.ca_key_label,
         ),
         "restore": (
             "hsm.restore",
-            lambda s, cid: hsm_admin.restore(config, s, args.infile, args.token_dir),
+            lambda s, cid: hsm_backup.restore(config, s, args.infile, args.token_dir),
             config.ca_key_label,
         ),
         "keygen": (
@@ -289,7 +290,7 @@ def _split(config: Config, args: argparse.Namespace) -> int:
             "custody_id": record.custody_id,
             "custodians": names,
             "threshold": record.threshold,
-            "kwk_id": hsm_admin.kwk_fingerprint(secret),
+            "kwk_id": hsm_backup.kwk_fingerprint(secret),
             "so_pin_file": "destroyed",
         },
     )

@@ -16,7 +16,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ckms_app.authority import ceremony
+from ckms_app.authority import ceremony, credentials
 from ckms_app.cli import admin as admin_cli
 from ckms_app.cli import hsm as custody_cli
 from ckms_app.cli.client import CkmsClient, Credentials, fetch_crl
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
             _print_summary(ceremony.import_ca_certificate(home, args.cert, args.chain), args.json)
             return 0
         if args.ca_command == "renew-tls":
-            _print_summary(ceremony.renew_tls(home), args.json)
+            _print_summary(credentials.renew_tls(home), args.json)
             return 0
 
         supervisor.run(home)
