@@ -14,12 +14,7 @@ so it is the CA's. Used by :mod:`ckms_app.authority.signer` only.
 
 from __future__ import annotations
 
-
-def _der_length(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((0x80 | len(body),)) + body
+from ckms_app.x509 import der
 
 
 def _element(der: bytes, offset: int) -> tuple[int, int]:
@@ -43,6 +38,6 @@ def signature_algorithm_der(certificate_der: bytes) -> bytes:
 
 def assemble(tbs_der: bytes, signature_algorithm: bytes, signature: bytes) -> bytes:
     """The DER structure from its three parts (``signature``: the DER ECDSA-Sig-Value)."""
-    bit_string = b"\x03" + _der_length(len(signature) + 1) + b"\x00" + signature
+    bit_string = der.tlv(0x03, b"\x00" + signature)  # BIT STRING, no unused bits
     body = tbs_der + signature_algorithm + bit_string
-    return b"\x30" + _der_length(len(body)) + body
+    return der.tlv(0x30, body)

@@ -6,6 +6,8 @@ Attribute, the public-key type with the curves this CA accepts. A dozen lines of
 
 from __future__ import annotations
 
+from ckms_app.x509.der import tlv
+
 _OIDS = {
     "ecdsa-with-SHA256": "1.2.840.10045.4.3.2",
     "ecdsa-with-SHA384": "1.2.840.10045.4.3.3",
@@ -13,16 +15,6 @@ _OIDS = {
     "P-256": "1.2.840.10045.3.1.7",
     "P-384": "1.3.132.0.34",
 }
-
-
-def _tlv(tag: int, body: bytes) -> bytes:
-    n = len(body)
-    if n < 0x80:
-        length = bytes([n])
-    else:
-        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-        length = bytes([0x80 | len(raw)]) + raw
-    return bytes([tag]) + length + body
 
 
 def _oid(dotted: str) -> bytes:
@@ -35,13 +27,11 @@ def _oid(dotted: str) -> bytes:
             chunk.append(0x80 | (part & 0x7F))
             part >>= 7
         body.extend(reversed(chunk))
-    return _tlv(0x06, bytes(body))
+    return tlv(0x06, bytes(body))
 
 
 def csr_attributes(hash_name: str, curves: tuple[str, ...]) -> bytes:
     """DER CsrAttrs: the CA's signature algorithm, then id-ecPublicKey with the accepted curves."""
     signature = _oid(_OIDS[f"ecdsa-with-{hash_name.upper()}"])  # sha256 -> ecdsa-with-SHA256
-    key_attr = _tlv(
-        0x30, _oid(_OIDS["id-ecPublicKey"]) + _tlv(0x31, b"".join(_oid(_OIDS[c]) for c in curves))
-    )
-    return _tlv(0x30, signature + key_attr)
+    key_attr = tlv(0x30, _oid(_OIDS["id-ecPublicKey"]) + tlv(0x31, b"".join(_oid(_OIDS[c]) for c in curves)))
+    return tlv(0x30, signature + key_attr)
