@@ -1,16 +1,9 @@
-"""The tamper-evident audit trail: HSM-signed seals, verification and export (A.06, A.31, F.12–F.14).
+"""HSM-signed seals of the audit chain (A.06, A.31, F.12–F.14).
 
-Records are hash-chained as they are written (:func:`ckms_app.storage.append_audit`). A chain
-alone shows an edit, a deletion, an insertion or a reordering, but someone able to rewrite the
-database could recompute every later hash. So the chain is *sealed*: every ``seal_every_records``
-records or ``seal_interval_seconds`` seconds, the chain head (sequence number and hash) is signed
-with a dedicated audit key that lives in the HSM (label ``ckms-audit-key``, never extractable),
-and the seal itself is recorded in the chain as an ``audit.seal`` event, so removing a seal is
-also seen. A rewrite of sealed history cannot be re-signed without the token; what is not yet
-sealed is covered by the chain and the chain head only, for at most one seal interval.
-
-``verify_trail`` walks records and seals in order and names the first record that does not fit.
-The same function checks the database and a JSON-lines export (``ckms audit export``).
+Records are hash-chained as they are written (:func:`ckms_app.store.chain.append_audit`). Every
+``seal_every_records`` records or ``seal_interval_seconds`` the daemon signs the chain head with the
+audit key in the token; a seal fixes everything up to its record, so rewriting the chain (even with
+the hash scheme at hand) is detected. The audit key is generated in the token on first use.
 """
 
 from __future__ import annotations

@@ -25,7 +25,12 @@ from ckms_app.audit.record import event
 from ckms_app.audit.seals import ensure_audit_key, seal_unit
 from ckms_app.authority.clock import ClockGate
 from ckms_app.authority.clock import default_source as default_clock_source
-from ckms_app.authority.credentials import CEREMONY, issue_certificate, tls_names, write_key_and_cert
+from ckms_app.authority.credentials import (
+    CEREMONY,
+    issue_certificate,
+    issue_tls_certificate,
+    write_key_and_cert,
+)
 from ckms_app.authority.crl_publisher import CrlPublisher
 from ckms_app.authority.issuance import certificate_row
 from ckms_app.authority.linter import find_linter_binary
@@ -295,19 +300,7 @@ async def _issue_identities(
             )
         )
 
-        tls_key = ec.generate_private_key(ec.SECP256R1())
-        tls_cert = await issue_certificate(
-            config,
-            signer,
-            ca_cert,
-            writer,
-            "tls-server",
-            config.server.public_host,
-            tls_names(config),
-            tls_key,
-            kind="tls-server",
-        )
-        write_key_and_cert(config.server.tls_key, config.server.tls_cert, tls_key, tls_cert)
+        await issue_tls_certificate(config, signer, ca_cert, writer)
 
         credentials: dict[str, dict[str, str]] = {}
         for role in ROLES:

@@ -132,31 +132,20 @@ def renew_tls(home: Path) -> dict[str, Any]:
     engine = open_engine(config.database_url)
     migrate(engine)
     writer = GroupCommitWriter(open_engine(config.database_url, writer=True))
-    tls_key = ec.generate_private_key(ec.SECP256R1())
     try:
         with Token(config.token) as token:
             key = token.load_ec_key(config.ca_key_label)
 
             async def issue() -> x509.Certificate:
                 async with open_signer(config, key, writer) as signer:
-                    return await issue_certificate(
-                        config,
-                        signer,
-                        ca_cert,
-                        writer,
-                        "tls-server",
-                        config.server.public_host,
-                        tls_names(config),
-                        tls_key,
-                        kind="tls-server",
-                        who=named("ca-host", "system"),
+                    return await issue_tls_certificate(
+                        config, signer, ca_cert, writer, named("ca-host", "system")
                     )
 
             cert = asyncio.run(issue())
     finally:
         writer.close()
         engine.dispose()
-    write_key_and_cert(config.server.tls_key, config.server.tls_cert, tls_key, cert)
     return {
         "home": str(config.home),
         "status": "renewed",
@@ -165,6 +154,31 @@ def renew_tls(home: Path) -> dict[str, Any]:
         "not_after": cert.not_valid_after_utc.isoformat(),
         "next": "restart the daemon to present it (systemctl restart ckms-ca)",
     }
+
+
+async def issue_tls_certificate(
+    config: Config,
+    signer: Signer,
+    ca_cert: x509.Certificate,
+    writer: GroupCommitWriter,
+    who: Actor = CEREMONY,
+) -> x509.Certificate:
+    """A new key and certificate for the daemon's EST/API listener, written to the configured files."""
+    tls_key = ec.generate_private_key(ec.SECP256R1())
+    cert = await issue_certificate(
+        config,
+        signer,
+        ca_cert,
+        writer,
+        "tls-server",
+        config.server.public_host,
+        tls_names(config),
+        tls_key,
+        kind="tls-server",
+        who=who,
+    )
+    write_key_and_cert(config.server.tls_key, config.server.tls_cert, tls_key, cert)
+    return cert
 
 
 def tls_names(config: Config) -> tuple[x509.GeneralName, ...]:

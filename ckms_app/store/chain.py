@@ -1,11 +1,8 @@
-"""Durable state of the CA: certificates, revocations, CRLs, entities and the audit trail.
+"""The audit hash chain: every record's hash covers the previous hash and the record's fields.
 
-SQLAlchemy Core over SQLite (WAL, ``synchronous=FULL``) by default or PostgreSQL for several CA
-nodes. Writes go through :class:`GroupCommitWriter`: the daemon hands it one *unit of work* per
-request (for an issuance: the certificate row and its audit record), and the writer commits
-many units in one durable transaction, each inside its own savepoint so one failing unit (say, a
-duplicate request) does not take the others with it. A client only gets its certificate after
-the commit, so a killed process never loses a certificate a client holds.
+:func:`append_audit` is the only way records enter ``audit_events`` (a guard refuses any other
+insert); it locks the chain head, so writers in several processes or nodes produce one unbroken
+chain. Records are built by :mod:`ckms_app.audit.record`.
 """
 
 from __future__ import annotations
@@ -128,4 +125,4 @@ def _refuse_unchained_audit_inserts(conn: Connection, clauseelement: Any, *_args
         and getattr(clauseelement, "table", None) is audit_events
         and not conn.info.get("ckms_audit_append")
     ):
-        raise AuditBypass("audit records must be written with storage.append_audit (hash chain)")
+        raise AuditBypass("audit records must be written with store.chain.append_audit (hash chain)")

@@ -1,11 +1,8 @@
-"""Durable state of the CA: certificates, revocations, CRLs, entities and the audit trail.
+"""Database engines: SQLite (WAL, ``synchronous=FULL``: durable at commit, also across power loss) by
+default, PostgreSQL for several CA nodes.
 
-SQLAlchemy Core over SQLite (WAL, ``synchronous=FULL``) by default or PostgreSQL for several CA
-nodes. Writes go through :class:`GroupCommitWriter`: the daemon hands it one *unit of work* per
-request (for an issuance: the certificate row and its audit record), and the writer commits
-many units in one durable transaction, each inside its own savepoint so one failing unit (say, a
-duplicate request) does not take the others with it. A client only gets its certificate after
-the commit, so a killed process never loses a certificate a client holds.
+Readers use deferred transactions; the one writer thread of a process takes SQLite's write lock up
+front and retries it itself instead of relying on the busy handler's long back-off.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""Durable state of the CA: certificates, revocations, CRLs, entities and the audit trail.
+"""Schema migrations: ordered, append-only, applied at every start, each once.
 
-SQLAlchemy Core over SQLite (WAL, ``synchronous=FULL``) by default or PostgreSQL for several CA
-nodes. Writes go through :class:`GroupCommitWriter`: the daemon hands it one *unit of work* per
-request (for an issuance: the certificate row and its audit record), and the writer commits
-many units in one durable transaction, each inside its own savepoint so one failing unit (say, a
-duplicate request) does not take the others with it. A client only gets its certificate after
-the commit, so a killed process never loses a certificate a client holds.
+A released migration never changes (it seeds frozen data, never a live constant of a higher layer);
+a change is a new migration. On PostgreSQL an advisory lock lets several CA nodes start together.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""Durable state of the CA: certificates, revocations, CRLs, entities and the audit trail.
+"""The CA's tables (SQLAlchemy Core, one schema for SQLite and PostgreSQL): certificates, revocations,
+CRLs, entities and their role grants, the ACL, the audit trail with its chain head and seals, counters.
 
-SQLAlchemy Core over SQLite (WAL, ``synchronous=FULL``) by default or PostgreSQL for several CA
-nodes. Writes go through :class:`GroupCommitWriter`: the daemon hands it one *unit of work* per
-request (for an issuance: the certificate row and its audit record), and the writer commits
-many units in one durable transaction, each inside its own savepoint so one failing unit (say, a
-duplicate request) does not take the others with it. A client only gets its certificate after
-the commit, so a killed process never loses a certificate a client holds.
+Times are stored as UTC and always read back timezone-aware (:class:`UtcDateTime`).
 """
 
 from __future__ import annotations

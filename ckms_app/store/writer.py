@@ -1,11 +1,10 @@
-"""Durable state of the CA: certificates, revocations, CRLs, entities and the audit trail.
+"""The group-commit writer: the one thread per process that writes.
 
-SQLAlchemy Core over SQLite (WAL, ``synchronous=FULL``) by default or PostgreSQL for several CA
-nodes. Writes go through :class:`GroupCommitWriter`: the daemon hands it one *unit of work* per
-request (for an issuance: the certificate row and its audit record), and the writer commits
-many units in one durable transaction, each inside its own savepoint so one failing unit (say, a
-duplicate request) does not take the others with it. A client only gets its certificate after
-the commit, so a killed process never loses a certificate a client holds.
+The daemon hands it one *unit of work* per request (for an issuance: the certificate row and its
+audit record), and the writer commits many units in one durable transaction, each inside its own
+savepoint so one failing unit (say, a duplicate request) does not take the others with it. A client
+only gets its certificate after the commit, so a killed process never loses a certificate a client
+holds. Writers of several processes on one SQLite file take turns through a file lock.
 """
 
 from __future__ import annotations
