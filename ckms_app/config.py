@@ -40,7 +40,17 @@ class AuditConfig:
 
     key_label: str = AUDIT_KEY_LABEL
     seal_every_records: int = 1000
-    seal_interval_seconds: float = 60.0
+    seal_interval_seconds: float = 60.0  # also the heartbeat: an idle CA still seals this often
+    # Every seal is also appended here, outside the database (and sent to syslog): the anchor that
+    # shows a cut tail. None only for a Config built without a home.
+    seal_log: Path | None = None
+    seal_syslog: bool = True
+    # ckms audit verify fails when the newest seal is older than the interval plus this slack (0: off)
+    seal_slack_seconds: float = 300.0
+
+    @property
+    def max_seal_age_seconds(self) -> float | None:
+        return None if self.seal_slack_seconds <= 0 else self.seal_interval_seconds + self.seal_slack_seconds
 
 
 @dataclass(frozen=True)
@@ -302,17 +312,22 @@ def parse_config(home: Path, raw: dict[str, Any]) -> Config:
         default_profile=default_profile,
         profiles=profiles,
         clock=_clock(raw.get("clock", {})),
-        audit=_audit(raw.get("audit", {})),
+        audit=_audit(home, raw.get("audit", {})),
         alerts=_alerts(home, raw.get("alerts", {})),
     )
 
 
-def _audit(table: dict[str, Any]) -> AuditConfig:
+def _audit(home: Path, table: dict[str, Any]) -> AuditConfig:
     try:
         return AuditConfig(
             key_label=str(table.get("key_label", AUDIT_KEY_LABEL)),
             seal_every_records=int(table.get("seal_every_records", 1000)),
             seal_interval_seconds=float(table.get("seal_interval_seconds", 60.0)),
+            seal_log=_required_path(
+                home, str(table.get("seal_log", "log/audit-seals.jsonl")), "[audit] seal_log"
+            ),
+            seal_syslog=bool(table.get("seal_syslog", True)),
+            seal_slack_seconds=float(table.get("seal_slack_seconds", 300.0)),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[audit]: {exc}") from None

@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
 from ckms_app.algorithms import Curve
+from ckms_app.audit import seal_log
 from ckms_app.audit.record import SYSTEM, event
 from ckms_app.config import AUDIT_KEY_LABEL, AuditConfig
 from ckms_app.errors import HsmError
@@ -92,14 +93,14 @@ def _iso(value: dt.datetime) -> str:
 
 
 # --- sealing ------------------------------------------------------------------------------------
-def seal_unit(key: HsmEcPrivateKey, *, force: bool = False) -> Callable[[Connection], int | None]:
+def seal_unit(key: HsmEcPrivateKey, *, force: bool = False) -> Callable[[Connection], dict[str, Any] | None]:
     """A writer unit: sign the chain head and record the seal, in one transaction.
 
-    Returns the new seal's ``up_to_seq``, or None when nothing new was written since the last
-    seal (its own ``audit.seal`` record does not count, or an idle CA would seal forever).
+    Returns the new seal, or None when nothing new was written since the last seal (its own
+    ``audit.seal`` record does not count) and ``force`` is false.
     """
 
-    def unit(conn: Connection) -> int | None:
+    def unit(conn: Connection) -> dict[str, Any] | None:
         head = conn.execute(
             select(audit_chain_head).where(audit_chain_head.c.chain_id == 1).with_for_update()
         ).first()
@@ -112,15 +113,14 @@ def seal_unit(key: HsmEcPrivateKey, *, force: bool = False) -> Callable[[Connect
         signature = key.sign(
             seal_message(head.last_seq, head.last_hash, sealed_at), ec.ECDSA(key.curve_info.hash_algorithm)
         )
-        conn.execute(
-            audit_seals.insert().values(
-                up_to_seq=head.last_seq,
-                chain_hash=head.last_hash,
-                sealed_at=sealed_at,
-                key_label=key.label,
-                signature=signature,
-            )
-        )
+        seal = {
+            "up_to_seq": int(head.last_seq),
+            "chain_hash": head.last_hash,
+            "sealed_at": sealed_at,
+            "key_label": key.label,
+            "signature": signature,
+        }
+        conn.execute(audit_seals.insert().values(**seal))
         append_audit(
             conn,
             [
@@ -133,9 +133,20 @@ def seal_unit(key: HsmEcPrivateKey, *, force: bool = False) -> Callable[[Connect
                 )
             ],
         )
-        return int(head.last_seq)
+        return seal
 
     return unit
+
+
+def seal_and_log(
+    writer: GroupCommitWriter, key: HsmEcPrivateKey, config: AuditConfig, *, force: bool = False
+) -> dict[str, Any] | None:
+    """Seal now (from synchronous code: the ceremony, ``ckms audit seal``) and copy the committed seal
+    to the seal log outside the database."""
+    seal = writer.run(seal_unit(key, force=force))
+    if seal is not None and config.seal_log is not None:
+        seal_log.append(config.seal_log, seal, to_syslog=config.seal_syslog)
+    return seal
 
 
 class AuditSealer:
@@ -165,13 +176,15 @@ class AuditSealer:
         return self._key_loaded
 
     def _due(self, last_sealed_at: float, now: float) -> bool:
+        """Every ``seal_every_records`` records, and every ``seal_interval_seconds`` in any case: an idle
+        CA seals too (its own previous seal record), so the newest seal always shows that the trail
+        was whole a moment ago and a stale one shows that sealing stopped or the tail was cut."""
+        if now - last_sealed_at >= self._config.seal_interval_seconds:
+            return True
         with self._reader.connect() as conn:
             head = conn.execute(select(audit_chain_head.c.last_seq)).scalar() or 0
             sealed = conn.execute(select(func.max(audit_seals.c.up_to_seq))).scalar() or 0
-        pending = head - sealed
-        if pending >= self._config.seal_every_records:
-            return True
-        return pending > 1 and now - last_sealed_at >= self._config.seal_interval_seconds
+        return bool(head - sealed >= self._config.seal_every_records)
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -180,7 +193,7 @@ class AuditSealer:
         while not stop.is_set():
             try:
                 if self._due(last, loop.time()):
-                    await self._writer.submit(seal_unit(self._key))
+                    await self._seal(force=True)
                     last = loop.time()
             except Exception:  # the loop must outlive one failure; the next tick retries
                 log.exception("audit sealing failed")
@@ -189,9 +202,17 @@ class AuditSealer:
             except TimeoutError:
                 pass
 
-    async def seal_now(self) -> int | None:
+    async def seal_now(self) -> dict[str, Any] | None:
         """One more seal if anything is unsealed (the daemon calls this last on its way out)."""
-        return await self._writer.submit(seal_unit(self._key))
+        return await self._seal(force=False)
+
+    async def _seal(self, *, force: bool) -> dict[str, Any] | None:
+        seal = await self._writer.submit(seal_unit(self._key, force=force))
+        if seal is not None and self._config.seal_log is not None:
+            await asyncio.to_thread(
+                seal_log.append, self._config.seal_log, seal, to_syslog=self._config.seal_syslog
+            )
+        return seal
 
 
 # --- configuration changes ----------------------------------------------------------------------

@@ -172,18 +172,113 @@ def _hash_for(public_key: ec.EllipticCurvePublicKey) -> SHA256 | SHA384:
     return curve_of(public_key).hash_algorithm
 
 
-def verify_database(engine: Engine, public_key: ec.EllipticCurvePublicKey | None) -> VerifyReport:
+def verify_database(
+    engine: Engine,
+    public_key: ec.EllipticCurvePublicKey | None,
+    *,
+    external_seals: list[dict[str, Any]] | None = None,
+    max_seal_age_seconds: float | None = None,
+    now: dt.datetime | None = None,
+) -> VerifyReport:
+    """The trail in the database; with ``external_seals`` (the seal log outside the database) also that
+    its tail was not cut, and with ``max_seal_age_seconds`` that the newest seal is recent."""
     with engine.connect() as conn:
         head_row = conn.execute(select(audit_chain_head).where(audit_chain_head.c.chain_id == 1)).first()
         seals = [dict(r) for r in conn.execute(select(audit_seals)).mappings()]
         rows = conn.execute(select(audit_events).order_by(audit_events.c.seq)).mappings()
         records = (_record_dict(r) for r in rows)
-        return verify_trail(
+        report = verify_trail(
             records,
             seals,
             public_key,
             None if head_row is None else (int(head_row.last_seq), head_row.last_hash),
         )
+    if not report.ok:
+        return report
+    if external_seals is not None:
+        report = check_tail(report, seals, external_seals, public_key)
+    if report.ok and max_seal_age_seconds is not None:
+        report = check_freshness(report, [*seals, *(external_seals or [])], max_seal_age_seconds, now)
+    return report
+
+
+def check_tail(
+    report: VerifyReport,
+    db_seals: list[dict[str, Any]],
+    external_seals: list[dict[str, Any]],
+    public_key: ec.EllipticCurvePublicKey | None,
+) -> VerifyReport:
+    """Every seal of the log outside the database must be in the database, the newest one included: a
+    trail cut back together with its newest seals and chain head is consistent, but shorter than the log.
+    """
+    in_db = {int(s["up_to_seq"]): s["chain_hash"] for s in db_seals}
+    bad = dataclasses.replace(report, ok=False)
+    if db_seals and not external_seals:
+        return dataclasses.replace(
+            bad,
+            first_bad_seq=1,
+            problem="the seal log outside the database is empty or missing: it was removed",
+        )
+    for seal in sorted(external_seals, key=lambda s: int(s["up_to_seq"])):
+        up_to = int(seal["up_to_seq"])
+        if public_key is not None:
+            try:
+                public_key.verify(
+                    seal["signature"],
+                    seal_message(up_to, seal["chain_hash"], seal["sealed_at"]),
+                    ec.ECDSA(_hash_for(public_key)),
+                )
+            except InvalidSignature:
+                return dataclasses.replace(
+                    bad,
+                    first_bad_seq=up_to,
+                    problem=f"the seal log's seal over records up to {up_to} has a bad signature (forged or edited)",
+                )
+        if up_to > report.last_seq:
+            return dataclasses.replace(
+                bad,
+                first_bad_seq=report.last_seq + 1,
+                problem=f"the seal log holds a seal over records up to {up_to} (sealed {seal['sealed_at']}), but "
+                f"the database trail ends at {report.last_seq}: records {report.last_seq + 1}..{up_to} and their "
+                f"seals were cut from the database (missing tail)",
+            )
+        if in_db.get(up_to) != seal["chain_hash"]:
+            return dataclasses.replace(
+                bad,
+                first_bad_seq=up_to,
+                problem=f"the seal over records up to {up_to} (sealed {seal['sealed_at']}) is in the seal log but "
+                f"not in the database: the seal was deleted or the records before it rewritten",
+            )
+    return report
+
+
+def check_freshness(
+    report: VerifyReport, seals: list[dict[str, Any]], max_age_seconds: float, now: dt.datetime | None = None
+) -> VerifyReport:
+    """The newest seal must be younger than the seal interval plus slack: the daemon seals at least that
+    often, so an older newest seal means sealing stopped, or the newest seals were cut with the log."""
+    now = now or dt.datetime.now(dt.UTC)
+    times = [_aware(s["sealed_at"]) for s in seals]
+    if not times:
+        return report
+    newest = max(times)
+    age = (now - newest).total_seconds()
+    if age <= max_age_seconds:
+        return report
+    return dataclasses.replace(
+        report,
+        ok=False,
+        first_bad_seq=report.last_seq + 1,
+        problem=f"the newest seal ({_iso(newest)}) is {age:.0f} s old, more than the {max_age_seconds:.0f} s "
+        f"allowed ([audit] seal_interval_seconds + seal_slack_seconds): sealing stopped, or the newest "
+        f"records and seals were cut",
+    )
+
+
+def _aware(value: dt.datetime | str) -> dt.datetime:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 # --- export -------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from ckms_app.algorithms import curve_by_name
 from ckms_app.audit.record import event
-from ckms_app.audit.seals import ensure_audit_key, seal_unit
+from ckms_app.audit.seals import ensure_audit_key, seal_and_log
 from ckms_app.authority.clock import ClockGate
 from ckms_app.authority.clock import default_source as default_clock_source
 from ckms_app.authority.credentials import (
@@ -360,4 +360,4 @@ def _seal_initial_trail(config: Config, token: Token, key: Any, writer: GroupCom
     """Generate the audit sealing key in the token and seal the ceremony's records with it."""
 
     audit_key = ensure_audit_key(token, config.home, key.curve_info, config.audit.key_label)
-    writer.run(seal_unit(audit_key, force=True))
+    seal_and_log(writer, audit_key, config.audit, force=True)

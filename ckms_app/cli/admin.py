@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ckms_app.audit import seals, verify
+from ckms_app.audit import seal_log, seals, verify
 from ckms_app.audit.seals import AUDIT_PUBLIC_KEY_FILE
 from ckms_app.authority.entities import AdminContext
 from ckms_app.authority.passwords import read_password
@@ -109,6 +109,18 @@ def add_parsers(sub: Any) -> None:
         type=Path,
         help="PEM public key of the audit key (default: from the token, else HOME/ca/audit-key.pub.pem)",
     )
+    verify.add_argument(
+        "--seal-log",
+        type=Path,
+        help="the seals' copy outside the database (default: [audit] seal_log); its newest seal must be in the "
+        "database, or the tail was cut",
+    )
+    verify.add_argument(
+        "--max-seal-age",
+        type=float,
+        help="fail when the newest seal is older than this many seconds (default: [audit] seal_interval_seconds "
+        "+ seal_slack_seconds; 0: do not check)",
+    )
     verify.add_argument("--json", action="store_true")
     export = audit.add_parser("export", help="write the trail and its seals as JSON lines for the auditor")
     _add_actor(export, "auditor")
@@ -199,8 +211,8 @@ def _audit(ctx: AdminContext, config: Config, args: argparse.Namespace) -> int:
         with Token(config.token) as token:
             ca_key = token.load_ec_key(config.ca_key_label)
             key = seals.ensure_audit_key(token, config.home, ca_key.curve_info, config.audit.key_label)
-            sealed = ctx.writer.run(seals.seal_unit(key, force=True))
-        _print({"sealed_up_to_seq": sealed})
+            sealed = seals.seal_and_log(ctx.writer, key, config.audit, force=True)
+        _print({"sealed_up_to_seq": None if sealed is None else sealed["up_to_seq"]})
         return 0
     public_key = _audit_public_key(config, getattr(args, "audit_public_key", None))
     if args.audit_command == "export":
@@ -216,7 +228,16 @@ def _audit(ctx: AdminContext, config: Config, args: argparse.Namespace) -> int:
         with open(args.export) as f:
             report = verify.verify_export(f, public_key)
     else:
-        report = verify.verify_database(ctx.reader, public_key)
+        seal_log_path = args.seal_log or config.audit.seal_log
+        max_age = (
+            config.audit.max_seal_age_seconds if args.max_seal_age is None else args.max_seal_age or None
+        )
+        report = verify.verify_database(
+            ctx.reader,
+            public_key,
+            external_seals=seal_log.read(seal_log_path) if seal_log_path and seal_log_path.exists() else [],
+            max_seal_age_seconds=max_age,
+        )
     try:
         ctx.record(
             "audit.verify",

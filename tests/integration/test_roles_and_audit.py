@@ -353,6 +353,42 @@ def test_tampering_in_the_database_is_named_by_verify(home: CaHome, kind: str, t
     assert admin(home, "audit", "verify", role="auditor").returncode == 0
 
 
+def test_a_cut_tail_is_named_by_verify(home: CaHome, tmp_path: Path) -> None:
+    """Removing the newest records together with their seals and moving the chain head back leaves a
+    consistent database; the seal log outside it (written by every seal) shows what was cut."""
+    assert json.loads(admin(home, "audit", "seal").stdout)["sealed_up_to_seq"]
+    seal_log = home.home / "log" / "audit-seals.jsonl"
+    assert seal_log.exists() and seal_log.stat().st_mode & 0o777 == 0o600
+    db_path = home.home / "db" / "ckms.sqlite3"
+    saved = sqlite3.connect(tmp_path / "saved.sqlite3")
+    live = sqlite3.connect(db_path)
+    live.backup(saved)
+    try:
+        with live:
+            keep = live.execute(
+                "SELECT up_to_seq FROM audit_seals ORDER BY up_to_seq DESC LIMIT 1 OFFSET 1"
+            ).fetchone()[0]
+            keep_hash = live.execute("SELECT chain_hash FROM audit_events WHERE seq=?", (keep,)).fetchone()[0]
+            live.execute("DELETE FROM audit_events WHERE seq>?", (keep,))
+            live.execute("DELETE FROM audit_seals WHERE up_to_seq>?", (keep,))
+            live.execute("UPDATE audit_chain_head SET last_seq=?, last_hash=?", (keep, keep_hash))
+        proc = admin(home, "audit", "verify", role="auditor", check=False)
+        assert proc.returncode == 2 and f"BROKEN at record {keep + 1}" in proc.stdout, (
+            proc.stdout + proc.stderr
+        )
+        assert "missing tail" in proc.stdout
+        # the same cut with the seal log removed as well: still refused, and said so
+        proc = admin(
+            home, "audit", "verify", "--seal-log", str(tmp_path / "none.jsonl"), role="auditor", check=False
+        )
+        assert proc.returncode == 2 and "seal log" in proc.stdout
+    finally:
+        saved.backup(live)
+        live.close()
+        saved.close()
+    assert admin(home, "audit", "verify", role="auditor").returncode == 0
+
+
 def test_export_for_the_auditor_verifies_and_an_edit_is_named(home: CaHome, tmp_path: Path) -> None:
     out = tmp_path / "trail.jsonl"
     admin(home, "audit", "export", "--out", str(out), role="auditor")

@@ -6,6 +6,7 @@ for by a software key with the same ``sign`` interface; the integration tests us
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import multiprocessing as mp
 import sqlite3
@@ -15,18 +16,20 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 
 from ckms_app.algorithms import CURVES
-from ckms_app.audit.seals import seal_unit
+from ckms_app.audit import seal_log
+from ckms_app.audit.seals import seal_and_log, seal_unit
 from ckms_app.audit.verify import export_lines, verify_database, verify_export
 from ckms_app.authority.passwords import hash_password, read_password, verify_password
 from ckms_app.authority.rbac import CONFLICTING_ROLES, ROLES, Principal, role_conflicts
-from ckms_app.errors import AuditBypass, PasswordError
+from ckms_app.config import AuditConfig
+from ckms_app.errors import AuditBypass, ExportError, PasswordError
 from ckms_app.store.chain import append_audit, audit_row
 from ckms_app.store.engine import open_engine
 from ckms_app.store.migrations import migrate
-from ckms_app.store.schema import audit_events
+from ckms_app.store.schema import audit_chain_head, audit_events, audit_seals
 from ckms_app.store.writer import GroupCommitWriter, Inserts
 
 
@@ -314,3 +317,105 @@ def test_passwords_are_scrypt_hashed_and_checked(tmp_path: Path) -> None:
         read_password(f)
     f.chmod(0o600)
     assert read_password(f) == "from a file"
+
+
+# --- a cut tail: records, newest seals and the chain head removed together -------------------------
+def _sealed_trail_with_log(url: str, seal_log_path: Path) -> tuple[SoftAuditKey, int]:
+    """Records sealed twice; each seal also appended to the seal log. Returns the key and the first
+    seal's up_to_seq (where the cut goes)."""
+    reader = open_engine(url)
+    migrate(reader)
+    reader.dispose()
+    writer = GroupCommitWriter(open_engine(url, writer=True))
+    key = SoftAuditKey(ec.generate_private_key(ec.SECP256R1()))
+    config = AuditConfig(seal_log=seal_log_path, seal_syslog=False)
+    try:
+        for i in range(12):
+            writer.run(Inserts(((audit_events, event(i)),)))
+        first = seal_and_log(writer, key, config)  # type: ignore[arg-type]
+        for i in range(12, 30):
+            writer.run(Inserts(((audit_events, event(i)),)))
+        seal_and_log(writer, key, config)  # type: ignore[arg-type]
+        for i in range(30, 33):
+            writer.run(Inserts(((audit_events, event(i)),)))
+    finally:
+        writer.close()
+    assert first is not None
+    return key, int(first["up_to_seq"])
+
+
+def _cut_tail(url: str, keep_up_to: int) -> None:
+    """What someone with write access to the database does to hide the newest events: a consistent,
+    shorter trail (tail records, the seals over them and the chain head moved back)."""
+    engine = open_engine(url)
+    try:
+        with engine.begin() as conn:
+            keep_hash = conn.execute(
+                select(audit_events.c.chain_hash).where(audit_events.c.seq == keep_up_to)
+            ).scalar()
+            conn.execute(delete(audit_events).where(audit_events.c.seq > keep_up_to))
+            conn.execute(delete(audit_seals).where(audit_seals.c.up_to_seq > keep_up_to))
+            conn.execute(update(audit_chain_head).values(last_seq=keep_up_to, last_hash=keep_hash))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_cut_tail_is_named_by_the_seal_log(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ckms.sqlite3'}"
+    else:
+        url = request.getfixturevalue("postgres").create_database("ckms_cut_tail")
+    log_path = tmp_path / "log" / "audit-seals.jsonl"
+    key, first_seal = _sealed_trail_with_log(url, log_path)
+    external = seal_log.read(log_path)
+    assert len(external) == 2 and log_path.stat().st_mode & 0o777 == 0o600
+    reader = open_engine(url)
+    try:
+        assert verify_database(reader, key.public_key(), external_seals=external).ok
+        _cut_tail(url, first_seal)
+        # The database alone is consistent: this is why the seals are also kept outside it.
+        alone = verify_database(reader, key.public_key())
+        assert alone.ok and alone.last_seq == first_seal
+        report = verify_database(reader, key.public_key(), external_seals=external)
+        assert not report.ok and "missing tail" in (report.problem or "")
+        assert (
+            f"records {first_seal + 1}.." in (report.problem or "") and report.first_bad_seq == first_seal + 1
+        )
+        # Without the log at all (deleted with the tail) the check fails too.
+        gone = verify_database(reader, key.public_key(), external_seals=[])
+        assert not gone.ok and "seal log" in (gone.problem or "")
+    finally:
+        reader.dispose()
+
+
+def test_an_edited_seal_log_is_named(trail, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    reader, key, _ = trail
+    with reader.connect() as conn:
+        seals = [dict(r) for r in conn.execute(select(audit_seals)).mappings()]
+    log_path = tmp_path / "seals.jsonl"
+    seal_log.append(log_path, seals[0], to_syslog=False)
+    assert verify_database(reader, key.public_key(), external_seals=seal_log.read(log_path)).ok
+    line = json.loads(log_path.read_text())
+    line["chain_hash"] = "0" * 64
+    log_path.write_text(json.dumps(line) + "\n")
+    report = verify_database(reader, key.public_key(), external_seals=seal_log.read(log_path))
+    assert not report.ok and "bad signature" in (report.problem or "")
+    log_path.write_text("not a seal\n")
+    with pytest.raises(ExportError, match="line 1"):
+        seal_log.read(log_path)
+
+
+def test_a_stale_newest_seal_fails_verification(trail) -> None:  # type: ignore[no-untyped-def]
+    reader, key, _ = trail
+    with reader.connect() as conn:
+        sealed_at = conn.execute(select(audit_seals.c.sealed_at)).scalar()
+    fresh = verify_database(reader, key.public_key(), max_seal_age_seconds=360, now=sealed_at)
+    assert fresh.ok
+    later = sealed_at + dt.timedelta(seconds=361)
+    stale = verify_database(reader, key.public_key(), max_seal_age_seconds=360, now=later)
+    assert (
+        not stale.ok and "361 s old" in (stale.problem or "") and "sealing stopped" in (stale.problem or "")
+    )
