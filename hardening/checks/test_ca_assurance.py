@@ -501,7 +501,7 @@ def test_tampered_code_blocks_start(host, evidence):
     scratch = host.run(f"runuser -u {CA_USER} -- mktemp -d /var/tmp/check-f56-XXXXXX").stdout.strip()
     try:
         cp = host.run(
-            f"runuser -u {CA_USER} -- cp -r {pkg} {scratch}/ckms_app && "
+            f"cd / && runuser -u {CA_USER} -- cp -r {pkg} {scratch}/ckms_app && "
             f"runuser -u {CA_USER} -- find {scratch}/ckms_app -name __pycache__ -prune -exec rm -rf {{}} +"
         )
         assert cp.rc == 0, f"F.56: could not copy the code: {cp.stderr}"
@@ -638,17 +638,18 @@ def wheel_commit(depth: int = 300) -> str | None:
     """The commit the controller's ckms wheel was built from.
 
     scripts/build-wheelhouse.sh builds from git HEAD and stamps the wheelhouse with the SHA-256 of
-    ``git rev-parse HEAD:ckms_app HEAD:ckms_lab HEAD:pyproject.toml``; the commit is found again by that
-    stamp (other commits may have landed since the build)."""
+    ``git rev-parse HEAD:ckms_app HEAD:pyproject.toml``; the commit is found again by that stamp (other
+    commits may have landed since the build)."""
     stamp_file = Path(os.environ.get("CKMS_WHEELHOUSE", REPO / "build" / "wheelhouse")) / ".src-stamp"
     stamp = stamp_file.read_text().strip() if stamp_file.exists() else ""
     if not stamp.startswith("head-"):
         return None
     commits = _local(["git", "rev-list", "-n", str(depth), "HEAD"]).stdout.split()
-    args = [f"{c}:{p}" for c in commits for p in ("ckms_app", "ckms_lab", "pyproject.toml")]
+    paths = ("ckms_app", "pyproject.toml")
+    args = [f"{c}:{p}" for c in commits for p in paths]
     ids = _local(["git", "rev-parse", *args]).stdout.split()
     for i, c in enumerate(commits):
-        blob = "".join(x + "\n" for x in ids[3 * i : 3 * i + 3]).encode()
+        blob = "".join(x + "\n" for x in ids[len(paths) * i : len(paths) * (i + 1)]).encode()
         if hashlib.sha256(blob).hexdigest() == stamp.removeprefix("head-"):
             return c
     return None
@@ -659,35 +660,23 @@ def committed_tree():
     """The committed tree the CA's wheel was built from (else HEAD), exported to a temporary directory."""
     commit = wheel_commit() or "HEAD"
     with tempfile.TemporaryDirectory(prefix="ckms-f55-") as tmp:
-        arch = subprocess.run(
-            [
-                "git",
-                "archive",
-                commit,
-                "pyproject.toml",
-                "README.md",
-                "ckms_app",
-                "ckms_lab",
-                "hardening",
-                "tests",
-                "docs",
-            ],
-            cwd=REPO,
-            capture_output=True,
-            check=True,
-        )
+        # the whole commit: the unit tests read the roles, the catalog and the docs as well as the code
+        arch = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True, check=True)
         subprocess.run(["tar", "xf", "-", "-C", tmp], input=arch.stdout, check=True)
         yield Path(tmp), _local(["git", "rev-parse", "--short", commit]).stdout.strip()
 
 
 def _deployed_is(host, tree: Path) -> dict:
-    """Compare the CA host's installed ckms_app/*.py with the exported tree's."""
+    """Compare every module of the CA host's installed ckms_app package with the exported tree's."""
     pkg = host.run(f"ls -d {SITE}/ckms_app").stdout.strip()
     remote = {}
-    for line in host.run(f"cd {pkg} && sha256sum *.py").stdout.splitlines():
+    for line in host.run(f"cd {pkg} && find . -name '*.py' -exec sha256sum {{}} +").stdout.splitlines():
         digest, _, name = line.partition("  ")
-        remote[name.strip()] = digest
-    local = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tree / "ckms_app").glob("*.py")}
+        remote[name.strip().removeprefix("./")] = digest
+    local = {
+        p.relative_to(tree / "ckms_app").as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in (tree / "ckms_app").rglob("*.py")
+    }
     return {
         "installed files": len(remote),
         "differ": sorted(n for n in set(remote) | set(local) if remote.get(n) != local.get(n)),
