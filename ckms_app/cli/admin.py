@@ -9,6 +9,7 @@ prompt or a 0600 ``--password-file`` (never argv, never logged). Then the ACL de
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
 import sys
 from pathlib import Path
@@ -269,8 +270,6 @@ def _token_pin_matches(config: Config, pin_file: Path) -> bool:
     Compared with the configured PIN in constant time rather than tried on the token, so a wrong
     guess never counts towards the token's PIN lockout (which would stop the CA).
     """
-    import hmac
-
     given = read_secret_file(pin_file)
     return hmac.compare_digest(given.encode(), read_secret_file(config.token.pin_file).encode())
 

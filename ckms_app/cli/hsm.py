@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from ckms_app.audit.record import named, record_now
 from ckms_app.authority import selftest
 from ckms_app.authority.guard import ServiceState
@@ -307,8 +309,6 @@ def _split(config: Config, args: argparse.Namespace) -> int:
 
 
 def _open_key(config: Config) -> tuple[Any, Any, Any]:
-    from cryptography import x509
-
     ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
     try:
         token = Token(config.token)

@@ -33,7 +33,7 @@ import pkcs11
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
-from pkcs11.util.ec import encode_ecdsa_signature
+from pkcs11.util.ec import encode_ecdsa_signature, encode_named_curve_parameters
 
 from ckms_app.algorithms import curve_by_name, curve_of
 from ckms_app.config import Config
@@ -159,8 +159,6 @@ def generate_key(config: Config, secret: CustodySecret, label: str, curve_name: 
         session = adm.as_user()
         if adm.find(ObjectClass.PRIVATE_KEY, label) is not None:
             raise HsmError(f"a private key labelled {label!r} already exists")
-        from pkcs11.util.ec import encode_named_curve_parameters
-
         params = session.create_domain_parameters(
             KeyType.EC,
             {Attribute.EC_PARAMS: encode_named_curve_parameters(_PKCS11_CURVE_NAMES[curve.name])},
