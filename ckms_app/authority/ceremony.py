@@ -68,9 +68,8 @@ class InitOptions:
     csr_out: Path | None = None
     lint: bool = True
     policy_oid: str | None = None
-    clock_source: str | None = (
-        None  # None: "chrony" if chronyc is installed, else "none" (stated in the summary)
-    )
+    # None: "chrony" if chronyc is installed, else "none" (stated in the summary)
+    clock_source: str | None = None
     database_url: str | None = None  # default: SQLite in the home; postgresql+psycopg://… for several nodes
 
 

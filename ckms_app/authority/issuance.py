@@ -95,9 +95,8 @@ class Issuer:
             select(certificates.c.der).where(certificates.c.csr_sha256 == bindparam("csr_sha256"))
         )
         self._ca_pubkey_sha256 = public_key_sha256(ca_cert.public_key())
-        self.hash_name = (
-            signer.hash_algorithm.name
-        )  # e.g. "sha256": the CA's signature algorithm, for csrattrs
+        # e.g. "sha256": the CA's signature algorithm, for csrattrs
+        self.hash_name = signer.hash_algorithm.name
         base = config.server.crl_base_url
         self._crl_url, self._delta_url = f"{base}/full.crl", f"{base}/delta.crl"
         self._templates: dict[str, EndEntityTemplate] = {}

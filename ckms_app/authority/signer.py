@@ -40,18 +40,13 @@ class Signer:
 
     def __init__(self, ca_key: HsmEcPrivateKey, linter: AsyncLinter | None, guard: SigningGuard) -> None:
         self._ca_key = ca_key
-        self._linter = (
-            linter  # None only where the CA's configuration disables linting ([lint] enabled = false)
-        )
+        # None only where the CA's configuration disables linting ([lint] enabled = false)
+        self._linter = linter
         self.guard = guard
-        self.curve = ca_key.curve_info
         self.hash_algorithm = ca_key.curve_info.hash_algorithm
         self._signature_algorithm = ec.ECDSA(self.hash_algorithm)
         # Signs the copies the linter sees; never anything that leaves the signer.
         self._throwaway = ec.generate_private_key(ca_key.curve_info.crypto_curve)
-
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self._ca_key.public_key()
 
     async def certificate(
         self, builder: x509.CertificateBuilder, what: str = "certificate"

@@ -21,19 +21,8 @@ pytestmark = pytest.mark.lab
 
 LAB = "colt"
 NET = "10.241.0"
-ROLES = [
-    "os_hardening",
-    "integrity",
-    "antimalware",
-    "audit",
-    "router",
-    "ids",
-    "ntp",
-    "ups",
-    "hsm_client",
-    "ckms_ca",
-    "backup",
-]
+# every role of the repository goes into the collection (the same list the catalog names)
+ROLES = sorted(p.name for p in (REPO / "roles").iterdir() if (p / "tasks" / "main.yml").exists())
 
 ANSIBLE_CFG = """\
 [defaults]
