@@ -131,3 +131,12 @@ class ShamirError(ValueError):
 
 class ClientError(Exception):
     """A request failed; the message says why (server's words when it answered)."""
+
+
+class CredentialRefused(NotAuthorized):
+    """A known entity's credential was refused (disabled, revoked, expired): the audit names it."""
+
+    def __init__(self, message: str, entity_id: str, role: str) -> None:
+        super().__init__(message)
+        self.entity_id = entity_id
+        self.role = role

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
 from ckms_app.audit.record import SYSTEM as SYSTEM_ACTOR
-from ckms_app.errors import NotAuthenticated, NotAuthorized
+from ckms_app.errors import CredentialRefused, NotAuthenticated, NotAuthorized
 from ckms_app.store.point_reads import PointReader
 from ckms_app.store.schema import certificates, entities, role_permissions, security_state, utcnow
 
@@ -131,15 +131,6 @@ class Principal:
 
 # The daemon itself as a principal (scheduled CRLs): the audit layer's system actor, with no permissions.
 SYSTEM = Principal(SYSTEM_ACTOR.entity_id, SYSTEM_ACTOR.role, frozenset())
-
-
-class CredentialRefused(NotAuthorized):
-    """A known entity's credential was refused (disabled, revoked, expired): the audit names it."""
-
-    def __init__(self, message: str, entity_id: str, role: str) -> None:
-        super().__init__(message)
-        self.entity_id = entity_id
-        self.role = role
 
 
 def load_acl(conn: Connection) -> frozenset[tuple[str, str, str]]:

@@ -160,3 +160,30 @@ def test_audit_records_are_built_in_one_place() -> None:
     builder of the hash chain is called nowhere else."""
     callers = {m for m, path in modules().items() if re.search(r"\baudit_row\(", path.read_text())}
     assert callers <= {"ckms_app.store.chain", "ckms_app.audit.record"}, callers
+
+
+def test_error_classes_live_in_errors_py() -> None:
+    """Every exception ckms raises is defined in ckms_app/errors.py (private control-flow ones aside)."""
+    outside = []
+    for module, path in modules().items():
+        if module == "ckms_app.errors":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
+                if any(
+                    b.endswith(("Error", "Exception"))
+                    or b
+                    in {
+                        "NotAuthorized",
+                        "NotAuthenticated",
+                        "NotFound",
+                        "Conflict",
+                        "CsrRejected",
+                        "LintFailed",
+                        "ServiceUnavailable",
+                    }
+                    for b in bases
+                ):
+                    outside.append(f"{module}.{node.name}")
+    assert not outside, outside
