@@ -140,3 +140,23 @@ class CredentialRefused(NotAuthorized):
         super().__init__(message)
         self.entity_id = entity_id
         self.role = role
+
+
+class SelfGrant(SeparationOfDuties):
+    """A proposal or approval that would grant a role, or an ACL permission, to a role its proposer or
+    approver holds: nobody widens their own rights, with or without a second person."""
+
+    code = "self_grant"
+
+
+class SelfApproval(SeparationOfDuties):
+    """The second person of a two-person change must be a different person from the proposer."""
+
+    code = "self_approval"
+
+
+class EnrolmentRefused(NotAuthenticated):
+    """A one-time enrolment code that is unknown, wrong, used, expired or locked. The message the client
+    gets never says which."""
+
+    code = "enrolment_refused"

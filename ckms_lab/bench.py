@@ -310,6 +310,7 @@ def _homes(workdir: Path, db: str, nodes: int, stack: ExitStack) -> list[Path]:
         str(_free_port()),
         "--crl-port",
         str(_free_port()),
+        "--demo",  # the benchmark enrols as demo-operator
     ]
     if db == "postgresql":
         from ckms_lab.throwaway_postgres import PostgresServer

@@ -6,7 +6,7 @@
 #                                       (the first backup restored and proven: F.49, F.57), drills, report
 #
 # Lab secrets are per machine and never committed: the Ansible Vault password is generated into the tool
-# cache ($CKMS_TOOL_CACHE/ansible/vault-pass); the vault file with the token PINs and the backup
+# cache ($CKMS_TOOL_CACHE/ansible/vault-pass); the vault file with the token's user PIN and the backup
 # recipient key pair are generated once per stack (the vault into the generated inventory's group_vars,
 # the recipient key into the tool cache, where the custodians of a real CA would keep it offline).
 # Env: CKMS_LAB_STACK (default lab), CKMS_TOOL_CACHE, CKMS_SKIP_TAGS (ansible --skip-tags, e.g. harden,perimeter
@@ -37,17 +37,26 @@ secrets() {
        -out "$keydir/backup-recipient.pem" 2>/dev/null)
   fi
   mkdir -p "$gen/group_vars/ca" "$gen/group_vars/all"
-  if [ ! -s "$gen/group_vars/ca/vault.yml" ]; then
-    (umask 077; "$venv/bin/python" - >"$gen/group_vars/ca/vault.yml.plain" <<'PY'
+  # The vault holds the token's user PIN only. The SO PIN is drawn on the CA host at token initialisation
+  # and split among the three custodians at the key ceremony (E.22); their shares and passphrases land in
+  # $keydir/custodians/<name>/ (0700, files 0600). A vault of an earlier lab that still has an SO PIN loses it.
+  local vault=$gen/group_vars/ca/vault.yml
+  if [ -s "$vault" ] && ansible-vault view "$vault" | grep -q '^vault_hsm_client_so_pin:'; then
+    (umask 077; ansible-vault view "$vault" | grep -v '^vault_hsm_client_so_pin:' >"$vault.plain")
+    ansible-vault encrypt --output "$vault" "$vault.plain" >/dev/null
+    rm -f "$vault.plain"
+  fi
+  if [ ! -s "$vault" ]; then
+    (umask 077; "$venv/bin/python" - >"$vault.plain" <<'PY'
 import secrets
-print("---\n# Token PINs of the lab CA (hsm_client). Generated per lab; encrypted with the per-machine vault password.")
+print("---\n# Token user PIN of the lab CA (hsm_client). Generated per lab; encrypted with the per-machine vault password.")
 print(f"vault_hsm_client_user_pin: {secrets.token_urlsafe(24)}")
-print(f"vault_hsm_client_so_pin: {secrets.token_urlsafe(24)}")
 PY
     )
-    ansible-vault encrypt --output "$gen/group_vars/ca/vault.yml" "$gen/group_vars/ca/vault.yml.plain" >/dev/null
-    rm -f "$gen/group_vars/ca/vault.yml.plain"
+    ansible-vault encrypt --output "$vault" "$vault.plain" >/dev/null
+    rm -f "$vault.plain"
   fi
+  mkdir -p "$keydir/custodians"; chmod 700 "$keydir/custodians"
   # The CA's clock gate (A.33) needs chrony synchronised, which the ntp role (perimeter plays) provides.
   local clock=chrony
   case ",${CKMS_SKIP_TAGS:-}," in *,perimeter,*) clock=none ;; esac
@@ -61,6 +70,11 @@ backup_fetch_dir: $repo/build/backups/$stack/{{ inventory_hostname }}
 ckms_ca_workers: 1
 # chrony from the router's lab time source (ntp role); none only when the perimeter plays are skipped
 ckms_ca_clock_source: $clock
+# HSM custodians (E.22, E.23): each gets <name>.share and passphrase in their own controller directory
+ckms_ca_custodians:
+  - {name: custodian-1, dest: $keydir/custodians/custodian-1}
+  - {name: custodian-2, dest: $keydir/custodians/custodian-2}
+  - {name: custodian-3, dest: $keydir/custodians/custodian-3}
 # The lab's UPS is simulated (dummy-ups): its state file is device state the power drill changes, not
 # configuration, so the integrity baseline leaves it out (a real UPS has no such file).
 integrity_aide_excludes_extra: ["/etc/nut/{{ ups_name | default('ckmsups') }}.dev"]
@@ -117,9 +131,13 @@ cat <<TXT
 
 == ckms lab is up (converge $((t1 - t0)) s, verify $((t2 - t1)) s, backup + restore drill $((t3 - t2)) s, drills $((t4 - t3)) s: $drills, report $((t5 - t4)) s) ==
 Report:  ${REPORT_OUT:-$repo/build/report}/report.html  ($failed failing checks)   (also summary.md, report.json, junit.xml; LANG_REPORT=ja|en)
-Issue a first certificate from the terminal (EST over mutual TLS 1.3, through the router):
-  ssh -i $key -o UserKnownHostsFile=$kh root@$term ckms-enroll device-0001 /root/certs
+Issue a first certificate from the terminal as operator operator-1, with their own key (EST over mutual TLS
+1.3, through the router); the CA's trail names operator-1:
+  ssh -i $key -o UserKnownHostsFile=$kh root@$term runuser -u operator-1 -- ckms-enroll device-0001 /tmp/certs
+  (as root: ckms-enroll --as operator-1 device-0001 /root/certs; operator-2 has a key of their own)
 Again without the script: see /usr/local/bin/ckms-enroll on the terminal (openssl + curl).
+Persons: admin-1, authority-1, auditor-1 keep key, certificate and password on this machine in
+  $cache/ansible/$stack/people/<id>/; operator-1, operator-2 in /etc/ckms-terminal/people/<id>/ on the terminal.
 Restore drill again:  make converge PLAYBOOK=restore.yml
 Tear down:      make lab-down
 TXT

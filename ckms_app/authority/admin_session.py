@@ -33,13 +33,14 @@ from ckms_app.store.writer import GroupCommitWriter
 class AdminSession:
     """An open CA home for one CLI action: config, reader, writer and the authenticated actor.
 
-    The acting individual is authenticated twice (credential and password, or the token PIN once to
-    set a password) and checked against the ACL; every refusal is recorded and alerted."""
+    The acting individual is authenticated twice (credential and their own password; the token PIN
+    only sets a first password) and checked against the ACL; every refusal is recorded and alerted."""
 
     config: Config
     reader: Engine
     writer: GroupCommitWriter
     actor: Principal | None = None
+    method: str = "none"  # how the actor authenticated: password | token-pin (audited with every change)
 
     @classmethod
     def open(cls, config: Config) -> Self:
@@ -78,7 +79,7 @@ class AdminSession:
         self.alert(row)
 
     def alert(self, row: dict[str, Any]) -> list[Any]:
-        if not is_alerting(row["action"]):
+        if not (is_alerting(row["action"]) or row["action"].startswith("change.")):
             return []
         event = {k: row[k] for k in ("entity_id", "role", "action", "target", "outcome")}
         event["at"] = row["at"].isoformat()
@@ -100,13 +101,51 @@ class AdminSession:
         cert_path: Path | None,
         password: str | None,
         operation: str | None,
-        token_pin_ok: bool = False,
     ) -> Principal:
-        """Credential + password (or the token PIN, proven by logging in), then the ACL.
+        """The person's credential (``--as`` or ``--cert``) and their own password, then the ACL.
 
-        Every refusal is audited under the entity's ID. The token-PIN path lets the holder of a
-        personal HSM PIN act, and lets an entity from before passwords existed set its first one.
-        """
+        There is no acting as a role and no other secret that stands in for a person's password (the
+        token PIN only sets the first password of an entity that has none: :meth:`authenticate_first_password`).
+        Every refusal is audited under the entity's ID."""
+        row, acl = self._lookup(entity_id, cert_path, operation)
+        secret_ok = password is not None and verify_password(password, row.password_hash)
+        if row.status != "active" or not secret_ok:
+            reason = (
+                f"entity is {row.status}"
+                if row.status != "active"
+                else "no password set (the token PIN sets a first one: ckms entity passwd)"
+                if not row.password_hash
+                else "wrong password"
+            )
+            self._deny(row, operation, reason)
+        principal = Principal(row.entity_id, row.role, permissions_for(row.role, acl))
+        if operation is not None:
+            try:
+                principal.require(operation)
+            except NotAuthorized as exc:
+                self.record(operation, "-", "denied", {"reason": str(exc)}, actor=principal)
+                raise NotAuthorized(
+                    f"{row.entity_id} (role {row.role}) may not perform {operation}"
+                ) from None
+        self.actor, self.method = principal, "password"
+        return principal
+
+    def authenticate_first_password(self, entity_id: str, pin_ok: bool) -> Principal:
+        """The token PIN, once, for an entity that has no password yet: it may set that first password
+        and nothing else. An entity with a password is refused (the PIN never acts as a person)."""
+        row, acl = self._lookup(entity_id, None, "entity.password")
+        if row.password_hash:
+            self._deny(row, "entity.password", "the entity has a password; the token PIN cannot replace it")
+        if row.status != "active" or not pin_ok:
+            self._deny(row, "entity.password", f"entity is {row.status}" if pin_ok else "wrong token PIN")
+        self.actor = Principal(row.entity_id, row.role, permissions_for(row.role, acl))
+        self.method = "token-pin"
+        return self.actor
+
+    def _lookup(
+        self, entity_id: str | None, cert_path: Path | None, operation: str | None
+    ) -> tuple[Any, Any]:
+        """The entity row named by ``--as`` or by its certificate, and the ACL; unknown ones are audited."""
         with self.reader.connect() as conn:
             query = select(entities)
             if entity_id is not None:
@@ -117,7 +156,7 @@ class AdminSession:
                 )
                 query = query.where(entities.c.cert_sha256 == certificate_fingerprint(der))
             else:
-                raise NotAuthenticated("say who you are: --as ENTITY, --cert FILE or --role ROLE")
+                raise NotAuthenticated("say who you are: --as ENTITY or --cert FILE")
             row = conn.execute(query).first()
             acl = load_acl(conn)
         if row is None:
@@ -128,39 +167,18 @@ class AdminSession:
                 {"reason": "unknown entity or credential", "claimed": entity_id or str(cert_path)},
             )
             raise NotAuthenticated("no such entity for these credentials")
-        secret_ok = token_pin_ok or (password is not None and verify_password(password, row.password_hash))
-        if row.status != "active" or not secret_ok:
-            reason = (
-                f"entity is {row.status}"
-                if row.status != "active"
-                else (
-                    "wrong token PIN"
-                    if password is None
-                    else "no password set (use --token-pin-file once, then ckms entity passwd)"
-                    if not row.password_hash
-                    else "wrong password"
-                )
-            )
-            self.record(
-                "auth.deny",
-                operation or "-",
-                "denied",
-                {"reason": reason},
-                entity_id=row.entity_id,
-                role=row.role,
-            )
-            raise NotAuthenticated(f"authentication of {row.entity_id} failed ({reason})")
-        principal = Principal(row.entity_id, row.role, permissions_for(row.role, acl))
-        if operation is not None:
-            try:
-                principal.require(operation)
-            except NotAuthorized as exc:
-                self.record(operation, "-", "denied", {"reason": str(exc)}, actor=principal)
-                raise NotAuthorized(
-                    f"{row.entity_id} (role {row.role}) may not perform {operation}"
-                ) from None
-        self.actor = principal
-        return principal
+        return row, acl
+
+    def _deny(self, row: Any, operation: str | None, reason: str) -> NoReturn:
+        self.record(
+            "auth.deny",
+            operation or "-",
+            "denied",
+            {"reason": reason},
+            entity_id=row.entity_id,
+            role=row.role,
+        )
+        raise NotAuthenticated(f"authentication of {row.entity_id} failed ({reason})")
 
     def _actor(self) -> Principal:
         if self.actor is None:
@@ -168,5 +186,5 @@ class AdminSession:
         return self.actor
 
     def _refuse(self, action: str, target: str, exc: CkmsError) -> NoReturn:
-        self.record(action, target, "denied", {"code": exc.code, "reason": str(exc)})
+        self.record(action, target, "denied", {"code": exc.code, "reason": str(exc), "method": self.method})
         raise exc

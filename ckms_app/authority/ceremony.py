@@ -1,7 +1,9 @@
 """``ckms ca init`` and ``ckms ca import-cert``: set up a complete CA home from nothing.
 
 The home holds the token (SoftHSM by default), the configuration, the CA certificate, the
-daemon's TLS identity, the database, the published CRLs and one demo client identity per role.
+daemon's TLS identity, the database, the published CRLs, and the people the ceremony registers: with
+``--demo`` one demo client identity per role (key and password in the home: a lab only), with
+``--person ID:ROLE`` people who enrol later with their own keys and a one-time code.
 PINs are generated, written to 0600 files under ``secrets/`` and never printed or logged.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from ckms_app.algorithms import curve_by_name
 from ckms_app.audit.record import event
 from ckms_app.audit.seals import ensure_audit_key, seal_and_log
+from ckms_app.authority.ceremony_people import InitPeople, check_persons, register_persons
 from ckms_app.authority.clock import ClockGate
 from ckms_app.authority.clock import default_source as default_clock_source
 from ckms_app.authority.credentials import (
@@ -71,6 +74,7 @@ class InitOptions:
     # None: "chrony" if chronyc is installed, else "none" (stated in the summary)
     clock_source: str | None = None
     database_url: str | None = None  # default: SQLite in the home; postgresql+psycopg://… for several nodes
+    people: InitPeople = field(default_factory=InitPeople)  # --demo, --person ID:ROLE
 
 
 def default_config(home: Path, opts: InitOptions, pin_file: str, softhsm_conf: str | None) -> dict[str, Any]:
@@ -145,6 +149,7 @@ def init_ca(home: Path, opts: InitOptions) -> dict[str, Any]:
     if (home / CONFIG_NAME).exists():
         raise ConfigError(f"{home} already holds a CA ({CONFIG_NAME} exists); choose an empty directory")
     curve = curve_by_name(opts.curve)
+    check_persons(opts.people.persons)
     if opts.lint:
         find_linter_binary()  # fail before touching anything if the linter is missing
     home.mkdir(parents=True, exist_ok=True)
@@ -204,10 +209,14 @@ def init_ca(home: Path, opts: InitOptions) -> dict[str, Any]:
         )
         ca_cert = asyncio.run(_sign_ca_certificate(config, key, builder))
         config.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-        return _finish(config, token, key, ca_cert)
+        return _finish(config, token, key, ca_cert, opts.people)
 
 
-def import_ca_certificate(home: Path, cert_path: Path, chain_path: Path | None) -> dict[str, Any]:
+def import_ca_certificate(
+    home: Path, cert_path: Path, chain_path: Path | None, people: InitPeople | None = None
+) -> dict[str, Any]:
+    people = people or InitPeople()
+    check_persons(people.persons)
     config = load_config(home)
     if config.ca_cert.exists():
         raise ConfigError(f"{config.ca_cert} already exists; this CA is already complete")
@@ -230,7 +239,7 @@ def import_ca_certificate(home: Path, cert_path: Path, chain_path: Path | None) 
             raw["ca"]["chain"] = "ca/chain.pem"
             (config.home / CONFIG_NAME).write_text(tomli_w.dumps(raw))
             config = load_config(config.home)
-        return _finish(config, token, key, ca_cert)
+        return _finish(config, token, key, ca_cert, people)
 
 
 async def _sign_request(
@@ -248,13 +257,16 @@ async def _sign_ca_certificate(
     return cert
 
 
-def _finish(config: Config, token: Token, key: Any, ca_cert: x509.Certificate) -> dict[str, Any]:
-    """With the CA certificate in place: database, TLS identity, demo identities, first CRL."""
+def _finish(
+    config: Config, token: Token, key: Any, ca_cert: x509.Certificate, people: InitPeople
+) -> dict[str, Any]:
+    """With the CA certificate in place: database, TLS identity, people, first CRL."""
     engine = open_engine(config.database_url)
     migrate(engine)
     writer = GroupCommitWriter(open_engine(config.database_url, writer=True))
     try:
-        credentials = asyncio.run(_issue_identities(config, key, ca_cert, writer, engine))
+        credentials = asyncio.run(_issue_identities(config, key, ca_cert, writer, engine, people.demo))
+        codes = register_persons(writer, people.persons)
         _seal_initial_trail(config, token, key, writer)
     finally:
         writer.close()
@@ -273,11 +285,12 @@ def _finish(config: Config, token: Token, key: Any, ca_cert: x509.Certificate) -
         "crl_url": f"{config.server.crl_base_url}/full.crl",
         "delta_crl_url": f"{config.server.crl_base_url}/delta.crl",
         "credentials": credentials,
+        "enrolment_codes": codes,
     }
 
 
 async def _issue_identities(
-    config: Config, key: Any, ca_cert: x509.Certificate, writer: GroupCommitWriter, engine: Any
+    config: Config, key: Any, ca_cert: x509.Certificate, writer: GroupCommitWriter, engine: Any, demo: bool
 ) -> dict[str, dict[str, str]]:
     async with open_signer(config, key, writer) as signer:
         ca_der = ca_cert.public_bytes(serialization.Encoding.DER)
@@ -302,7 +315,9 @@ async def _issue_identities(
         await issue_tls_certificate(config, signer, ca_cert, writer)
 
         credentials: dict[str, dict[str, str]] = {}
-        for role in ROLES:
+        # Demo identities only on request (--demo): their keys and passwords sit in the CA home, which
+        # suits a lab and nothing else. Real people enrol with their own keys (--person, enrolment codes).
+        for role in ROLES if demo else ():
             entity_id = f"demo-{role}"
             client_key = ec.generate_private_key(ec.SECP256R1())
             cert = await issue_certificate(

@@ -1,5 +1,6 @@
 """The certificates the CA issues to itself and its people outside EST: the daemon's TLS certificate
-(``ckms ca init``, ``ckms ca renew-tls``) and identity certificates (the ceremony, ``ckms entity add``).
+(``ckms ca init``, ``ckms ca renew-tls``) and the template of people's identity certificates (the
+ceremony's demo identities, ``ckms entity enrol`` and EST identity enrolment).
 
 Each is signed through the signer like every certificate, recorded with its audit event in one commit,
 and its key written to a 0600 file."""
@@ -95,32 +96,25 @@ def write_key_and_cert(
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def issue_identity_certificate(
-    config: Config, writer: GroupCommitWriter, entity_id: str, client_key: ec.EllipticCurvePrivateKey
-) -> x509.Certificate:
-    """An individual's client certificate (``ckms entity add``), signed through the signer (guard, lint, HSM)."""
-    ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
+def identity_builder(
+    config: Config, ca_cert: x509.Certificate, entity_id: str, public_key: ec.EllipticCurvePublicKey
+) -> x509.CertificateBuilder:
+    """A person's client certificate for their own public key (from their CSR): subject CN = entity ID.
+
+    Signed by the caller through its signer (guard, lint, HSM): the daemon's for EST identity
+    enrolment, a command's own for ``ckms entity enrol`` and the ceremony's demo identities."""
     base = config.server.crl_base_url
-    builder = end_entity_builder(
+    return end_entity_builder(
         profile=config.profile("identity"),
         subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, entity_id)]),
         sans=(),
-        public_key=client_key.public_key(),
+        public_key=public_key,
         issuer=ca_cert,
         serial=new_serial(),
         now=utcnow(),
         crl_url=f"{base}/full.crl",
         delta_crl_url=f"{base}/delta.crl",
     )
-
-    async def sign() -> x509.Certificate:
-        async with open_signer(config, key, writer) as signer:
-            cert, _ = await signer.certificate(builder, "identity certificate")
-        return cert
-
-    with Token(config.token) as token:
-        key = token.load_ec_key(config.ca_key_label)
-        return asyncio.run(sign())
 
 
 def renew_tls(home: Path) -> dict[str, Any]:

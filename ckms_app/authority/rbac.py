@@ -41,6 +41,7 @@ OPERATIONS = (
     "key.manage",
     "audit.read",
     "audit.export",
+    "change.approve",
 )
 
 # (role, operation, resource). Resource "*" is any; "profile:<name>" limits issuance to a profile and
@@ -68,6 +69,10 @@ DEFAULT_ACL: frozenset[tuple[str, str, str]] = frozenset(
         ("auditor", "certificate.read", "*"),
         ("auditor", "audit.read", "*"),
         ("auditor", "audit.export", "*"),
+        # The second person of every change to people, roles and the ACL (seeded by migration 4).
+        ("authority", "change.approve", "kind:entity"),
+        ("authority", "change.approve", "kind:role"),
+        ("authority", "change.approve", "kind:acl"),
     }
 )
 

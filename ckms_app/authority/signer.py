@@ -1,7 +1,7 @@
 """The signer: the only component that uses the CA key (A.38, A.43, E.36, A.33).
 
 Every certificate, CRL (full and delta) and CA request ckms signs goes through :class:`Signer`:
-EST issuance and re-issuance, the ceremony's CA, TLS and identity certificates, ``ckms entity add``,
+EST issuance and re-issuance, the ceremony's CA, TLS and identity certificates, identity enrolment,
 ``ckms ca renew-tls`` and the CRL publisher. For each signature, in this order:
 
 1. the guard is asked: no signature in the error state (E.36) or while the clock is not
@@ -94,7 +94,7 @@ class Signer:
 async def open_signer(
     config: Config, ca_key: HsmEcPrivateKey, writer: GroupCommitWriter | None = None
 ) -> AsyncIterator[Signer]:
-    """A signer for one command (ceremony, ``entity add``, ``ca renew-tls``): the CA home's guard and, unless
+    """A signer for one command (ceremony, ``entity enrol``, ``ca renew-tls``): the CA home's guard and, unless
     the configuration disables it, a linter helper of its own for the command's duration."""
     linter = await AsyncLinter.start(find_linter_binary(config.lint_binary)) if config.lint_enabled else None
     try:

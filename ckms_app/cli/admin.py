@@ -1,9 +1,12 @@
 """``ckms entity …``, ``ckms acl …`` and ``ckms audit …``: local administration and audit commands.
 
 These run on the CA host against the CA home (database and token), not through the daemon. The
-acting individual is identified by a credential (``--as ENTITY``, or ``--cert FILE``, by default
-the home's credential for the command's role) and authenticated by their password, read from a
-prompt or a 0600 ``--password-file`` (never argv, never logged). Then the ACL decides.
+acting individual is identified by a credential (``--as ENTITY`` or ``--cert FILE``) and
+authenticated by their own password, read from a prompt, a 0600 ``--password-file`` or stdin
+(``--password-file -``), never argv, never logged. Then the ACL decides. Nobody acts as a role, and
+the token PIN only sets the first password of an entity that has none (``entity passwd``).
+Changes to people, roles and the ACL are proposals a second person approves (``ckms change``);
+``entity enrol`` needs no account, only the person's one-time code.
 """
 
 from __future__ import annotations
@@ -15,45 +18,46 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ckms_app.audit import seal_log, seals, verify
 from ckms_app.audit.seals import AUDIT_PUBLIC_KEY_FILE
+from ckms_app.authority.enrolment import DEFAULT_TTL_HOURS, enrol_locally
 from ckms_app.authority.entities import AdminContext
-from ckms_app.authority.passwords import read_password
+from ckms_app.authority.passwords import hash_password, read_password
 from ckms_app.config import Config, load_config
-from ckms_app.errors import ClientError, HsmError
+from ckms_app.errors import ClientError, HsmError, PasswordError
 from ckms_app.hsm.token import Token, read_secret_file
 
-COMMANDS = ("entity", "acl", "audit")
+COMMANDS = ("entity", "acl", "audit", "change")
 
 
-def _add_actor(p: argparse.ArgumentParser, default_role: str) -> None:
+def _add_actor(p: argparse.ArgumentParser, token_pin: bool = False) -> None:
     p.add_argument("--home", help="CA home directory (default: $CKMS_HOME)")
+    p.add_argument("--as", dest="as_entity", metavar="ENTITY", help="your entity ID")
+    p.add_argument("--cert", type=Path, help="your client certificate (PEM), identifying you instead of --as")
     p.add_argument(
-        "--as",
-        dest="as_entity",
-        metavar="ENTITY",
-        help=f"act as this entity (default: the home's {default_role} credential)",
-    )
-    p.add_argument("--cert", type=Path, help="your client certificate (PEM), identifying you")
-    p.add_argument("--password-file", type=Path, help="0600 file holding your password (default: prompt)")
-    p.add_argument(
-        "--token-pin-file",
+        "--password-file",
         type=Path,
-        help="instead of a password: 0600 file with the token's user "
-        "PIN (bootstraps entities that have no password yet)",
+        help="0600 file holding your password, or - to read one line from stdin (default: prompt)",
     )
-    p.set_defaults(actor_default_role=default_role)
+    if token_pin:
+        p.add_argument(
+            "--token-pin-file",
+            type=Path,
+            help="0600 file with the token's user PIN: sets the FIRST password of an entity that has none, "
+            "nothing else",
+        )
 
 
 def add_parsers(sub: Any) -> None:
-    entity = sub.add_parser("entity", help="individuals and their roles (administrators)").add_subparsers(
+    entity = sub.add_parser("entity", help="individuals and their roles").add_subparsers(
         dest="entity_command", required=True
     )
-    add = entity.add_parser("add", help="register an individual, grant roles, issue its client certificate")
-    _add_actor(add, "administrator")
+    add = entity.add_parser("add", help="propose registering a person with roles (a second person approves)")
+    _add_actor(add)
     add.add_argument("entity_id")
     add.add_argument(
         "--role",
@@ -63,47 +67,85 @@ def add_parsers(sub: Any) -> None:
         required=True,
         help="role to grant (authority, administrator, operator, auditor)",
     )
-    add.add_argument("--new-password-file", type=Path, help="0600 file with the new entity's password")
-    add.add_argument(
-        "--out-dir", type=Path, help="where to write ENTITY.pem/.key (default: HOME/credentials/entities)"
-    )
-    grant = entity.add_parser("grant", help="grant a role (refused if it conflicts with one held)")
-    _add_actor(grant, "administrator")
+    grant = entity.add_parser("grant", help="propose granting a role (a second person approves)")
+    _add_actor(grant)
     grant.add_argument("entity_id")
     grant.add_argument("role")
-    revoke = entity.add_parser(
-        "revoke", help="withdraw a role, or (without --role) disable the entity and revoke its credential"
+    revoke_role = entity.add_parser(
+        "revoke-role", help="propose withdrawing a role (a second person approves)"
     )
-    _add_actor(revoke, "administrator")
+    _add_actor(revoke_role)
+    revoke_role.add_argument("entity_id")
+    revoke_role.add_argument("role")
+    disable = entity.add_parser(
+        "disable", help="propose disabling a person and revoking their credential (a second person approves)"
+    )
+    _add_actor(disable)
+    disable.add_argument("entity_id")
+    disable.add_argument("--reason", default="privilegeWithdrawn", help="CRL reason for the credential")
+    revoke = entity.add_parser("revoke", help="revoke-role with --role, disable without (proposals)")
+    _add_actor(revoke)
     revoke.add_argument("entity_id")
     revoke.add_argument("--role", help="withdraw only this role grant")
     revoke.add_argument("--reason", default="privilegeWithdrawn", help="CRL reason for the credential")
     lst = entity.add_parser("list", help="list entities, grants and credentials")
-    _add_actor(lst, "administrator")
+    _add_actor(lst)
     passwd = entity.add_parser("passwd", help="set a password (your own, or as administrator anyone's)")
-    _add_actor(passwd, "administrator")
+    _add_actor(passwd, token_pin=True)
     passwd.add_argument("entity_id")
     passwd.add_argument(
-        "--new-password-file", type=Path, help="0600 file with the new password (default: prompt)"
+        "--new-password-file",
+        type=Path,
+        help="0600 file with the new password, or - for stdin (default: prompt)",
     )
+    code = entity.add_parser("enrol-code", help="issue a fresh one-time enrolment code for a person")
+    _add_actor(code)
+    code.add_argument("entity_id")
+    code.add_argument("--ttl-hours", type=float, default=DEFAULT_TTL_HOURS)
+    code.add_argument("--json", action="store_true")
+    enrol = entity.add_parser(
+        "enrol", help="enrol a person from their CSR and one-time code (on the CA host, as the CA user)"
+    )
+    enrol.add_argument("--home", help="CA home directory (default: $CKMS_HOME)")
+    enrol.add_argument("entity_id")
+    enrol.add_argument("--csr", type=Path, required=True, help="the person's PKCS#10 request, PEM or DER")
+    enrol.add_argument("--code-file", type=Path, required=True, help="0600 file with the one-time code")
+    enrol.add_argument("--password-file", type=Path, help="the person's new password: 0600 file or - (stdin)")
+    enrol.add_argument("--out", type=Path, help="where to write the certificate (default: stdout)")
+    enrol.add_argument("--json", action="store_true")
+
+    change = sub.add_parser("change", help="two-person changes to people, roles and the ACL").add_subparsers(
+        dest="change_command", required=True
+    )
+    _add_actor(change.add_parser("list", help="proposed and decided changes"))
+    for name in ("approve", "reject"):
+        p = change.add_parser(name, help=f"{name} a proposed change (not your own)")
+        _add_actor(p)
+        p.add_argument("change_id", type=int)
+        if name == "reject":
+            p.add_argument("--reason", default="", help="why")
+    for p in change.choices.values():
+        p.add_argument("--json", action="store_true")
 
     acl = sub.add_parser("acl", help="role → operation → resource access-control list").add_subparsers(
         dest="acl_command", required=True
     )
     acl_list = acl.add_parser("list")
-    _add_actor(acl_list, "administrator")
+    _add_actor(acl_list)
     for name in ("grant", "revoke"):
-        p = acl.add_parser(name)
-        _add_actor(p, "administrator")
+        p = acl.add_parser(name, help=f"propose to {name} an ACL entry (a second person approves)")
+        _add_actor(p)
         p.add_argument("role")
         p.add_argument("operation")
-        p.add_argument("--resource", default="*", help="'*', 'profile:NAME' or 'key:LABEL' (default *)")
+        p.add_argument(
+            "--resource", default="*", help="'*', 'profile:NAME', 'key:LABEL' or 'kind:NAME' (default *)"
+        )
 
     audit = sub.add_parser("audit", help="the tamper-evident audit trail").add_subparsers(
         dest="audit_command", required=True
     )
     verify = audit.add_parser("verify", help="check the hash chain and HSM seals; name the first bad record")
-    _add_actor(verify, "auditor")
+    _add_actor(verify)
     verify.add_argument("--export", type=Path, help="verify this JSON-lines export instead of the database")
     verify.add_argument(
         "--audit-public-key",
@@ -124,10 +166,10 @@ def add_parsers(sub: Any) -> None:
     )
     verify.add_argument("--json", action="store_true")
     export = audit.add_parser("export", help="write the trail and its seals as JSON lines for the auditor")
-    _add_actor(export, "auditor")
+    _add_actor(export)
     export.add_argument("--out", type=Path, required=True)
     seal = audit.add_parser("seal", help="seal the chain now with the HSM audit key")
-    _add_actor(seal, "administrator")
+    _add_actor(seal)
 
 
 _OPERATION = {
@@ -141,32 +183,42 @@ _OPERATION = {
 
 def run(args: argparse.Namespace, home: Path) -> int:
     config = load_config(home)
+    if args.command == "entity" and args.entity_command == "enrol":
+        return _enrol(config, args)
     sub = getattr(args, "audit_command", None)
-    operation: str | None = _OPERATION.get((args.command, sub), _OPERATION.get((args.command, None), ""))
-    if args.command == "entity" and args.entity_command == "passwd":
-        operation = None  # anyone changes their own; set_password requires entity.manage for others
-    cert = args.cert
-    if args.as_entity is None and cert is None:
-        default = config.home / "credentials" / f"{args.actor_default_role}.pem"
-        cert = default if default.exists() else None
-    pin_ok, password = False, None
-    if args.token_pin_file is not None:
-        pin_ok = _token_pin_matches(config, args.token_pin_file)
-    else:
-        password = read_password(args.password_file, "your password: ")
+    operation: str | None = _OPERATION.get((args.command, sub), _OPERATION.get((args.command, None)))
+    if args.command == "change" or (args.command == "entity" and args.entity_command == "passwd"):
+        # change: the approval checks change.approve on the change's kind; passwd: your own, or
+        # entity.manage for another's (checked by set_password)
+        operation = None
     with AdminContext.open(config) as ctx:
-        ctx.authenticate(
-            entity_id=args.as_entity,
-            cert_path=cert,
-            password=password,
-            operation=operation,
-            token_pin_ok=pin_ok,
-        )
+        if getattr(args, "token_pin_file", None) is not None:
+            pin_ok = _token_pin_matches(config, args.token_pin_file)
+            ctx.authenticate_first_password(args.entity_id, pin_ok)  # only for this entity itself
+        else:
+            ctx.authenticate(
+                entity_id=args.as_entity,
+                cert_path=args.cert,
+                password=read_secret(args.password_file, "your password: "),
+                operation=operation,
+            )
         if args.command == "entity":
             return _entity(ctx, args)
         if args.command == "acl":
             return _acl(ctx, args)
+        if args.command == "change":
+            return _change(ctx, args)
         return _audit(ctx, config, args)
+
+
+def read_secret(path: Path | None, prompt: str) -> str:
+    """A password from a 0600 file, ``-`` (one line of stdin, for a pipe from a vault) or a prompt."""
+    if path is not None and str(path) == "-":
+        line = sys.stdin.readline().rstrip("\r\n")
+        if not line:
+            raise PasswordError("no password on stdin")
+        return line
+    return read_password(path, prompt)
 
 
 def _print(doc: Any) -> None:
@@ -176,26 +228,63 @@ def _print(doc: Any) -> None:
 def _entity(ctx: AdminContext, args: argparse.Namespace) -> int:
     cmd = args.entity_command
     if cmd == "add":
-        new_password = (
-            read_password(args.new_password_file, "new entity's password: ")
-            if args.new_password_file or sys.stdin.isatty()
-            else None
-        )
-        out_dir = args.out_dir or ctx.config.home / "credentials" / "entities"
-        _print(ctx.add_entity(args.entity_id, args.roles, password=new_password, out_dir=out_dir))
+        _print(ctx.add_entity(args.entity_id, args.roles))
     elif cmd == "grant":
         _print(ctx.grant(args.entity_id, args.role))
-    elif cmd == "revoke":
-        _print(
-            ctx.revoke_role(args.entity_id, args.role)
-            if args.role
-            else ctx.disable(args.entity_id, args.reason)
-        )
+    elif cmd == "revoke-role" or (cmd == "revoke" and args.role):
+        _print(ctx.revoke_role(args.entity_id, args.role))
+    elif cmd in ("disable", "revoke"):
+        _print(ctx.disable(args.entity_id, args.reason))
     elif cmd == "list":
         _print(ctx.list_entities())
+    elif cmd == "enrol-code":
+        _print(ctx.issue_code(args.entity_id, args.ttl_hours))
     elif cmd == "passwd":
-        ctx.set_password(args.entity_id, read_password(args.new_password_file, "new password: "))
+        ctx.set_password(args.entity_id, read_secret(args.new_password_file, "new password: "))
         print(f"password of {args.entity_id} changed")
+    return 0
+
+
+def _change(ctx: AdminContext, args: argparse.Namespace) -> int:
+    if args.change_command == "list":
+        _print(ctx.list_changes())
+    elif args.change_command == "approve":
+        _print(ctx.approve(args.change_id))
+    else:
+        _print(ctx.reject(args.change_id, args.reason))
+    return 0
+
+
+def _enrol(config: Config, args: argparse.Namespace) -> int:
+    """``ckms entity enrol``: the person's CSR and one-time code, no other authentication."""
+    code = read_secret_file(args.code_file)
+    password = read_secret(args.password_file, "your new password: ") if args.password_file else None
+    password_hash = hash_password(password) if password is not None else None  # refuse a short one first
+    data = args.csr.read_bytes()
+    try:
+        csr_der = (
+            x509.load_pem_x509_csr(data).public_bytes(serialization.Encoding.DER)
+            if b"-----BEGIN" in data
+            else data
+        )
+    except ValueError as exc:
+        raise ClientError(f"{args.csr}: not a PEM certificate request: {exc}") from None
+    done = enrol_locally(config, args.entity_id, code, csr_der, password_hash)
+    pem = done.certificate.public_bytes(serialization.Encoding.PEM).decode()
+    if args.out is not None:
+        args.out.write_text(pem)
+    result = {
+        "entity": done.entity_id,
+        "cert_sha256": done.cert_sha256,
+        "certificate": str(args.out) if args.out is not None else pem,
+        "password_set": done.password_set,
+    }
+    if args.json:
+        _print(result)
+    elif args.out is None:
+        print(pem, end="")
+    else:
+        print(f"enrolled {done.entity_id}: certificate {args.out}")
     return 0
 
 

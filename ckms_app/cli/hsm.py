@@ -16,20 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
-from ckms_app.audit.record import named, record_now
-from ckms_app.authority import selftest
-from ckms_app.authority.guard import ServiceState
+from ckms_app.cli import selftest_cli
+from ckms_app.cli.local_audit import audit_local as _audit
 from ckms_app.config import Config, load_config
-from ckms_app.errors import CkmsError, CustodyError, HsmError
+from ckms_app.errors import CkmsError, CustodyError
 from ckms_app.hsm import admin as hsm_admin
 from ckms_app.hsm import backup as hsm_backup
-from ckms_app.hsm import custody
+from ckms_app.hsm import custody, reissue, zeroise
 from ckms_app.hsm.custody import CustodySecret
-from ckms_app.hsm.token import Token, read_secret_file
-from ckms_app.store.engine import open_engine
-from ckms_app.store.writer import GroupCommitWriter
+from ckms_app.hsm.token import read_secret_file
 
 CUSTODIAN_ROLE = "custodian"
 
@@ -57,6 +52,20 @@ def _add_custodians(p: argparse.ArgumentParser) -> None:
         "without it the passphrase is prompted for",
     )
     p.add_argument("--json", action="store_true")
+
+
+def _add_reissue(p: argparse.ArgumentParser) -> None:
+    _add_home(p)
+    _add_custodians(p)
+    p.add_argument(
+        "--new-passphrase-file",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="0600 file with a new share's passphrase, in custodian order; else prompted twice",
+    )
+    p.add_argument("--out-dir", type=Path, required=True, help="where to write the new <name>.share files")
 
 
 def add_parsers(sub: Any, ca: Any) -> None:
@@ -113,10 +122,29 @@ def add_parsers(sub: Any, ca: Any) -> None:
     keygen.add_argument("--label", required=True)
     keygen.add_argument("--curve", default="P-256", choices=["P-256", "P-384"])
     _add_custodians(keygen)
-    destroy = hsm_sub.add_parser("destroy-key", help="destroy a key pair in the token")
+    destroy = hsm_sub.add_parser(
+        "destroy-key",
+        help="destroy a key pair: re-initialise the token with the SO PIN, keeping every other key pair",
+    )
     _add_home(destroy)
     destroy.add_argument("--label", required=True)
+    destroy.add_argument(
+        "--retire-current",
+        action="store_true",
+        help="allow destroying the key the CA (or its audit seal) uses now; the CA stops signing",
+    )
     _add_custodians(destroy)
+    change = hsm_sub.add_parser(
+        "change-so-pin", help="set a new random SO PIN and give the same custodians new shares"
+    )
+    _add_reissue(change)
+    reshare = cust.add_parser(
+        "reshare", help="new shares (and a new SO PIN) for three, possibly new, custodians"
+    )
+    reshare.add_argument(
+        "--custodian", action="append", default=[], required=True, metavar="NAME", help="new custodian"
+    )
+    _add_reissue(reshare)
     check = hsm_sub.add_parser("custody-check", help="prove two custodians can open the token as SO")
     _add_home(check)
     _add_custodians(check)
@@ -136,17 +164,6 @@ def add_parsers(sub: Any, ca: Any) -> None:
     rec.add_argument("--json", action="store_true")
 
 
-def _audit(
-    config: Config, *, entity: str, role: str, action: str, target: str, outcome: str, detail: dict[str, Any]
-) -> None:
-    if not config.database_url.startswith("sqlite") or (config.home / "db").exists():
-        writer = GroupCommitWriter(open_engine(config.database_url, writer=True))
-        try:
-            record_now(writer, named(entity, role), action, target, outcome, detail)
-        finally:
-            writer.close()
-
-
 def _custodian_entity(names: list[str]) -> str:
     return "custodians:" + ",".join(names) if names else "custodians:none"
 
@@ -162,11 +179,12 @@ def _print(result: dict[str, Any], as_json: bool) -> None:
 def run(args: argparse.Namespace, home: Path) -> int:
     config = load_config(home)
     if args.command == "selftest":
-        return _selftest(config, args)
+        return selftest_cli.run_selftest(config, args)
     if args.command == "ca":
-        return _recover(config, args)
-    if args.hsm_command == "custody":
+        return selftest_cli.run_recover(config, args)
+    if args.hsm_command == "custody" and args.custody_command == "split":
         return _split(config, args)
+    record = custody.CustodyRecord.load(home) if custody.record_path(home).exists() else None
     operations: dict[str, tuple[str, Callable[[custody.CustodySecret, str], dict[str, Any]], str]] = {
         "backup": (
             "hsm.backup",
@@ -185,8 +203,18 @@ def run(args: argparse.Namespace, home: Path) -> int:
         ),
         "destroy-key": (
             "hsm.key.destroy",
-            lambda s, cid: hsm_admin.destroy_key(config, s, args.label),
+            lambda s, cid: zeroise.destroy_key(config, s, args.label, cid, args.retire_current),
             getattr(args, "label", ""),
+        ),
+        "change-so-pin": (
+            "hsm.so_pin.change",
+            lambda s, cid: _replace_set(config, s, record, None, args),
+            config.token.token_label,
+        ),
+        "reshare": (
+            "hsm.custody.reshare",
+            lambda s, cid: _replace_set(config, s, record, getattr(args, "custodian", None), args),
+            config.token.token_label,
         ),
         "custody-check": (
             "hsm.custody.check",
@@ -194,7 +222,8 @@ def run(args: argparse.Namespace, home: Path) -> int:
             config.token.token_label,
         ),
     }
-    action, operation, target = operations[args.hsm_command]
+    command = args.custody_command if args.hsm_command == "custody" else args.hsm_command
+    action, operation, target = operations[command]
     presented: list[str] = []
     try:
         record = custody.CustodyRecord.load(home)
@@ -240,47 +269,21 @@ def run(args: argparse.Namespace, home: Path) -> int:
     return 0
 
 
-def _split(config: Config, args: argparse.Namespace) -> int:
-    home = config.home
-    if custody.record_path(home).exists():
-        raise CustodyError(
-            "this CA already has a custody set; its shares stay valid (re-sharing is not supported)"
-        )
-    so_pin_file = home / "secrets" / "token-so-pin"
-
-    so_pin = read_secret_file(so_pin_file)
-    names: list[str] = args.custodian
-    if len(names) != 3 and args.threshold == 2:
-        raise CustodyError("give three --custodian names for 2-of-3 custody")
-    passphrases = [read_secret_file(p) for p in args.passphrase_file]
+def _new_passphrases(names: list[str], files: list[Path]) -> list[str]:
+    """One passphrase per new custodian: from 0600 files in the same order, else prompted twice."""
+    passphrases = [read_secret_file(p) for p in files]
     for name in names[len(passphrases) :]:
         first = getpass.getpass(f"new passphrase for custodian {name}: ")
         if getpass.getpass(f"repeat the passphrase for {name}: ") != first:
             raise CustodyError(f"the two passphrases for {name} differ")
         passphrases.append(first)
-    record = custody.new_record(names, config.token.token_label, args.threshold)
-    secret = custody.CustodySecret(so_pin, hsm_admin.token_random(config, custody.KWK_BYTES))
-    hsm_admin.verify_so(config, secret)  # the SO PIN is right before anything is destroyed
-    sealed = custody.split_secret(secret, record, passphrases)
-    # Prove the set works before the plaintext PIN goes: every pair rebuilds the secret.
-    for i in range(len(sealed)):
-        for j in range(i + 1, len(sealed)):
-            rebuilt, _ = custody.reconstruct(
-                record,
-                [
-                    custody.Credential(sealed[i], passphrases[i]),
-                    custody.Credential(sealed[j], passphrases[j]),
-                ],
-            )
-            if rebuilt != secret:
-                raise CustodyError("self-check of the new shares failed; nothing was changed")
-    paths = []
-    for name, share in zip(names, sealed, strict=True):
-        path = args.out_dir / f"{name}.share"
-        custody.write_share_file(path, share)
-        paths.append(str(path))
-    record.save(home)
-    custody.destroy_file(so_pin_file)
+    return passphrases
+
+
+def _split(config: Config, args: argparse.Namespace) -> int:
+    names: list[str] = args.custodian
+    passphrases = _new_passphrases(names, args.passphrase_file)
+    result = reissue.split(config, names, passphrases, args.out_dir, args.threshold)
     _audit(
         config,
         entity=_custodian_entity(sorted(names)),
@@ -288,106 +291,24 @@ def _split(config: Config, args: argparse.Namespace) -> int:
         action="hsm.custody.split",
         target=config.token.token_label,
         outcome="success",
-        detail={
-            "custody_id": record.custody_id,
-            "custodians": names,
-            "threshold": record.threshold,
-            "kwk_id": hsm_backup.kwk_fingerprint(secret),
-            "so_pin_file": "destroyed",
-        },
+        detail={k: v for k, v in result.items() if k != "shares"},
     )
-    _print(
-        {
-            "custody_id": record.custody_id,
-            "threshold": f"{record.threshold} of {len(names)}",
-            "shares": paths,
-            "so_pin_file": "destroyed",
-        },
-        args.json,
-    )
+    _print(result, args.json)
     return 0
 
 
-def _open_key(config: Config) -> tuple[Any, Any, Any]:
-    ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
-    try:
-        token = Token(config.token)
-        return token, token.load_ec_key(config.ca_key_label), ca_cert
-    except HsmError:
-        return None, None, ca_cert
-
-
-def _selftest(config: Config, args: argparse.Namespace) -> int:
-    token, key, ca_cert = _open_key(config)
-    try:
-        if args.record:
-            if key is None:
-                raise HsmError("recording a manifest needs the CA key in the token (it signs the manifest)")
-            path = selftest.record_manifest(config, key, recorded_by=getpass.getuser())
-            _audit(
-                config,
-                entity=f"local:{getpass.getuser()}",
-                role="administrator",
-                action="selftest.record",
-                target=str(path),
-                outcome="success",
-                detail={},
-            )
-        report = selftest.run_all(config, key, ca_cert)
-    finally:
-        if token is not None:
-            token.close()
-    state = ServiceState(config.home)
-    if not report.ok:
-        state.enter(f"self-test failed: {report.reason()}", source="ckms selftest")
-    _audit(
-        config,
-        entity=f"local:{getpass.getuser()}",
-        role="administrator",
-        action="selftest.run",
-        target="ckms",
-        outcome="success" if report.ok else "error",
-        detail={"reason": report.reason()},
-    )
-    result = {**report.as_dict(), **state.as_dict()}
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for c in report.checks:
-            print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
-        if state.in_error:
-            print(f"error state: {state.reason}")
-    return 0 if report.ok else 1
-
-
-def _recover(config: Config, args: argparse.Namespace) -> int:
-    token, key, ca_cert = _open_key(config)
-    try:
-        report = selftest.run_all(config, key, ca_cert)
-    finally:
-        if token is not None:
-            token.close()
-    state = ServiceState(config.home)
-    before = state.reason
-    if report.ok:
-        state.clear()
-    _audit(
-        config,
-        entity=f"local:{getpass.getuser()}",
-        role="administrator",
-        action="daemon.recover",
-        target="ckms",
-        outcome="success" if report.ok else "denied",
-        detail={"previous_reason": before, "selftest": report.reason()},
-    )
-    result = {"recovered": report.ok, "previous_reason": before, **report.as_dict()}
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(
-            "recovered: the CA serves again" if report.ok else f"still in the error state: {report.reason()}"
-        )
-    return 0 if report.ok else 1
+def _replace_set(
+    config: Config,
+    secret: CustodySecret,
+    old: custody.CustodyRecord | None,
+    names: list[str] | None,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """change-so-pin (same custodians) and reshare (new custodians): both set a new SO PIN."""
+    assert old is not None  # reconstruct() succeeded, so the record exists
+    new_names = list(names) if names else list(old.custodians)
+    passphrases = _new_passphrases(new_names, args.new_passphrase_file)
+    return reissue.replace_set(config, secret, old, new_names, passphrases, args.out_dir)
 
 
 def _custody_check(config: Config, secret: CustodySecret) -> dict[str, str]:

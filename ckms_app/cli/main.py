@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ckms_app.authority import ceremony, credentials
+from ckms_app.authority.ceremony_people import InitPeople, parse_person
 from ckms_app.cli import admin as admin_cli
 from ckms_app.cli import hsm as custody_cli
 from ckms_app.cli.client import CkmsClient, Credentials, fetch_crl
@@ -38,6 +39,34 @@ def _add_identity(p: argparse.ArgumentParser, default_role: str) -> None:
     )
     p.add_argument("--cert", type=Path, help="client certificate (PEM) instead of the role's")
     p.add_argument("--key", type=Path, help="client private key (PEM) instead of the role's")
+
+
+def _add_people(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="also create one demo identity per role with key, certificate and password in the home (labs only)",
+    )
+    p.add_argument(
+        "--person",
+        dest="persons",
+        action="append",
+        default=[],
+        type=_person,
+        metavar="ID:ROLE",
+        help="register a person (no key; a one-time enrolment code in the --json summary); repeatable",
+    )
+
+
+def _person(value: str) -> tuple[str, str]:
+    try:
+        return parse_person(value)
+    except CkmsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _people(args: argparse.Namespace) -> InitPeople:
+    return InitPeople(demo=args.demo, persons=tuple(args.persons))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,11 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["chrony", "none"],
         help="clock gate for signing (A.33); default: chrony if chronyc is installed, else none",
     )
+    _add_people(init)
     init.add_argument("--json", action="store_true", help="print a JSON summary")
     imp = ca.add_parser("import-cert", help="finish a CA whose certificate an external root signed")
     _add_home(imp)
     imp.add_argument("--cert", type=Path, required=True)
     imp.add_argument("--chain", type=Path, help="PEM chain up to the external root")
+    _add_people(imp)
     imp.add_argument("--json", action="store_true")
     serve = ca.add_parser("serve", help="run the daemon (EST + API over mTLS, CRLs over HTTP)")
     _add_home(serve)
@@ -124,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_home(publish)
     _add_identity(publish, "operator")
 
-    admin_cli.add_parsers(sub)  # entity, acl, audit
+    admin_cli.add_parsers(sub)  # entity, acl, change, audit
 
     custody_cli.add_parsers(sub, ca)  # hsm ..., selftest, ca recover
     return parser
@@ -172,12 +203,15 @@ def run(args: argparse.Namespace) -> int:
                     policy_oid=args.policy_oid,
                     database_url=args.database_url,
                     clock_source=args.clock_source,
+                    people=_people(args),
                 ),
             )
             _print_summary(summary, args.json)
             return 0
         if args.ca_command == "import-cert":
-            _print_summary(ceremony.import_ca_certificate(home, args.cert, args.chain), args.json)
+            _print_summary(
+                ceremony.import_ca_certificate(home, args.cert, args.chain, _people(args)), args.json
+            )
             return 0
         if args.ca_command == "renew-tls":
             _print_summary(credentials.renew_tls(home), args.json)
@@ -186,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         supervisor.run(home)
         return 0
 
-    if args.command in ("entity", "acl", "audit"):
+    if args.command in admin_cli.COMMANDS:
         return admin_cli.run(args, home)
     config = load_config(home)
     if args.command == "crl" and args.crl_command == "fetch":
@@ -224,6 +258,9 @@ def _print_summary(summary: Mapping[str, Any], as_json: bool) -> None:
         if key == "credentials":
             for role, paths in value.items():
                 print(f"credentials.{role}: {paths['cert']} / {paths['key']}")
+        elif key == "enrolment_codes":
+            for entity_id, code in value.items():
+                print(f"enrolment code of {entity_id}: {code['code']} (expires {code['expires']})")
         else:
             print(f"{key}: {value}")
 

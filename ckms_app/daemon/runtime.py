@@ -11,13 +11,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from sqlalchemy.engine import Engine
 
+from ckms_app.audit.hsm_sessions import CLOSE, OPEN, failed_open_detail, record_session, session_detail
 from ckms_app.authority.crl_publisher import CrlPublisher
+from ckms_app.authority.enrolment import EnrolmentDesk
 from ckms_app.authority.guard import ServiceState, SigningGuard, make_guard
 from ckms_app.authority.issuance import Issuer
 from ckms_app.authority.linter import AsyncLinter, find_linter_binary
 from ckms_app.authority.rbac import PrincipalCache
 from ckms_app.authority.signer import Signer
 from ckms_app.config import Config
+from ckms_app.errors import HsmError
 from ckms_app.hsm.token import HsmEcPrivateKey, Token
 from ckms_app.store.engine import open_engine
 from ckms_app.store.migrations import migrate
@@ -37,19 +40,23 @@ class Runtime:
     reader: Engine
     linter: AsyncLinter | None  # None when linting is disabled in ckms.toml
     issuer: Issuer
+    enrolment: EnrolmentDesk  # people's identity certificates from a CSR and a one-time code (EST)
     publisher: CrlPublisher
     principals: PrincipalCache
     state: ServiceState  # the error state shared by all workers (E.36)
     guard: SigningGuard  # asked before every signature: error state + clock (A.33)
+    purpose: str = "serve"  # why this process holds a token session (its hsm.session.* records)
 
     async def close(self) -> None:
-        """Release what :func:`open_runtime` opened, the token last."""
+        """Release what :func:`open_runtime` opened: the token, its closing recorded (F.08), then the writer."""
         if self.linter is not None:
             await self.linter.close()
         self.issuer.close()
         self.principals.close()
-        self.writer.close()
+        detail = session_detail(self.token, self.purpose)
         self.token.close()
+        await record_session(self.writer, CLOSE, detail)
+        self.writer.close()
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -59,16 +66,17 @@ def runtime_of(request: web.Request) -> Runtime:
     return request.app[RUNTIME]
 
 
-async def open_runtime(config: Config) -> Runtime:
-    token = Token(config.token)
+async def open_runtime(config: Config, purpose: str = "serve") -> Runtime:
+    """Open the database, the token session and the linter of one worker; the session goes on the trail."""
+    engine = open_engine(config.database_url)
+    migrate(engine)
+    writer = GroupCommitWriter(open_engine(config.database_url, writer=True))
+    token = await _open_token(config, writer, purpose)
     key = token.load_ec_key(config.ca_key_label)
     ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
     chain = [ca_cert]
     if config.ca_chain is not None and config.ca_chain.exists():
         chain += x509.load_pem_x509_certificates(config.ca_chain.read_bytes())
-    engine = open_engine(config.database_url)
-    migrate(engine)
-    writer = GroupCommitWriter(open_engine(config.database_url, writer=True))
     linter = await AsyncLinter.start(find_linter_binary(config.lint_binary)) if config.lint_enabled else None
     guard = make_guard(config, writer)
     signer = Signer(key, linter, guard)
@@ -83,8 +91,22 @@ async def open_runtime(config: Config) -> Runtime:
         reader=engine,
         linter=linter,
         issuer=Issuer(config, signer, ca_cert, writer, engine),
+        enrolment=EnrolmentDesk(config, signer, ca_cert, writer),
         publisher=CrlPublisher(config, signer, ca_cert, writer, engine),
         principals=PrincipalCache(engine),
         state=guard.state,
         guard=guard,
+        purpose=purpose,
     )
+
+
+async def _open_token(config: Config, writer: GroupCommitWriter, purpose: str) -> Token:
+    """Log in to the token; the login, refused or not, goes on the trail with the OS user (F.08, A.31)."""
+    try:
+        token = Token(config.token)
+    except HsmError as exc:
+        await record_session(writer, OPEN, failed_open_detail(config.token, purpose, exc), outcome="error")
+        writer.close()
+        raise
+    await record_session(writer, OPEN, session_detail(token, purpose))
+    return token

@@ -43,6 +43,7 @@ from ckms_app.hsm.token import (
     _PKCS11_CURVE_NAMES,
     _unwrap_octet_string,
     ca_private_key_template,
+    ca_public_key_template,
     pairwise_consistent,
     read_secret_file,
 )
@@ -58,6 +59,7 @@ class AdminToken:
         self._secret = secret
         if config.token.softhsm_conf is not None:
             os.environ["SOFTHSM2_CONF"] = str(config.token.softhsm_conf)
+        self._holder: Any = None
         try:
             self._lib = pkcs11.lib(config.token.module)
             self._token = self._lib.get_token(token_label=config.token.token_label)
@@ -84,6 +86,43 @@ class AdminToken:
                 except pkcs11.PKCS11Error:
                     pass
         self._user = None
+        self._holder = None
+
+    @property
+    def slot_id(self) -> int:
+        return int(self._token.slot.slot_id)
+
+    def reopen(self) -> None:
+        """After a C_InitToken done outside python-pkcs11: re-read the token and open a new holder
+        session (the session KWK went with the old one)."""
+        self.close()
+        self._lib.reinitialize()
+        self._token = self._lib.get_token(token_label=self._config.token.token_label)
+        self._holder = self._token.open(rw=True)
+        self.kwk = None
+
+    def set_user_pin(self, user_pin: str) -> None:
+        """C_InitPIN as SO (after a re-initialisation the token has no user PIN)."""
+        try:
+            with self._token.open(so_pin=self._secret.so_pin, rw=True) as so:
+                so.init_pin(user_pin)
+        except pkcs11.PKCS11Error as exc:
+            raise HsmError(f"setting the user PIN failed: {type(exc).__name__}") from None
+
+    def set_so_pin(self, new_pin: str) -> None:
+        """C_SetPIN in an SO session: the old PIN (rebuilt from custodians) authorises the new one."""
+        try:
+            with self._token.open(so_pin=self._secret.so_pin, rw=True) as so:
+                so.set_pin(self._secret.so_pin, new_pin)
+        except pkcs11.exceptions.PinIncorrect:
+            raise CustodyError("the token refused the SO PIN rebuilt from the custodians' shares") from None
+        except pkcs11.PKCS11Error as exc:
+            raise HsmError(f"changing the SO PIN failed: {type(exc).__name__}") from None
+
+    def all_objects(self) -> list[Any]:
+        """Every token object the user session sees, private ones included (session objects such
+        as the KWK are not part of the token)."""
+        return list(self._user.get_objects({Attribute.TOKEN: True}))
 
     def as_security_officer(self, install_kwk: bool) -> None:
         """Log in as SO with the rebuilt PIN (the token checks the custodians) and, if asked,
@@ -150,7 +189,7 @@ def require_pairwise(
         raise HsmError("the key in the token does not match the CA certificate (pairwise test failed)")
 
 
-# --- key generation and destruction --------------------------------------------------------------
+# --- key generation --------------------------------------------------------------
 def generate_key(config: Config, secret: CustodySecret, label: str, curve_name: str) -> dict[str, Any]:
     """A new CA key pair (rotation) under custody: the SO login proves two custodians are present."""
     curve = curve_by_name(curve_name)
@@ -168,7 +207,7 @@ def generate_key(config: Config, secret: CustodySecret, label: str, curve_name: 
             store=True,
             label=label,
             id=secrets.token_bytes(16),
-            public_template={Attribute.VERIFY: True, Attribute.TOKEN: True},
+            public_template=ca_public_key_template(),
             private_template=ca_private_key_template(),
         )
         point = _unwrap_octet_string(bytes(public[Attribute.EC_POINT]))
@@ -178,22 +217,8 @@ def generate_key(config: Config, secret: CustodySecret, label: str, curve_name: 
     return {"generated": label, "curve": curve.name}
 
 
-def destroy_key(config: Config, secret: CustodySecret, label: str) -> dict[str, Any]:
-    with AdminToken(config, secret) as adm:
-        adm.as_security_officer(install_kwk=False)
-        adm.as_user()
-        destroyed = 0
-        for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
-            obj = adm.find(cls, label)
-            if obj is not None:
-                obj.destroy()
-                destroyed += 1
-        if destroyed == 0:
-            raise HsmError(f"no key labelled {label!r} in the token")
-    return {"destroyed": label, "objects": destroyed}
-
-
 def verify_so(config: Config, secret: CustodySecret) -> None:
+    """The token accepts the rebuilt SO PIN (custody-check, and before anything is destroyed)."""
     with AdminToken(config, secret) as adm:
         adm.as_security_officer(install_kwk=False)
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.constants import DEFAULT
 
-from ckms_app.algorithms import curve_by_name
+from ckms_app.algorithms import Curve, curve_by_name
 from ckms_app.config import Config
 from ckms_app.errors import CustodyError, HsmError
 from ckms_app.hsm.admin import AdminToken, require_pairwise
@@ -63,7 +63,6 @@ def kwk_fingerprint(secret: CustodySecret) -> str:
 def backup(config: Config, secret: CustodySecret, out: Path, custody_id: str) -> dict[str, Any]:
     """Wrap the CA key, and every other key pair in the token that allows wrapping by a trusted key
     (e.g. the audit sealing key), into one backup file."""
-    keys = []
     with AdminToken(config, secret) as adm:
         adm.as_security_officer(install_kwk=True)
         session = adm.as_user()
@@ -78,33 +77,7 @@ def backup(config: Config, secret: CustodySecret, out: Path, custody_id: str) ->
                 and bool(obj[Attribute.EXTRACTABLE])
             ):
                 labels.append(other)
-        for label in labels:
-            private, public = (
-                adm.find(ObjectClass.PRIVATE_KEY, label),
-                adm.find(ObjectClass.PUBLIC_KEY, label),
-            )
-            if private is None or public is None:
-                raise HsmError(f"no key pair labelled {label!r} to back up")
-            try:
-                wrapped = adm.kwk.wrap_key(private, mechanism=WRAP_MECHANISM)
-            except pkcs11.exceptions.KeyUnextractable:
-                raise HsmError(
-                    f"key {label!r} was generated non-extractable; it cannot be backed up even wrapped "
-                    "(generate a new key with 'ckms hsm keygen')"
-                ) from None
-            except pkcs11.PKCS11Error as exc:
-                raise HsmError(f"the token refused to wrap key {label!r}: {type(exc).__name__}") from None
-            ec_point = bytes(public[Attribute.EC_POINT])
-            keys.append(
-                {
-                    "label": label,
-                    "id": bytes(private[Attribute.ID]).hex(),
-                    "curve": _curve_of_point(_unwrap_octet_string(ec_point)),
-                    "ec_params": base64.b64encode(bytes(public[Attribute.EC_PARAMS])).decode(),
-                    "ec_point": base64.b64encode(ec_point).decode(),
-                    "wrapped_private_key": base64.b64encode(wrapped).decode(),
-                }
-            )
+        keys = [wrap_entry(adm, label) for label in labels]
     body: dict[str, Any] = {
         "format": BACKUP_FORMAT,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -119,6 +92,45 @@ def backup(config: Config, secret: CustodySecret, out: Path, custody_id: str) ->
     body["mac"] = hmac.new(_mac_key(secret), _canonical(body), hashlib.sha256).hexdigest()
     _write_exclusive(out, json.dumps(body, indent=2) + "\n")
     return {"backup": str(out), "keys": [k["label"] for k in keys], "kwk_id": body["kwk_id"]}
+
+
+def wrap_entry(adm: AdminToken, label: str) -> dict[str, Any]:
+    """One key pair as a backup entry: the private key wrapped under the session KWK (the SO must
+    have installed it), the public key in clear."""
+    private, public = adm.find(ObjectClass.PRIVATE_KEY, label), adm.find(ObjectClass.PUBLIC_KEY, label)
+    if private is None or public is None:
+        raise HsmError(f"no key pair labelled {label!r} to back up")
+    try:
+        wrapped = adm.kwk.wrap_key(private, mechanism=WRAP_MECHANISM)
+    except pkcs11.exceptions.KeyUnextractable:
+        raise HsmError(
+            f"key {label!r} was generated non-extractable; it cannot be backed up even wrapped "
+            "(generate a new key with 'ckms hsm keygen')"
+        ) from None
+    except pkcs11.PKCS11Error as exc:
+        raise HsmError(f"the token refused to wrap key {label!r}: {type(exc).__name__}") from None
+    ec_point = bytes(public[Attribute.EC_POINT])
+    return {
+        "label": label,
+        "id": bytes(private[Attribute.ID]).hex(),
+        "curve": _curve_of_point(_unwrap_octet_string(ec_point)),
+        "ec_params": base64.b64encode(bytes(public[Attribute.EC_PARAMS])).decode(),
+        "ec_point": base64.b64encode(ec_point).decode(),
+        "wrapped_private_key": base64.b64encode(wrapped).decode(),
+    }
+
+
+def entry_public_key(entry: dict[str, Any]) -> tuple[Curve, ec.EllipticCurvePublicKey]:
+    curve = curve_by_name(entry["curve"])
+    point = _unwrap_octet_string(base64.b64decode(entry["ec_point"]))
+    return curve, ec.EllipticCurvePublicKey.from_encoded_point(curve.crypto_curve, point)
+
+
+def restore_entries(adm: AdminToken, session: Any, entries: list[dict[str, Any]]) -> None:
+    """Unwrap each entry into the token with the CA key template and prove it with a pairwise test."""
+    for entry in entries:
+        curve, public_key = entry_public_key(entry)
+        _restore_one(adm, session, entry, public_key, curve.hash_algorithm)
 
 
 def _curve_of_point(point: bytes) -> str:
@@ -165,17 +177,11 @@ def restore(config: Config, secret: CustodySecret, infile: Path, token_dir: Path
     body = read_backup(infile, secret)
     ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
     entries = body.get("keys") or []
-    publics = {}
-    for entry in entries:
-        curve = curve_by_name(entry["curve"])
-        point = _unwrap_octet_string(base64.b64decode(entry["ec_point"]))
-        publics[entry["label"]] = (
-            curve,
-            ec.EllipticCurvePublicKey.from_encoded_point(curve.crypto_curve, point),
-        )
+    publics = {entry["label"]: entry_public_key(entry) for entry in entries}
     if config.ca_key_label not in publics or publics[config.ca_key_label][1] != ca_cert.public_key():
         raise HsmError("the backup does not hold this CA certificate's key")
-    if config.token.softhsm_conf is not None:
+    softhsm_conf = _softhsm_conf(config, token_dir)
+    if softhsm_conf is not None:
         token_dir = token_dir or config.home / "hsm" / f"tokens-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
         if token_dir.exists() and any(token_dir.iterdir()):
             raise HsmError(f"{token_dir} is not empty; restore goes into a fresh token")
@@ -186,7 +192,7 @@ def restore(config: Config, secret: CustodySecret, infile: Path, token_dir: Path
             write_secret_file(config.token.pin_file, user_pin)
         provision_softhsm_token(
             config.token.module,
-            config.token.softhsm_conf,
+            softhsm_conf,
             token_dir,
             config.token.token_label,
             secret.so_pin,
@@ -194,16 +200,25 @@ def restore(config: Config, secret: CustodySecret, infile: Path, token_dir: Path
         )
     with AdminToken(config, secret) as adm:
         adm.as_security_officer(install_kwk=True)
-        session = adm.as_user()
-        for entry in entries:
-            curve, public_key = publics[entry["label"]]
-            _restore_one(adm, session, entry, public_key, curve.hash_algorithm)
+        restore_entries(adm, adm.as_user(), entries)
     return {
         "restored": [e["label"] for e in entries],
         "token_label": config.token.token_label,
         "token_dir": str(token_dir) if token_dir else None,
         "pairwise_test": "passed",
     }
+
+
+def _softhsm_conf(config: Config, token_dir: Path | None) -> Path | None:
+    """The SoftHSM configuration a fresh token is provisioned under: the home's own (``ca init`` without
+    ``--pin-file``), or, for a deployed CA whose token hsm_client set up, the ``SOFTHSM2_CONF`` of the
+    caller when ``--token-dir`` is given (a spare node or a scratch restore)."""
+    if config.token.softhsm_conf is not None:
+        return config.token.softhsm_conf
+    env = os.environ.get("SOFTHSM2_CONF")
+    if token_dir is not None and env and "softhsm" in config.token.module:
+        return Path(env)
+    return None
 
 
 def _restore_one(
@@ -251,6 +266,8 @@ def _restore_one(
             Attribute.ID: key_id,
             Attribute.VERIFY: True,
             Attribute.PRIVATE: False,
+            Attribute.DESTROYABLE: False,
+            Attribute.MODIFIABLE: False,
             Attribute.EC_PARAMS: base64.b64decode(body["ec_params"]),
             Attribute.EC_POINT: base64.b64decode(body["ec_point"]),
         }

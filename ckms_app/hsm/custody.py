@@ -86,9 +86,14 @@ class CustodyRecord:
     def load(cls, home: Path) -> CustodyRecord:
         path = record_path(home)
         try:
-            raw = json.loads(path.read_text())
+            return cls.from_json(path.read_text())
         except FileNotFoundError:
             raise CustodyError(f"no custody set in {home}: run 'ckms hsm custody split' first") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> CustodyRecord:
+        """The record as ``hsm/custody.json`` holds it (also read by the lab checks on the controller)."""
+        raw = json.loads(text)
         return cls(
             raw["custody_id"],
             int(raw["threshold"]),
@@ -279,6 +284,17 @@ def reconstruct(record: CustodyRecord, credentials: Sequence[Credential]) -> tup
     except ShamirError as exc:
         raise CustodyError(str(exc)) from None
     return CustodySecret.decode(payload), sorted(names)
+
+
+def verify_all_pairs(
+    secret: CustodySecret, record: CustodyRecord, sealed: Sequence[SealedShare], passphrases: Sequence[str]
+) -> None:
+    """Before anything is replaced: every pair of the new shares rebuilds the secret."""
+    for i in range(len(sealed)):
+        for j in range(i + 1, len(sealed)):
+            pair = [Credential(sealed[i], passphrases[i]), Credential(sealed[j], passphrases[j])]
+            if reconstruct(record, pair)[0] != secret:
+                raise CustodyError("self-check of the new shares failed; nothing was changed")
 
 
 # --- where credentials come from ----------------------------------------------------------------

@@ -96,3 +96,32 @@ def _find_slot_by_label(lib: ctypes.CDLL, padded_label: bytes) -> int:
         ):
             return int(slot)
     raise HsmError("the newly initialised token is not visible")
+
+
+def reinit_token(module: str, slot_id: int, label: str, so_pin: str) -> None:
+    """C_InitToken on an initialised token: the token checks the SO PIN, then erases every object.
+
+    python-pkcs11 has no C_InitToken, so this goes through ctypes on the same module; the caller's
+    python-pkcs11 handle must have no session open on the token (CKR_SESSION_EXISTS otherwise) and
+    must re-initialise its view of the library afterwards.
+    """
+    lib = ctypes.CDLL(module)
+    init_rv = lib.C_Initialize(None)
+    if init_rv not in (0, 0x191):  # CKR_OK, CKR_CRYPTOKI_ALREADY_INITIALIZED (python-pkcs11 holds it)
+        raise HsmError(f"C_Initialize failed with CKR 0x{init_rv:x}")
+    try:
+        so = so_pin.encode()
+        padded_label = label.encode().ljust(32, b" ")[:32]
+        rv = lib.C_InitToken(
+            ctypes.c_ulong(slot_id),
+            ctypes.c_char_p(so),
+            ctypes.c_ulong(len(so)),
+            ctypes.c_char_p(padded_label),
+        )
+        if rv == 0xA0:  # CKR_PIN_INCORRECT
+            raise HsmError("the token refused the custody SO PIN for re-initialisation")
+        if rv != 0:
+            raise HsmError(f"C_InitToken failed with CKR 0x{rv:x}")
+    finally:
+        if init_rv == 0:  # only undo our own C_Initialize
+            lib.C_Finalize(None)

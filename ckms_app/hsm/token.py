@@ -64,6 +64,11 @@ def ca_private_key_template() -> dict[Attribute, Any]:
     wrapped under a key the security officer marked ``CKA_TRUSTED``, which exists only while two
     HSM custodians are present (see :mod:`ckms_app.hsm.admin`). So a plaintext export is
     impossible by token attributes, and a wrapped backup needs 2 of 3 custodians.
+
+    ``DESTROYABLE=false`` and ``MODIFIABLE=false`` take the key out of the user PIN's reach: the
+    daemon's PIN (a file on the host) can sign with it but can neither delete it nor change its
+    label or usage. Destroying it means re-initialising the token with the SO PIN, which only two
+    custodians together can rebuild (:mod:`ckms_app.hsm.zeroise`).
     """
     return {
         Attribute.SIGN: True,
@@ -75,6 +80,19 @@ def ca_private_key_template() -> dict[Attribute, Any]:
         Attribute.DECRYPT: False,
         Attribute.UNWRAP: False,
         Attribute.DERIVE: False,
+        Attribute.DESTROYABLE: False,
+        Attribute.MODIFIABLE: False,
+    }
+
+
+def ca_public_key_template() -> dict[Attribute, Any]:
+    """The public half is protected the same way: deleting or relabelling it would make the CA
+    key unusable (a denial of service with the user PIN alone)."""
+    return {
+        Attribute.VERIFY: True,
+        Attribute.TOKEN: True,
+        Attribute.DESTROYABLE: False,
+        Attribute.MODIFIABLE: False,
     }
 
 
@@ -128,6 +146,11 @@ class Token:
         except pkcs11.PKCS11Error:
             pass
 
+    @property
+    def slot_id(self) -> int:
+        """The PKCS#11 slot of the session, named in the audit trail's ``hsm.session.*`` records (F.08)."""
+        return int(self._token.slot.slot_id)
+
     def is_alive(self) -> bool:
         """Cheap liveness probe for health checks: the session still answers the token."""
         try:
@@ -158,7 +181,7 @@ class Token:
                 store=True,
                 label=label,
                 id=key_id,
-                public_template={Attribute.VERIFY: True, Attribute.TOKEN: True},
+                public_template=ca_public_key_template(),
                 private_template=ca_private_key_template(),
             )
         return self.load_ec_key(label)

@@ -24,7 +24,9 @@ from ckms_app.store.schema import (
     audit_events,
     audit_seals,
     certificates,
+    change_proposals,
     crls,
+    enrolment_codes,
     entities,
     entity_roles,
     metadata,
@@ -133,11 +135,42 @@ def _migration_3(conn: Connection) -> None:
     )
 
 
+# The approvers of two-person changes, as released with migration 4 (frozen like _MIGRATION_2_ACL).
+_MIGRATION_4_ACL: tuple[tuple[str, str, str], ...] = (
+    ("authority", "change.approve", "kind:acl"),
+    ("authority", "change.approve", "kind:entity"),
+    ("authority", "change.approve", "kind:role"),
+)
+
+
+def _migration_4(conn: Connection) -> None:
+    """One-time enrolment codes and two-person change proposals; the authority approves changes.
+
+    ``entities.status`` gains the value ``pending`` (registered, not yet enrolled): a string column
+    already, so no DDL for it. The ACL rows are added only where missing, so a database whose ACL an
+    administrator already changed keeps its other rows as they are."""
+    metadata.create_all(conn, tables=[enrolment_codes, change_proposals], checkfirst=True)
+    present = {(r.role, r.operation, r.resource) for r in conn.execute(select(role_permissions))}
+    rows = [
+        {"role": r, "operation": op, "resource": res}
+        for r, op, res in _MIGRATION_4_ACL
+        if (r, op, res) not in present
+    ]
+    if rows:
+        conn.execute(role_permissions.insert(), rows)
+    conn.execute(
+        update(security_state)
+        .where(security_state.c.name == "entity_generation")
+        .values(value=security_state.c.value + 1)
+    )
+
+
 # Ordered, append-only. A migration never changes once released; add a new one instead.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
+    (4, _migration_4),
 ]
 
 

@@ -93,7 +93,7 @@ entities = Table(
     Column("role", String(32), nullable=False),
     Column("cert_sha256", String(64), unique=True, nullable=True),  # its client certificate
     Column("cert_serial", String(42), nullable=True),
-    Column("status", String(16), nullable=False),  # active | disabled
+    Column("status", String(16), nullable=False),  # pending (not yet enrolled) | active | disabled
     Column("created_at", UtcDateTime(), nullable=False),
     Column("password_hash", Text, nullable=True),  # passwords.hash_password (scrypt), never the password
 )
@@ -161,6 +161,38 @@ security_state = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("value", BigInteger, nullable=False),
+)
+
+# --- schema version 4: one-time enrolment codes and two-person changes ----------------------------
+# One live code per entity (a new one replaces the old). Only a SHA-256 of the code is kept: the code is
+# ≥ 128 random bits, so a slow hash buys nothing, and the daemon checks it on the event loop.
+enrolment_codes = Table(
+    "enrolment_codes",
+    metadata,
+    Column("entity_id", String(128), primary_key=True),
+    Column("code_hash", String(80), nullable=False),  # "sha256$<hex>"
+    Column("issued_at", UtcDateTime(), nullable=False),
+    Column("issued_by", String(128), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("attempts", Integer, nullable=False),  # wrong codes so far; locked at MAX_ATTEMPTS
+    Column("used_at", UtcDateTime(), nullable=True),
+)
+
+# A change to people, roles or the ACL: proposed by one person, applied by a second one's approval.
+change_proposals = Table(
+    "change_proposals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),  # entity.create | entity.grant | … | acl.revoke
+    Column("payload", Text, nullable=False),  # JSON
+    Column("proposer", String(128), nullable=False),
+    Column("proposer_method", String(16), nullable=False),  # password | token-pin | enrolment-code | ceremony
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("status", String(16), nullable=False),  # proposed | approved | rejected
+    Column("approver", String(128), nullable=True),
+    Column("approver_method", String(16), nullable=True),
+    Column("decided_at", UtcDateTime(), nullable=True),
+    Column("reason", Text, nullable=True),
 )
 
 schema_migrations = Table(

@@ -147,7 +147,19 @@ def test_account_change_alerts(host, evidence):
     assert state.get("ActiveState") == "active", "F.15: account-change watch is not active"
     assert state.get("UnitFileState") == "enabled", "F.15: account-change watch is not enabled at boot"
     assert not missing, f"F.15: not watched for account/ACL changes: {missing}"
-    assert host.file("/var/lib/ckms-audit/account-snapshot").exists, "F.15: no baseline snapshot for alerts"
+    snap = host.file("/var/lib/ckms-audit/account-snapshot")
+    assert snap.exists, "F.15: no baseline snapshot for alerts"
+    # The persons (one account each, in their role's group) and the sudo rules through which each role
+    # group acts as the CA user are what a change is compared with: a person added to a second role
+    # group, or a role's ckms subcommands widened, must differ from this baseline and raise an alert.
+    text = snap.content_string
+    persons = [a["name"] for a in policy(host, "os_hardening_accounts") or []]
+    unseen = [p for p in persons if f"\n{p}:" not in text]
+    rules = "== /etc/sudoers.d/10-ckms-roles" in text and "/bin/ckms " in text
+    evidence.add("persons in the baseline", {p: p not in unseen for p in persons})
+    evidence.add("role sudo rules (ckms as the CA user) in the baseline", rules)
+    assert not unseen, f"F.15: persons' accounts missing from the alert baseline: {unseen}"
+    assert rules, "F.15: the role groups' sudo rules are not in the alert baseline"
 
 
 @pytest.mark.check("check:A.06.acl_change_audited")
@@ -163,19 +175,21 @@ def test_acl_change_audited(host, evidence):
     assert acl, "A.06: permission and ACL changes (chmod/chown/setxattr) not audited"
 
 
-@pytest.mark.check("check:A.31.auditd_rules_loaded")
+# Was A.31's check; kernel audit cannot run in the lab containers, so A.31 is now checked through the
+# HSM event log and the application trail (test_hsm_events.py) and this stays as F.13's run-time half.
+@pytest.mark.check("check:F.13.auditd_rules_loaded")
 def test_auditd_rules_loaded(host, evidence):
     if in_container(host):
         evidence.add("auditd.service", host.run("systemctl is-enabled auditd.service").stdout.strip())
         pytest.skip(
-            "A.31: kernel audit is unavailable inside the lab container; rules are verified at "
+            "F.13: kernel audit is unavailable inside the lab container; rules are verified at "
             "configuration level (F.12/F.13 checks)"
         )
     status = host.run("auditctl -s")
     listed = host.run("auditctl -l")
     evidence.add("auditctl -s", status.stdout)
     evidence.add("loaded rule count", len(listed.stdout.splitlines()))
-    assert "enabled 2" in status.stdout, "A.31: audit rules not loaded or not immutable"
+    assert "enabled 2" in status.stdout, "F.13: audit rules not loaded or not immutable"
     assert len(listed.stdout.splitlines()) >= len(compiled_rules(host)) - 6, (
-        "A.31: fewer rules loaded than compiled"
+        "F.13: fewer rules loaded than compiled"
     )

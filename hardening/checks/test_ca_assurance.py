@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 
 import pytest
-from ckms_checks import CA_HOME, CA_USER, CA_VENV, REPO, as_ckms, policy, probe, systemd_props
+from ckms_checks import CA_HOME, CA_USER, CA_VENV, REPO, as_ckms, inventory_vars, policy, probe, systemd_props
+from ckms_custody import available, staged
+from ckms_people import ckms_as, propose_and_approve, withdraw
 
 testinfra_hosts = ["ansible://ca"]
 
@@ -287,59 +289,59 @@ def _alerts(host, since: str) -> list[dict]:
 
 @pytest.mark.check("check:F.15.role_change_alerts")
 def test_role_change_alerts(host, evidence):
-    """An attempted role change (the operator granting itself administrator: refused, so nothing changes)
-    must be in the trail and reach the administrators as an alert at once."""
-    entities = json.loads(
-        as_ckms(
-            host,
-            f"{CA_VENV}/bin/ckms entity list --home {CA_HOME} --token-pin-file {CA_HOME}/secrets/token-pin",
-        ).stdout
-        or "[]"
-    )
-    operator = next(
-        (e["entity_id"] for e in entities if e["roles"] == ["operator"] and e["status"] == "active"), None
-    )
-    assert operator, "F.15: no active operator entity to attempt the change with"
+    """A role change goes through two persons (admin-1 proposes registering a scratch auditor, authority-1
+    approves; then it is disabled the same way) and an attempted self-grant (admin-1 proposing a new
+    administrator) is refused: each must be in the trail and reach the administrators as an alert at
+    once, the applied change naming proposer and approver."""
     since = host.run("date -u +%Y-%m-%dT%H:%M:%S").stdout.strip()
-    attempt = as_ckms(
-        host,
-        f"{CA_VENV}/bin/ckms entity grant {operator} administrator --home {CA_HOME} "
-        f"--as {operator} --cert {CA_HOME}/credentials/operator.pem "
-        f"--password-file {CA_HOME}/credentials/operator.password",
+    scratch = f"check-f15-{int(time.time())}"
+    proposed, approved = propose_and_approve(
+        host, "admin-1", "authority-1", f"entity add {scratch} --role auditor"
+    )
+    self_grant = ckms_as(host, "admin-1", f"entity add {scratch}-x --role administrator")
+    withdraw(host, "authority-1", self_grant)
+    disabled = (
+        propose_and_approve(host, "admin-1", "authority-1", f"entity disable {scratch}")
+        if approved is not None and approved.rc == 0
+        else (None, None)
     )
     time.sleep(1.0)
-    # refused at authorisation: recorded (and alerted) as the operation the operator may not perform
     recs = [
         r
-        for r in probe(host, "trail", "--since", since, "--limit", "100")["records"]
-        if r["entity_id"] == operator and r["action"].startswith("entity.")
+        for r in probe(host, "trail", "--since", since, "--limit", "200")["records"]
+        if scratch in str(r["target"]) or r["action"].startswith("change.")
     ]
-    alerts = [
-        a
-        for a in _alerts(host, since)
-        if a.get("entity_id") == operator and str(a.get("action", "")).startswith("entity.")
-    ]
-    after = json.loads(
-        as_ckms(
-            host,
-            f"{CA_VENV}/bin/ckms entity list --home {CA_HOME} --token-pin-file {CA_HOME}/secrets/token-pin",
-        ).stdout
-        or "[]"
-    )
-    roles_after = next((e["roles"] for e in after if e["entity_id"] == operator), None)
+    alerts = [a for a in _alerts(host, since) if scratch in str(a.get("target", ""))]
+    created = [a for a in alerts if a.get("action") == "entity.create" and a.get("outcome") == "success"]
+    refused = [a for a in alerts if a.get("outcome") == "denied" and a.get("entity_id") == "admin-1"]
+    detail = created[-1].get("detail") if created else {}
+    detail = json.loads(detail) if isinstance(detail, str) else (detail or {})
     evidence.add(
-        "attempt: operator grants itself administrator", f"rc={attempt.rc} {attempt.stderr.strip()[-300:]}"
+        "admin-1 proposes a scratch auditor", proposed.stdout.strip()[-300:] or proposed.stderr[-300:]
     )
+    evidence.add(
+        "authority-1 approves",
+        "not reached" if approved is None else (approved.stdout.strip()[-300:] or approved.stderr[-300:]),
+    )
+    evidence.add(
+        "admin-1 proposes a new administrator (self-grant)", f"rc={self_grant.rc} {self_grant.stderr[-200:]}"
+    )
+    evidence.add("scratch entity disabled again", None if disabled[1] is None else disabled[1].rc == 0)
     evidence.add(
         "trail",
         [{k: r[k] for k in ("seq", "at", "entity_id", "role", "action", "target", "outcome")} for r in recs],
     )
     evidence.add("alerts delivered (syslog authpriv, ident ckms)", alerts)
-    evidence.add("operator's roles afterwards", roles_after)
-    assert attempt.rc != 0 and roles_after == ["operator"], "F.15: the operator could change its own role"
-    assert recs, "F.15: the attempted role change is not in the trail"
-    assert alerts, "F.15: no real-time alert for the attempted role change"
-    assert alerts[-1]["outcome"] == recs[-1]["outcome"] == "denied"
+    assert approved is not None and approved.rc == 0, "F.15: the two-person role change did not go through"
+    assert self_grant.rc != 0, "F.15: admin-1 could propose an administrator (a role they hold)"
+    assert any(r["action"] == "entity.create" and r["outcome"] == "success" for r in recs), (
+        "F.15: the approved role change is not in the trail"
+    )
+    assert created, "F.15: no real-time alert for the approved role change"
+    assert detail.get("proposer") == "admin-1" and detail.get("approver") == "authority-1", (
+        f"F.15: the alert does not name proposer and approver: {detail}"
+    )
+    assert refused, "F.15: no real-time alert for the refused self-grant"
 
 
 # ------------------------------------------------------------------------------------------- F.16
@@ -392,7 +394,7 @@ def test_issuance_tests_pass(host, request, evidence):
         pytest.skip("F.35: no terminal host in this inventory")
     cn = f"check-f35-{int(time.time())}"
     out = term.run(
-        f"d=$(mktemp -d) && ckms-enroll {cn} $d && "
+        f"d=$(mktemp -d) && ckms-enroll --as operator-1 {cn} $d && "
         f"openssl verify -x509_strict -purpose sslclient -CAfile /etc/ckms-terminal/ca.pem $d/{cn}.pem && "
         f"openssl x509 -in $d/{cn}.pem -noout -subject -issuer -dates -ext keyUsage,extendedKeyUsage && "
         f"openssl x509 -in $d/{cn}.pem -noout -pubkey | cmp -s - <(openssl pkey -in $d/{cn}.key -pubout) "
@@ -405,7 +407,7 @@ def test_issuance_tests_pass(host, request, evidence):
         "openssl ecparam -genkey -name prime256v1 -noout -out k && "
         "openssl req -new -key k -subj '/CN=bad name with spaces!' -outform DER | base64 -w0 > r && "
         "curl -s -o /dev/null -w '%{http_code}' --tlsv1.3 --cacert /etc/ckms-terminal/ca.pem "
-        "--cert /etc/ckms-terminal/client.pem --key /etc/ckms-terminal/client.key "
+        "--cert /etc/ckms-terminal/people/operator-1/cert.pem --key /etc/ckms-terminal/people/operator-1/key.pem "
         "-H 'Content-Type: application/pkcs10' --data-binary @r $EST_URL/simpleenroll; rm -rf $d"
     )
     evidence.add("policy-violating request (HTTP status)", bad.stdout.strip())
@@ -537,6 +539,11 @@ def test_spare_node_restore(host, evidence):
         pytest.fail("F.54: no backup on the host (ansible/backup.yml takes the first one)")
     if not key or not Path(key).is_file():
         pytest.skip("F.54: the backup recipient key is not on this controller (custodians hold it offline)")
+    chosen = available(host)[:2]
+    if len(chosen) < 2:
+        pytest.skip(
+            "F.54: two custodians' shares are not on this controller (the key is restored under custody)"
+        )
     evidence.add("backup restored", newest)
     with tempfile.TemporaryDirectory(prefix="ckms-f54-") as tmp:
         enc = Path(tmp, "backup.cms")
@@ -577,11 +584,44 @@ def test_spare_node_restore(host, evidence):
                 "rm backup.tar; cd x/ckms; sha256sum --check --quiet --strict MANIFEST.sha256; echo manifest-ok; "
                 # the spare's own token directory: the restored token, not the live one
                 f"sed -i 's#{CA_HOME}/hsm/tokens#{spare}/x/ckms/hsm/tokens#' hsm/softhsm2.conf; "
+                # a routine backup holds no token store (E.11)
+                "test ! -e hsm/tokens; echo no-token-store; "
                 f"chown -R {CA_USER}: {spare}; echo staged"
             )
             assert up.rc == 0 and steps.rc == 0, f"F.54: staging the restore failed: {steps.stderr[-500:]}"
-            # the spare's token: the restored token directory (the PIN comes from the vault on a real spare;
-            # here the CA's PIN file, which the restored configuration names, is only read)
+            # Routine backups carry no token store (E.11): the spare's key comes from a custody-wrapped backup
+            # that two custodians (their shares copied from the controller for this check only) make of the
+            # live token and restore into the spare's fresh token. The PIN comes from the vault on a real
+            # spare; here the CA's PIN file, which the restored configuration names, is only read.
+            spare_conf = {"SOFTHSM2_CONF": f"{spare}/x/ckms/hsm/softhsm2.conf"}
+            with staged(host, chosen) as cargs:
+                wrapped = f"{spare}/ca-key.backup"
+                made = as_ckms(
+                    host,
+                    shlex.join(
+                        [f"{CA_VENV}/bin/ckms", "hsm", "backup", "--home", CA_HOME, "--out", wrapped, *cargs]
+                    ),
+                )
+                assert made.rc == 0, (
+                    f"F.54: two custodians cannot make a wrapped backup: {made.stderr[-400:]}"
+                )
+                unwrapped = as_ckms(
+                    host,
+                    shlex.join(
+                        [f"{CA_VENV}/bin/ckms", "hsm", "restore", "--home", f"{spare}/x/ckms", "--in", wrapped,
+                         "--token-dir", f"{spare}/x/ckms/hsm/tokens", "--json", *cargs]
+                    ),
+                    env=spare_conf,
+                )  # fmt: skip
+            evidence.add(
+                "key restored from a custody-wrapped backup (custodians)",
+                {
+                    "custodians": [c["name"] for c in chosen],
+                    "rc": unwrapped.rc,
+                    "out": unwrapped.stdout.strip()[-300:],
+                },
+            )
+            assert unwrapped.rc == 0, f"F.54: the wrapped key does not restore: {unwrapped.stderr[-400:]}"
             result = probe(
                 host, "spare", f"{spare}/x/ckms", env={"SOFTHSM2_CONF": f"{spare}/x/ckms/hsm/softhsm2.conf"}
             )
@@ -624,6 +664,7 @@ def test_spare_node_restore(host, evidence):
         c for c in result["checks"] if not c["ok"] and not (c["name"] == "integrity" and newer_code_only)
     ]
     assert "manifest-ok" in steps.stdout, "F.54: the restored content does not match its manifest"
+    assert "no-token-store" in steps.stdout, "F.54: the routine backup contains the token store"
     assert result["ca_sha256"] == live_fp, "F.54: the backup restores a different CA"
     assert not failed, f"F.54: the restored CA fails its self-tests: {failed}"
     assert result["trail"]["ok"], f"F.54: the restored audit trail does not verify: {result['trail']}"
@@ -756,11 +797,19 @@ def _token(host) -> dict:
     return probe(host, "token", *(["--probe-defaults"] if "softhsm" in _token_module(host) else []))
 
 
+def _pins(host) -> dict:
+    """What the inventory says about the token PINs (the vault too, when make report can decrypt it): the
+    user PIN, and the names of any SO PIN variable, of which there must be none (E.22: the SO PIN is drawn
+    on the CA host and split among the custodians; no vault holds it)."""
+    inv = inventory_vars(host)
+    so_vars = sorted(k for k in inv if "so_pin" in k and not k.endswith("_file"))
+    return {"user": str(inv.get("vault_hsm_client_user_pin") or ""), "so_vars": so_vars}
+
+
 @pytest.mark.check("check:F.06.f.no_default_token_pins")
 def test_no_default_token_pins(host, evidence):
     t = _token(host)
-    so_pin = str(policy(host, "hsm_client_so_pin") or "")
-    user_pin = str(policy(host, "hsm_client_user_pin") or "")
+    pins = _pins(host)
     evidence.add(
         "user PIN in use",
         {"length": t["user_pin_length"], "a well-known default": t["user_pin_is_a_default"]},
@@ -770,8 +819,8 @@ def test_no_default_token_pins(host, evidence):
     )
     evidence.add("token flags", t["flags"])
     evidence.add(
-        "vault PINs (lengths only)",
-        {"user": len(user_pin), "so": len(so_pin), "distinct": user_pin != so_pin},
+        "inventory PINs (lengths and names only)",
+        {"user": len(pins["user"]), "SO PIN variables": pins["so_vars"] or "none"},
     )
     assert not t["user_pin_is_a_default"] and t["user_pin_length"] >= 12, (
         "F.06 f: the token's user PIN is weak"
@@ -784,10 +833,9 @@ def test_no_default_token_pins(host, evidence):
     assert not accepted.get("user") and not accepted.get("so"), (
         f"F.06 f: the token accepts a default PIN: {accepted}"
     )
-    if so_pin or user_pin:  # the vault is readable here (make report): the PINs set are not defaults either
-        assert len(so_pin) >= 12 and len(user_pin) >= 12 and so_pin != user_pin, (
-            "F.06 f: the vault's token PINs are short or identical"
-        )
+    if pins["user"]:  # the vault is readable here (make report): the PIN set is not a default either
+        assert len(pins["user"]) >= 12, "F.06 f: the vault's user PIN is short"
+    assert not pins["so_vars"], f"F.06 f: the inventory carries an SO PIN: {pins['so_vars']}"
 
 
 @pytest.mark.check("check:F.08.token_requires_user_login")
@@ -834,6 +882,13 @@ def test_token_so_pin_not_default(host, evidence):
     else:
         evidence.limit("vendor PKCS#11 module: default SO PINs are not tried (it could lock the HSM)")
     assert not so_file, f"F.08: an SO PIN is kept on the host: {so_file}"
+    # the SO PIN exists only on the token and, split, with the custodians: not in the inventory or vault
+    so_vars = _pins(host)["so_vars"]
+    custody = host.file(f"{CA_HOME}/hsm/custody.json")
+    evidence.add("SO PIN variables in the inventory", so_vars or "none")
+    evidence.add("custody set on the CA host", custody.exists)
+    assert not so_vars, f"F.08: the inventory carries an SO PIN: {so_vars}"
+    assert custody.exists, "F.08: no custody set: the SO PIN was never split among custodians"
 
 
 # ------------------------------------------------------------------------------ F.11 a / F.27: wheels

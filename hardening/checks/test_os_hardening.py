@@ -620,6 +620,40 @@ def test_no_account_in_two_role_groups(host, evidence):
     assert not two, f"A.30: accounts holding two CKMS roles: {two}"
 
 
+# The ckms subcommands each role group may run as the CA user (os_hardening_sudo_rules), and one of
+# another role's that it must not: sudo -l -U <account> answers for the account without running anything.
+_OWN_AND_FOREIGN = {
+    "administrator": ("entity list", "change approve 1"),
+    "authority": ("change approve 1", "entity list"),
+    "auditor": ("audit verify", "audit seal"),
+    "operator": (None, "entity list"),
+}
+
+
+@pytest.mark.check("check:A.30.sudo_runs_only_own_role_commands")
+def test_sudo_runs_only_own_role_commands(host, evidence):
+    accounts = policy(host, "os_hardening_accounts") or []
+    ca_user = policy(host, "ckms_ca_user") or "ckms"
+    ckms = "/opt/ckms/venv/bin/ckms"
+    seen, wrong = {}, []
+    for acct in accounts:
+        own, foreign = _OWN_AND_FOREIGN.get(acct["role"], (None, "entity list"))
+        if not host.user(acct["name"]).exists:
+            wrong.append(f"{acct['name']}: account missing")
+            continue
+        base = f"sudo -n -l -U {acct['name']} -u {ca_user} {ckms}"
+        ok = host.run(f"{base} {own}").rc == 0 if own else None
+        other = host.run(f"{base} {foreign}").rc == 0
+        seen[acct["name"]] = {"role": acct["role"], f"own ({own})": ok, f"foreign ({foreign})": other}
+        if own and not ok:
+            wrong.append(f"{acct['name']} may not run its own `ckms {own}`")
+        if other:
+            wrong.append(f"{acct['name']} ({acct['role']}) may run `ckms {foreign}`")
+    evidence.add("sudo -l per person account (as the CA user)", seen)
+    assert accounts, "A.30: no person accounts defined"
+    assert not wrong, f"A.30: sudo rules do not separate the roles: {wrong}"
+
+
 # ------------------------------------------------------------------------------------------- A.67
 @pytest.mark.check("check:A.67.ssh_only_from_registered_admin_addresses")
 def test_ssh_only_from_registered_admin_addresses(host, evidence):

@@ -84,7 +84,9 @@ class CaHome:
             ).fetchall()
 
 
-def init_home(path: Path, *extra: str) -> CaHome:
+def init_home(path: Path, *extra: str, demo: bool = True) -> CaHome:
+    """``ckms ca init``; with ``demo`` (the tests' default) the demo identity of each role
+    (``demo-<role>``: key, certificate and password in the home) that most tests act as."""
     out = ckms(
         "ca",
         "init",
@@ -95,6 +97,7 @@ def init_home(path: Path, *extra: str) -> CaHome:
         str(free_port()),
         "--crl-port",
         str(free_port()),
+        *(["--demo"] if demo else []),
         *extra,
     )
     return CaHome(path, json.loads(out.stdout))

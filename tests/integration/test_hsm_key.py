@@ -186,6 +186,7 @@ def test_external_root_flow(tmp_path: Path) -> None:
             str(tmp_path / "sub.pem"),
             "--chain",
             str(tmp_path / "root.pem"),
+            "--demo",
             "--json",
         ).stdout
     )

@@ -43,6 +43,7 @@ def test_daemon_on_postgresql_issues_revokes_and_publishes(postgres: PostgresSer
         str(free_port()),
         "--crl-port",
         str(free_port()),
+        "--demo",
     )
     ca = CaHome(tmp_path / "pg", json.loads(out.stdout))
     daemon = Daemon(ca)

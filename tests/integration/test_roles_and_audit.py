@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import sqlite3
+import subprocess
 import sys
 import threading
 import tomllib
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ckms_app.cli.client import CkmsClient, Credentials
 from ckms_app.config import load_config
@@ -36,6 +39,47 @@ def admin(ca: CaHome, *args: str, role: str = "administrator", check: bool = Tru
         str(ca.cred(role)[0]),
         check=check,
     )
+
+
+def approve(ca: CaHome, proposed: subprocess.CompletedProcess[str]) -> dict:
+    """The second person (demo-authority) approves what demo-administrator proposed."""
+    change = json.loads(proposed.stdout)
+    assert change["status"] == "proposed", change
+    return json.loads(admin(ca, "change", "approve", str(change["change"]), role="authority").stdout)
+
+
+def person(ca: CaHome, entity_id: str, role: str, tmp: Path) -> dict:
+    """A person the whole way: proposed, approved, given a code, enrolled with a key made outside the
+    CA home. Returns the enrolment answer with the key's and certificate's paths."""
+    approve(ca, admin(ca, "entity", "add", entity_id, "--role", role))
+    code = json.loads(admin(ca, "entity", "enrol-code", entity_id, "--json").stdout)["code"]
+    csr_der, key = make_csr(entity_id)
+    (tmp / f"{entity_id}.csr").write_bytes(csr_der)
+    (tmp / f"{entity_id}.code").write_text(code)
+    (tmp / f"{entity_id}.code").chmod(0o600)
+    key_path = tmp / f"{entity_id}.key"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    cert_path = tmp / f"{entity_id}.pem"
+    out = ckms(
+        "entity",
+        "enrol",
+        entity_id,
+        "--home",
+        str(ca.home),
+        "--csr",
+        str(tmp / f"{entity_id}.csr"),
+        "--code-file",
+        str(tmp / f"{entity_id}.code"),
+        "--out",
+        str(cert_path),
+        "--json",
+    )
+    serial = format(x509.load_pem_x509_certificate(cert_path.read_bytes()).serial_number, "x")
+    return {**json.loads(out.stdout), "cert": str(cert_path), "key": str(key_path), "cert_serial": serial}
 
 
 def as_operator(ca: CaHome, *args: str):  # type: ignore[no-untyped-def]
@@ -107,29 +151,72 @@ def test_wrong_password_is_refused_and_audited(home: CaHome, tmp_path: Path) -> 
     bad = tmp_path / "pw"
     bad.write_text("not the password at all\n")
     bad.chmod(0o600)
-    proc = ckms("entity", "list", "--home", str(home.home), "--password-file", str(bad), check=False)
+    proc = ckms(
+        "entity",
+        "list",
+        "--home",
+        str(home.home),
+        "--as",
+        "demo-administrator",
+        "--password-file",
+        str(bad),
+        check=False,
+    )
     assert proc.returncode == 1 and "wrong password" in proc.stderr
     assert "not the password" not in proc.stderr + proc.stdout
     assert trail(home, "action='auth.deny' AND entity_id='demo-administrator'")
 
 
-def test_token_pin_instead_of_a_password(home: CaHome, tmp_path: Path) -> None:
-    """For entities from before passwords existed: the token's user PIN, compared, never tried on the token."""
-    ok = ckms(
+def test_token_pin_cannot_act_as_anyone(home: CaHome, tmp_path: Path) -> None:
+    """The token PIN is no person's credential: no command accepts it except setting the first password
+    of an entity that has none; a person who has a password is refused, and that is audited."""
+    pin = str(home.home / "secrets" / "token-pin")
+    proc = ckms("entity", "list", "--home", str(home.home), "--token-pin-file", pin, check=False)
+    assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
+    new = tmp_path / "new.pw"
+    new.write_text("a password chosen by someone else\n")
+    new.chmod(0o600)
+    proc = ckms(
         "entity",
-        "list",
+        "passwd",
+        "demo-administrator",
         "--home",
         str(home.home),
         "--token-pin-file",
-        str(home.home / "secrets" / "token-pin"),
+        pin,
+        "--new-password-file",
+        str(new),
+        check=False,
     )
-    assert "demo-operator" in ok.stdout
+    assert proc.returncode == 1 and "has a password" in proc.stderr
+    assert (
+        "token PIN cannot replace"
+        in trail(home, "action='auth.deny' AND entity_id='demo-administrator'")[-1][6]
+    )
+    assert admin(home, "entity", "list").returncode == 0  # its own password still works
+
+
+def test_token_pin_sets_the_first_password_only(home: CaHome, tmp_path: Path) -> None:
+    person(home, "pina", "operator", tmp_path)  # enrolled without a password
+    pin = str(home.home / "secrets" / "token-pin")
+    new = tmp_path / "new.pw"
+    new.write_text("pina's own first passphrase\n")
+    new.chmod(0o600)
+    passwd = ("entity", "passwd", "pina", "--home", str(home.home), "--new-password-file", str(new))
     bad = tmp_path / "pin"
     bad.write_text("not-the-pin\n")
     bad.chmod(0o600)
-    proc = ckms("entity", "list", "--home", str(home.home), "--token-pin-file", str(bad), check=False)
+    proc = ckms(*passwd, "--token-pin-file", str(bad), check=False)
     assert proc.returncode == 1 and "wrong token PIN" in proc.stderr
-    assert "wrong token PIN" in trail(home, "action='auth.deny'")[-1][6]
+    ckms(*passwd, "--token-pin-file", pin)
+    done = trail(home, "action='entity.password' AND target='pina' AND outcome='success'")
+    assert done and done[-1][1] == "pina" and json.loads(done[-1][6])["method"] == "token-pin"
+    proc = ckms(*passwd, "--token-pin-file", pin, check=False)  # once only
+    assert proc.returncode == 1 and "has a password" in proc.stderr
+    listed = ckms(
+        "entity", "list", "--home", str(home.home), "--as", "pina", "--password-file", str(new), check=False
+    )
+    assert listed.returncode == 1 and "pina (role operator) may not perform entity.manage" in listed.stderr
 
 
 def test_password_change_is_self_service_but_others_need_an_administrator(
@@ -157,7 +244,7 @@ def test_password_change_is_self_service_but_others_need_an_administrator(
 
 
 def test_conflicting_roles_are_refused_and_audited(home: CaHome) -> None:
-    admin(home, "entity", "add", "carol", "--role", "operator")
+    approve(home, admin(home, "entity", "add", "carol", "--role", "operator"))
     for args, target in (
         (("entity", "grant", "carol", "auditor"), "carol:auditor"),
         (("entity", "grant", "carol", "administrator"), "carol:administrator"),
@@ -181,17 +268,25 @@ def test_auditor_cannot_issue_and_the_denial_names_them(home: CaHome, served: Da
     assert denial[1:3] == ("demo-auditor", "auditor")
 
 
-def test_entity_add_issues_a_private_credential_that_works(home: CaHome, served: Daemon) -> None:
-    out = json.loads(admin(home, "entity", "add", "erin", "--role", "operator").stdout)
-    cert, key = Path(out["cert"]), Path(out["key"])
-    assert cert.stat().st_mode & 0o777 == 0o600 and key.stat().st_mode & 0o777 == 0o600
-    with CkmsClient(load_config(home.home), Credentials(cert, key)) as client:
+def test_an_enrolled_person_holds_the_only_copy_of_their_key(
+    home: CaHome, served: Daemon, tmp_path: Path
+) -> None:
+    before = private_key_files(home.home)
+    out = person(home, "erin", "operator", tmp_path)
+    assert private_key_files(home.home) == before  # the key never touched the CA home
+    with CkmsClient(load_config(home.home), Credentials(Path(out["cert"]), Path(out["key"]))) as client:
         issued = client.enroll(make_csr("device-by-erin")[0])
     assert trail(home, f"action='certificate.issue' AND target='{issued.serial_number:x}'")[0][1] == "erin"
 
 
-def test_revoked_operator_is_refused_immediately_by_every_worker(home: CaHome, served: Daemon) -> None:
-    out = json.loads(admin(home, "entity", "add", "frank", "--role", "operator").stdout)
+def private_key_files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file() and b"PRIVATE KEY" in p.read_bytes()}
+
+
+def test_revoked_operator_is_refused_immediately_by_every_worker(
+    home: CaHome, served: Daemon, tmp_path: Path
+) -> None:
+    out = person(home, "frank", "operator", tmp_path)
     creds = Credentials(Path(out["cert"]), Path(out["key"]))
     config = load_config(home.home)
     # Several keep-alive connections, so both workers hold frank's principal in their caches.
@@ -199,7 +294,10 @@ def test_revoked_operator_is_refused_immediately_by_every_worker(home: CaHome, s
     try:
         for i, c in enumerate(clients):
             c.enroll(make_csr(f"device-frank-{i}")[0])
-        admin(home, "entity", "revoke", "frank")  # no sleep after this
+        proposed = admin(home, "entity", "revoke", "frank")
+        for i, c in enumerate(clients):  # a proposal changes nothing
+            c.enroll(make_csr(f"device-frank-proposed-{i}")[0])
+        approve(home, proposed)  # no sleep after this
         for i, c in enumerate(clients):
             with pytest.raises(ClientError, match="HTTP 403"):
                 c.enroll(make_csr(f"device-frank-after-{i}")[0])
@@ -215,10 +313,12 @@ def test_revoked_operator_is_refused_immediately_by_every_worker(home: CaHome, s
         )
 
 
-def test_which_kinds_a_role_may_revoke_comes_from_the_acl(home: CaHome, served: Daemon) -> None:
+def test_which_kinds_a_role_may_revoke_comes_from_the_acl(
+    home: CaHome, served: Daemon, tmp_path: Path
+) -> None:
     """Operators revoke device certificates, not people's credentials; an administrator revokes a
     credential over the same API. Decided by the ACL rows per certificate kind, audited either way."""
-    out = json.loads(admin(home, "entity", "add", "kate", "--role", "auditor").stdout)
+    out = person(home, "kate", "auditor", tmp_path)
     serial = out["cert_serial"]
     config = load_config(home.home)
     with CkmsClient(config, Credentials(*home.cred("operator"))) as operator:
@@ -234,24 +334,30 @@ def test_which_kinds_a_role_may_revoke_comes_from_the_acl(home: CaHome, served: 
     assert done and done[-1][1] == "demo-administrator"
 
 
-def test_role_withdrawal_is_effective_at_once(home: CaHome, served: Daemon) -> None:
-    out = json.loads(admin(home, "entity", "add", "gina", "--role", "operator").stdout)
+def test_role_withdrawal_is_effective_at_once(home: CaHome, served: Daemon, tmp_path: Path) -> None:
+    out = person(home, "gina", "operator", tmp_path)
     with CkmsClient(load_config(home.home), Credentials(Path(out["cert"]), Path(out["key"]))) as client:
         client.enroll(make_csr("device-gina-1")[0])
-        admin(home, "entity", "revoke", "gina", "--role", "operator")
+        approve(home, admin(home, "entity", "revoke-role", "gina", "operator"))
         with pytest.raises(ClientError, match="HTTP 403"):
             client.enroll(make_csr("device-gina-2")[0])
 
 
 def test_entity_changes_raise_alerts(home: CaHome) -> None:
     before = home.alert_log.read_text().count("\n") if home.alert_log.exists() else 0  # type: ignore[attr-defined]
-    admin(home, "entity", "add", "henry", "--role", "auditor")
+    proposed = admin(home, "entity", "add", "henry", "--role", "auditor")
     events = [json.loads(line)["ckms_alert"] for line in home.alert_log.read_text().splitlines()]  # type: ignore[attr-defined]
     assert len(events) > before
+    assert events[-1]["action"] == "change.propose" and events[-1]["entity_id"] == "demo-administrator"
+    approve(home, proposed)
+    events = [json.loads(line)["ckms_alert"] for line in home.alert_log.read_text().splitlines()]  # type: ignore[attr-defined]
     assert events[-1]["action"] == "entity.create" and events[-1]["target"] == "henry"
-    assert events[-1]["entity_id"] == "demo-administrator" and "password" not in json.dumps(
-        events[-1]
-    ).lower().replace("password_set", "")
+    assert events[-1]["entity_id"] == "demo-authority"
+    for role in ("administrator", "authority"):  # no secret in an alert
+        secret = (home.home / "credentials" / f"{role}.password").read_text().strip()
+        assert secret not in home.alert_log.read_text()  # type: ignore[attr-defined]
+    detail = json.loads(events[-1]["detail"])
+    assert (detail["proposer"], detail["approver"]) == ("demo-administrator", "demo-authority")
     # Refusals alert too (someone tried to break separation of duties).
     admin(home, "entity", "grant", "henry", "operator", check=False)
     last = json.loads(home.alert_log.read_text().splitlines()[-1])["ckms_alert"]  # type: ignore[attr-defined]
@@ -271,7 +377,7 @@ def test_alerts_reach_a_syslog_socket(home: CaHome, tmp_path: Path) -> None:
     sock.settimeout(10)
     edit_config(home, alerts={"syslog_address": path})
     try:
-        admin(home, "entity", "add", "ivan", "--role", "auditor")
+        admin(home, "entity", "add", "ivan", "--role", "auditor")  # the proposal alerts
         messages = []
         while not any(b"ivan" in m for m in messages):
             messages.append(sock.recv(65536))
@@ -280,7 +386,7 @@ def test_alerts_reach_a_syslog_socket(home: CaHome, tmp_path: Path) -> None:
         sock.close()
     msg = next(m for m in messages if b"ivan" in m)
     assert msg.startswith(b"<84>")  # authpriv.warning
-    assert b"ckms: " in msg and b'"action": "entity.create"' in msg
+    assert b"ckms: " in msg and b'"action": "change.propose"' in msg
 
 
 def test_trail_verifies_after_concurrent_load_on_two_workers(home: CaHome, served: Daemon) -> None:

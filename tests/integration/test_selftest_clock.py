@@ -109,6 +109,9 @@ def clock_ca(tmp_path_factory: pytest.TempPathFactory):
         str(free_port()),
         "--clock-source",
         "chrony",
+        "--demo",
+        "--person",
+        "clock-erin:operator",
         env={"PATH": path},
     )
     home = CaHome(root / "home", json.loads(out.stdout))
@@ -184,7 +187,8 @@ def test_issuance_refused_while_clock_unsynchronised(clock_ca, tmp_path: Path) -
 
 def test_nothing_at_all_is_signed_while_the_clock_is_unsynchronised(clock_ca) -> None:
     """Every signing path goes through the one signer, so the clock gate holds for all of them: an
-    identity certificate (ckms entity add), a renewal of the daemon's TLS certificate and a CRL."""
+    identity certificate (ckms entity enrol), a renewal of the daemon's TLS certificate and a CRL. The
+    refused enrolment leaves its one-time code usable."""
     home, bin_dir = clock_ca
     with home.db() as db:
         before = db.execute(
@@ -194,21 +198,13 @@ def test_nothing_at_all_is_signed_while_the_clock_is_unsynchronised(clock_ca) ->
     path = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
     set_clock(bin_dir, "unsync")
     try:
-        add = ckms(
-            "entity",
-            "add",
-            "clock-erin",
-            "--role",
-            "operator",
-            "--home",
-            str(home.home),
-            "--password-file",
-            str(home.home / "credentials" / "administrator.password"),
-            "--cert",
-            str(home.cred("administrator")[0]),
-            check=False,
-            env=path,
-        )
+        code_file = home.home.parent / "clock-erin.code"
+        code_file.write_text(home.summary["enrolment_codes"]["clock-erin"]["code"])
+        code_file.chmod(0o600)
+        csr_file = home.home.parent / "clock-erin.csr"
+        csr_file.write_bytes(make_csr("clock-erin")[0])
+        enrol = ["entity", "enrol", "clock-erin", "--home", str(home.home), "--csr", str(csr_file)]
+        add = ckms(*enrol, "--code-file", str(code_file), check=False, env=path)
         renew = ckms("ca", "renew-tls", "--home", str(home.home), check=False, env=path)
         code, body = https_json(home, "POST", "/api/v1/crl/publish", role="operator")
     finally:
@@ -218,8 +214,12 @@ def test_nothing_at_all_is_signed_while_the_clock_is_unsynchronised(clock_ca) ->
     assert code == 503 and body["error"] == "clock_unsynchronised"
     with home.db() as db:
         after = db.execute("SELECT count(*), (SELECT max(crl_number) FROM crls) FROM certificates").fetchone()
-        entity = db.execute("SELECT count(*) FROM entities WHERE entity_id = 'clock-erin'").fetchone()
-    assert after == before and entity == (0,), "something was signed or stored with the clock gate closed"
+        entity = db.execute(
+            "SELECT status, cert_serial FROM entities WHERE entity_id = 'clock-erin'"
+        ).fetchone()
+    assert after == before and entity == ("pending", None), (
+        "something was signed or stored with the clock gate closed"
+    )
     assert (home.home / "tls" / "server.pem").read_bytes() == tls_before
     # With the clock back, the same renewal goes through the same signer.
     renewed = json.loads(ckms("ca", "renew-tls", "--home", str(home.home), "--json", env=path).stdout)
@@ -229,6 +229,8 @@ def test_nothing_at_all_is_signed_while_the_clock_is_unsynchronised(clock_ca) ->
         and cert.issuer == x509.load_pem_x509_certificate(home.ca_cert.read_bytes()).subject
     )
     assert any(r[3] == renewed["serial"] for r in home.audit("certificate.issue"))
+    # ... and the refused enrolment did not use up the person's code
+    ckms(*enrol, "--code-file", str(code_file), env=path)
 
 
 # --- self-tests and the error state ----------------------------------------------------------------
@@ -283,6 +285,7 @@ def test_corrupted_code_puts_daemon_in_error_state_until_recovered(tmp_path: Pat
         str(free_port()),
         "--crl-port",
         str(free_port()),
+        "--demo",
     )
     home = CaHome(tmp_path / "home", json.loads(out.stdout))
     manifest = json.loads((home.home / "selftest-manifest.json").read_text())

@@ -66,6 +66,7 @@ def two_nodes(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory
         str(free_port()),
         "--crl-port",
         str(free_port()),
+        "--demo",
     )
     first = CaHome(root / "node1", json.loads(out.stdout))
     custody = multinode.split_custody(first.home, root / "custody")

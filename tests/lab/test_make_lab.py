@@ -40,7 +40,7 @@ def test_make_lab_ends_with_report_and_enrolment_instructions(made):
     out = REPO / "build" / "report-labtest"
     for name in ("results.json", "report.html", "report.json", "junit.xml", "summary.md"):
         assert (out / name).is_file(), name
-    assert "ckms-enroll device-0001" in made and "report.html" in made
+    assert "-u operator-1 -- ckms-enroll device-0001" in made and "report.html" in made
     results = json.loads((out / "results.json").read_text())
     mine = [
         r
@@ -110,8 +110,11 @@ def test_second_converge_changes_nothing(made):
 
 def test_terminal_enrols_through_the_router(made, lab):
     ca = lab.hosts["ca1"]["addresses"]["ca"]
-    got = lab.ssh("terminal", "ckms-enroll device-test-0001 /root/certs", timeout=60)
+    got = lab.ssh("terminal", "ckms-enroll --as operator-1 device-test-0001 /root/certs", timeout=60)
     assert "subject=CN = device-test-0001" in got.stdout
+    # root without naming a person is refused: the trail always names the operator who enrolled
+    anon = lab.ssh("terminal", "ckms-enroll device-test-anon /root/certs", check=False)
+    assert anon.returncode != 0 and "--as OPERATOR" in anon.stderr
     assert (
         f"via {lab.hosts['router']['addresses']['lan']}"
         in lab.ssh("terminal", f"ip -4 route get {ca}").stdout
@@ -150,5 +153,5 @@ def test_restore_drill_brings_back_the_same_ca(made, lab):
     assert before == after
     assert lab.ssh("ca1", "test -f /var/lib/ckms/restored-from.json").returncode == 0
     # the restored daemon serves the terminal again
-    got = lab.ssh("terminal", "ckms-enroll device-after-restore /root/certs", timeout=60)
+    got = lab.ssh("terminal", "ckms-enroll --as operator-2 device-after-restore /root/certs", timeout=60)
     assert "device-after-restore" in got.stdout

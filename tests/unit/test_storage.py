@@ -133,14 +133,15 @@ def test_migration_2_seeds_the_default_acl_as_released() -> None:
     """The frozen copy in the migration equals the live default with migration 3 applied; if the
     default changes, a new migration must carry the change (this test then tells whoever changed it)."""
     from ckms_app.authority.rbac import DEFAULT_ACL
-    from ckms_app.store.migrations import _MIGRATION_2_ACL
+    from ckms_app.store.migrations import _MIGRATION_2_ACL, _MIGRATION_4_ACL
 
     revoke_by_kind = {
         ("operator", "certificate.revoke", "kind:end-entity"),
         ("administrator", "certificate.revoke", "kind:identity"),
         ("administrator", "certificate.revoke", "kind:tls-server"),
     }
-    # migration 3 replaced the operators' revoke-anything grant by grants per certificate kind
-    assert set(_MIGRATION_2_ACL) - {("operator", "certificate.revoke", "*")} | revoke_by_kind == set(
-        DEFAULT_ACL
-    )
+    # migration 3 replaced the operators' revoke-anything grant by grants per certificate kind;
+    # migration 4 made the authority the approver of two-person changes
+    assert set(_MIGRATION_2_ACL) - {("operator", "certificate.revoke", "*")} | revoke_by_kind | set(
+        _MIGRATION_4_ACL
+    ) == set(DEFAULT_ACL)

@@ -1,0 +1,1 @@
+../../../../../hardening/checks/test_hsm_events.py
