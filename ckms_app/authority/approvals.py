@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from ckms_app.audit.record import event
-from ckms_app.authority import people_changes
+from ckms_app.authority import enrolment, people_changes
 from ckms_app.authority.admin_session import AdminSession
 from ckms_app.authority.rbac import Principal
 from ckms_app.errors import CkmsError, Conflict, NotAuthorized, NotFound, SelfApproval, SeparationOfDuties
@@ -93,6 +93,8 @@ class Approvals(AdminSession):
         except CkmsError as exc:
             self._refuse("change.approve", f"change:{change_id}", exc)
         now = utcnow()
+        # A two-person enrolment code: the proposer holds the first half, the approver gets the second.
+        second = enrolment.new_half() if kind == "entity.code" else None
         who = {
             "change": change_id,
             "proposer": proposal.proposer,
@@ -132,10 +134,26 @@ class Approvals(AdminSession):
             if decided.rowcount != 1:
                 raise Conflict(f"change {change_id} was decided meanwhile")
             people_changes.apply(conn, kind, payload, approver.entity_id, now)
+            if second is not None:
+                enrolment.store_code_hash(
+                    conn,
+                    str(payload["entity_id"]),
+                    enrolment.split_code_hash(str(payload["first_half_sha256"]), second),
+                    approver.entity_id,
+                    float(payload["ttl_hours"]),
+                    now,
+                )
             bump_entity_generation(conn)
 
         self.change(unit, rows)
-        return {"change": change_id, "status": "approved", "kind": kind, **who}
+        done = {"change": change_id, "status": "approved", "kind": kind, **who}
+        if second is not None:
+            done["code_part"] = second
+            done["next"] = (
+                "give this second half to the person; the proposer gives the first; "
+                f"they enrol with FIRST{enrolment.SPLIT}SECOND"
+            )
+        return done
 
     def reject(self, change_id: int, reason: str) -> dict[str, Any]:
         actor = self._actor()

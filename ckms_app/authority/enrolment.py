@@ -2,7 +2,10 @@
 holding their private key.
 
 An entity is registered without a key (``ckms ca init --person``, or an approved ``entity add``) and
-given a one-time code (``ckms entity enrol-code``; the code is shown once, only its SHA-256 is stored).
+given a one-time code: by the ceremony, or later in two halves by two people (``ckms entity enrol-code``
+proposes and shows the first half to the proposer; the approval shows the second half to the approver), so
+no single administrator or authority ever holds a whole code and can enrol as someone else. Codes are
+shown once; only their SHA-256 is stored.
 The person makes their key and CSR on their own machine and sends the CSR with the code, over EST
 (``/.well-known/est/identity/simpleenroll``, HTTP Basic ``ID:CODE``) or locally (``ckms entity enrol``).
 :class:`EnrolmentDesk` checks the code (unknown, wrong, used, expired and locked codes are refused
@@ -55,7 +58,28 @@ def new_code() -> str:
     return secrets.token_urlsafe(24)
 
 
+# A two-person code is ``FIRST.SECOND`` (URL-safe base64 never contains the dot).
+SPLIT = "."
+
+
+def new_half() -> str:
+    """One half of a two-person code: 128 random bits."""
+    return secrets.token_urlsafe(16)
+
+
+def half_digest(first: str) -> str:
+    """What the proposal keeps of the first half: enough to check the whole code, not to rebuild it."""
+    return hashlib.sha256(first.encode()).hexdigest()
+
+
+def split_code_hash(first_digest: str, second: str) -> str:
+    return "sha256x2$" + hashlib.sha256(f"{first_digest}{SPLIT}{second}".encode()).hexdigest()
+
+
 def code_hash(code: str) -> str:
+    if SPLIT in code:
+        first, _, second = code.partition(SPLIT)
+        return split_code_hash(half_digest(first), second)
     return "sha256$" + hashlib.sha256(code.encode()).hexdigest()
 
 
@@ -63,12 +87,19 @@ def store_code(
     conn: Connection, entity_id: str, code: str, issued_by: str, ttl_hours: float, now: dt.datetime
 ) -> dt.datetime:
     """Replace the entity's code by a fresh one (in the caller's transaction); returns its expiry."""
+    return store_code_hash(conn, entity_id, code_hash(code), issued_by, ttl_hours, now)
+
+
+def store_code_hash(
+    conn: Connection, entity_id: str, hashed: str, issued_by: str, ttl_hours: float, now: dt.datetime
+) -> dt.datetime:
+    """Store an already hashed code (a two-person code is only ever whole in its holder's hands)."""
     expires = now + dt.timedelta(hours=ttl_hours)
     conn.execute(delete(enrolment_codes).where(enrolment_codes.c.entity_id == entity_id))
     conn.execute(
         enrolment_codes.insert().values(
             entity_id=entity_id,
-            code_hash=code_hash(code),
+            code_hash=hashed,
             issued_at=now,
             issued_by=issued_by,
             expires_at=expires,

@@ -12,7 +12,6 @@ and an alert.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from sqlalchemy import select, update
@@ -22,11 +21,11 @@ from ckms_app.audit.record import event
 from ckms_app.authority import enrolment
 from ckms_app.authority.approvals import Approvals
 from ckms_app.authority.passwords import hash_password
-from ckms_app.authority.people_changes import check_entity_id, grants
+from ckms_app.authority.people_changes import grants
 from ckms_app.authority.rbac import load_acl
 from ckms_app.errors import CkmsError, Conflict, NotAuthorized, NotFound
 from ckms_app.store.chain import append_audit
-from ckms_app.store.schema import entities, entity_roles, utcnow
+from ckms_app.store.schema import entities, entity_roles
 
 
 class AdminContext(Approvals):
@@ -76,35 +75,26 @@ class AdminContext(Approvals):
         self.change(unit, [row])
 
     def issue_code(self, entity_id: str, ttl_hours: float = enrolment.DEFAULT_TTL_HOURS) -> dict[str, Any]:
-        """A fresh one-time enrolment code (first enrolment, lost code, re-enrolment); audited without it."""
-        actor = self._actor()
-        try:
-            check_entity_id(entity_id)
-            if not 0 < ttl_hours <= 24 * 30:
-                raise CkmsError("--ttl-hours must be between 0 and 720", code="bad_request")
-            row = self._entity(entity_id)
-            if row.status == "disabled":
-                raise Conflict(f"entity {entity_id} is disabled")
-            if entity_id == actor.entity_id:
-                raise NotAuthorized("nobody issues an enrolment code for themselves")
-        except CkmsError as exc:
-            self._refuse("entity.enrol-code", entity_id, exc)
-        code, now = enrolment.new_code(), utcnow()
-        expires = now + dt.timedelta(hours=ttl_hours)
-        audit = event(
-            actor,
-            "entity.enrol-code",
-            entity_id,
-            "success",
-            {"expires": expires.isoformat(), "method": self.method, "ttl_hours": ttl_hours},
+        """Propose a fresh one-time enrolment code (lost code, re-enrolment). The proposer is shown the
+        first half now; the approver is shown the second when approving; the person needs both. So no
+        administrator alone can enrol as someone else (nor an authority alone)."""
+        if not 0 < ttl_hours <= 24 * 30:
+            raise CkmsError("--ttl-hours must be between 0 and 720", code="bad_request")
+        first = enrolment.new_half()
+        proposed = self.propose(
+            "entity.code",
+            {
+                "entity_id": entity_id,
+                "ttl_hours": ttl_hours,
+                "first_half_sha256": enrolment.half_digest(first),
+            },
         )
-
-        def unit(conn: Connection) -> None:
-            append_audit(conn, [audit])  # chain head first: the lock order every writer keeps
-            enrolment.store_code(conn, entity_id, code, actor.entity_id, ttl_hours, now)
-
-        self.change(unit, [audit])
-        return {"entity": entity_id, "code": code, "expires": expires.isoformat()}
+        return {
+            **proposed,
+            "entity": entity_id,
+            "code_part": first,
+            "next": "give this first half to the person; the approver of the change gives the second",
+        }
 
     def list_entities(self) -> list[dict[str, Any]]:
         with self.reader.connect() as conn:

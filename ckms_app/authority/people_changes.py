@@ -28,6 +28,7 @@ RESOURCE = re.compile(r"(profile|key|kind):[A-Za-z0-9._-]{1,64}")
 KINDS: dict[str, str] = {
     "entity.create": "kind:entity",
     "entity.disable": "kind:entity",
+    "entity.code": "kind:entity",
     "entity.grant": "kind:role",
     "entity.revoke-role": "kind:role",
     "acl.grant": "kind:acl",
@@ -81,6 +82,10 @@ def check(conn: Connection, kind: str, payload: dict[str, Any], actor_id: str) -
     row = conn.execute(select(entities).where(entities.c.entity_id == entity_id)).first()
     if row is None:
         raise NotFound(f"no entity {entity_id}")
+    if kind == "entity.code":
+        if row.status == "disabled":
+            raise Conflict(f"entity {entity_id} is disabled")
+        return {}
     current = grants(conn, entity_id)
     if kind == "entity.disable":
         if row.status == "disabled":
@@ -129,6 +134,8 @@ def apply(conn: Connection, kind: str, payload: dict[str, Any], by: str, now: dt
             entity_roles.insert(),
             [{"entity_id": entity_id, "role": r, "granted_at": now, "granted_by": by} for r in roles],
         )
+    elif kind == "entity.code":
+        return  # the approval stores the code's hash: only it holds the second half
     elif kind == "entity.disable":
         _disable(conn, entity_id, str(payload.get("reason") or "privilegeWithdrawn"), by, now)
     else:

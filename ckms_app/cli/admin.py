@@ -98,7 +98,9 @@ def add_parsers(sub: Any) -> None:
         type=Path,
         help="0600 file with the new password, or - for stdin (default: prompt)",
     )
-    code = entity.add_parser("enrol-code", help="issue a fresh one-time enrolment code for a person")
+    code = entity.add_parser(
+        "enrol-code", help="propose a fresh enrolment code: you get its first half, the approver the second"
+    )
     _add_actor(code)
     code.add_argument("entity_id")
     code.add_argument("--ttl-hours", type=float, default=DEFAULT_TTL_HOURS)

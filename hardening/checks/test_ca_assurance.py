@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from ckms_checks import CA_HOME, CA_USER, CA_VENV, REPO, as_ckms, inventory_vars, policy, probe, systemd_props
 from ckms_custody import available, staged
-from ckms_people import ckms_as, propose_and_approve, withdraw
+from ckms_people import ckms_as, issue_and_revoke, propose_and_approve, withdraw
 
 testinfra_hosts = ["ansible://ca"]
 
@@ -189,26 +189,20 @@ def test_periodic_self_test(host, evidence):
 AUDIT_FIELDS = ("seq", "at", "entity_id", "role", "action", "target", "outcome", "detail", "chain_hash")
 
 
-def _issue_and_revoke(host, tag: str) -> tuple[str, str]:
-    """Issue a certificate through the deployed daemon (EST, the home's operator credential) and revoke it."""
-    script = (
-        "set -e; d=$(mktemp -d); cd $d; "
-        "openssl ecparam -genkey -name prime256v1 -noout -out k.pem; "
-        f"openssl req -new -key k.pem -subj /CN={tag}-$(date +%s%N) -out r.csr; "
-        f"{CA_VENV}/bin/ckms issue --home {CA_HOME} --csr r.csr --out c.pem >/dev/null; "
-        "s=$(openssl x509 -in c.pem -noout -serial | cut -d= -f2); "
-        f"{CA_VENV}/bin/ckms revoke --home {CA_HOME} --serial $s --reason superseded >/dev/null; "
-        "echo $s; cd /; rm -rf $d"
+def _issue_and_revoke(host, request, tag: str) -> tuple[str, dict]:
+    """A named operator (operator-1, their own key on the terminal) issues a certificate through the
+    deployed daemon over EST, revokes it and publishes a CRL over the API (ckms_people.issue_and_revoke)."""
+    done = issue_and_revoke(
+        host, _other(request, "terminal"), _public_host(host), f"{tag}-{int(time.time())}"
     )
-    out = as_ckms(host, script)
-    assert out.rc == 0, f"issue/revoke through the daemon failed: {out.stderr.strip()[-600:]}"
-    return out.stdout.strip().splitlines()[-1], out.stdout
+    assert done["issued"] == 200 and done["revoked"] == 200, f"issue/revoke through the daemon failed: {done}"
+    return done["serial"], done
 
 
 @pytest.mark.check("check:F.12.ca_events_audited")
-def test_ca_events_audited(host, evidence):
+def test_ca_events_audited(host, request, evidence):
     since = host.run("date -u +%Y-%m-%dT%H:%M:%S").stdout.strip()
-    serial, _ = _issue_and_revoke(host, "check-f12")
+    serial, _ = _issue_and_revoke(host, request, "check-f12")
     time.sleep(1.0)  # the daemon's group-commit writer flushes within milliseconds
     recs = probe(host, "trail", "--since", since, "--limit", "200")["records"]
     want = serial.lower().lstrip("0")
@@ -424,10 +418,9 @@ def test_crl_tests_pass(host, request, evidence):
     term = _other(request, "terminal")
     if term is None:
         pytest.skip("F.35: no terminal host in this inventory")
-    serial, _ = _issue_and_revoke(host, "check-f35-crl")
-    pub = as_ckms(host, f"{CA_VENV}/bin/ckms crl publish --home {CA_HOME}")
+    serial, done = _issue_and_revoke(host, request, "check-f35-crl")
     evidence.add(
-        "revoked serial / publish", {"serial": serial, "publish": (pub.stdout + pub.stderr).strip()[-300:]}
+        "revoked serial / publish (operator-1, API)", {"serial": serial, "publish": done["crl_published"]}
     )
     ph = _public_host(host)
     res = term.run(
@@ -436,12 +429,12 @@ def test_crl_tests_pass(host, request, evidence):
         'for c in full delta; do test -s $c.crl || continue; echo "== $c"; '
         "openssl crl -inform DER -in $c.crl -CAfile /etc/ckms-terminal/ca.pem -noout -verify "
         "-lastupdate -nextupdate -crlnumber 2>&1; "
-        "openssl crl -inform DER -in $c.crl -noout -text | grep -c 'Serial Number: " + serial + "'; "
+        "openssl crl -inform DER -in $c.crl -noout -text | grep -c 'Serial Number: " + serial.upper() + "'; "
         "done; cd /; rm -rf $d"
     )
     evidence.add("terminal: CRLs fetched over HTTP and verified with openssl", res.stdout[-2500:])
     text = res.stdout
-    assert pub.rc == 0, f"F.35: CRL publication failed: {pub.stderr.strip()[-300:]}"
+    assert done["crl_published"] == 200, f"F.35: CRL publication failed: {done}"
     assert "== full" in text and "verify OK" in text.split("== full")[1], "F.35: the full CRL does not verify"
     full = text.split("== full")[1].split("== delta")[0]
     m = re.search(r"nextUpdate=(.+)", full)
@@ -797,7 +790,7 @@ def _token(host) -> dict:
     return probe(host, "token", *(["--probe-defaults"] if "softhsm" in _token_module(host) else []))
 
 
-def _pins(host) -> dict:
+def _token_pin_vars(host) -> dict:
     """What the inventory says about the token PINs (the vault too, when make report can decrypt it): the
     user PIN, and the names of any SO PIN variable, of which there must be none (E.22: the SO PIN is drawn
     on the CA host and split among the custodians; no vault holds it)."""
@@ -809,7 +802,7 @@ def _pins(host) -> dict:
 @pytest.mark.check("check:F.06.f.no_default_token_pins")
 def test_no_default_token_pins(host, evidence):
     t = _token(host)
-    pins = _pins(host)
+    pins = _token_pin_vars(host)
     evidence.add(
         "user PIN in use",
         {"length": t["user_pin_length"], "a well-known default": t["user_pin_is_a_default"]},
@@ -883,7 +876,7 @@ def test_token_so_pin_not_default(host, evidence):
         evidence.limit("vendor PKCS#11 module: default SO PINs are not tried (it could lock the HSM)")
     assert not so_file, f"F.08: an SO PIN is kept on the host: {so_file}"
     # the SO PIN exists only on the token and, split, with the custodians: not in the inventory or vault
-    so_vars = _pins(host)["so_vars"]
+    so_vars = _token_pin_vars(host)["so_vars"]
     custody = host.file(f"{CA_HOME}/hsm/custody.json")
     evidence.add("SO PIN variables in the inventory", so_vars or "none")
     evidence.add("custody set on the CA host", custody.exists)

@@ -73,7 +73,9 @@ def test_so_pin_absent_everywhere(host, evidence):
         environ = host.run(
             f'for f in /proc/[0-9]*/environ; do grep -qasF -f /dev/stdin "$f" < {pattern} && echo "$f"; done; true'
         )
-    found_files = [line for line in files.stdout.splitlines() if line.strip()]
+    # the pattern file itself (in /dev/shm, which is also reachable as /run/shm) is not a finding
+    own = Path(pattern).name
+    found_files = [line for line in files.stdout.splitlines() if line.strip() and Path(line).name != own]
     found_env = [line for line in environ.stdout.splitlines() if line.strip()]
     evidence.add("files on the CA host holding the SO PIN", found_files or "none")
     evidence.add("process environments on the CA host holding the SO PIN", found_env or "none")
@@ -126,6 +128,37 @@ def test_wrapped_backup_needs_two_shares(host, evidence):
     )
     assert two.rc == 0 and made_info["exists"], f"E.22: two custodians cannot back up: {two.stderr[-300:]}"
     assert json.loads(two.stdout)["custodians"] == sorted(c["name"] for c in chosen)
+
+
+# ------------------------------------------------------------------------------------------- A.28
+@pytest.mark.check("check:A.28.key_backup_needs_two_custodians")
+def test_key_backup_needs_two_custodians(host, evidence):
+    """Administrators run the CA, but the CA key's backup and restore are the custodians' (2 of 3): with
+    no share, and with one share, backup and restore are refused, whoever runs them."""
+    chosen = _two(host)
+    with staged(host, chosen[:1]) as one_args:
+        scratch = one_args[1].rsplit("/", 1)[0]
+        none = as_ckms(host, shlex.join([CKMS, "hsm", "backup", "--out", f"{scratch}/none.backup"]))
+        restore = as_ckms(
+            host,
+            shlex.join(
+                [
+                    CKMS,
+                    "hsm",
+                    "restore",
+                    "--in",
+                    f"{scratch}/none.backup",
+                    "--token-dir",
+                    f"{scratch}/t",
+                    *one_args,
+                ]
+            ),
+        )
+        made = host.file(f"{scratch}/none.backup").exists
+    evidence.add("backup with no custodian", {"rc": none.rc, "stderr": none.stderr.strip()[-300:]})
+    evidence.add("restore with one custodian", {"rc": restore.rc, "stderr": restore.stderr.strip()[-300:]})
+    assert none.rc != 0 and not made, "A.28: a key backup was made without custodians"
+    assert restore.rc != 0 and "2 of 3" in restore.stderr, "A.28: a restore ran with one custodian"
 
 
 # ------------------------------------------------------------------------------------------- E.23

@@ -139,6 +139,7 @@ def test_four_roles_defined(host, evidence):
 @pytest.mark.check("check:A.28.permission_matrix_enforced")
 def test_permission_matrix_enforced(host, request, evidence):
     since = _now(host)
+    term = _terminal(request)
     status, body = tls_post(
         host,
         AUDITOR,
@@ -146,11 +147,11 @@ def test_permission_matrix_enforced(host, request, evidence):
         "/.well-known/est/simpleenroll",
         csr_b64(f"check-a28-{int(time.time())}"),
         "application/pkcs10",
+        via=term,
     )
     evidence.add(
         "auditor-1 requests issuance over EST with their own certificate", f"HTTP {status} {body[:200]}"
     )
-    term = _terminal(request)
     op_status = _operator_admin_call(term, OPERATORS[0], "/api/v1/admin/selftest") if term else None
     evidence.add(
         "operator-1 calls the admin API (self-test) with their own certificate", op_status or "no terminal"

@@ -44,6 +44,16 @@ def propose(ca: CaHome, *args: str) -> int:
     return int(out["change"])
 
 
+def two_person_code(ca: CaHome, entity_id: str) -> str:
+    """A fresh enrolment code the two-person way: the administrator proposes and gets the first half,
+    the authority approves and gets the second; neither half alone is the code."""
+    proposed = json.loads(as_person(ca, "administrator", "entity", "enrol-code", entity_id, "--json").stdout)
+    assert proposed["status"] == "proposed" and proposed["kind"] == "entity.code", proposed
+    approved = json.loads(as_person(ca, "authority", "change", "approve", str(proposed["change"])).stdout)
+    assert approved["status"] == "approved" and approved["code_part"] != proposed["code_part"]
+    return f"{proposed['code_part']}.{approved['code_part']}"
+
+
 def trail(ca: CaHome, where: str) -> list[tuple]:
     with ca.db() as db:
         return db.execute(
@@ -195,9 +205,7 @@ def test_est_enrolment_with_a_one_time_code(home: CaHome, served: Daemon, tmp_pa
 
 
 def test_an_expired_code_is_refused(home: CaHome, served: Daemon, tmp_path: Path) -> None:
-    code = json.loads(as_person(home, "administrator", "entity", "enrol-code", "zed", "--json").stdout)[
-        "code"
-    ]
+    code = two_person_code(home, "zed")
     assert not [r for r in trail(home, "action='entity.enrol-code' AND target='zed'") if code in r[6]]
     with sqlite3.connect(home.home / "db" / "ckms.sqlite3") as db:
         db.execute("UPDATE enrolment_codes SET expires_at='2020-01-01 00:00:00' WHERE entity_id='zed'")
@@ -209,9 +217,7 @@ def test_an_expired_code_is_refused(home: CaHome, served: Daemon, tmp_path: Path
 
 
 def test_five_wrong_codes_lock_it(home: CaHome, served: Daemon, tmp_path: Path) -> None:
-    code = json.loads(as_person(home, "administrator", "entity", "enrol-code", "zed", "--json").stdout)[
-        "code"
-    ]
+    code = two_person_code(home, "zed")
     csr = make_csr("zed")[0]
     for i in range(5):
         assert est_identity(home, "zed", f"wrong-{i}", csr, tmp_path)[1] == 401
@@ -220,6 +226,27 @@ def test_five_wrong_codes_lock_it(home: CaHome, served: Daemon, tmp_path: Path) 
     assert reason == "code locked after 5 wrong attempts"
     with home.db() as db:
         assert db.execute("SELECT status FROM entities WHERE entity_id='zed'").fetchone() == ("pending",)
+
+
+def test_a_fresh_enrolment_code_takes_two_people(home: CaHome, served: Daemon, tmp_path: Path) -> None:
+    """No administrator alone (nor the authority alone) holds a whole re-issued code: a half is refused,
+    the proposer cannot approve their own code, and only both halves enrol."""
+    change = propose(home, "entity", "add", "quinn", "--role", "operator")
+    as_person(home, "authority", "change", "approve", str(change))
+    first = json.loads(as_person(home, "administrator", "entity", "enrol-code", "quinn", "--json").stdout)
+    assert first["status"] == "proposed" and first["kind"] == "entity.code"
+    proc = as_person(home, "administrator", "change", "approve", str(first["change"]), check=False)
+    assert proc.returncode == 1 and "may not approve it too" in proc.stderr
+    csr = make_csr("quinn")[0]
+    assert est_identity(home, "quinn", first["code_part"], csr, tmp_path)[1] == 401  # no code stored yet
+    second = json.loads(as_person(home, "authority", "change", "approve", str(first["change"])).stdout)
+    assert second["code_part"] not in json.dumps([r[6] for r in trail(home, "target='quinn'")])
+    for half in (first["code_part"], second["code_part"]):
+        assert est_identity(home, "quinn", half, csr, tmp_path)[1] == 401
+    body, status = est_identity(home, "quinn", f"{first['code_part']}.{second['code_part']}", csr, tmp_path)
+    assert status == 200, body
+    with home.db() as db:
+        assert db.execute("SELECT status FROM entities WHERE entity_id='quinn'").fetchone() == ("active",)
 
 
 def test_two_person_changes_and_enrolment_on_postgresql(postgres: PostgresServer, tmp_path: Path) -> None:
@@ -247,9 +274,7 @@ def test_two_person_changes_and_enrolment_on_postgresql(postgres: PostgresServer
         proc = as_person(ca, "administrator", "change", "approve", str(change), check=False)
         assert proc.returncode == 1 and "may not approve it too" in proc.stderr
         as_person(ca, "authority", "change", "approve", str(change))
-        code = json.loads(as_person(ca, "administrator", "entity", "enrol-code", "pat", "--json").stdout)[
-            "code"
-        ]
+        code = two_person_code(ca, "pat")
         (tmp_path / "code").write_text(code)
         (tmp_path / "code").chmod(0o600)
         (tmp_path / "pat.csr").write_bytes(make_csr("pat")[0])

@@ -52,7 +52,9 @@ def person(ca: CaHome, entity_id: str, role: str, tmp: Path) -> dict:
     """A person the whole way: proposed, approved, given a code, enrolled with a key made outside the
     CA home. Returns the enrolment answer with the key's and certificate's paths."""
     approve(ca, admin(ca, "entity", "add", entity_id, "--role", role))
-    code = json.loads(admin(ca, "entity", "enrol-code", entity_id, "--json").stdout)["code"]
+    first = json.loads(admin(ca, "entity", "enrol-code", entity_id, "--json").stdout)
+    second = json.loads(admin(ca, "change", "approve", str(first["change"]), role="authority").stdout)
+    code = f"{first['code_part']}.{second['code_part']}"
     csr_der, key = make_csr(entity_id)
     (tmp / f"{entity_id}.csr").write_bytes(csr_der)
     (tmp / f"{entity_id}.code").write_text(code)
