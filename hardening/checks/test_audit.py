@@ -153,13 +153,21 @@ def test_account_change_alerts(host, evidence):
     # group acts as the CA user are what a change is compared with: a person added to a second role
     # group, or a role's ckms subcommands widened, must differ from this baseline and raise an alert.
     text = snap.content_string
-    persons = [a["name"] for a in policy(host, "os_hardening_accounts") or []]
+    # Only what exists on this host is compared (a role's own scenario may run without os_hardening).
+    persons = [a["name"] for a in policy(host, "os_hardening_accounts") or [] if host.user(a["name"]).exists]
     unseen = [p for p in persons if f"\n{p}:" not in text]
+    has_rules = host.file("/etc/sudoers.d/10-ckms-roles").exists
     rules = "== /etc/sudoers.d/10-ckms-roles" in text and "/bin/ckms " in text
-    evidence.add("persons in the baseline", {p: p not in unseen for p in persons})
-    evidence.add("role sudo rules (ckms as the CA user) in the baseline", rules)
+    evidence.add(
+        "persons in the baseline", {p: p not in unseen for p in persons} or "no person accounts here"
+    )
+    evidence.add(
+        "role sudo rules (ckms as the CA user) in the baseline", rules if has_rules else "no rules here"
+    )
+    if not persons and not has_rules:
+        evidence.limit("no person accounts or role sudo rules on this host (os_hardening not applied)")
     assert not unseen, f"F.15: persons' accounts missing from the alert baseline: {unseen}"
-    assert rules, "F.15: the role groups' sudo rules are not in the alert baseline"
+    assert rules or not has_rules, "F.15: the role groups' sudo rules are not in the alert baseline"
 
 
 @pytest.mark.check("check:A.06.acl_change_audited")
@@ -180,11 +188,19 @@ def test_acl_change_audited(host, evidence):
 @pytest.mark.check("check:F.13.auditd_rules_loaded")
 def test_auditd_rules_loaded(host, evidence):
     if in_container(host):
-        evidence.add("auditd.service", host.run("systemctl is-enabled auditd.service").stdout.strip())
-        pytest.skip(
-            "F.13: kernel audit is unavailable inside the lab container; rules are verified at "
-            "configuration level (F.12/F.13 checks)"
+        # What can be seen here: the unit is enabled and the compiled rule set (what augenrules loads at
+        # boot) is complete and ends immutable; that the kernel holds it needs a VM host.
+        enabled = host.run("systemctl is-enabled auditd.service").stdout.strip()
+        rules = compiled_rules(host)
+        evidence.add("auditd.service", enabled)
+        evidence.add("compiled rule count (/etc/audit/audit.rules)", len(rules))
+        evidence.limit(
+            "kernel audit is unavailable inside the lab container: the loaded rule set cannot be read "
+            "(auditctl); the compiled set that auditd loads at boot and the enabled unit are verified instead"
         )
+        assert enabled == "enabled", "F.13: auditd is not enabled"
+        assert rules and rules[-1] == "-e 2", "F.13: the compiled audit rules are missing or not immutable"
+        return
     status = host.run("auditctl -s")
     listed = host.run("auditctl -l")
     evidence.add("auditctl -s", status.stdout)

@@ -26,7 +26,7 @@ testinfra_hosts = ["ansible://ca"]
 LOG = "/var/log/ckms-hsm/events.jsonl"
 COLLECTOR = "ckms-hsm-collect.service"
 SHIM = "/usr/local/bin/pkcs11-tool"
-PERSONS = ("ckmsadm", "ckmsop", "ckmsaud", "ckmsauth")
+PERSONS = ("admin-1", "authority-1", "auditor-1")
 
 
 def _log_path(host) -> str:

@@ -51,7 +51,7 @@ BREAKS = [
     ),
     (
         "sudo ALL granted",
-        "echo 'ckmsop ALL=(ALL) ALL' > /etc/sudoers.d/zz-broad && chmod 440 /etc/sudoers.d/zz-broad",
+        "echo 'admin-1 ALL=(ALL) ALL' > /etc/sudoers.d/zz-broad && chmod 440 /etc/sudoers.d/zz-broad",
         "check:F.06.d.sudo_command_allowlist",
         "F.06 d",
     ),
