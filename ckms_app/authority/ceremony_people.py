@@ -16,12 +16,12 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from ckms_app.audit.record import event
-from ckms_app.authority import enrolment
+from ckms_app.authority import enrolment, people_changes
 from ckms_app.authority.credentials import CEREMONY
 from ckms_app.authority.people_changes import check_entity_id, check_role
 from ckms_app.errors import CkmsError
 from ckms_app.store.chain import append_audit
-from ckms_app.store.schema import entities, entity_roles, utcnow
+from ckms_app.store.schema import utcnow
 from ckms_app.store.writer import GroupCommitWriter
 
 
@@ -90,18 +90,5 @@ def _register(
     conn: Connection, *, entity_id: str, role: str, code: str, now: dt.datetime, rows: list[dict[str, Any]]
 ) -> dt.datetime:
     append_audit(conn, rows)  # chain head first: the lock order every writer keeps
-    conn.execute(
-        entities.insert().values(
-            entity_id=entity_id,
-            role=role,
-            cert_sha256=None,
-            cert_serial=None,
-            status="pending",
-            created_at=now,
-            password_hash=None,
-        )
-    )
-    conn.execute(
-        entity_roles.insert().values(entity_id=entity_id, role=role, granted_at=now, granted_by="ceremony")
-    )
+    people_changes.insert_pending(conn, entity_id, [role], "ceremony", now)
     return enrolment.store_code(conn, entity_id, code, "ceremony", enrolment.DEFAULT_TTL_HOURS, now)

@@ -118,22 +118,7 @@ def apply(conn: Connection, kind: str, payload: dict[str, Any], by: str, now: dt
         return
     entity_id = str(payload["entity_id"])
     if kind == "entity.create":
-        roles = sorted(payload["roles"])
-        conn.execute(
-            entities.insert().values(
-                entity_id=entity_id,
-                role=role_label(roles),
-                cert_sha256=None,
-                cert_serial=None,
-                status="pending",
-                created_at=now,
-                password_hash=None,
-            )
-        )
-        conn.execute(
-            entity_roles.insert(),
-            [{"entity_id": entity_id, "role": r, "granted_at": now, "granted_by": by} for r in roles],
-        )
+        insert_pending(conn, entity_id, list(payload["roles"]), by, now)
     elif kind == "entity.code":
         return  # the approval stores the code's hash: only it holds the second half
     elif kind == "entity.disable":
@@ -153,6 +138,27 @@ def apply(conn: Connection, kind: str, payload: dict[str, Any], by: str, now: dt
             for r in conn.execute(select(entity_roles.c.role).where(entity_roles.c.entity_id == entity_id))
         ]
         conn.execute(update(entities).where(entities.c.entity_id == entity_id).values(role=role_label(new)))
+
+
+def insert_pending(conn: Connection, entity_id: str, roles: list[str], by: str, now: dt.datetime) -> None:
+    """A registered person with roles and nothing else (no key, certificate or password) until they
+    enrol: for the ceremony's ``--person`` and an approved ``entity add``."""
+    roles = sorted(roles)
+    conn.execute(
+        entities.insert().values(
+            entity_id=entity_id,
+            role=role_label(roles),
+            cert_sha256=None,
+            cert_serial=None,
+            status="pending",
+            created_at=now,
+            password_hash=None,
+        )
+    )
+    conn.execute(
+        entity_roles.insert(),
+        [{"entity_id": entity_id, "role": r, "granted_at": now, "granted_by": by} for r in roles],
+    )
 
 
 def grants(conn: Connection, entity_id: str) -> list[str]:

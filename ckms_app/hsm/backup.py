@@ -60,6 +60,27 @@ def kwk_fingerprint(secret: CustodySecret) -> str:
     return HKDF(hashes.SHA256(), 8, salt=None, info=b"ckms kwk id v1").derive(secret.kwk).hex()
 
 
+def sealed_body(
+    config: Config, secret: CustodySecret, custody_id: str, keys: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    """A backup document (``ckms-hsm-backup/1``) for wrapped ``keys``, with its KWK-derived MAC over all
+    of it; one shape for the custody backup and destroy-key's rescue file."""
+    body: dict[str, Any] = {
+        "format": BACKUP_FORMAT,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "custody_id": custody_id,
+        "kwk_id": kwk_fingerprint(secret),
+        "token_label": config.token.token_label,
+        "ca_key_label": config.ca_key_label,
+        "mechanism": "CKM_AES_KEY_WRAP_PAD",
+        "keys": keys,
+        "ca_cert_pem": config.ca_cert.read_text() if config.ca_cert.exists() else None,
+        **extra,
+    }
+    body["mac"] = hmac.new(_mac_key(secret), _canonical(body), hashlib.sha256).hexdigest()
+    return body
+
+
 def backup(config: Config, secret: CustodySecret, out: Path, custody_id: str) -> dict[str, Any]:
     """Wrap the CA key, and every other key pair in the token that allows wrapping by a trusted key
     (e.g. the audit sealing key), into one backup file."""
@@ -78,18 +99,7 @@ def backup(config: Config, secret: CustodySecret, out: Path, custody_id: str) ->
             ):
                 labels.append(other)
         keys = [wrap_entry(adm, label) for label in labels]
-    body: dict[str, Any] = {
-        "format": BACKUP_FORMAT,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "custody_id": custody_id,
-        "kwk_id": kwk_fingerprint(secret),
-        "token_label": config.token.token_label,
-        "ca_key_label": config.ca_key_label,
-        "mechanism": "CKM_AES_KEY_WRAP_PAD",
-        "keys": keys,
-        "ca_cert_pem": config.ca_cert.read_text() if config.ca_cert.exists() else None,
-    }
-    body["mac"] = hmac.new(_mac_key(secret), _canonical(body), hashlib.sha256).hexdigest()
+    body = sealed_body(config, secret, custody_id, keys)
     _write_exclusive(out, json.dumps(body, indent=2) + "\n")
     return {"backup": str(out), "keys": [k["label"] for k in keys], "kwk_id": body["kwk_id"]}
 

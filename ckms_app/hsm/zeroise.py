@@ -16,9 +16,6 @@ is removed once every key is back. If the process dies in between, restore that 
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import hmac
 import json
 from pathlib import Path
 from typing import Any
@@ -29,12 +26,9 @@ from ckms_app.config import Config
 from ckms_app.errors import HsmError
 from ckms_app.hsm.admin import AdminToken
 from ckms_app.hsm.backup import (
-    BACKUP_FORMAT,
-    _canonical,
-    _mac_key,
     _write_exclusive,
-    kwk_fingerprint,
     restore_entries,
+    sealed_body,
     wrap_entry,
 )
 from ckms_app.hsm.custody import CustodySecret, destroy_file
@@ -94,19 +88,13 @@ def _write_rescue(
             f"{path} exists: an earlier destroy-key was interrupted; restore its keys with "
             "'ckms hsm restore' into a fresh token, then remove it"
         )
-    body: dict[str, Any] = {
-        "format": BACKUP_FORMAT,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "custody_id": custody_id,
-        "kwk_id": kwk_fingerprint(secret),
-        "token_label": config.token.token_label,
-        "ca_key_label": config.ca_key_label,
-        "mechanism": "CKM_AES_KEY_WRAP_PAD",
-        "keys": entries,
-        "ca_cert_pem": config.ca_cert.read_text() if config.ca_cert.exists() else None,
-        "purpose": "keys kept while the token is re-initialised by 'ckms hsm destroy-key'",
-    }
-    body["mac"] = hmac.new(_mac_key(secret), _canonical(body), hashlib.sha256).hexdigest()
+    body = sealed_body(
+        config,
+        secret,
+        custody_id,
+        entries,
+        purpose="keys kept while the token is re-initialised by 'ckms hsm destroy-key'",
+    )
     _write_exclusive(path, json.dumps(body, indent=2) + "\n")
     return path
 
