@@ -7,12 +7,14 @@ CACHE ?= $(HOME)/.cache/ckms
 export CKMS_TOOL_CACHE := $(CACHE)
 BIN := $(VENV)/bin
 
-.PHONY: help deps tools lint test test-unit bench bench-single lab lab-up lab-down lab-status clean wheelhouse converge report
+.PHONY: help deps tools lint test test-unit bench bench-single soak lab lab-up lab-down lab-status clean wheelhouse converge report
 
 help:
 	@echo "make test      install what is missing, lint (make lint), then run the whole suite"
 	@echo "make bench     issuance benchmark against real daemons (SoftHSM, durable storage): SQLite and"
 	@echo "               PostgreSQL, 1 and 2 CA nodes; make bench-single: SQLite, one node only"
+	@echo "make soak      mixed load (enrol, re-enrol, revoke, CRL, bad requests) at 200/s for 10 min:"
+	@echo "               errors, p99, daemon RSS and descriptors at start and end (SOAK_DURATION, SOAK_RATE)"
 	@echo "make lab       (see README) bring up the throwaway lab environment"
 
 # Debian packages + the project venv with pinned dependencies; re-runs only when inputs change.
@@ -39,11 +41,23 @@ test: deps tools lint
 test-unit: deps tools
 	$(BIN)/pytest -q tests/unit
 
+# Long fuzz run of the parsers a hostile client reaches (CSR checks, EST bodies, JSON API, ckms.toml) and
+# of the running daemon: the same property tests as in make test, with ~25-50 times the examples from
+# random seeds (CKMS_FUZZ=1, see tests/fuzz/profiles.py); failing examples are kept in build/hypothesis.
+.PHONY: fuzz
+fuzz: deps tools
+	CKMS_FUZZ=1 $(BIN)/pytest -q tests/fuzz tests/integration/test_fuzz_daemon.py
+
 bench: deps tools
 	$(BIN)/python -m ckms_lab.bench --matrix
 
 bench-single: deps tools
 	$(BIN)/python -m ckms_lab.bench
+
+SOAK_DURATION ?= 600
+SOAK_RATE ?= 200
+soak: deps tools
+	$(BIN)/python -m ckms_lab.soak --duration $(SOAK_DURATION) --rate $(SOAK_RATE)
 
 # Throwaway lab: pinned Pulumi CLI built from Go modules and a golden image, both cached per machine.
 .PHONY: pulumi-cli

@@ -3,6 +3,10 @@
 One file describes one CA: where its token is, how the daemon listens, where the database is,
 how CRLs are published and which certificate profiles exist. Relative paths are relative to the
 CA home, so a home directory can be moved or restored as a unit.
+
+Why this module is long: it is the one loader of ckms.toml (every table, its defaults and its
+validation in one place, so no other module reads the file), and the daemon's transport settings
+(TLS algorithms, timeouts, connection caps) added a table's worth of keys.
 """
 
 from __future__ import annotations
@@ -47,6 +51,21 @@ class AuditConfig:
     seal_syslog: bool = True
     # ckms audit verify fails when the newest seal is older than the interval plus this slack (0: off)
     seal_slack_seconds: float = 300.0
+    # Unauthenticated and refused-at-the-door requests are counted, not recorded one by one: each worker
+    # records the first refusal_records_per_interval of an interval one by one (auth.deny), then at most one
+    # auth.deny.summary record per interval, of at most refusal_summary_max_entries (method, route,
+    # reason, source) counts (see ckms_app.audit.refusals).
+    refusal_summary_seconds: float = 60.0
+    refusal_summary_max_entries: int = 50
+    refusal_records_per_interval: int = 20
+
+    def __post_init__(self) -> None:
+        if not self.refusal_summary_seconds > 0 or self.refusal_summary_max_entries < 1:
+            raise ConfigError(
+                "[audit] refusal_summary_seconds and refusal_summary_max_entries must be positive"
+            )
+        if self.refusal_records_per_interval < 0:
+            raise ConfigError("[audit] refusal_records_per_interval must not be negative")
 
     @property
     def max_seal_age_seconds(self) -> float | None:
@@ -123,6 +142,20 @@ class Profile:
             raise ConfigError(f"profile {self.name}: unsupported curves {sorted(unknown)}")
 
 
+# The guidance's set (A.62, A.64): ECDH on P-256 (P-384), AES-GCM; TLS 1.3 is the only version.
+TLS_GROUPS = ("P-256", "P-384")
+TLS_CIPHERSUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384")
+
+
+def _names(value: Any, where: str) -> tuple[str, ...]:
+    """A list of names, or one string of names separated by ':' / ',' / blanks (OpenSSL style)."""
+    if isinstance(value, str):
+        return tuple(v for v in re.split(r"[:,\s]+", value) if v)
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(f"{where}: expected a list of names, not {value!r}")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     listen: str
@@ -134,6 +167,32 @@ class ServerConfig:
     shutdown_grace_seconds: float = 10.0
     max_request_bytes: int = 16384
     workers: int = 0  # worker processes; 0 = one per CPU
+    # TLS 1.3 only; key exchange and AEAD suites limited to the guidance's set (A.62, A.64)
+    tls_groups: tuple[str, ...] = TLS_GROUPS
+    tls_ciphersuites: tuple[str, ...] = TLS_CIPHERSUITES
+    # Slow or idle clients (both listeners): the request headers must arrive within header_timeout of the
+    # connection (or of the request's first byte), a body within body_timeout of its headers; an idle
+    # keep-alive connection is closed after keepalive_timeout. TLS handshakes get header_timeout too.
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    keepalive_timeout_seconds: float = 30.0
+    max_connections: int = 512  # open connections per worker and listener; more are closed at once
+    max_connections_per_client: int = 64  # per source address, over all workers and both listeners
+
+    def __post_init__(self) -> None:
+        for name in ("header_timeout_seconds", "body_timeout_seconds", "keepalive_timeout_seconds"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"[server] {name} must be positive")
+        if self.max_connections < 1 or self.max_connections_per_client < 1:
+            raise ConfigError("[server] max_connections and max_connections_per_client must be at least 1")
+        if not self.tls_groups or not self.tls_ciphersuites:
+            raise ConfigError("[server] tls_groups and tls_ciphersuites must not be empty")
+        bad = [s for s in self.tls_ciphersuites if not re.fullmatch(r"TLS_[A-Z0-9_]+", s)]
+        if bad:
+            raise ConfigError(f"[server] tls_ciphersuites: {bad} are not TLS 1.3 suite names")
+        bad = [g for g in self.tls_groups if not re.fullmatch(r"[A-Za-z0-9_-]+", g)]
+        if bad:
+            raise ConfigError(f"[server] tls_groups: {bad} are not group names")
 
     @property
     def est_url(self) -> str:
@@ -191,6 +250,9 @@ class Config:
     clock: ClockConfig = field(default_factory=ClockConfig)  # [clock]: the signing clock gate (A.33)
     audit: AuditConfig = field(default_factory=lambda: AuditConfig())  # [audit]: seals of the hash chain
     alerts: AlertConfig = field(default_factory=lambda: AlertConfig())  # [alerts]: real-time alerts (F.15)
+    # [issuance] device_reenrolment: a device may renew itself with its own valid certificate (RFC 7030
+    # §4.2.2). Off by default: the guidance's model routes every request through the terminal (A.46).
+    device_reenrolment: bool = False
 
     def profile(self, name: str | None) -> Profile:
         key = name or self.default_profile
@@ -229,7 +291,7 @@ def read_raw_config(home: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path} not found: run 'ckms ca init --home {home}' first") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
 
@@ -239,6 +301,15 @@ def load_config(home: Path) -> Config:
 
 
 def parse_config(home: Path, raw: dict[str, Any]) -> Config:
+    """The typed configuration, or a :class:`ConfigError`: a value of the wrong type anywhere in the file
+    (a table where a number belongs, text where a list does) says where, never raises from deep inside."""
+    try:
+        return _parse_config(home, raw)
+    except (TypeError, ValueError, AttributeError, re.error) as exc:
+        raise ConfigError(f"{home / CONFIG_NAME}: a value has the wrong type or form ({exc})") from None
+
+
+def _parse_config(home: Path, raw: dict[str, Any]) -> Config:
     ca = _req(raw, "ca", "ckms.toml")
     hsm = _req(raw, "hsm", "ckms.toml")
     srv = _req(raw, "server", "ckms.toml")
@@ -262,6 +333,7 @@ def parse_config(home: Path, raw: dict[str, Any]) -> Config:
         shutdown_grace_seconds=float(srv.get("shutdown_grace_seconds", 10.0)),
         max_request_bytes=int(srv.get("max_request_bytes", 16384)),
         workers=int(srv.get("workers", 0)),
+        **_server_hardening(srv),
     )
     url = _req(db, "url", "[database]")
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
@@ -314,7 +386,34 @@ def parse_config(home: Path, raw: dict[str, Any]) -> Config:
         clock=_clock(raw.get("clock", {})),
         audit=_audit(home, raw.get("audit", {})),
         alerts=_alerts(home, raw.get("alerts", {})),
+        device_reenrolment=_device_reenrolment(raw.get("issuance", {})),
     )
+
+
+def _device_reenrolment(issuance: dict[str, Any]) -> bool:
+    """A TOML boolean only: the string "false" must not switch a security option on."""
+    value = issuance.get("device_reenrolment", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"[issuance] device_reenrolment must be true or false, not {value!r}")
+    return value
+
+
+def _server_hardening(srv: dict[str, Any]) -> dict[str, Any]:
+    """The [server] keys about TLS algorithms, timeouts and connection caps (all optional)."""
+    try:
+        return {
+            "tls_groups": _names(srv.get("tls_groups", TLS_GROUPS), "[server] tls_groups"),
+            "tls_ciphersuites": _names(
+                srv.get("tls_ciphersuites", TLS_CIPHERSUITES), "[server] tls_ciphersuites"
+            ),
+            "header_timeout_seconds": float(srv.get("header_timeout_seconds", 10.0)),
+            "body_timeout_seconds": float(srv.get("body_timeout_seconds", 30.0)),
+            "keepalive_timeout_seconds": float(srv.get("keepalive_timeout_seconds", 30.0)),
+            "max_connections": int(srv.get("max_connections", 512)),
+            "max_connections_per_client": int(srv.get("max_connections_per_client", 64)),
+        }
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[server]: {exc}") from None
 
 
 def _audit(home: Path, table: dict[str, Any]) -> AuditConfig:
@@ -328,6 +427,9 @@ def _audit(home: Path, table: dict[str, Any]) -> AuditConfig:
             ),
             seal_syslog=bool(table.get("seal_syslog", True)),
             seal_slack_seconds=float(table.get("seal_slack_seconds", 300.0)),
+            refusal_summary_seconds=float(table.get("refusal_summary_seconds", 60.0)),
+            refusal_summary_max_entries=int(table.get("refusal_summary_max_entries", 50)),
+            refusal_records_per_interval=int(table.get("refusal_records_per_interval", 20)),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[audit]: {exc}") from None

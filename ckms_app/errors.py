@@ -107,6 +107,26 @@ class BadRequest(CkmsError):
     http_status = 400
 
 
+class BodyTooLarge(BadRequest):
+    """The request body is longer than the route accepts: refused before any of it is parsed."""
+
+    code = "body_too_large"
+    http_status = 413
+
+
+class UnknownLabel(NotFound):
+    """An EST path segment that names no certificate profile (RFC 7030 §3.2.2 labels are the CA's to define)."""
+
+    code = "est_unknown_label"
+
+
+class InternalFault(CkmsError):
+    """A fault inside ckms (a bug, not the client's input): the client gets this, the trail the detail."""
+
+    code = "internal_error"
+    http_status = 500
+
+
 class SeparationOfDuties(NotAuthorized):
     code = "separation_of_duties"
 

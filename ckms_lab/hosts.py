@@ -264,6 +264,65 @@ def _cgroup_dirs(spec: HostSpec) -> list[Path]:
     return [root / "ckms-lab" / spec.lab / spec.name for root in CGROUP_ROOTS]
 
 
+# The automation account (os_hardening's os_hardening_automation_*): what cloud-init or kickstart does for a
+# production host, done here for a lab host. Same name and uid on every host; Ansible connects as it and
+# becomes root through sudo. Nobody logs in as root: root gets no key.
+AUTOMATION_USER = "ckms-automation"
+AUTOMATION_UID = 900
+AUTOMATION_HOME = "/var/lib/ckms-automation"
+AUTOMATION_SHELL = "/bin/sh"
+AUTOMATION_SUDOERS = "etc/sudoers.d/20-ckms-automation"
+
+
+def _provision_automation_account(rootfs: Path, authorized_key: str) -> None:
+    """Create the automation account in ``rootfs``: system user and group, locked password, the controller's
+    key, and a bootstrap sudoers drop-in (NOPASSWD: Ansible is non-interactive) that os_hardening takes over
+    (same path) with its logged, address-bound version."""
+    passwd = (rootfs / "etc/passwd").read_text()
+    if not any(line.split(":", 1)[0] == AUTOMATION_USER for line in passwd.splitlines()):
+        uid = str(AUTOMATION_UID)
+        _run(["groupadd", "--root", str(rootfs), "--system", "--gid", uid, AUTOMATION_USER])
+        _run(
+            [
+                "useradd",
+                "--root",
+                str(rootfs),
+                "--system",
+                "--uid",
+                uid,
+                "--gid",
+                uid,
+                "--home-dir",
+                AUTOMATION_HOME,
+                "--create-home",
+                "--shell",
+                AUTOMATION_SHELL,
+                "--comment",
+                "CKMS automation (Ansible from the controller)",
+                AUTOMATION_USER,
+            ]
+        )
+    home = rootfs / AUTOMATION_HOME.lstrip("/")
+    ssh = home / ".ssh"
+    ssh.mkdir(mode=0o700, exist_ok=True)
+    keys = ssh / "authorized_keys"
+    keys.write_text(authorized_key.strip() + "\n")
+    keys.chmod(0o600)
+    for path in (home, ssh, keys):
+        os.chown(path, AUTOMATION_UID, AUTOMATION_UID)
+    home.chmod(0o700)
+    sudoers = rootfs / AUTOMATION_SUDOERS
+    sudoers.write_text(
+        "# Bootstrap (ckms_lab.hosts, as cloud-init would): os_hardening replaces it with its logged version.\n"
+        f"{AUTOMATION_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n"
+    )
+    sudoers.chmod(0o440)
+    os.chown(sudoers, 0, 0)
+    root_keys = rootfs / "root/.ssh/authorized_keys"
+    if root_keys.exists():
+        root_keys.unlink()
+
+
 def _write_host_files(spec: HostSpec, rootfs: Path) -> str:
     """Give the overlay its identity; returns the SSH host public key (for known_hosts)."""
     (rootfs / "etc/hostname").write_text(f"{spec.name}\n")
@@ -283,10 +342,7 @@ def _write_host_files(spec: HostSpec, rootfs: Path) -> str:
         for dest, via in nic.routes:
             lines += ["", "[Route]", f"Destination={dest}", f"Gateway={via}"]
         (net / f"10-ckms-{nic.ifname}.network").write_text("\n".join(lines) + "\n")
-    ssh = rootfs / "root/.ssh"
-    ssh.mkdir(mode=0o700, exist_ok=True)
-    (ssh / "authorized_keys").write_text(spec.authorized_key.strip() + "\n")
-    (ssh / "authorized_keys").chmod(0o600)
+    _provision_automation_account(rootfs, spec.authorized_key)
     for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
     _run(

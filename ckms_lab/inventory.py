@@ -2,7 +2,9 @@
 
 Why generated: addresses, host keys and the flow model come from the stack, so the inventory can
 never drift from what was built. Hosts are reached over the management network with the per-machine
-controller key, and their SSH host keys are pinned in a generated ``known_hosts`` (no
+controller key, as the automation account (``ckms-automation``, made by ckms_lab.hosts as cloud-init would;
+os_hardening binds it to the controller's address and logs its sudo) with sudo to root: nobody logs in as
+root. Their SSH host keys are pinned in a generated ``known_hosts`` (no
 ``StrictHostKeyChecking=no``). The flow list becomes group vars (``ckms_flows``) for the router,
 host-firewall and IDS roles.
 
@@ -18,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from ckms_lab import hosts as hosts_mod
 from ckms_lab import paths
 
 
@@ -25,13 +28,24 @@ class InventoryError(ValueError):
     """The stack outputs do not describe an environment."""
 
 
-def render(outputs: dict[str, Any], directory: Path, *, ssh_key: Path | None = None) -> Path:
-    """Write ``hosts.yml`` and ``known_hosts`` into ``directory``; returns the hosts file."""
+def render(
+    outputs: dict[str, Any],
+    directory: Path,
+    *,
+    ssh_key: Path | None = None,
+    ssh_public_key: str | None = None,
+) -> Path:
+    """Write ``hosts.yml`` and ``known_hosts`` into ``directory``; returns the hosts file.
+
+    ``ssh_key``/``ssh_public_key``: the controller's key pair (default: the per-machine lab key)."""
     for key in ("hosts", "flows", "segments"):
         if key not in outputs:
             raise InventoryError(f"stack outputs lack {key!r}: was the stack deployed?")
     directory.mkdir(parents=True, exist_ok=True)
     key = ssh_key or paths.ssh_key()
+    public_key = ssh_public_key or (
+        key.with_suffix(".pub").read_text().strip() if ssh_key else paths.ssh_public_key()
+    )
     known_hosts = directory / "known_hosts"
     hosts: dict[str, dict] = {}
     groups: dict[str, dict] = {}
@@ -53,7 +67,8 @@ def render(outputs: dict[str, Any], directory: Path, *, ssh_key: Path | None = N
             "hosts": hosts,
             "children": groups,
             "vars": {
-                "ansible_user": "root",
+                "ansible_user": hosts_mod.AUTOMATION_USER,
+                "ansible_become": True,
                 "ansible_python_interpreter": "/usr/bin/python3",
                 "ansible_ssh_private_key_file": str(key),
                 "ansible_ssh_common_args": (
@@ -65,6 +80,9 @@ def render(outputs: dict[str, Any], directory: Path, *, ssh_key: Path | None = N
                 "ckms_time_sources": outputs.get("time_sources", []),
                 "ckms_segments": outputs["segments"],
                 "ckms_flows": outputs["flows"],
+                # os_hardening's automation account: the controller's key (from= its address by default)
+                "os_hardening_automation_user": hosts_mod.AUTOMATION_USER,
+                "os_hardening_automation_authorized_keys": [public_key],
             },
         }
     }

@@ -20,7 +20,7 @@ stack=${CKMS_LAB_STACK:-lab}
 gen=$repo/inventories/$stack/generated
 inv=$gen/hosts.yml
 log() { echo "lab-converge: $*" >&2; }
-export PATH="$venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible/ansible.cfg" CKMS_TOOL_CACHE="$cache"
+export PATH="$venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible.cfg" CKMS_TOOL_CACHE="$cache"
 export ANSIBLE_FORCE_COLOR=${ANSIBLE_FORCE_COLOR:-0}
 [ -f "$inv" ] || { log "no inventory at $inv: run make lab-up first"; exit 1; }
 
@@ -56,7 +56,15 @@ PY
     ansible-vault encrypt --output "$vault" "$vault.plain" >/dev/null
     rm -f "$vault.plain"
   fi
-  mkdir -p "$keydir/custodians"; chmod 700 "$keydir/custodians"
+  mkdir -p "$keydir/custodians" "$gen/group_vars/router"; chmod 700 "$keydir/custodians"
+  # The lab's time source is its router: a chrony server on its own clock (no upstream in the lab).
+  cat >"$gen/group_vars/router/lab.yml" <<YML
+---
+# Written by scripts/lab-converge.sh: the lab router serves time from its local clock (a production
+# time server has upstream ntp_servers instead).
+ntp_mode: server
+ntp_servers: []
+YML
   # The CA's clock gate (A.33) needs chrony synchronised, which the ntp role (perimeter plays) provides.
   local clock=chrony
   case ",${CKMS_SKIP_TAGS:-}," in *,perimeter,*) clock=none ;; esac
@@ -66,6 +74,19 @@ PY
 backup_recipient_cert_src: $keydir/backup-recipient.pem
 backup_recipient_key_src: $keydir/backup-recipient.key
 backup_fetch_dir: $repo/build/backups/$stack/{{ inventory_hostname }}
+# Environment values no role defaults: the lab's simulations, named here (production: docs/production.md)
+ckms_hsm_module: /usr/lib/softhsm/libsofthsm2.so
+ups_driver: dummy-ups
+ups_poweroff: false
+antimalware_clamav_test_signature: true
+ckms_ca_wheelhouse_src: ${CKMS_WHEELHOUSE:-$repo/build/wheelhouse}
+ckms_ca_people_dir: $keydir/people
+ckms_ca_people:
+  - {id: admin-1, role: administrator, enrol_on: controller}
+  - {id: authority-1, role: authority, enrol_on: controller}
+  - {id: auditor-1, role: auditor, enrol_on: controller}
+  - {id: operator-1, role: operator, enrol_on: terminal}
+  - {id: operator-2, role: operator, enrol_on: terminal}
 # two cores shared by the whole lab: one worker process
 ckms_ca_workers: 1
 # chrony from the router's lab time source (ntp role); none only when the perimeter plays are skipped
@@ -78,9 +99,6 @@ ckms_ca_custodians:
 # The lab's UPS is simulated (dummy-ups): its state file is device state the power drill changes, not
 # configuration, so the integrity baseline leaves it out (a real UPS has no such file).
 integrity_aide_excludes_extra: ["/etc/nut/{{ ups_name | default('ckmsups') }}.dev"]
-# The lab is managed as root over the isolated management network with the per-machine key: keep that
-# login open from the controller only once os_hardening closes root login.
-os_hardening_ssh_root_login_from: ["{{ (ckms_controller_address | default('')).split('/')[0] }}"]
 YML
 }
 
@@ -93,13 +111,14 @@ play() {
 }
 
 secrets
+# The CA hosts install the daemon offline from this wheelhouse (ckms_ca_wheelhouse_src; cached).
+"$repo/scripts/build-wheelhouse.sh" >/dev/null
 if [ "${1:-}" != "--all" ]; then
   play "${1:-site.yml}" "${@:2}"
   exit 0
 fi
 
 t0=$(date +%s)
-"$repo/scripts/build-wheelhouse.sh" >/dev/null
 play site.yml;   t1=$(date +%s)
 play verify.yml; t2=$(date +%s)
 play backup.yml
@@ -133,8 +152,8 @@ cat <<TXT
 Report:  ${REPORT_OUT:-$repo/build/report}/report.html  ($failed failing checks)   (also summary.md, report.json, junit.xml; LANG_REPORT=ja|en)
 Issue a first certificate from the terminal as operator operator-1, with their own key (EST over mutual TLS
 1.3, through the router); the CA's trail names operator-1:
-  ssh -i $key -o UserKnownHostsFile=$kh root@$term runuser -u operator-1 -- ckms-enroll device-0001 /tmp/certs
-  (as root: ckms-enroll --as operator-1 device-0001 /root/certs; operator-2 has a key of their own)
+  ssh -i $key -o UserKnownHostsFile=$kh ckms-automation@$term sudo -n runuser -u operator-1 -- ckms-enroll device-0001 /tmp/certs
+  (through the automation account, as Ansible does: root login is closed; operator-2 has a key of their own)
 Again without the script: see /usr/local/bin/ckms-enroll on the terminal (openssl + curl).
 Persons: admin-1, authority-1, auditor-1 keep key, certificate and password on this machine in
   $cache/ansible/$stack/people/<id>/; operator-1, operator-2 in /etc/ckms-terminal/people/<id>/ on the terminal.

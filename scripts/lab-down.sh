@@ -3,7 +3,6 @@
 # machine (a destroy after a lost state or a crashed run still cleans up through the host driver).
 set -euo pipefail
 source "$(dirname "$0")/lab-env.sh"
-lab=${CKMS_LAB_NAME:-lab}
 cd "$repo/pulumi"
 if pulumi stack select "$stack" --non-interactive >/dev/null 2>&1; then
   stack_ready

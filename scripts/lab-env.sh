@@ -6,6 +6,12 @@ export CKMS_VENV=$venv
 cache=${CKMS_TOOL_CACHE:-$HOME/.cache/ckms}
 export CKMS_TOOL_CACHE=$cache
 stack=${CKMS_LAB_STACK:-lab}
+# The lab's host names come from the stack's ckms:labName (as in pulumi/ckms_env/program.py), so
+# CKMS_LAB_STACK=<stack> alone names that stack's hosts (lab-down never touches another lab's).
+lab=${CKMS_LAB_NAME:-$("$venv/bin/python" -c '
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1])) or {}
+print((doc.get("config") or {}).get("ckms:labName") or "lab")' "$repo/pulumi/stacks/$stack.yaml" 2>/dev/null || echo lab)}
 pulumi_bin=$("$repo/scripts/build-pulumi.sh" "$venv")
 export PATH="$pulumi_bin:$venv/bin:$PATH"
 export PULUMI_HOME=$cache/pulumi/home

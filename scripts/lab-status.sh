@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # make lab-status: the stack's hosts, whether each is running, and its systemd state over SSH.
+# (as the automation account: nobody logs in as root)
 set -euo pipefail
 source "$(dirname "$0")/lab-env.sh"
-lab=${CKMS_LAB_NAME:-lab}
 inv=$repo/inventories/$stack/generated
 "$venv/bin/python" - "$lab" "$inv" <<'PY'
 import json, subprocess, sys
@@ -18,7 +18,7 @@ for h in rows:
     if h["running"]:
         r = subprocess.run(["ssh", "-i", str(paths.ssh_key()), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
                             "-o", f"UserKnownHostsFile={inv / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
-                            f"root@{h['mgmt_address']}", "systemctl is-system-running"],
+                            f"ckms-automation@{h['mgmt_address']}", "systemctl is-system-running"],
                            capture_output=True, text=True)
         state = r.stdout.strip() or r.stderr.strip()
     print(f"{h['name']:10} {h['role']:9} {h['mgmt_address']:15} {'running' if h['running'] else 'stopped':8} {state}")

@@ -16,7 +16,7 @@ done
 cd "$repo"
 # The venv first on PATH (ansible-lint runs ansible-playbook --syntax-check and ansible-config);
 # no colour codes in CI logs; Ansible's own temporary files stay out of the repository.
-export PATH="$venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible/ansible.cfg" NO_COLOR=1 PY_COLORS=0 \
+export PATH="$venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible.cfg" NO_COLOR=1 PY_COLORS=0 \
        ANSIBLE_FORCE_COLOR=0 ANSIBLE_LOCAL_TEMP="${TMPDIR:-/tmp}/ckms-lint-ansible-tmp"
 rc=0
 log "yamllint"

@@ -17,7 +17,7 @@ out=${REPORT_OUT:-$repo/build/report}
 lang=${LANG_REPORT:-en}
 log() { echo "report: $*" >&2; }
 [ -f "$inv" ] || { log "no inventory at $inv (make lab-up, or set CKMS_INVENTORY)"; exit 1; }
-export PATH="$venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible/ansible.cfg"
+export PATH="$venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible.cfg"
 [ -s "$cache/ansible/vault-pass" ] && export ANSIBLE_VAULT_PASSWORD_FILE=${ANSIBLE_VAULT_PASSWORD_FILE:-$cache/ansible/vault-pass}
 mkdir -p "$out"
 start=$(date +%s)

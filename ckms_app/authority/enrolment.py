@@ -132,19 +132,32 @@ class EnrolmentDesk:
     async def enrol(
         self, entity_id: str, code: str, csr_der: bytes, *, password_hash: str | None, via: str
     ) -> Enrolled:
+        who = await self.claim(entity_id, code, via)
+        return await self.complete(who, csr_der, password_hash=password_hash, via=via)
+
+    async def claim(self, entity_id: str, code: str, via: str) -> Actor:
+        """Check the code and hold it (used) for this request: the authentication, done before the
+        request body is read or parsed. Returns the entity as it will be audited."""
         claim = await self._writer.submit(lambda conn: _claim(conn, entity_id, code, via))
         await self._alert(claim["row"])
         if claim["refused"]:
             raise EnrolmentRefused(REFUSED)
-        who = named(entity_id, claim["role"])
+        return named(entity_id, claim["role"])
+
+    async def release(self, who: Actor, exc: CkmsError, via: str) -> None:
+        """The claimed request failed before the desk saw a CSR: the code stays usable, the refusal recorded."""
+        row = await self._writer.submit(lambda conn: _release(conn, who, exc, via))
+        await self._alert(row)
+
+    async def complete(self, who: Actor, csr_der: bytes, *, password_hash: str | None, via: str) -> Enrolled:
+        """Check the CSR of a claimed code, have the identity certificate signed, activate the entity."""
+        entity_id = who.entity_id
         try:
             checked = check_csr(csr_der, self._config.profile("identity"), self._config.csr.max_bytes)
             builder = identity_builder(self._config, self._ca_cert, entity_id, checked.public_key)
             cert, der = await self._signer.certificate(builder, "identity certificate")
         except CkmsError as exc:
-            refused = exc
-            row = await self._writer.submit(lambda conn: _release(conn, who, refused, via))
-            await self._alert(row)
+            await self.release(who, exc, via)
             raise
         cert_row = certificate_row(
             cert,

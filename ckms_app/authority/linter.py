@@ -13,7 +13,10 @@ Responses come back in request order, so many requests can be in flight on one p
 them on several cores) and each is matched to its caller first-in, first-out.
 
 If the helper dies or stops answering, every pending and later call raises :class:`LintUnavailable`
-instead of hanging: issuing without the lint is never an option, and restarting is the daemon's call.
+instead of hanging: issuing without the lint is never an option. :class:`AsyncLinter` is one helper
+process (a CLI command's signer uses one for its duration); the daemon's workers use
+:class:`~ckms_app.authority.lint_supervisor.SupervisedLinter`, which replaces a helper that died or hung, with back-off, and answers
+:class:`LintUnavailable` (HTTP 503) at once while none is running.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ckms_app.errors import LintUnavailable
 
@@ -35,6 +38,7 @@ __all__ = [
     "LintFinding",
     "LintReport",
     "LintUnavailable",
+    "Linter",
     "find_linter_binary",
 ]
 
@@ -143,6 +147,7 @@ class AsyncLinter:
         self._dead: str | None = None
         self._closing = False
         self._stderr: collections.deque[str] = collections.deque(maxlen=20)
+        self._gone = asyncio.Event()  # set once the helper is dead or closed (what a supervisor waits for)
         self._stderr_task = asyncio.create_task(self._drain_stderr())
         self._reader = asyncio.create_task(self._read_loop())
         self.info: dict[str, Any] = {}
@@ -182,6 +187,15 @@ class AsyncLinter:
     @property
     def pid(self) -> int:
         return self._proc.pid
+
+    @property
+    def reason(self) -> str | None:
+        """Why the helper is gone (None while it is alive)."""
+        return self._dead
+
+    async def wait_gone(self) -> None:
+        """Return once the helper has died, hung past its deadline or been closed."""
+        await self._gone.wait()
 
     async def lint_certificate(self, der: bytes) -> LintReport:
         return LintReport.from_json(await self._request(b"C", der))
@@ -251,6 +265,7 @@ class AsyncLinter:
         """Mark the helper dead, fail every waiting caller and make sure the process is gone."""
         if self._dead is None:
             self._dead = message
+        self._gone.set()
         while self._pending:
             fut = self._pending.popleft()
             if not fut.done():
@@ -279,3 +294,16 @@ class AsyncLinter:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class Linter(Protocol):
+    """What the signer needs of a linter: one helper (:class:`AsyncLinter`) or a supervised one."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    async def lint_certificate(self, der: bytes) -> LintReport: ...
+
+    async def lint_crl(self, der: bytes) -> LintReport: ...
+
+    async def close(self) -> None: ...

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ckms_app.authority.guard import SigningGuard, make_guard
-from ckms_app.authority.linter import AsyncLinter, LintReport, find_linter_binary
+from ckms_app.authority.linter import AsyncLinter, Linter, LintReport, find_linter_binary
 from ckms_app.config import Config
 from ckms_app.errors import HsmError, LintFailed
 from ckms_app.hsm.token import HsmEcPrivateKey
@@ -38,7 +38,7 @@ _DER = serialization.Encoding.DER
 class Signer:
     """Guard → lint → HSM signs the linted bytes. One per process that signs."""
 
-    def __init__(self, ca_key: HsmEcPrivateKey, linter: AsyncLinter | None, guard: SigningGuard) -> None:
+    def __init__(self, ca_key: HsmEcPrivateKey, linter: Linter | None, guard: SigningGuard) -> None:
         self._ca_key = ca_key
         # None only where the CA's configuration disables linting ([lint] enabled = false)
         self._linter = linter

@@ -1,27 +1,38 @@
-"""The JSON API over mutual TLS: revoke a certificate, look one up by serial, publish CRLs now."""
+"""The JSON API over mutual TLS: revoke a certificate, look one up by serial, publish CRLs now.
+
+Every handler authenticates and authorises before it reads the body or parses the path; a body or a
+path that cannot be read is a JSON 4xx with an audit record under the caller's entity ID.
+"""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ckms_app.audit.record import record, refusal
 from ckms_app.authority.revocation import parse_serial, revoke
+from ckms_app.daemon.bodies import read_json_object
 from ckms_app.daemon.http import authenticate, authorize, json_error
 from ckms_app.daemon.runtime import runtime_of
-from ckms_app.errors import BadRequest, CkmsError, NotFound
+from ckms_app.errors import CkmsError, NotFound
 from ckms_app.store import queries
 
 
 async def api_revoke(request: web.Request) -> web.Response:
-    """``POST /api/v1/revocations``: revocation authorises (role and certificate kind) and audits itself."""
+    """``POST /api/v1/revocations``: revocation authorises (role and certificate kind) and audits itself;
+    the role is asked here first, before the body is read."""
     rt = runtime_of(request)
     try:
         principal = await authenticate(rt, request)
-        body = await json_body(request)
+        await authorize(rt, principal, "certificate.revoke", "revocation")
+        try:
+            body = await json_body(request)
+        except CkmsError as exc:
+            await record(rt.writer, principal, "certificate.revoke", "revocation", "denied", refusal(exc))
+            raise
         done = await revoke(
             rt.writer, principal, str(body.get("serial", "")), body.get("reason", "unspecified")
         )
@@ -44,7 +55,12 @@ async def api_certificate(request: web.Request) -> web.Response:
     try:
         principal = await authenticate(rt, request)
         await authorize(rt, principal, "certificate.read", request.match_info["serial"])
-        serial = parse_serial(request.match_info["serial"])
+        try:
+            serial = parse_serial(request.match_info["serial"])
+        except CkmsError as exc:
+            target = request.match_info["serial"][:64]
+            await record(rt.writer, principal, "certificate.read", target, "denied", refusal(exc))
+            raise
         with rt.reader.connect() as conn:
             row = queries.certificate_by_serial(conn, serial)
             rev = queries.revocation_by_serial(conn, serial)
@@ -97,14 +113,8 @@ async def api_publish_crl(request: web.Request) -> web.Response:
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or :class:`BadRequest`."""
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
-    return body
+    """The request body as a JSON object (whole, bounded, shallow), or a 4xx :class:`CkmsError`."""
+    return await read_json_object(request, runtime_of(request).config.server.max_request_bytes)
 
 
 def add_routes(app: web.Application) -> None:

@@ -1,6 +1,12 @@
 """EST (RFC 7030) over mutual TLS: ``cacerts``, ``csrattrs``, ``simpleenroll`` and ``simplereenroll``,
 each at ``/.well-known/est`` and under a profile label ``/.well-known/est/{label}``; and people's
-identity enrolment, ``/.well-known/est/identity/simpleenroll``, authenticated by a one-time code."""
+identity enrolment, ``/.well-known/est/identity/simpleenroll``, authenticated by a one-time code.
+
+Every enrolment handler authenticates and authorises the caller before it reads the body, parses the
+request or looks anything up; an unknown label is 404. Every refusal is an EST error (``code: sentence``)
+with its audit record. ``simplereenroll`` by a device holding its own valid certificate (RFC 7030
+§4.2.2) is answered only when ``[issuance] device_reenrolment`` is on, and is audited as the device.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +21,25 @@ from sqlalchemy.engine import Engine
 
 from ckms_app.audit.record import named
 from ckms_app.authority.enrolment import REFUSED
+from ckms_app.authority.issuance import DeviceHolder, Issued
+from ckms_app.daemon.bodies import read_est_body
 from ckms_app.daemon.http import authenticate, est_error, peer_der
-from ckms_app.daemon.runtime import runtime_of
+from ckms_app.daemon.runtime import Runtime, runtime_of
 from ckms_app.errors import CkmsError, CsrRejected, EnrolmentRefused
 from ckms_app.store import queries
 from ckms_app.x509 import est_encoding
+from ckms_app.x509.csr_policy import request_subject
 
 PKCS7_CERTS = "application/pkcs7-mime; smime-type=certs-only"
 
 
 async def est_cacerts(request: web.Request) -> web.Response:
     rt = runtime_of(request)
+    label = request.match_info.get("label")
+    try:
+        rt.issuer.profile_for(label)  # the same certificates under every label, but only real labels
+    except CkmsError as exc:
+        return est_error(exc)
     return web.Response(
         body=rt.cacerts_body, headers={"Content-Type": PKCS7_CERTS, "Content-Transfer-Encoding": "base64"}
     )
@@ -33,7 +47,10 @@ async def est_cacerts(request: web.Request) -> web.Response:
 
 async def est_csrattrs(request: web.Request) -> web.Response:
     rt = runtime_of(request)
-    profile = rt.config.profile(request.match_info.get("label"))
+    try:
+        profile = rt.issuer.profile_for(request.match_info.get("label"))
+    except CkmsError as exc:
+        return est_error(exc)
     body = base64.encodebytes(est_encoding.csr_attributes(rt.issuer.hash_name, profile.allowed_curves))
     return web.Response(
         body=body, headers={"Content-Type": "application/csrattrs", "Content-Transfer-Encoding": "base64"}
@@ -48,18 +65,40 @@ async def est_enroll(request: web.Request) -> web.Response:
 async def _enroll(request: web.Request, label: str | None) -> web.Response:
     rt = runtime_of(request)
     renew = request.path.endswith("/simplereenroll")
+    action = "certificate.reissue" if renew else "certificate.issue"
     try:
-        principal = await authenticate(rt, request)
-        try:
-            csr_der = await read_est_body(request, rt.config.csr.max_bytes)
-            renewing = renewed_certificate(rt.reader, csr_der) if renew else None
-        except CkmsError as exc:
-            action = "certificate.reissue" if renew else "certificate.issue"
-            await rt.issuer.record_refusal(principal, action, label or "default", exc)
-            raise
-        issued = await rt.issuer.enroll(csr_der, principal, profile_name=label, renewing=renewing)
+        holder = rt.issuer.device_holder(peer_der(request)) if renew else None
+        if holder is not None:
+            issued = await _reenrol_device(rt, request, holder, label)
+        else:
+            principal = await authenticate(rt, request)
+            try:
+                rt.issuer.authorise(principal, label)  # before the body is read, parsed or looked up
+                csr_der = await read_est_body(request, rt.config.csr.max_bytes)
+                renewing = renewed_certificate(rt.reader, csr_der) if renew else None
+            except CkmsError as exc:
+                await rt.issuer.record_refusal(principal, action, label or rt.config.default_profile, exc)
+                raise
+            issued = await rt.issuer.enroll(csr_der, principal, profile_name=label, renewing=renewing)
     except CkmsError as exc:
         return est_error(exc)
+    return _certs_only(issued)
+
+
+async def _reenrol_device(
+    rt: Runtime, request: web.Request, holder: DeviceHolder, label: str | None
+) -> Issued:
+    """RFC 7030 §4.2.2 by the certificate's holder; refused (and audited) unless the CA allows it."""
+    try:
+        rt.issuer.authorise_device(holder, label)  # before the body is read
+        csr_der = await read_est_body(request, rt.config.csr.max_bytes)
+    except CkmsError as exc:
+        await rt.issuer.record_refusal(holder.actor, "certificate.reissue", holder.serial, exc)
+        raise
+    return await rt.issuer.reenrol_device(csr_der, holder, label)
+
+
+def _certs_only(issued: Issued) -> web.Response:
     body = base64.encodebytes(pkcs7.serialize_certificates([issued.certificate], serialization.Encoding.DER))
     return web.Response(
         body=body, headers={"Content-Type": PKCS7_CERTS, "Content-Transfer-Encoding": "base64"}
@@ -82,12 +121,13 @@ async def est_identity_enroll(request: web.Request) -> web.Response:
             peer = str(request.remote)
             await rt.enrolment.record_refusal(who, "-", exc, via="est", peer=peer, missing="ID:CODE")
             raise
+        who = await rt.enrolment.claim(entity_id, code, via="est")  # the code first, then the body
         try:
             csr_der = await read_est_body(request, rt.config.csr.max_bytes)
         except CkmsError as exc:
-            await rt.enrolment.record_refusal(named(entity_id, "none"), entity_id, exc, via="est")
+            await rt.enrolment.release(who, exc, via="est")
             raise
-        done = await rt.enrolment.enrol(entity_id, code, csr_der, password_hash=None, via="est")
+        done = await rt.enrolment.complete(who, csr_der, password_hash=None, via="est")
     except EnrolmentRefused as exc:
         response = est_error(exc)
         response.headers["WWW-Authenticate"] = 'Basic realm="ckms-enrolment"'
@@ -112,34 +152,9 @@ def _basic_credentials(request: web.Request) -> tuple[str, str]:
     return entity_id, code
 
 
-async def read_est_body(request: web.Request, max_bytes: int) -> bytes:
-    """The DER PKCS#10 request from a base64 body of at most about ``max_bytes`` decoded."""
-    # base64 grows the DER by 4/3 plus line breaks; allow for that before decoding.
-    limit = max_bytes * 4 // 3 + max_bytes // 32 + 64
-    if request.content_length is not None and request.content_length > limit:
-        raise CsrRejected(
-            f"request is {request.content_length} bytes; the limit is {limit} (base64)", code="csr_too_large"
-        )
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise CsrRejected(f"request exceeds {limit} bytes (base64)", code="csr_too_large")
-    ctype = request.headers.get("Content-Type", "")
-    if ctype and not ctype.startswith("application/pkcs10"):
-        raise CsrRejected(f"Content-Type must be application/pkcs10, not {ctype}", code="csr_content_type")
-    try:
-        return base64.b64decode(b"".join(raw.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise CsrRejected(
-            "body is not base64: EST expects a base64-encoded DER PKCS#10 request", code="csr_malformed"
-        ) from None
-
-
 def renewed_certificate(reader: Engine, csr_der: bytes) -> x509.Certificate:
     """The newest valid end-entity certificate with the request's subject: what is being renewed."""
-    try:
-        subject = x509.load_der_x509_csr(csr_der).subject.rfc4514_string()
-    except ValueError as exc:
-        raise CsrRejected(f"not a DER PKCS#10 request: {exc}", code="csr_malformed") from None
+    subject = request_subject(csr_der)
     with reader.connect() as conn:
         der = queries.current_certificate_der(conn, subject)
     if der is None:

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
-from ckms_app.audit.record import SYSTEM, record
+from ckms_app.audit.alerts import send_alert
+from ckms_app.audit.record import SYSTEM, event, record
 from ckms_app.authority import selftest
 from ckms_app.authority.guard import poll_state
+from ckms_app.daemon.bodies import connection_unusable
 from ckms_app.daemon.http import authenticate, authorize, est_error, json_error
 from ckms_app.daemon.runtime import RUNTIME, Runtime, runtime_of
-from ckms_app.errors import CkmsError, ErrorStateActive
+from ckms_app.errors import CkmsError, ErrorStateActive, InternalFault
+from ckms_app.store.schema import audit_events
+from ckms_app.store.writer import Inserts
 
 log = logging.getLogger("ckms.guard")
 ADMIN_PREFIX = "/api/v1/admin/"
@@ -38,6 +44,62 @@ async def error_state_middleware(request: web.Request, handler: Handler) -> web.
     if request.path.startswith("/api/"):
         return json_error(exc)
     return est_error(exc, retry_after=ERROR_STATE_RETRY_AFTER)
+
+
+_ALERTS: set[asyncio.Task[Any]] = set()  # alerts on their way (a webhook may take its timeout)
+
+
+@web.middleware
+async def fault_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The last line: anything a handler did not turn into an answer becomes one, audited.
+
+    Client input never gets here (every parser raises a 4xx :class:`CkmsError` that its handler renders
+    and records); what does is a fault of ckms itself: a bug, a lost database. The client gets a 500
+    naming a fault ID and no detail; the trail gets a ``daemon.fault`` record with that ID, the log
+    the traceback, and the administrators an alert.
+    """
+    try:
+        response = await handler(request)
+        if connection_unusable(request):
+            response.force_close()
+        return response
+    except (web.HTTPException, ConnectionError):
+        raise  # aiohttp's own answers (404 for an unknown path, 413); a client that went away
+    except CkmsError as exc:
+        if exc.http_status < 500:
+            return _render(request, exc)  # a refusal a handler forgot to render: still the client's
+        return await _fault(request, exc)
+    except Exception as exc:  # noqa: BLE001 - the point of the boundary
+        return await _fault(request, exc)
+
+
+async def _fault(request: web.Request, exc: Exception) -> web.Response:
+    rt = request.app[RUNTIME]
+    fault_id = secrets.token_hex(6)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    log.error("internal fault %s on %s %s", fault_id, request.method, route, exc_info=exc)
+    detail = {
+        "fault": fault_id,
+        "method": request.method,
+        "error": type(exc).__name__,
+        "message": str(exc)[:200],
+    }
+    try:
+        row = event(SYSTEM, "daemon.fault", route, "error", detail)
+        await rt.writer.submit(Inserts(((audit_events, row),)))
+        alert = {k: row[k] for k in ("entity_id", "role", "action", "target", "outcome", "detail")}
+        alert["at"] = row["at"].isoformat()
+        task = asyncio.create_task(asyncio.to_thread(send_alert, rt.config.alerts, alert))
+        _ALERTS.add(task)
+        task.add_done_callback(_ALERTS.discard)
+    except Exception:  # noqa: BLE001 - the trail itself failed: the log line above is what is left
+        log.exception("internal fault %s could not be recorded", fault_id)
+    return _render(request, InternalFault(f"internal error (fault {fault_id}); it is on the audit trail"))
+
+
+def _render(request: web.Request, exc: CkmsError) -> web.Response:
+    return json_error(exc) if request.path.startswith("/api/") else est_error(exc)
 
 
 async def health_checks(rt: Runtime) -> dict[str, str]:

@@ -11,11 +11,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from ckms_app.audit.record import named, record, refusal
+from ckms_app.audit.refusals import RefusalSummary, source_of
 from ckms_app.authority.rbac import Principal
 from ckms_app.daemon.runtime import Runtime
 from ckms_app.errors import CkmsError
 
 EST_RETRY_AFTER = 30  # seconds an EST client is told to wait after a 503
+# The worker's refusal accounting (set by the server on both applications); without it, one record each
+REFUSALS = web.AppKey("refusals", RefusalSummary)
 
 
 def est_error(exc: CkmsError, retry_after: int = EST_RETRY_AFTER) -> web.Response:
@@ -36,18 +39,37 @@ def peer_der(request: web.Request) -> bytes | None:
     return ssl_object.getpeercert(binary_form=True) if ssl_object else None
 
 
+def route_of(request: web.Request) -> str:
+    """The route's template (``/.well-known/est/{label}/simpleenroll``), never the path the client sent."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
 async def authenticate(rt: Runtime, request: web.Request) -> Principal:
     """The TLS peer's principal; a refusal is audited (``auth.deny``) before it is raised.
 
     A known entity whose credential is refused (disabled, revoked, expired) is named in the record.
+    Refusals are counted by the worker's :class:`~ckms_app.audit.refusals.RefusalSummary`: the first
+    ones of each interval get their own record, the rest one bounded summary record per interval.
     """
     try:
         return rt.principals.resolve(peer_der(request))
     except CkmsError as exc:
         who = named(getattr(exc, "entity_id", "unauthenticated"), getattr(exc, "role", "none"))
-        await record(
-            rt.writer, who, "auth.deny", request.path, "denied", refusal(exc, peer=str(request.remote))
-        )
+        source = source_of(request.remote)
+        route = route_of(request)
+        summary = request.config_dict.get(REFUSALS)
+        if summary is None:
+            await record(rt.writer, who, "auth.deny", route, "denied", refusal(exc, peer=source))
+        else:
+            await summary.refuse(
+                who,
+                method=request.method,
+                route=route,
+                reason=exc.code,
+                source=source,
+                detail=refusal(exc, peer=source),
+            )
         raise
 
 

@@ -16,7 +16,8 @@ from ckms_app.authority.crl_publisher import CrlPublisher
 from ckms_app.authority.enrolment import EnrolmentDesk
 from ckms_app.authority.guard import ServiceState, SigningGuard, make_guard
 from ckms_app.authority.issuance import Issuer
-from ckms_app.authority.linter import AsyncLinter, find_linter_binary
+from ckms_app.authority.lint_supervisor import SupervisedLinter
+from ckms_app.authority.linter import find_linter_binary
 from ckms_app.authority.rbac import PrincipalCache
 from ckms_app.authority.signer import Signer
 from ckms_app.config import Config
@@ -38,7 +39,7 @@ class Runtime:
     cacerts_body: bytes  # the /cacerts answer: base64 PKCS#7 of the CA certificate and its chain
     writer: GroupCommitWriter
     reader: Engine
-    linter: AsyncLinter | None  # None when linting is disabled in ckms.toml
+    linter: SupervisedLinter | None  # None when linting is disabled in ckms.toml; restarts its helper
     issuer: Issuer
     enrolment: EnrolmentDesk  # people's identity certificates from a CSR and a one-time code (EST)
     publisher: CrlPublisher
@@ -77,7 +78,9 @@ async def open_runtime(config: Config, purpose: str = "serve") -> Runtime:
     chain = [ca_cert]
     if config.ca_chain is not None and config.ca_chain.exists():
         chain += x509.load_pem_x509_certificates(config.ca_chain.read_bytes())
-    linter = await AsyncLinter.start(find_linter_binary(config.lint_binary)) if config.lint_enabled else None
+    linter = (
+        await SupervisedLinter.start(find_linter_binary(config.lint_binary)) if config.lint_enabled else None
+    )
     guard = make_guard(config, writer)
     signer = Signer(key, linter, guard)
     cacerts = base64.encodebytes(pkcs7.serialize_certificates(chain, serialization.Encoding.DER))

@@ -25,18 +25,29 @@ from ckms_app import __version__
 from ckms_app.algorithms import curve_of
 from ckms_app.audit.alerts import send_alert
 from ckms_app.audit.record import SYSTEM, record
+from ckms_app.audit.refusals import RefusalSummary
 from ckms_app.audit.seals import AuditSealer, config_change_unit, ensure_audit_key
 from ckms_app.config import Config
 from ckms_app.daemon import api_routes, crl_routes, est_routes, guard_routes
+from ckms_app.daemon.http import REFUSALS
 from ckms_app.daemon.runtime import RUNTIME, Runtime, open_runtime
+from ckms_app.daemon.transport import (
+    ClientTable,
+    ConnectionGuard,
+    GuardedSite,
+    descriptor_budget,
+    quiet_disconnects,
+    restrict_tls13,
+)
 from ckms_app.hsm.token import HsmEcPrivateKey
 
 log = logging.getLogger("ckms.server")
 
 
 def server_ssl_context(config: Config) -> ssl.SSLContext:
+    """TLS 1.3 only, with the configured groups and suites only (A.62, A.64; see ``transport``)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    restrict_tls13(ctx, config.server.tls_groups, config.server.tls_ciphersuites)
     ctx.load_cert_chain(config.server.tls_cert, config.server.tls_key)
     ctx.load_verify_locations(cafile=str(config.ca_cert))
     # Optional at the TLS layer so /cacerts and /health work without one and a missing certificate
@@ -46,18 +57,23 @@ def server_ssl_context(config: Config) -> ssl.SSLContext:
     return ctx
 
 
-def build_apps(rt: Runtime) -> tuple[web.Application, web.Application]:
+def build_apps(
+    rt: Runtime, refusals: RefusalSummary | None = None
+) -> tuple[web.Application, web.Application]:
     """The mutual-TLS application (admin, EST, API, health) and the plain-HTTP one (CRLs, health)."""
-    est = web.Application(
-        client_max_size=rt.config.server.max_request_bytes, middlewares=[guard_routes.error_state_middleware]
-    )
+    middlewares = [quiet_disconnects, guard_routes.fault_middleware, guard_routes.error_state_middleware]
+    est = web.Application(client_max_size=rt.config.server.max_request_bytes, middlewares=middlewares)
     est[RUNTIME] = rt
+    if refusals is not None:
+        est[REFUSALS] = refusals
     guard_routes.add_routes(est)
     est_routes.add_routes(est)
     api_routes.add_routes(est)
     est.router.add_get("/health", crl_routes.health)
-    crl = web.Application(client_max_size=1024, middlewares=[guard_routes.error_state_middleware])
+    crl = web.Application(client_max_size=1024, middlewares=middlewares)
     crl[RUNTIME] = rt
+    if refusals is not None:
+        crl[REFUSALS] = refusals
     crl_routes.add_routes(crl)
     return est, crl
 
@@ -70,26 +86,45 @@ async def serve(
     worker: int = 0,
     runs_publisher: bool = True,
     on_ready: Callable[[], object] | None = None,
+    clients: ClientTable | None = None,
 ) -> None:
-    """Run one worker on already-bound listening sockets until SIGTERM/SIGINT."""
+    """Run one worker on already-bound listening sockets until SIGTERM/SIGINT.
+
+    ``clients`` is the supervisor's table of connections per source address, shared by all workers
+    (a worker on its own counts alone).
+    """
+    srv = config.server
+    tls = server_ssl_context(config)  # a refused TLS setting stops the start here, before anything opens
     rt = await open_runtime(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     state_task = await guard_routes.startup(rt, worker, stop)  # self-tests; error state on failure (E.32)
-    est_app, crl_app = build_apps(rt)
-    grace = config.server.shutdown_grace_seconds
+    refusals = RefusalSummary(
+        rt.writer,
+        interval=config.audit.refusal_summary_seconds,
+        max_entries=config.audit.refusal_summary_max_entries,
+        individual=config.audit.refusal_records_per_interval,
+        worker=worker,
+    )
+    refusals_task = asyncio.create_task(refusals.run(stop))
+    est_app, crl_app = build_apps(rt, refusals)
+    grace = srv.shutdown_grace_seconds
+    idle = srv.keepalive_timeout_seconds
     runners = [
-        web.AppRunner(est_app, access_log=None, shutdown_timeout=grace),
-        web.AppRunner(crl_app, access_log=None, shutdown_timeout=grace),
+        web.AppRunner(est_app, access_log=None, shutdown_timeout=grace, keepalive_timeout=idle),
+        web.AppRunner(crl_app, access_log=None, shutdown_timeout=grace, keepalive_timeout=idle),
     ]
     for runner in runners:
         await runner.setup()
-    await web.SockSite(
-        runners[0], est_sock, ssl_context=server_ssl_context(config), shutdown_timeout=grace
-    ).start()
-    await web.SockSite(runners[1], crl_sock, shutdown_timeout=grace).start()
+    if clients is None:
+        clients = ClientTable(1)
+    cap = descriptor_budget(srv.max_connections)
+    est_guard = ConnectionGuard("est", srv, clients, refusals, max_connections=cap)
+    crl_guard = ConnectionGuard("crl", srv, clients, refusals, max_connections=cap)
+    await GuardedSite(runners[0], est_sock, est_guard, ssl_context=tls, shutdown_timeout=grace).start()
+    await GuardedSite(runners[1], crl_sock, crl_guard, shutdown_timeout=grace).start()
     started = {"version": __version__, "worker": worker, "est_port": config.server.est_port}
     await record(rt.writer, SYSTEM, "daemon.start", "daemon", "success", started)
     # One worker schedules CRLs; any worker may publish on request (the CRL number is a primary key).
@@ -105,6 +140,8 @@ async def serve(
     log.info("worker %d stopping: finishing in-flight requests (up to %.0f s)", worker, grace)
     for runner in runners:
         await runner.cleanup()  # stops accepting, waits for in-flight handlers
+    await refusals_task
+    await refusals.flush()  # whatever was refused while draining
     if publisher_task is not None:
         await publisher_task
     await state_task

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ckms_app.config import Config, load_config
 from ckms_app.daemon.server import serve
+from ckms_app.daemon.transport import ClientTable
 from ckms_app.store.engine import open_engine
 from ckms_app.store.migrations import migrate
 
@@ -62,6 +63,7 @@ def supervise(config: Config) -> None:
     est_sock = bind(config.server.listen, config.server.est_port)
     crl_sock = bind(config.server.listen, config.server.crl_port)
     n = worker_count(config)
+    clients = ClientTable(n)  # connections per source address, shared by the workers (per-client cap)
     ready_r, ready_w = os.pipe()
     stopping = False
     children: dict[int, int] = {}  # pid -> worker index
@@ -74,6 +76,7 @@ def supervise(config: Config) -> None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
+            clients.use_row(index)
             try:
                 asyncio.run(
                     serve(
@@ -83,6 +86,7 @@ def supervise(config: Config) -> None:
                         worker=index,
                         runs_publisher=index == 0,
                         on_ready=lambda: os.write(ready_w, b"r"),
+                        clients=clients,
                     )
                 )
             except BaseException:  # noqa: BLE001 - report and exit non-zero; the supervisor restarts us

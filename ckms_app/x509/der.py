@@ -18,3 +18,33 @@ def length(n: int) -> bytes:
 def tlv(tag: int, body: bytes) -> bytes:
     """One element: its tag, its length, its content."""
     return bytes((tag,)) + length(len(body)) + body
+
+
+def read_tlv(data: bytes, offset: int = 0) -> tuple[int, bytes, int]:
+    """One element at ``offset``: its tag, its content and the offset after it. ``ValueError`` when the
+    bytes are not DER (indefinite or overlong lengths, truncation): the caller's input was malformed."""
+    if offset + 2 > len(data):
+        raise ValueError("truncated DER element")
+    tag, first = data[offset], data[offset + 1]
+    pos = offset + 2
+    if first < 0x80:
+        size = first
+    else:
+        count = first & 0x7F
+        if count == 0 or count > 4 or pos + count > len(data):
+            raise ValueError("unsupported DER length")
+        size = int.from_bytes(data[pos : pos + count], "big")
+        pos += count
+    if pos + size > len(data):
+        raise ValueError("truncated DER element")
+    return tag, data[pos : pos + size], pos + size
+
+
+def children(content: bytes) -> list[tuple[int, bytes]]:
+    """The (tag, content) elements of a constructed element's content, in order."""
+    out: list[tuple[int, bytes]] = []
+    offset = 0
+    while offset < len(content):
+        tag, body, offset = read_tlv(content, offset)
+        out.append((tag, body))
+    return out

@@ -132,3 +132,45 @@ def test_issue_and_revoke_end_to_end(host, request, evidence):
     evidence.add("issue, revoke, publish, fetch CRL (as a named operator)", done)
     assert done["issued"] == 200 and done["revoked"] == 200 and done["crl_published"] == 200, done
     assert done["serial_in_crl"], done
+
+
+TLS_REFUSED = {
+    "X25519 key exchange": "-tls1_3 -groups X25519",
+    "X448 key exchange": "-tls1_3 -groups X448",
+    "ChaCha20-Poly1305": "-tls1_3 -ciphersuites TLS_CHACHA20_POLY1305_SHA256",
+    "TLS 1.2": "-tls1_2",
+}
+TLS_ACCEPTED = {
+    "P-256 with AES-128-GCM": ("-tls1_3 -groups P-256 -ciphersuites TLS_AES_128_GCM_SHA256", "prime256v1"),
+    "P-384 with AES-256-GCM": ("-tls1_3 -groups P-384 -ciphersuites TLS_AES_256_GCM_SHA384", "secp384r1"),
+}
+
+
+@pytest.mark.check("check:A.64.tls_groups_and_suites_restricted")
+def test_tls_groups_and_suites_restricted(host, request, evidence):
+    """From the terminal, with a real TLS client (openssl s_client) toward the CA's EST port: X25519/X448
+    key exchange, ChaCha20-Poly1305 and TLS 1.2 are refused; TLS 1.3 with ECDH P-256/P-384 and AES-GCM is
+    accepted (A.62, A.64)."""
+    inv = request.config.getoption("ansible_inventory")
+    terms = AnsibleRunner(inv).get_hosts("terminal")
+    client = testinfra.get_host(f"ansible://{terms[0]}", ansible_inventory=inv) if terms else host
+    toml = host.file(f"{HOME}/ckms.toml").content_string
+    m = re.search(r'^public_host\s*=\s*"([^"]+)"', toml, re.M)
+    p = re.search(r"^est_port\s*=\s*(\d+)", toml, re.M)
+    target = f"{m.group(1) if m else '127.0.0.1'}:{p.group(1) if p else 8443}"
+    evidence.add("client", f"{'terminal ' + terms[0] if terms else 'the CA host itself'} -> {target}")
+
+    def s_client(options: str):
+        return client.run(f"openssl s_client -connect {target} -brief {options} </dev/null 2>&1")
+
+    got = {}
+    for name, options in TLS_REFUSED.items():
+        out = s_client(options)
+        got[name] = {"rc": out.rc, "output": out.stdout.strip()[-300:]}
+        assert out.rc != 0 and "Ciphersuite:" not in out.stdout, f"{name} was accepted: {out.stdout}"
+    for name, (options, curve) in TLS_ACCEPTED.items():
+        out = s_client(options)
+        got[name] = {"rc": out.rc, "output": out.stdout.strip()[-600:]}
+        assert out.rc == 0 and "Protocol version: TLSv1.3" in out.stdout, f"{name} refused: {out.stdout}"
+        assert re.search(rf"(Server|Peer) Temp Key: ECDH, {curve}", out.stdout), out.stdout
+    evidence.add("openssl s_client from the terminal", got)

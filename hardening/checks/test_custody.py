@@ -63,7 +63,7 @@ def _audit_latest(host, action: str, outcome: str) -> dict | None:
 
 # ------------------------------------------------------------------------------------------- E.22
 @pytest.mark.check("check:E.22.so_pin_absent_everywhere")
-def test_so_pin_absent_everywhere(host, evidence):
+def test_so_pin_absent_everywhere(host, request, evidence):
     chosen = _two(host)
     so_pin = rebuild_so_pin(host, chosen)
     evidence.add("SO PIN rebuilt on the controller from", [c["name"] for c in chosen])
@@ -79,9 +79,11 @@ def test_so_pin_absent_everywhere(host, evidence):
     found_env = [line for line in environ.stdout.splitlines() if line.strip()]
     evidence.add("files on the CA host holding the SO PIN", found_files or "none")
     evidence.add("process environments on the CA host holding the SO PIN", found_env or "none")
-    # the controller: the generated inventory and the decrypted vault
+    # the controller: the inventory these checks run against (its directory: group_vars, host_vars, files)
+    # and its decrypted vault
+    inventory = request.config.getoption("ansible_inventory", None)
     stack = os.environ.get("CKMS_LAB_STACK", "lab")
-    gen = REPO / "inventories" / stack / "generated"
+    gen = Path(inventory).resolve().parent if inventory else REPO / "inventories" / stack / "generated"
     texts = (
         {str(p): p.read_text(errors="replace") for p in gen.rglob("*") if p.is_file()} if gen.is_dir() else {}
     )

@@ -6,18 +6,26 @@ Run over SSH against an inventory (make report) or by Molecule (roles/hsm_client
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
+from ckms_checks import inventory_vars
 
 testinfra_hosts = ["ansible://ca"]
 
 USER = "ckms"
 HOME = "/var/lib/ckms"
-MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
 CONF = f"{HOME}/hsm/softhsm2.conf"
 TOKEN_DIR = f"{HOME}/hsm/tokens"
 PIN_FILE = f"{HOME}/secrets/token-pin"
 LABEL = "ckms-ca"
+
+
+def module_of(host) -> str:
+    """The PKCS#11 module the inventory names (ckms_hsm_module); SoftHSM2's outside an inventory."""
+    v = inventory_vars(host)
+    return str(v.get("ckms_hsm_module") or v.get("hsm_client_module") or SOFTHSM)
 
 
 def as_ckms(host, command: str):
@@ -50,6 +58,7 @@ def test_token_usable_only_by_ca_service_user(host, evidence):
 
 @pytest.mark.check("check:A.43.pkcs11_module_loads")
 def test_pkcs11_module_loads_and_pin_opens_token(host, evidence):
+    MODULE = module_of(host)
     status = as_ckms(host, f"/usr/local/sbin/ckms-pkcs11-token status --module {MODULE} --label {LABEL}")
     evidence.add("token status (no PIN)", status.stdout.strip() or status.stderr.strip())
     assert status.rc == 0 and json.loads(status.stdout)["initialized"]
@@ -70,9 +79,39 @@ def test_pkcs11_module_loads_and_pin_opens_token(host, evidence):
 
 @pytest.mark.check("check:E.07.a.token_offers_required_mechanisms")
 def test_token_offers_required_mechanisms(host, evidence):
+    MODULE = module_of(host)
     out = as_ckms(host, f"pkcs11-tool --module {MODULE} --token-label {LABEL} -M")
     names = {line.strip().split(",")[0] for line in out.stdout.splitlines()[1:]}
     need = {"ECDSA-KEY-PAIR-GEN", "ECDSA", "AES-KEY-WRAP"}
     evidence.add("required", sorted(need))
     evidence.add("offered", sorted(names))
     assert out.rc == 0 and need <= names
+
+
+@pytest.mark.check("check:E.01.daemon_uses_inventory_module")
+def test_daemon_uses_inventory_module(host, evidence):
+    """The CA signs through the module the inventory names, not a simulated HSM that a default put there:
+    the daemon's configuration names it and the daemon's processes have exactly that library mapped."""
+    wanted = module_of(host)
+    real = host.run(f"readlink -f {shlex.quote(wanted)}").stdout.strip()
+    conf = host.run(f"grep -E '^module *=' {HOME}/ckms.toml").stdout.strip()
+    # every process of the unit (supervisor, workers, lint helpers), whatever the cgroup hierarchy
+    pids = host.run("grep -l 'ckms-ca.service$' /proc/[0-9]*/cgroup 2>/dev/null | cut -d/ -f3").stdout.split()
+    mapped: dict[str, list[str]] = {}
+    for pid in pids:
+        maps = host.run(f"grep -E 'pkcs11|softhsm|\\.so' /proc/{pid}/maps").stdout
+        libs = sorted({line.split()[-1] for line in maps.splitlines() if line.split()[-1].startswith("/")})
+        # the python-pkcs11 extension (site-packages/pkcs11/_pkcs11*.so) is the binding, not a module
+        mapped[pid] = [
+            lib
+            for lib in libs
+            if lib in (wanted, real) or "softhsm" in lib or ("pkcs11" in lib and "-packages/" not in lib)
+        ]
+    evidence.add("inventory module", {"ckms_hsm_module": wanted, "resolved": real})
+    evidence.add("daemon configuration", conf)
+    evidence.add("PKCS#11 libraries mapped by the daemon's processes", mapped)
+    assert wanted in conf, f"ckms.toml does not name {wanted}: {conf}"
+    using = [pid for pid, libs in mapped.items() if wanted in libs or real in libs]
+    assert using, f"no process of ckms-ca has {wanted} mapped: {mapped}"
+    others = {pid: [lib for lib in libs if lib not in (wanted, real)] for pid, libs in mapped.items()}
+    assert not any(others.values()), f"another PKCS#11 library is mapped: {others}"

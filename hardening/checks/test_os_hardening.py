@@ -13,14 +13,17 @@ the item); on a real server they check the property itself.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from ckms_checks import in_container, policy
+from ckms_checks import in_container, inventory_vars, policy
 
 # The CA hosts (harden.yml); make report and the Molecule scenarios (instances in group ca) both use this.
 testinfra_hosts = ["ansible://ca"]
@@ -111,6 +114,177 @@ def test_privileged_commands_restricted(host, evidence):
     assert su_restricted, "F.06 b: su is not restricted to the administrators' group (pam_wheel)"
 
 
+# The automation account (os_hardening_automation_*): Ansible's way in after hardening. Root-equivalent by
+# design (configuration management), so it is bounded by who (the controller's keys), where from (from= and
+# sshd) and what is recorded (its sudo log; audit key ckms_automation where the audit role ran).
+def automation_user(host) -> list[str]:
+    """The automation account's name in a list (empty when the role's automation concern is off)."""
+    if not policy(host, "os_hardening_automation_enabled"):
+        return []
+    return [str(policy(host, "os_hardening_automation_user") or "ckms-automation")]
+
+
+def _sshd_values(host, ctx: str, key: str) -> list[str]:
+    """Every value sshd -T prints for ``key`` (AllowGroups, DenyUsers: one line per entry)."""
+    out = host.check_output(f"/usr/sbin/sshd -T -C {ctx}")
+    return [w for ln in out.splitlines() if ln.lower().startswith(key + " ") for w in ln.split()[1:]]
+
+
+def _resolved(value, fallback):
+    """An inventory/default value, or ``fallback`` where it is still a template (role defaults)."""
+    return fallback if value is None or "{{" in str(value) else value
+
+
+@pytest.mark.check("check:F.06.b.automation_account_scoped")
+def test_automation_account_scoped(host, evidence):
+    users = automation_user(host)
+    assert users, "F.06 b: no automation account (os_hardening_automation_enabled is off)"
+    user = users[0]
+    acct = host.user(user)
+    assert acct.exists, f"F.06 b: the automation account {user} does not exist"
+    group = _resolved(policy(host, "os_hardening_automation_group"), user)
+    controller = _controller_address(host)
+    want_from = _resolved(policy(host, "os_hardening_automation_from"), [controller] if controller else [])
+    shadow = host.run(f"getent shadow {user}").stdout.split(":")
+    pw = shadow[1] if len(shadow) > 1 else ""
+    keys_file = f"{acct.home}/.ssh/authorized_keys"
+    keys = [
+        ln for ln in host.run(f"cat {keys_file}").stdout.splitlines() if ln.strip() and not ln.startswith("#")
+    ]
+    here_ctx, away_ctx = (
+        f"user={user},host=controller,addr={controller}",
+        f"user={user},host=elsewhere.example,addr=192.0.2.10",
+    )
+    here = sshd_t(host, here_ctx) if controller else {}
+    here_groups = _sshd_values(host, here_ctx, "allowgroups") if controller else []
+    here_denied = _sshd_values(host, here_ctx, "denyusers") if controller else []
+    away_denied = _sshd_values(host, away_ctx, "denyusers")
+    grants = _sudo_grants(host, user)
+    logfile = str(policy(host, "os_hardening_automation_sudo_logfile") or "/var/log/sudo.log")
+    logged = host.run(f"grep -c ' : {user} : ' {logfile}").stdout.strip() or "0"
+    dropin = str(policy(host, "os_hardening_automation_sudoers") or "/etc/sudoers.d/20-ckms-automation")
+    sudoers = host.run(f"cat {dropin}").stdout
+    rules = host.run("cat /etc/audit/rules.d/*.rules 2>/dev/null").stdout
+    audit = [ln for ln in rules.splitlines() if "ckms_automation" in ln]
+    evidence.add(
+        "account",
+        {
+            "uid": acct.uid,
+            "group": acct.group,
+            "groups": acct.groups,
+            "shell": acct.shell,
+            "password": pw[:2],
+        },
+    )
+    evidence.add("authorized_keys (options, key type)", [ln.rsplit(" ", 2)[0][:160] for ln in keys])
+    evidence.add(
+        "sshd -T from the controller",
+        {
+            **{
+                k: here.get(k)
+                for k in (
+                    "allowtcpforwarding",
+                    "allowagentforwarding",
+                    "x11forwarding",
+                    "authenticationmethods",
+                )
+            },
+            "denyusers": here_denied,
+            "allowgroups": here_groups,
+        },
+    )
+    evidence.add("sshd -T from 192.0.2.10", {"denyusers": away_denied})
+    evidence.add("sudo grants", grants)
+    evidence.add(f"sudo records of {user} in {logfile}", logged)
+    evidence.add(
+        "audit rules keyed ckms_automation", audit or "no audit rules on this host (audit role not applied)"
+    )
+    problems = []
+    if acct.uid >= 1000 or acct.uid == 0:
+        problems.append(f"uid {acct.uid} is not a system account's")
+    if acct.group != group or set(acct.groups) - {group}:
+        problems.append(f"groups {acct.groups}, want only its own group {group}")
+    if not pw or pw[0] not in "!*":
+        problems.append("password not locked (key login only)")
+    if not keys:
+        problems.append(f"no key in {keys_file}")
+    for ln in keys:
+        m = re.match(r'^(\S*)from="([^"]+)"', ln)
+        opts = ln.split(" ", 1)[0]
+        if not m:
+            problems.append(f"a key without from= restriction: {ln[:60]}")
+        elif want_from and sorted(m.group(2).split(",")) != sorted(want_from):
+            problems.append(f"key usable from {m.group(2)}, want {','.join(want_from)}")
+        for opt in ("no-port-forwarding", "no-agent-forwarding", "no-X11-forwarding"):
+            if opt not in opts:
+                problems.append(f"key without {opt}")
+    if user not in away_denied:
+        problems.append("sshd does not refuse the account from other addresses (no Match User ... DenyUsers)")
+    if controller:
+        if user in here_denied:
+            problems.append(f"sshd refuses the account from the controller {controller}")
+        for k, want in (
+            ("allowtcpforwarding", "no"),
+            ("allowagentforwarding", "no"),
+            ("x11forwarding", "no"),
+            ("authenticationmethods", "publickey"),
+        ):
+            if here.get(k) != want:
+                problems.append(f"from the controller {k} is {here.get(k)}, want {want}")
+        if group not in here_groups:
+            problems.append(f"sshd's AllowGroups lacks {group}")
+    if not grants:
+        problems.append("no sudo for the account (Ansible cannot become root)")
+    if f'logfile="{logfile}"' not in sudoers and f"logfile={logfile}" not in sudoers:
+        problems.append(f"{dropin} does not send the account's sudo log to {logfile}")
+    if not int(logged):
+        problems.append(f"no sudo record of {user} in {logfile} (this check's own commands ran through it)")
+    if (
+        "/etc/audit/rules.d/40-ckms-syscalls.rules"
+        in host.run("ls /etc/audit/rules.d/*.rules 2>/dev/null").stdout
+    ):
+        if not any(f"auid={acct.uid} " in ln for ln in audit):
+            problems.append(f"no audit rule keyed ckms_automation for auid {acct.uid}")
+    assert not problems, f"F.06 b: automation account {user} not scoped: {problems}"
+
+
+@pytest.mark.check("check:F.06.b.ansible_manages_through_automation_account")
+def test_ansible_manages_through_automation_account(host, request, evidence):
+    # Ansible manages the hardened host through the account (root login closed): an ad-hoc command through
+    # the inventory becomes uid 0 by sudo from the automation account
+    inventory = request.config.getoption("ansible_inventory", None)
+    if getattr(host.backend, "NAME", "") != "ansible" or not inventory:
+        pytest.skip("F.06 b: the host is not reached through an Ansible inventory")
+    users = automation_user(host)
+    assert users, "F.06 b: no automation account (os_hardening_automation_enabled is off)"
+    name = host.backend.host
+    v = inventory_vars(host)
+    exe = Path(sys.executable).parent / "ansible"
+    proc = subprocess.run(
+        [str(exe) if exe.exists() else "ansible", name, "-i", str(inventory), "-b",
+         "-m", "ansible.builtin.shell", "-a", 'echo "via=$SUDO_USER"; id'],
+        capture_output=True, text=True, timeout=180,
+        env=dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1"),
+    )  # fmt: skip
+    out = proc.stdout
+    via = re.search(r"via=(\S*)", out)
+    uid = re.search(r"uid=(\d+)", out)
+    evidence.add(
+        "inventory connection",
+        {"ansible_user": v.get("ansible_user"), "ansible_become": v.get("ansible_become")},
+    )
+    evidence.add(
+        f"ansible {name} -b -m shell -a 'echo via=$SUDO_USER; id'", (out or proc.stderr).strip()[-600:]
+    )
+    assert proc.returncode == 0, (
+        f"F.06 b: Ansible cannot manage the host: {(proc.stdout + proc.stderr)[-400:]}"
+    )
+    assert uid and uid.group(1) == "0", "F.06 b: Ansible did not become root on the host"
+    assert via and via.group(1) == users[0], (
+        f"F.06 b: Ansible became root through {via.group(1) if via else 'no sudo'}, not the automation account"
+    )
+
+
 # ------------------------------------------------------------------------------------------ F.06 c
 def _mode_ok(actual: int, limit: int) -> bool:
     return actual & ~limit == 0
@@ -143,6 +317,7 @@ def test_sensitive_file_modes(host, evidence):
 def test_only_expected_accounts(host, evidence):
     expected = {a["name"] for a in policy(host, "os_hardening_accounts")}
     expected |= set(policy(host, "os_hardening_accounts_login_allowed"))
+    expected |= set(automation_user(host))  # a known entity, checked by F.06.b.automation_account_scoped
     rows = [line.split(":") for line in host.check_output("getent passwd").splitlines()]
     login = sorted(r[0] for r in rows if r[6] not in NOLOGIN)
     uid0 = sorted(r[0] for r in rows if r[2] == "0")
@@ -171,16 +346,20 @@ def _sudo_grants(host, user: str) -> list[str]:
 def test_sudo_command_allowlist(host, evidence):
     rows = [line.split(":") for line in host.check_output("getent passwd").splitlines()]
     users = [r[0] for r in rows if r[0] != "root"]
+    automation = automation_user(host)
     grants, broad = {}, []
     for u in users:
         g = _sudo_grants(host, u)
         if g:
             grants[u] = g
+            if u in automation:  # root-equivalent by design, bounded and logged: automation_account_scoped
+                continue
             for line in g:
                 cmds = line.split(")", 1)[1].replace("NOPASSWD:", "").replace("PASSWD:", "")
                 if any(c.strip() == "ALL" or c.strip().endswith("sh") for c in cmds.split(",")):
                     broad.append(f"{u}: {line}")
     evidence.add("sudo grants per account", grants)
+    evidence.add("automation account (checked by F.06.b.automation_account_scoped)", automation or "none")
     dropins = sorted(host.run("ls -A /etc/sudoers.d").stdout.split())
     evidence.add("sudoers.d", dropins)
     assert not broad, f"F.06 d: sudo grants beyond named commands: {broad}"
@@ -460,22 +639,64 @@ def test_sshd_hardened(host, evidence):
     assert not problems, f"F.06 l: sshd not hardened: {problems}"
 
 
-@pytest.mark.check("check:F.06.l.root_login_disabled")
-def test_root_login_disabled(host, evidence):
-    glob = sshd_t(host).get("permitrootlogin")
-    other = sshd_t(host, "user=root,host=admin.example,addr=192.0.2.10").get("permitrootlogin")
-    cfg = host.file("/etc/ssh/sshd_config").content_string
-    exceptions = re.findall(r"^Match Address (\S+)\s*\n\s*PermitRootLogin (\S+)", cfg, re.M)
-    evidence.add("global PermitRootLogin", glob)
-    evidence.add("PermitRootLogin from another address", other)
-    evidence.add("exceptions (controller, key only)", exceptions)
-    assert glob == "no", f"F.06 l: root login allowed (PermitRootLogin {glob})"
-    assert other == "no", f"F.06 l: root login allowed from an arbitrary address ({other})"
-    for addr, mode in exceptions:
-        assert mode == "prohibit-password", f"F.06 l: root may log in with a password from {addr}"
-        assert "/" not in addr or addr.endswith("/32"), (
-            f"F.06 l: root login exception for a whole network {addr}"
+def _controller_address(host) -> str:
+    return str(policy(host, "ckms_controller_address") or "").split("/")[0]
+
+
+def _ssh_backend(host):
+    """testinfra's SSH backend behind an ansible:// host (None when the host is not reached over SSH)."""
+    backend = host.backend
+    if getattr(backend, "NAME", "") == "ansible":
+        inner = backend.ansible_runner.get_host(
+            backend.host, ssh_config=backend.ssh_config, ssh_identity_file=backend.ssh_identity_file
         )
+        backend = inner.backend if inner is not None else None
+    return backend if backend is not None and hasattr(backend, "_build_ssh_command") else None
+
+
+def _ssh_as(host, user: str, command: str = "true") -> subprocess.CompletedProcess | None:
+    """A real SSH login to the host as ``user`` from here (the controller), with the inventory's key and
+    pinned host key, no sudo; None when the host is not reached over SSH."""
+    backend = _ssh_backend(host)
+    if backend is None:
+        return None
+    other = copy.copy(backend)
+    other.host = copy.copy(backend.host)
+    other.host.user = user
+    other.sudo, other.controlpersist, other.controlpath = False, 0, None
+    cmd, args = other._build_ssh_command(command)
+    line = other.quote(" ".join(["-o BatchMode=yes", "-o ControlPath=none", *cmd[1:]]), *args)
+    return subprocess.run(f"ssh {line}", shell=True, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.check("check:F.06.l.root_login_closed_everywhere")
+def test_root_login_closed_everywhere(host, evidence):
+    # root may not log in from any address, the controller's included: Ansible uses the automation account
+    controller = _controller_address(host)
+    contexts = {"any address": None, "192.0.2.10": "user=root,host=admin.example,addr=192.0.2.10"}
+    if controller:
+        contexts[f"the controller {controller}"] = f"user=root,host=controller,addr={controller}"
+    seen = {what: sshd_t(host, ctx).get("permitrootlogin") for what, ctx in contexts.items()}
+    cfg = host.run("cat /etc/ssh/sshd_config /etc/ssh/sshd_config.d/*.conf 2>/dev/null").stdout
+    overrides = [
+        ln.strip() for ln in cfg.splitlines() if re.match(r"\s*PermitRootLogin\s+(?!no\b)", ln, re.I)
+    ]
+    root_keys = host.run("cat /root/.ssh/authorized_keys 2>/dev/null | grep -c . || true").stdout.strip()
+    attempt = _ssh_as(host, "root")
+    evidence.add("PermitRootLogin (sshd -T) per source", seen)
+    evidence.add("PermitRootLogin lines other than no", overrides or "none")
+    evidence.add("keys in /root/.ssh/authorized_keys", root_keys or "0")
+    if attempt is None:
+        evidence.limit("host not reached over SSH: no real root login attempt from the controller")
+    else:
+        evidence.add(
+            "ssh root@host from the controller (inventory key)",
+            {"rc": attempt.returncode, "stderr": attempt.stderr.strip()[-300:]},
+        )
+    open_to = {what: mode for what, mode in seen.items() if mode != "no"}
+    assert not open_to, f"F.06 l: root login allowed (PermitRootLogin) from {open_to}"
+    assert not overrides, f"F.06 l: sshd configuration re-allows root login: {overrides}"
+    assert attempt is None or attempt.returncode != 0, "F.06 l: root logged in over SSH from the controller"
 
 
 @pytest.mark.check("check:F.06.l.kernel_sysctls")
@@ -649,7 +870,7 @@ def _sudo_allows(allowed: list[str], command: str) -> bool:
 @pytest.mark.check("check:A.30.sudo_runs_only_own_role_commands")
 def test_sudo_runs_only_own_role_commands(host, evidence):
     accounts = policy(host, "os_hardening_accounts") or []
-    ca_user = policy(host, "ckms_ca_user") or "ckms"
+    ca_user = _resolved(policy(host, "ckms_ca_user"), inventory_vars(host).get("ckms_user") or "ckms")
     ckms = "/opt/ckms/venv/bin/ckms"
     seen, wrong = {}, []
     for acct in accounts:

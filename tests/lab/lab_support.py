@@ -9,6 +9,7 @@ network 10.232.0.0/16) so a developer's own ``make lab`` is never touched by the
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -107,7 +108,8 @@ class Lab:
     def ssh(
         self, host: str, command: str, *, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess:
-        """Run ``command`` on a lab host over the management network, host key pinned."""
+        """Run ``command`` as root on a lab host over the management network, host key pinned: as the
+        automation account through ``sudo -n`` (root login is closed to every address)."""
         addr = self.hosts[host]["mgmt_address"]
         args = [
             "ssh",
@@ -123,8 +125,8 @@ class Lab:
             f"UserKnownHostsFile={self.inventory.parent / 'known_hosts'}",
             "-o",
             "StrictHostKeyChecking=yes",
-            f"root@{addr}",
-            command,
+            f"{hosts.AUTOMATION_USER}@{addr}",
+            f"sudo -n sh -c {shlex.quote(command)}",
         ]
         proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:

@@ -138,7 +138,8 @@ def test_collection_installs_into_an_empty_project_and_converges_by_fqcn(tmp_pat
                         "hosts": {
                             "ntp1": {
                                 "ansible_host": host["mgmt_address"],
-                                "ansible_user": "root",
+                                "ansible_user": hosts.AUTOMATION_USER,
+                                "ansible_become": True,
                                 "ansible_ssh_private_key_file": str(paths.ssh_key()),
                                 "ansible_ssh_common_args": ssh_args,
                             }
@@ -161,8 +162,9 @@ def test_collection_installs_into_an_empty_project_and_converges_by_fqcn(tmp_pat
                 "-o",
                 "BatchMode=yes",
                 *ssh_args.split(),
-                f"root@{host['mgmt_address']}",
-                "systemctl is-active chrony && grep -c '^local stratum 8' /etc/chrony/chrony.conf && chronyc -n sources",
+                f"{hosts.AUTOMATION_USER}@{host['mgmt_address']}",
+                'sudo -n sh -c \'systemctl is-active chrony && grep -c "^local stratum 8" /etc/chrony/chrony.conf'
+                " && chronyc -n sources'",
             ],
             capture_output=True,
             text=True,

@@ -33,12 +33,7 @@ def body(lab: Lab, d, args) -> None:
     before = {c: counter(router, c) for c in ("log_drop_syn_flood", "log_drop_forward")}
     # bounded flood: 2500 SYNs at 500/s from the rogue host's own address to the CA's EST port
     flood = subprocess.Popen(
-        [
-            "ssh",
-            *rogue.ssh_args,
-            f"root@{rogue.address}",
-            f"timeout 15 hping3 -q -S -p 8443 -i u2000 -c 2500 {ca_ip}",
-        ],
+        rogue.argv(f"timeout 15 hping3 -q -S -p 8443 -i u2000 -c 2500 {ca_ip}"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

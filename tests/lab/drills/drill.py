@@ -49,9 +49,16 @@ class Host:
     def addr(self, segment: str) -> str:
         return self.vars["ckms_addresses"][segment]
 
+    def argv(self, command: str) -> list[str]:
+        """ssh argv running ``command`` as root on the host: as the inventory's user, through ``sudo -n``
+        when the inventory says become (the automation account; nobody logs in as root)."""
+        user = self.vars.get("ansible_user", "root")
+        if user != "root" and self.vars.get("ansible_become"):
+            command = f"sudo -n sh -c {shlex.quote(command)}"
+        return ["ssh", *self.ssh_args, f"{user}@{self.address}", command]
+
     def run(self, command: str, *, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
-        args = ["ssh", *self.ssh_args, f"{self.vars.get('ansible_user', 'root')}@{self.address}", command]
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(self.argv(command), capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"{self.name}: {command!r} -> rc {proc.returncode}: {proc.stderr.strip()[:400]}"

@@ -82,7 +82,7 @@ def body(lab: Lab, d, args) -> None:
     )
     env = dict(
         os.environ,
-        ANSIBLE_CONFIG=str(REPO / "ansible/ansible.cfg"),
+        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
         PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
     )
 

@@ -2,7 +2,7 @@
 
 First the whole set of hardening checks (hardening/checks, the same modules ``make report`` runs) must pass
 on the freshly converged CA baseline. Then controls are broken on the host -- root SSH login re-enabled,
-a port opened, an account and a sudo grant added, a file under AIDE watch modified, audit rules broken,
+the automation account's key freed of its address, a port opened, an account and a sudo grant added, a file under AIDE watch modified, audit rules broken,
 the virus-scan timer stopped, an unsigned package source added, USB storage allowed -- and the checks run
 again: each matching check must fail with a message that names the item. The real-time alerts (F.15
 account change, F.48 AIDE) must have fired too.
@@ -27,8 +27,14 @@ BREAKS = [
     (
         "root SSH login re-enabled",
         "sed -i 's/^PermitRootLogin no$/PermitRootLogin yes/' /etc/ssh/sshd_config",
-        "check:F.06.l.root_login_disabled",
+        "check:F.06.l.root_login_closed_everywhere",
         "F.06 l",
+    ),
+    (
+        "automation account's key usable from any address",
+        'sed -i \'s/^from="[^"]*",//\' /var/lib/ckms-automation/.ssh/authorized_keys',
+        "check:F.06.b.automation_account_scoped",
+        "F.06 b",
     ),
     (
         "port 9999 opened in the host firewall",
