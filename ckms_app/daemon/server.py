@@ -37,6 +37,7 @@ from ckms_app.daemon.transport import (
     GuardedSite,
     descriptor_budget,
     quiet_disconnects,
+    quiet_malformed_http_logging,
     restrict_tls13,
 )
 from ckms_app.hsm.token import HsmEcPrivateKey
@@ -94,6 +95,7 @@ async def serve(
     (a worker on its own counts alone).
     """
     srv = config.server
+    quiet_malformed_http_logging()
     tls = server_ssl_context(config)  # a refused TLS setting stops the start here, before anything opens
     rt = await open_runtime(config)
     stop = asyncio.Event()

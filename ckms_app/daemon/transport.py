@@ -333,3 +333,29 @@ async def quiet_disconnects(request: web.Request, handler: Handler) -> web.Strea
         if transport is not None and not transport.is_closing():
             raise
         return web.Response(status=408, text="request timeout\n")
+
+
+class MalformedHttpLogFilter(logging.Filter):
+    """aiohttp answers a request its parser cannot read (a control character in a header, a broken
+    request line) with 400 and logs the parser's exception with a full traceback. Anyone on the LAN can
+    send those, and a traceback reads as a fault of the daemon: keep one warning line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            source = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "malformed HTTP request from %s refused (%s): %s"
+            record.args = (source, exc.code, exc.message)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_malformed_http_logging() -> None:
+    """Install :class:`MalformedHttpLogFilter` on aiohttp's server logger (once per process)."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedHttpLogFilter) for f in logger.filters):
+        logger.addFilter(MalformedHttpLogFilter())

@@ -189,6 +189,19 @@ def test_broken_gzip_is_400_audited_and_closes_the_connection(
     assert len(records) == refusals + 1 and json.loads(records[-1][5])["code"] == "body_unreadable"
 
 
+def test_malformed_http_header_is_400_without_a_traceback(
+    ca: CaHome, daemon: Daemon, clean_log: None
+) -> None:
+    """aiohttp's own parser refuses it (400); the daemon logs one warning line, not a traceback."""
+    body = base64.encodebytes(make_csr("device-bad-header")[0])
+    headers = {"Content-Type": "application/pkcs\x7f10", "Content-Length": str(len(body))}
+    reply = send(ca, "POST", f"{EST}/simpleenroll", [body], headers)
+    assert reply.status == 400, reply.body
+    assert "CN=device-bad-header" not in issued_subjects(ca)
+    time.sleep(0.2)
+    assert "malformed HTTP request from" in daemon.log.read_text(errors="replace")
+
+
 def test_deeply_nested_json_is_400_and_audited(ca: CaHome, daemon: Daemon, clean_log: None) -> None:
     refusals = len(ca.audit("certificate.revoke"))
     body = b"[" * 5000 + b"]" * 5000
