@@ -33,8 +33,9 @@ from ckms_lab import hosts, paths
 
 pytestmark = pytest.mark.lab
 
-STACK = "prodshape"
-LAB = "ps"
+# CKMS_PRODSHAPE_STACK: another stack file of pulumi/stacks (own labName and network) for a second run
+# beside the suite's on the same machine.
+STACK = os.environ.get("CKMS_PRODSHAPE_STACK", "prodshape")
 VENDOR_MODULE = "/opt/vendor-hsm/lib/libvendorpkcs11.so"
 # What the report must find on these hosts and nothing else: a production host needs the vendor's signed
 # ClamAV databases (main/daily .cvd), which cannot reach this offline test network, and the check knows
@@ -43,8 +44,13 @@ EXPECTED_FAILURES = ["check:F.10.a.signatures_current"]
 EICAR_MD5 = "44d88612fea8a8f36de82e1278abb02f:68:Ckms.Site.EICAR"
 
 
+def _lab_name() -> str:
+    doc = yaml.safe_load((REPO / "pulumi" / "stacks" / f"{STACK}.yaml").read_text())
+    return str(doc["config"]["ckms:labName"])
+
+
 def _stack_env() -> dict[str, str]:
-    return dict(os.environ, CKMS_LAB_STACK=STACK, CKMS_LAB_NAME=LAB)
+    return dict(os.environ, CKMS_LAB_STACK=STACK, CKMS_LAB_NAME=_lab_name())
 
 
 def _plain_env(vault_pass: Path) -> dict[str, str]:
@@ -197,8 +203,8 @@ def prodshape(tmp_path_factory):
     reason = lab_unavailable()
     if reason:
         pytest.skip(reason)
-    keep = os.environ.get("CKMS_PRODSHAPE_KEEP") == "1"  # a developer iterating on the same hosts
-    if not keep and any(hosts.lab_footprint(LAB).values()):
+    lab = _lab_name()
+    if any(hosts.lab_footprint(lab).values()):  # a crashed earlier run: the same script cleans up first
         subprocess.run([str(REPO / "scripts/lab-down.sh")], env=_stack_env(), check=True, timeout=600)
     try:
         subprocess.run([str(REPO / "scripts/lab-up.sh")], env=_stack_env(), check=True, timeout=3600)
@@ -211,10 +217,9 @@ def prodshape(tmp_path_factory):
         inventory = write_inventory(tmp_path_factory.mktemp("site") / "inventory", generated, secrets_dir)
         yield {"inventory": inventory, "secrets": secrets_dir, "env": _plain_env(secrets_dir / "vault-pass")}
     finally:
-        if not keep:
-            subprocess.run([str(REPO / "scripts/lab-down.sh")], env=_stack_env(), check=True, timeout=600)
-            left = hosts.lab_footprint(LAB)
-            assert not any(left.values()), f"lab-down left behind: {left}"
+        subprocess.run([str(REPO / "scripts/lab-down.sh")], env=_stack_env(), check=True, timeout=600)
+        left = hosts.lab_footprint(lab)
+        assert not any(left.values()), f"lab-down left behind: {left}"
 
 
 def test_production_shaped_converge(prodshape):

@@ -85,6 +85,8 @@ def test_syntax_check_from_the_repository_root():
 
 
 def test_the_repository_config_is_found_without_ansible_config():
+    if not (PLAYBOOK.parent / "ansible-config").exists():
+        pytest.skip("no ansible-config in .venv (make deps)")
     proc = subprocess.run(
         [str(PLAYBOOK.parent / "ansible-config"), "dump", "--only-changed"],
         cwd=REPO,
