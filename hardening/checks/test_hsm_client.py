@@ -92,6 +92,8 @@ def test_token_offers_required_mechanisms(host, evidence):
 def test_daemon_uses_inventory_module(host, evidence):
     """The CA signs through the module the inventory names, not a simulated HSM that a default put there:
     the daemon's configuration names it and the daemon's processes have exactly that library mapped."""
+    if host.run("systemctl cat ckms-ca.service").rc != 0:
+        pytest.skip("E.01: no CA daemon on this host (hsm_client alone: the ckms_ca checks cover the daemon)")
     wanted = module_of(host)
     real = host.run(f"readlink -f {shlex.quote(wanted)}").stdout.strip()
     conf = host.run(f"grep -E '^module *=' {HOME}/ckms.toml").stdout.strip()
