@@ -6,8 +6,10 @@ point: main, and e.g. ckms_ca's terminal or backup's restore). Edit the spec, th
   scripts/role-docs.py            rewrite the sections (appended to a README that has none)
   scripts/role-docs.py --check    exit 1 naming each README whose section is missing or stale
   scripts/role-docs.py --production [--check]
-                                  the same for the per-role variable tables of docs/production.md (between
-                                  PROD_BEGIN and PROD_END; required variables flagged)
+                                  the same for the per-role variable tables of docs/production.md and of
+                                  its Japanese version docs/production.ja.md (between PROD_BEGIN and
+                                  PROD_END; required variables flagged; the Japanese section has Japanese
+                                  headings and labels, the spec's descriptions stay in English)
 tests/unit/test_role_docs.py runs --check and checks the READMEs against the specs;
 tests/unit/test_production_doc.py runs --production --check.
 """
@@ -25,6 +27,36 @@ BEGIN = "<!-- variables: generated from meta/argument_specs.yml by scripts/role-
 END = "<!-- end of generated variables -->"
 DEFAULT_WIDTH = 48
 PRODUCTION_DOC = REPO / "docs" / "production.md"
+# Each language's production quick start carries the same generated section, with its own labels.
+PRODUCTION_DOCS = {"en": PRODUCTION_DOC, "ja": REPO / "docs" / "production.ja.md"}
+LABELS = {
+    "en": {
+        "role": "### {role}",
+        "entry": "Entry point `{entry}` (`tasks_from: {entry}`): {description}",
+        "required": "Required: {names}",
+        "none_required": "Required: none (each variable has a spec or role default).",
+        "header": "| variable | type | default | description |",
+        "flag": "**required**",
+        "see_defaults": "see `defaults/main.yml`",
+        "list_of": "list of {elements}",
+        "choices": "{kind} ({choices})",
+        "choice_sep": ", ",
+        "required_type": "{kind}, required",
+    },
+    "ja": {
+        "role": "### {role} ロール",
+        "entry": "エントリポイント `{entry}`（`tasks_from: {entry}`）: {description}",
+        "required": "必須の変数: {names}",
+        "none_required": "必須の変数: なし（どの変数にも spec かロールの既定値があります）。",
+        "header": "| 変数 | 型 | 既定値 | 説明 |",
+        "flag": "**必須**",
+        "see_defaults": "`defaults/main.yml` を参照",
+        "list_of": "list（要素 {elements}）",
+        "choices": "{kind}（{choices}）",
+        "choice_sep": " / ",
+        "required_type": "{kind}、必須",
+    },
+}
 PROD_BEGIN = (
     "<!-- BEGIN GENERATED: role variables (scripts/role-docs.py --production, from each role's"
     " meta/argument_specs.yml; edit the spec, not this section) -->"
@@ -50,7 +82,7 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def _default(opt: dict) -> str:
+def _default(opt: dict, lang: str = "en") -> str:
     if "default" not in opt:
         return "—"
     value = opt["default"]
@@ -59,18 +91,20 @@ def _default(opt: dict) -> str:
     else:
         shown = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
     if len(shown) > DEFAULT_WIDTH:
-        return "see `defaults/main.yml`"
+        return LABELS[lang]["see_defaults"]
     return f"`{_cell(shown)}`" if shown else '`""`'
 
 
-def _type(opt: dict) -> str:
+def _type(opt: dict, lang: str = "en") -> str:
+    label = LABELS[lang]
     kind = opt.get("type", "str")
     if kind == "list" and "elements" in opt:
-        kind = f"list of {opt['elements']}"
+        kind = label["list_of"].format(elements=opt["elements"])
     if "choices" in opt:
-        kind += " (" + ", ".join(str(c) for c in opt["choices"]) + ")"
+        choices = label["choice_sep"].join(str(c) for c in opt["choices"])
+        kind = label["choices"].format(kind=kind, choices=choices)
     if opt.get("required"):
-        kind += ", required"
+        kind = label["required_type"].format(kind=kind)
     return kind
 
 
@@ -109,8 +143,10 @@ def required(opt: dict, role_defaults: dict, name: str) -> bool:
     return bool(opt.get("required")) or ("default" not in opt and name not in role_defaults)
 
 
-def production_section() -> str:
-    """Per-role variable tables for docs/production.md, required variables flagged and listed first."""
+def production_section(lang: str = "en") -> str:
+    """Per-role variable tables for docs/production.md (lang "en") or docs/production.ja.md ("ja"),
+    required variables flagged and listed first."""
+    label = LABELS[lang]
     dirs = {p.name: p for p in _role_dirs()}
     order = [r for r in CONVERGE_ORDER if r in dirs] + sorted(set(dirs) - set(CONVERGE_ORDER))
     lines = [PROD_BEGIN]
@@ -121,7 +157,7 @@ def production_section() -> str:
         main_spec = specs.get("main", {})
         lines += [
             "",
-            f"### {role}",
+            label["role"].format(role=role),
             "",
             f"{_cell(main_spec.get('short_description', ''))} ([README](../roles/{role}/README.md))",
         ]
@@ -129,54 +165,53 @@ def production_section() -> str:
             options = spec.get("options") or {}
             must = [n for n, o in options.items() if required(o, defaults, n)]
             if entry != "main":
-                lines += [
-                    "",
-                    f"Entry point `{entry}` (`tasks_from: {entry}`): {_cell(spec.get('short_description', ''))}",
-                ]
-            lines += [
-                "",
-                "Required: "
-                + (
-                    ", ".join(f"`{n}`" for n in must)
-                    if must
-                    else "none (each variable has a spec or role default)."
-                ),
-            ]
-            lines += ["", "| variable | type | default | description |", "| --- | --- | --- | --- |"]
+                description = _cell(spec.get("short_description", ""))
+                lines += ["", label["entry"].format(entry=entry, description=description)]
+            names = ", ".join(f"`{n}`" for n in must)
+            lines += ["", label["required"].format(names=names) if must else label["none_required"]]
+            lines += ["", label["header"], "| --- | --- | --- | --- |"]
             ranked = sorted(options.items(), key=lambda kv: kv[0] not in must)
             for name, opt in ranked:
                 desc = opt.get("description", "")
                 if isinstance(desc, list):
                     desc = " ".join(desc)
-                shown = "**required**" if name in must else _default(opt)
-                lines.append(f"| `{name}` | {_cell(_type(opt))} | {shown} | {_cell(desc)} |")
+                shown = label["flag"] if name in must else _default(opt, lang)
+                lines.append(f"| `{name}` | {_cell(_type(opt, lang))} | {shown} | {_cell(desc)} |")
     lines += ["", PROD_END]
     return "\n".join(lines)
 
 
-def render_production(doc: str) -> str:
+def render_production(doc: str, lang: str = "en") -> str:
     if PROD_BEGIN not in doc or PROD_END not in doc:
         raise SystemExit(
-            f"{PRODUCTION_DOC.relative_to(REPO)} has no generated-variables markers ({PROD_END!r})"
+            f"{PRODUCTION_DOCS[lang].relative_to(REPO)} has no generated-variables markers ({PROD_END!r})"
         )
     head, rest = doc.split(PROD_BEGIN, 1)
-    return head + production_section() + rest.split(PROD_END, 1)[1]
+    return head + production_section(lang) + rest.split(PROD_END, 1)[1]
 
 
 def main_production(check: bool) -> int:
-    old = PRODUCTION_DOC.read_text()
-    new = render_production(old)
-    if new == old:
-        return 0
-    if check:
+    stale = []
+    for lang, path in PRODUCTION_DOCS.items():
+        rel = path.relative_to(REPO)
+        if not path.exists():
+            raise SystemExit(f"{rel} is missing (each language of the production quick start has one)")
+        old = path.read_text()
+        new = render_production(old, lang)
+        if new == old:
+            continue
+        stale.append(str(rel))
+        if not check:
+            path.write_text(new)
+            print(f"role-docs: wrote {rel}", file=sys.stderr)
+    if check and stale:
         print(
-            "docs/production.md: role variables out of date with meta/argument_specs.yml"
-            " (run scripts/role-docs.py --production)",
+            "role variables out of date with meta/argument_specs.yml (run scripts/role-docs.py --production):",
+            *stale,
+            sep="\n  ",
             file=sys.stderr,
         )
         return 1
-    PRODUCTION_DOC.write_text(new)
-    print("role-docs: wrote docs/production.md", file=sys.stderr)
     return 0
 
 

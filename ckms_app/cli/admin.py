@@ -30,6 +30,7 @@ from ckms_app.authority.passwords import hash_password, read_password
 from ckms_app.config import Config, load_config
 from ckms_app.errors import ClientError, HsmError, PasswordError
 from ckms_app.hsm.token import Token, read_secret_file
+from ckms_app.i18n import translator
 
 COMMANDS = ("entity", "acl", "audit", "change")
 
@@ -243,7 +244,8 @@ def _entity(ctx: AdminContext, args: argparse.Namespace) -> int:
         _print(ctx.issue_code(args.entity_id, args.ttl_hours))
     elif cmd == "passwd":
         ctx.set_password(args.entity_id, read_secret(args.new_password_file, "new password: "))
-        print(f"password of {args.entity_id} changed")
+        _ = translator(args.lang)
+        print(_("password of {entity} changed").format(entity=args.entity_id))
     return 0
 
 
@@ -259,6 +261,7 @@ def _change(ctx: AdminContext, args: argparse.Namespace) -> int:
 
 def _enrol(config: Config, args: argparse.Namespace) -> int:
     """``ckms entity enrol``: the person's CSR and one-time code, no other authentication."""
+    _ = translator(args.lang)
     code = read_secret_file(args.code_file)
     password = read_secret(args.password_file, "your new password: ") if args.password_file else None
     password_hash = hash_password(password) if password is not None else None  # refuse a short one first
@@ -270,7 +273,9 @@ def _enrol(config: Config, args: argparse.Namespace) -> int:
             else data
         )
     except ValueError as exc:
-        raise ClientError(f"{args.csr}: not a PEM certificate request: {exc}") from None
+        raise ClientError(
+            _("{path}: not a PEM certificate request: {reason}").format(path=args.csr, reason=exc)
+        ) from None
     done = enrol_locally(config, args.entity_id, code, csr_der, password_hash)
     pem = done.certificate.public_bytes(serialization.Encoding.PEM).decode()
     if args.out is not None:
@@ -286,7 +291,7 @@ def _enrol(config: Config, args: argparse.Namespace) -> int:
     elif args.out is None:
         print(pem, end="")
     else:
-        print(f"enrolled {done.entity_id}: certificate {args.out}")
+        print(_("enrolled {entity}: certificate {out}").format(entity=done.entity_id, out=args.out))
     return 0
 
 
@@ -299,6 +304,7 @@ def _acl(ctx: AdminContext, args: argparse.Namespace) -> int:
 
 
 def _audit(ctx: AdminContext, config: Config, args: argparse.Namespace) -> int:
+    _ = translator(args.lang)
     if args.audit_command == "seal":
         with Token(config.token) as token:
             ca_key = token.load_ec_key(config.ca_key_label)
@@ -314,7 +320,7 @@ def _audit(ctx: AdminContext, config: Config, args: argparse.Namespace) -> int:
                 out.write(line + "\n")
                 count += 1
         ctx.record("audit.export", str(args.out), "success", {"lines": count})
-        print(f"wrote {count} lines to {args.out}")
+        print(_("wrote {count} lines to {out}").format(count=count, out=args.out))
         return 0
     if args.export is not None:
         with open(args.export) as f:
@@ -338,20 +344,20 @@ def _audit(ctx: AdminContext, config: Config, args: argparse.Namespace) -> int:
             {"ok": report.ok, "first_bad_seq": report.first_bad_seq},
         )
     except Exception as exc:  # noqa: BLE001 - a damaged trail may refuse new records; still report it
-        print(
-            f"ckms: warning: could not record this verification in the trail: {type(exc).__name__}",
-            file=sys.stderr,
-        )
+        warning = _("ckms: warning: could not record this verification in the trail: {error}")
+        print(warning.format(error=type(exc).__name__), file=sys.stderr)
     if args.json:
         _print({**report.as_dict(), "seals_checked": public_key is not None})
     elif report.ok:
         print(
-            f"audit trail OK: {report.records} records, {report.seals} seals "
-            f"({report.unsealed_records} records after the last seal)"
-            + ("" if public_key is not None else "; no audit public key, seal signatures NOT checked")
+            _(
+                "audit trail OK: {records} records, {seals} seals ({unsealed} records after the last seal)"
+            ).format(records=report.records, seals=report.seals, unsealed=report.unsealed_records)
+            + ("" if public_key is not None else _("; no audit public key, seal signatures NOT checked"))
         )
     else:
-        print(f"audit trail BROKEN at record {report.first_bad_seq}: {report.problem}")
+        broken = _("audit trail BROKEN at record {seq}: {problem}")
+        print(broken.format(seq=report.first_bad_seq, problem=report.problem))
     return 0 if report.ok else 2
 
 

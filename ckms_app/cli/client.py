@@ -2,7 +2,8 @@
 
 It speaks the same protocols as any standard EST client, over mutual TLS 1.3 with the role's
 client certificate from the CA home (or one given explicitly). Errors come back as
-:class:`ClientError` with the server's own explanation.
+:class:`ClientError` with the server's own explanation, in the client's language: it sends
+``Accept-Language`` and the daemon answers in kind (the error codes stay English).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import http.client
 import json
 import ssl
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,11 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from ckms_app.config import Config
 from ckms_app.errors import ClientError
+from ckms_app.i18n import DEFAULT, translator
+
+
+def _english(text: str) -> str:
+    return text
 
 
 @dataclass(frozen=True)
@@ -29,31 +36,44 @@ class Credentials:
     key: Path
 
     @classmethod
-    def for_role(cls, config: Config, role: str) -> Credentials:
+    def for_role(cls, config: Config, role: str, _: Callable[[str], str] = _english) -> Credentials:
         cert, key = config.home / "credentials" / f"{role}.pem", config.home / "credentials" / f"{role}.key"
         if not cert.exists() or not key.exists():
-            raise ClientError(f"no credentials for role {role!r} in {config.home / 'credentials'}")
+            raise ClientError(
+                _("no credentials for role {role} in {directory}").format(
+                    role=repr(role), directory=config.home / "credentials"
+                )
+            )
         return cls(cert, key)
 
 
-def client_ssl_context(config: Config, creds: Credentials | None) -> ssl.SSLContext:
+def client_ssl_context(
+    config: Config, creds: Credentials | None, _: Callable[[str], str] = _english
+) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(config.ca_cert))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     if creds is not None:
         try:
             ctx.load_cert_chain(creds.cert, creds.key)
         except (OSError, ssl.SSLError) as exc:
-            raise ClientError(f"cannot load client credentials {creds.cert}: {exc}") from None
+            raise ClientError(
+                _("cannot load client credentials {cert}: {reason}").format(cert=creds.cert, reason=exc)
+            ) from None
     return ctx
 
 
 class CkmsClient:
-    """One keep-alive connection to the daemon's TLS listener."""
+    """One keep-alive connection to the daemon's TLS listener; ``lang`` is the language of its errors and
+    of the daemon's answers (``Accept-Language``)."""
 
-    def __init__(self, config: Config, creds: Credentials | None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, config: Config, creds: Credentials | None, timeout: float = 30.0, *, lang: str = DEFAULT
+    ) -> None:
         url = urllib.parse.urlsplit(config.server.est_url)
         self._host, self._port = url.hostname or "127.0.0.1", url.port or 443
-        self._ctx = client_ssl_context(config, creds)
+        self._ = translator(lang)
+        self._lang = lang
+        self._ctx = client_ssl_context(config, creds, self._)
         self._timeout = timeout
         self._creds = creds
         self._conn: http.client.HTTPSConnection | None = None
@@ -72,20 +92,24 @@ class CkmsClient:
     def request(
         self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, str], bytes]:
+        _ = self._
+        headers = {"Accept-Language": self._lang, **(headers or {})}
         for attempt in (1, 2):  # one reconnect: the server may have closed an idle keep-alive
             if self._conn is None:
                 self._conn = http.client.HTTPSConnection(
                     self._host, self._port, context=self._ctx, timeout=self._timeout
                 )
             try:
-                self._conn.request(method, path, body=body, headers=headers or {})
+                self._conn.request(method, path, body=body, headers=headers)
                 resp = self._conn.getresponse()
                 data = resp.read()
                 return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
             except ssl.SSLCertVerificationError as exc:
                 self.close()
                 raise ClientError(
-                    f"the server at {self._host}:{self._port} is not trusted: {exc.verify_message}"
+                    _("the server at {host}:{port} is not trusted: {reason}").format(
+                        host=self._host, port=self._port, reason=exc.verify_message
+                    )
                 ) from None
             except (ssl.SSLEOFError, http.client.RemoteDisconnected) as exc:
                 # TLS 1.3 checks the client certificate after the client thinks the handshake is
@@ -98,23 +122,38 @@ class CkmsClient:
                 reason = exc.reason or str(exc)
                 if "UNKNOWN_CA" in reason or "CERTIFICATE" in reason.upper():
                     raise ClientError(self._closed_message(exc)) from None
-                raise ClientError(f"TLS with {self._host}:{self._port} failed: {reason}") from None
+                raise ClientError(
+                    _("TLS with {host}:{port} failed: {reason}").format(
+                        host=self._host, port=self._port, reason=reason
+                    )
+                ) from None
             except (ConnectionError, http.client.BadStatusLine) as exc:
                 self.close()
                 if attempt == 2:
-                    raise ClientError(f"connection to {self._host}:{self._port} failed: {exc}") from None
+                    raise ClientError(
+                        _("connection to {host}:{port} failed: {reason}").format(
+                            host=self._host, port=self._port, reason=exc
+                        )
+                    ) from None
             except OSError as exc:
                 self.close()
-                raise ClientError(f"cannot reach {self._host}:{self._port}: {exc}") from None
+                raise ClientError(
+                    _("cannot reach {host}:{port}: {reason}").format(
+                        host=self._host, port=self._port, reason=exc
+                    )
+                ) from None
         raise AssertionError("unreachable")
 
     def _closed_message(self, exc: BaseException) -> str:
+        _ = self._
         if self._creds is None:
-            return f"{self._host}:{self._port} closed the connection: {exc}"
-        return (
-            f"{self._host}:{self._port} closed the connection without answering: it most likely refused the "
-            f"client certificate {self._creds.cert} (not issued by this CA, or expired)"
-        )
+            return _("{host}:{port} closed the connection: {reason}").format(
+                host=self._host, port=self._port, reason=exc
+            )
+        return _(
+            "{host}:{port} closed the connection without answering: it most likely refused the "
+            "client certificate {cert} (not issued by this CA, or expired)"
+        ).format(host=self._host, port=self._port, cert=self._creds.cert)
 
     def enroll(self, csr_der: bytes, *, renew: bool = False, label: str | None = None) -> x509.Certificate:
         op = "simplereenroll" if renew else "simpleenroll"
@@ -126,14 +165,18 @@ class CkmsClient:
             {"Content-Type": "application/pkcs10", "Content-Transfer-Encoding": "base64"},
         )
         if status != 200:
-            raise ClientError(f"enrolment refused (HTTP {status}): {data.decode(errors='replace').strip()}")
+            raise ClientError(
+                self._("enrolment refused (HTTP {status}): {answer}").format(
+                    status=status, answer=data.decode(errors="replace").strip()
+                )
+            )
         certs = pkcs7.load_der_pkcs7_certificates(base64.b64decode(data))
         return certs[0]
 
     def cacerts(self) -> list[x509.Certificate]:
         status, _, data = self.request("GET", "/.well-known/est/cacerts")
         if status != 200:
-            raise ClientError(f"cacerts failed (HTTP {status})")
+            raise ClientError(self._("cacerts failed (HTTP {status})").format(status=status))
         return pkcs7.load_der_pkcs7_certificates(base64.b64decode(data))
 
     def _json(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -147,7 +190,11 @@ class CkmsClient:
             doc = {"message": data.decode(errors="replace")}
         if status != 200:
             raise ClientError(
-                f"{doc.get('message', 'request failed')} (HTTP {status}, {doc.get('error', 'error')})"
+                self._("{message} (HTTP {status}, {code})").format(
+                    message=doc.get("message", self._("request failed")),
+                    status=status,
+                    code=doc.get("error", "error"),
+                )
             )
         return doc
 

@@ -2,6 +2,10 @@
 
 Every subcommand takes ``--home DIR`` (default ``$CKMS_HOME``). Errors print one line that says
 what went wrong and exit non-zero; no traceback for expected failures.
+
+Messages and errors are English unless ``--lang ja`` (anywhere on the command line) or the locale
+(``LC_ALL``, ``LC_MESSAGES``, ``LANG`` = ``ja…``) asks for Japanese (:mod:`ckms_app.i18n`); the daemon is
+asked for the same language. ``--json`` output is never translated: its keys and codes are for programs.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,7 @@ from ckms_app.config import Config, load_config, resolve_home
 from ckms_app.daemon import supervisor
 from ckms_app.errors import CkmsError, ClientError, LintUnavailable
 from ckms_app.hsm.token import DEFAULT_SOFTHSM_MODULE
+from ckms_app.i18n import LANGUAGES, localise_error, resolve_language, translator
 
 
 def _add_home(p: argparse.ArgumentParser) -> None:
@@ -67,6 +72,28 @@ def _person(value: str) -> tuple[str, str]:
 
 def _people(args: argparse.Namespace) -> InitPeople:
     return InitPeople(demo=args.demo, persons=tuple(args.persons))
+
+
+def _add_lang(parser: argparse.ArgumentParser) -> None:
+    """``--lang`` on the top parser and on every subcommand, so it may stand before or after the command.
+
+    The subcommands' copies default to "not given" (SUPPRESS), so they never undo a ``--lang`` given earlier.
+    """
+    parser.add_argument(
+        "--lang",
+        choices=LANGUAGES,
+        default=None,
+        help="language of messages and errors (default: from LC_ALL/LC_MESSAGES/LANG, else en)",
+    )
+    pending = [parser]
+    while pending:
+        for action in pending.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    child.add_argument(
+                        "--lang", choices=LANGUAGES, default=argparse.SUPPRESS, help="as ckms --lang"
+                    )
+                    pending.append(child)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,28 +185,33 @@ def build_parser() -> argparse.ArgumentParser:
     admin_cli.add_parsers(sub)  # entity, acl, change, audit
 
     custody_cli.add_parsers(sub, ca)  # hsm ..., selftest, ca recover
+    _add_lang(parser)
     return parser
 
 
-def _creds(args: argparse.Namespace, config: Config) -> Credentials:
+def _creds(args: argparse.Namespace, config: Config, _: Callable[[str], str]) -> Credentials:
     if args.cert or args.key:
         if not (args.cert and args.key):
-            raise ClientError("--cert and --key go together")
+            raise ClientError(_("--cert and --key go together"))
         return Credentials(args.cert, args.key)
-    return Credentials.for_role(config, args.role)
+    return Credentials.for_role(config, args.role, _)
 
 
-def _read_csr(path: Path) -> bytes:
+def _read_csr(path: Path, _: Callable[[str], str]) -> bytes:
     data = path.read_bytes()
     if b"-----BEGIN" in data:
         try:
             return x509.load_pem_x509_csr(data).public_bytes(serialization.Encoding.DER)
         except ValueError as exc:
-            raise ClientError(f"{path}: not a PEM certificate request: {exc}") from None
+            raise ClientError(
+                _("{path}: not a PEM certificate request: {reason}").format(path=path, reason=exc)
+            ) from None
     return data
 
 
 def run(args: argparse.Namespace) -> int:
+    lang = resolve_language(getattr(args, "lang", None))
+    _ = translator(lang)
     home = resolve_home(args.home)
     if args.command in ("hsm", "selftest") or (args.command == "ca" and args.ca_command == "recover"):
         return custody_cli.run(args, home)
@@ -206,15 +238,15 @@ def run(args: argparse.Namespace) -> int:
                     people=_people(args),
                 ),
             )
-            _print_summary(summary, args.json)
+            _print_summary(summary, args.json, _)
             return 0
         if args.ca_command == "import-cert":
             _print_summary(
-                ceremony.import_ca_certificate(home, args.cert, args.chain, _people(args)), args.json
+                ceremony.import_ca_certificate(home, args.cert, args.chain, _people(args)), args.json, _
             )
             return 0
         if args.ca_command == "renew-tls":
-            _print_summary(credentials.renew_tls(home), args.json)
+            _print_summary(credentials.renew_tls(home), args.json, _)
             return 0
 
         supervisor.run(home)
@@ -230,18 +262,24 @@ def run(args: argparse.Namespace) -> int:
             args.out.write_bytes(crl_obj.public_bytes(serialization.Encoding.PEM))
         else:
             args.out.write_bytes(der)
-        print(f"wrote {args.which} CRL to {args.out}")
+        print(_("wrote {which} CRL to {out}").format(which=args.which, out=args.out))
         return 0
-    with CkmsClient(config, _creds(args, config)) as client:
+    with CkmsClient(config, _creds(args, config, _), lang=lang) as client:
         if args.command == "issue":
-            cert = client.enroll(_read_csr(args.csr), renew=args.renew, label=args.profile)
+            cert = client.enroll(_read_csr(args.csr, _), renew=args.renew, label=args.profile)
             args.out.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-            print(f"issued serial {cert.serial_number:x} for {cert.subject.rfc4514_string()} -> {args.out}")
+            print(
+                _("issued serial {serial} for {subject} -> {out}").format(
+                    serial=f"{cert.serial_number:x}", subject=cert.subject.rfc4514_string(), out=args.out
+                )
+            )
         elif args.command == "revoke":
             done = client.revoke(args.serial, args.reason)
             print(
-                f"revoked {done['serial']} ({done['reason']}); in the published CRL within "
-                f"{done['crl_within_seconds']} s (force with 'ckms crl publish')"
+                _(
+                    "revoked {serial} ({reason}); in the published CRL within {seconds} s "
+                    "(force with 'ckms crl publish')"
+                ).format(serial=done["serial"], reason=done["reason"], seconds=done["crl_within_seconds"])
             )
         elif args.command == "cert":
             print(json.dumps(client.certificate(args.serial), indent=2))
@@ -250,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(summary: Mapping[str, Any], as_json: bool) -> None:
+def _print_summary(summary: Mapping[str, Any], as_json: bool, _: Callable[[str], str]) -> None:
     if as_json:
         print(json.dumps(summary, indent=2))
         return
@@ -260,20 +298,31 @@ def _print_summary(summary: Mapping[str, Any], as_json: bool) -> None:
                 print(f"credentials.{role}: {paths['cert']} / {paths['key']}")
         elif key == "enrolment_codes":
             for entity_id, code in value.items():
-                print(f"enrolment code of {entity_id}: {code['code']} (expires {code['expires']})")
+                print(
+                    _("enrolment code of {entity}: {code} (expires {expires})").format(
+                        entity=entity_id, code=code["code"], expires=code["expires"]
+                    )
+                )
         else:
             print(f"{key}: {value}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    lang = resolve_language(args.lang)
+    _ = translator(lang)
     try:
         return run(args)
-    except (CkmsError, ClientError, LintUnavailable) as exc:
-        print(f"ckms: error: {exc}", file=sys.stderr)
+    except (CkmsError, LintUnavailable) as exc:
+        message = localise_error(exc.code, str(exc), lang)
+        print(_("ckms: error: {message}").format(message=message), file=sys.stderr)
+        return 1
+    except ClientError as exc:  # already in the person's language (and the daemon's words in it)
+        print(_("ckms: error: {message}").format(message=exc), file=sys.stderr)
         return 1
     except FileNotFoundError as exc:
-        print(f"ckms: error: {exc.filename}: no such file", file=sys.stderr)
+        message = _("{path}: no such file").format(path=exc.filename)
+        print(_("ckms: error: {message}").format(message=message), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -15,6 +15,7 @@ from ckms_app.cli.local_audit import audit_local
 from ckms_app.config import Config
 from ckms_app.errors import HsmError
 from ckms_app.hsm.token import Token
+from ckms_app.i18n import translator
 
 
 def _open_key(config: Config) -> tuple[Any, Any, Any]:
@@ -64,8 +65,9 @@ def run_selftest(config: Config, args: argparse.Namespace) -> int:
     else:
         for c in report.checks:
             print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
+        _ = translator(args.lang)
         if state.in_error:
-            print(f"error state: {state.reason}")
+            print(_("error state: {reason}").format(reason=state.reason))
     return 0 if report.ok else 1
 
 
@@ -93,7 +95,10 @@ def run_recover(config: Config, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
+        _ = translator(args.lang)
         print(
-            "recovered: the CA serves again" if report.ok else f"still in the error state: {report.reason()}"
+            _("recovered: the CA serves again")
+            if report.ok
+            else _("still in the error state: {reason}").format(reason=report.reason())
         )
     return 0 if report.ok else 1

@@ -3,34 +3,77 @@
 Every protected route calls :func:`authenticate` (the client certificate → an active entity, a refusal
 recorded as ``auth.deny``) and, for an operation the authority layer does not check itself,
 :func:`authorize` (the role's ACL, a refusal recorded under the individual's entity ID). Errors are
-rendered as text for EST clients (:func:`est_error`) and as JSON for the API (:func:`json_error`).
+rendered as text for EST clients (:func:`est_error`) and as JSON for the API (:func:`json_error`); the
+machine ``code`` is always English, the sentence for people is in the language the request's
+``Accept-Language`` prefers (English by default, Japanese on request: :mod:`ckms_app.i18n`).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from ckms_app.audit.record import named, record, refusal
 from ckms_app.audit.refusals import RefusalSummary, source_of
 from ckms_app.authority.rbac import Principal
 from ckms_app.daemon.runtime import Runtime
 from ckms_app.errors import CkmsError
+from ckms_app.i18n import DEFAULT, accept_language, localise_error
 
 EST_RETRY_AFTER = 30  # seconds an EST client is told to wait after a 503
 # The worker's refusal accounting (set by the server on both applications); without it, one record each
 REFUSALS = web.AppKey("refusals", RefusalSummary)
 
 
+class ErrorResponse(web.Response):
+    """An error answer whose sentence for people is put in the request's language when it is sent.
+
+    The routes build it where the error is caught, without the request at hand; :meth:`prepare` is the
+    first moment the request is known, and nothing has been written yet (headers, ``Content-Length``
+    and body are all computed after it). English is the text the route made, unchanged.
+    """
+
+    def __init__(
+        self,
+        exc: CkmsError,
+        render: Callable[[str], str],
+        content_type: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            status=exc.http_status, text=render(DEFAULT), content_type=content_type, headers=headers
+        )
+        self._render = render
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        lang = accept_language(request.headers.get("Accept-Language"))
+        if lang != DEFAULT and not self.prepared:
+            self.text = self._render(lang)
+            self.headers["Content-Language"] = lang
+        return await super().prepare(request)
+
+
 def est_error(exc: CkmsError, retry_after: int = EST_RETRY_AFTER) -> web.Response:
     """``code: message`` as text; a 503 tells the client when to try again."""
     headers = {"Retry-After": str(retry_after)} if exc.http_status == 503 else None
-    return web.Response(
-        status=exc.http_status, text=f"{exc.code}: {exc}\n", content_type="text/plain", headers=headers
-    )
+
+    def render(lang: str) -> str:
+        return f"{exc.code}: {localise_error(exc.code, str(exc), lang)}\n"
+
+    return ErrorResponse(exc, render, "text/plain", headers=headers)
 
 
 def json_error(exc: CkmsError) -> web.Response:
-    return web.json_response({"error": exc.code, "message": str(exc)}, status=exc.http_status)
+    """``{"error": code, "message": sentence}``: the code stays English, the sentence follows the request."""
+
+    def render(lang: str) -> str:
+        doc = {"error": exc.code, "message": localise_error(exc.code, str(exc), lang)}
+        return json.dumps(doc, ensure_ascii=lang == DEFAULT)  # English: exactly json_response's bytes
+
+    return ErrorResponse(exc, render, "application/json")
 
 
 def peer_der(request: web.Request) -> bytes | None:

@@ -1,7 +1,9 @@
-"""docs/production.md, the production quick start, against the roles (issue 17):
+"""docs/production.md, the production quick start, against the roles (issue 17), and its Japanese version
+docs/production.ja.md (issue 16):
 
-* its per-role variable section is what scripts/role-docs.py --production generates from the specs;
-* it and inventories/production.example name no variable the roles do not have: every role-, `ckms_`-,
+* the per-role variable section of each is what scripts/role-docs.py --production generates from the specs
+  (the Japanese one with Japanese headings and labels, the spec's descriptions in English);
+* they and inventories/production.example name no variable the roles do not have: every role-, `ckms_`-,
   `vault_`- or `ansible_`-prefixed name in them is a variable of some role's meta/argument_specs.yml, an
   Ansible connection variable, a role or tag name, or one of the few names of INVENTORY_MODEL, each of which
   is itself read by the code it is listed with;
@@ -12,6 +14,7 @@ Pure file parsing (and the CLI's argument parser)."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 import subprocess
 import sys
@@ -22,6 +25,14 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "production.md"
+DOC_JA = REPO / "docs" / "production.ja.md"
+BEGIN_MARK = "<!-- BEGIN GENERATED: role variables"
+END_MARK = "<!-- END GENERATED: role variables -->"
+# Per language: the document, how its generated section heads a role, how it flags a required variable.
+DOCS = {
+    "en": (DOC, "### {role}", "**required**"),
+    "ja": (DOC_JA, "### {role} ロール", "**必須**"),
+}
 OPERATIONS = REPO / "docs" / "operations.md"
 EXAMPLE = REPO / "inventories" / "production.example"
 ROLES = sorted(p for p in (REPO / "roles").iterdir() if (p / "meta" / "argument_specs.yml").exists())
@@ -91,9 +102,11 @@ def _known_names() -> set[str]:
 
 _PREFIXES = sorted({f"{r.name}_" for r in ROLES} | {"ckms_", "vault_", "ansible_"}, key=len, reverse=True)
 # A prefixed lower-case identifier that is not part of a path, a file or module name (ckms_lab.inventory,
-# roles/ckms_ca/...), a hyphenated name or an upper-case environment variable.
+# roles/ckms_ca/...), a hyphenated name or an upper-case environment variable. ASCII word characters only, so
+# that a name written right next to Japanese text (「ckms_ca_nameを」) is still seen.
 _NAME = re.compile(
-    r"(?<![\w/.\-])((?:" + "|".join(map(re.escape, _PREFIXES)) + r")[a-z0-9_]*)(?![\w/\-]|\.\w)"
+    r"(?<![\w/.\-])((?:" + "|".join(map(re.escape, _PREFIXES)) + r")[a-z0-9_]*)(?![\w/\-]|\.\w)",
+    re.ASCII,
 )
 
 
@@ -113,9 +126,27 @@ def _example_files() -> list[Path]:
     return sorted(p for p in EXAMPLE.rglob("*") if p.is_file())
 
 
+def _generated(text: str) -> str:
+    """The generated section of a production doc (between the markers)."""
+    assert BEGIN_MARK in text and END_MARK in text
+    return text.split(BEGIN_MARK, 1)[1].split(END_MARK, 1)[0]
+
+
+def _hand_written(text: str) -> str:
+    """A production doc without its generated section."""
+    head, rest = text.split(BEGIN_MARK, 1)
+    return head + rest.split(END_MARK, 1)[1]
+
+
+def _role_docs_module():
+    spec = importlib.util.spec_from_file_location("role_docs", REPO / "scripts" / "role-docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_generated_role_variables_are_current():
-    text = DOC.read_text()
-    assert "<!-- BEGIN GENERATED: role variables" in text and "<!-- END GENERATED: role variables -->" in text
+    """role-docs.py --production --check covers both languages."""
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "role-docs.py"), "--production", "--check"],
         capture_output=True,
@@ -123,29 +154,67 @@ def test_generated_role_variables_are_current():
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("lang", sorted(DOCS))
+def test_generated_section_has_every_role_and_variable(lang: str):
+    path, heading, _ = DOCS[lang]
+    generated = _generated(path.read_text())
     for role in ROLES:  # every role has its table, every spec variable its row
-        assert f"\n### {role.name}\n" in text, f"docs/production.md has no variables of {role.name}"
-    documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", text, re.M))
+        assert f"\n{heading.format(role=role.name)}\n" in generated, (
+            f"{path.name} has no variables of {role.name}"
+        )
+    documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", generated, re.M))
     assert _spec_variables() <= documented, sorted(_spec_variables() - documented)
 
 
-def test_required_variables_are_flagged():
+def test_japanese_section_is_the_generated_one():
+    """The Japanese section is rendered in Japanese, and --check would notice it going stale."""
+    role_docs = _role_docs_module()
+    text = DOC_JA.read_text()
+    assert role_docs.render_production(text, "ja") == text
+    generated = _generated(text)
+    assert "| 変数 | 型 | 既定値 | 説明 |" in generated and "| variable |" not in generated
+    stale = text.replace("### backup ロール", "### backup", 1)
+    assert role_docs.render_production(stale, "ja") != stale
+    english = role_docs.production_section("en")
+    assert role_docs.production_section("ja") != english
+    # the same rows in the same order: only labels differ, never which variables are listed
+    names = re.compile(r"^\| `([a-z0-9_]+)` \|", re.M)
+    assert names.findall(generated) == names.findall(english)
+
+
+@pytest.mark.parametrize("lang", sorted(DOCS))
+def test_required_variables_are_flagged(lang: str):
     """A spec variable with neither a spec default nor a role default is marked required in the doc."""
-    text = DOC.read_text()
+    path, _, flag = DOCS[lang]
+    text = path.read_text()
     for role in ROLES:
         specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
         defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text()) or {}
         for entry in specs.values():
             for name, opt in (entry.get("options") or {}).items():
                 if opt.get("required") or ("default" not in opt and name not in defaults):
-                    assert re.search(rf"^\| `{name}` \| [^|]*\| \*\*required\*\* \|", text, re.M), (
-                        f"{role.name}: {name} is required but not flagged in docs/production.md"
+                    assert re.search(rf"^\| `{name}` \| [^|]*\| {re.escape(flag)} \|", text, re.M), (
+                        f"{role.name}: {name} is required but not flagged in {path.name}"
                     )
 
 
 def test_production_doc_names_only_variables_the_roles_have():
     unknown = _unknown_names(DOC.read_text(), _known_names())
     assert not unknown, f"docs/production.md names {unknown}, which no role's argument_specs has"
+
+
+def test_japanese_production_doc_names_only_variables_the_roles_have():
+    """The hand-written text of docs/production.ja.md (the generated section is checked above)."""
+    unknown = _unknown_names(_hand_written(DOC_JA.read_text()), _known_names())
+    assert not unknown, f"docs/production.ja.md names {unknown}, which no role's argument_specs has"
+
+
+def test_name_check_sees_names_next_to_japanese_text():
+    known = _known_names()
+    assert _unknown_names("値は ckms_ca_no_such_nameで設定します", known) == ["ckms_ca_no_such_name"]
+    assert _unknown_names("値は「ckms_ca_name」で設定します", known) == []
 
 
 @pytest.mark.parametrize("path", _example_files(), ids=lambda p: str(p.relative_to(EXAMPLE)))
