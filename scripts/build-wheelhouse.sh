@@ -37,7 +37,7 @@ if [ "$source_kind" = head ] && git -C "$repo" rev-parse --verify -q HEAD >/dev/
   src_want=head-$(git -C "$repo" rev-parse "HEAD:ckms_app" "HEAD:pyproject.toml" | sha256sum | cut -d' ' -f1)
   export_tree() { git -C "$repo" archive HEAD "${paths[@]}" | tar xf - -C "$1"; }
 else
-  src_want=tree-$( (cd "$repo" && find ckms_app -name '*.py' -o -name py.typed | sort | xargs cat pyproject.toml) \
+  src_want=tree-$( (cd "$repo" && find ckms_app -name '*.py' -o -name py.typed -o -name '*.po' -o -name '*.mo' | sort | xargs cat pyproject.toml) \
     | sha256sum | cut -d' ' -f1)
   export_tree() { (cd "$repo" && tar cf - "${paths[@]}") | tar xf - -C "$1"; }
 fi
