@@ -1,0 +1,1 @@
+../../../../../hardening/checks/ckms_checks.py
