@@ -20,6 +20,20 @@ def tlv(tag: int, body: bytes) -> bytes:
     return bytes((tag,)) + length(len(body)) + body
 
 
+def oid(dotted: str) -> bytes:
+    """An OBJECT IDENTIFIER from its dotted form (base-128 arcs, the first two folded into one byte)."""
+    parts = [int(p) for p in dotted.split(".")]
+    body = bytearray([40 * parts[0] + parts[1]])
+    for part in parts[2:]:
+        chunk = [part & 0x7F]
+        part >>= 7
+        while part:
+            chunk.append(0x80 | (part & 0x7F))
+            part >>= 7
+        body.extend(reversed(chunk))
+    return tlv(0x06, bytes(body))
+
+
 def read_tlv(data: bytes, offset: int = 0) -> tuple[int, bytes, int]:
     """One element at ``offset``: its tag, its content and the offset after it. ``ValueError`` when the
     bytes are not DER (indefinite or overlong lengths, truncation): the caller's input was malformed."""

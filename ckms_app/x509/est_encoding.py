@@ -6,7 +6,7 @@ Attribute, the public-key type with the curves this CA accepts. A dozen lines of
 
 from __future__ import annotations
 
-from ckms_app.x509.der import tlv
+from ckms_app.x509.der import oid, tlv
 
 _OIDS = {
     "ecdsa-with-SHA256": "1.2.840.10045.4.3.2",
@@ -17,21 +17,8 @@ _OIDS = {
 }
 
 
-def _oid(dotted: str) -> bytes:
-    parts = [int(p) for p in dotted.split(".")]
-    body = bytearray([40 * parts[0] + parts[1]])
-    for part in parts[2:]:
-        chunk = [part & 0x7F]
-        part >>= 7
-        while part:
-            chunk.append(0x80 | (part & 0x7F))
-            part >>= 7
-        body.extend(reversed(chunk))
-    return tlv(0x06, bytes(body))
-
-
 def csr_attributes(hash_name: str, curves: tuple[str, ...]) -> bytes:
     """DER CsrAttrs: the CA's signature algorithm, then id-ecPublicKey with the accepted curves."""
-    signature = _oid(_OIDS[f"ecdsa-with-{hash_name.upper()}"])  # sha256 -> ecdsa-with-SHA256
-    key_attr = tlv(0x30, _oid(_OIDS["id-ecPublicKey"]) + tlv(0x31, b"".join(_oid(_OIDS[c]) for c in curves)))
+    signature = oid(_OIDS[f"ecdsa-with-{hash_name.upper()}"])  # sha256 -> ecdsa-with-SHA256
+    key_attr = tlv(0x30, oid(_OIDS["id-ecPublicKey"]) + tlv(0x31, b"".join(oid(_OIDS[c]) for c in curves)))
     return tlv(0x30, signature + key_attr)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ckms_app.x509.der import tlv
+from ckms_app.x509.der import oid, tlv
 
 ECDSA_SHA256 = "1.2.840.10045.4.3.2"
 EC_PUBLIC_KEY = "1.2.840.10045.2.1"
@@ -21,19 +21,6 @@ P256 = "1.2.840.10045.3.1.7"
 EXTENSION_REQUEST = "1.2.840.113549.1.9.14"
 SUBJECT_ALT_NAME = "2.5.29.17"
 COMMON_NAME = "2.5.4.3"
-
-
-def oid(dotted: str) -> bytes:
-    parts = [int(p) for p in dotted.split(".")]
-    body = bytearray([40 * parts[0] + parts[1]])
-    for part in parts[2:]:
-        chunk = [part & 0x7F]
-        part >>= 7
-        while part:
-            chunk.append(0x80 | (part & 0x7F))
-            part >>= 7
-        body.extend(reversed(chunk))
-    return tlv(0x06, bytes(body))
 
 
 def integer(value: int) -> bytes:

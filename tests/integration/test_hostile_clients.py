@@ -281,38 +281,15 @@ def _openssl(*args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 def _curl_reenrol(ca: CaHome, tmp: Path, cert: Path, key: Path, csr_der: bytes) -> tuple[bytes, int]:
-    req = tmp / f"reenrol-{time.monotonic_ns()}.b64"
-    req.write_bytes(base64.encodebytes(csr_der))
-    out = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "--cacert",
-            str(ca.ca_cert),
-            "--cert",
-            str(cert),
-            "--key",
-            str(key),
-            "-H",
-            "Content-Type: application/pkcs10",
-            "--data-binary",
-            f"@{req}",
-            "-w",
-            "\n%{http_code}",
-            f"{ca.est_url}/simplereenroll",
-        ],
-        capture_output=True,
-        timeout=60,
-    )
+    out = curl_enroll(ca, csr_der, tmp, cert_key=(cert, key), op="simplereenroll")
     assert not out.stdout.endswith(b"\n000"), out.stderr  # curl got no HTTP answer at all
     return split_status(out.stdout)
 
 
-def _device(ca: CaHome, tmp: Path, cn: str, san: str) -> tuple[Path, Path]:
-    """A device key and certificate made the standard way: openssl makes the request, curl enrols it."""
-    key = tmp / f"{cn}.key"
+def _key_and_csr(key: Path, cn: str, san: str) -> bytes:
+    """A P-256 key at ``key`` and its DER request for CN and SAN, made with openssl as a device would."""
     _openssl("ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", str(key))
-    csr = _openssl(
+    return _openssl(
         "req",
         "-new",
         "-key",
@@ -324,7 +301,12 @@ def _device(ca: CaHome, tmp: Path, cn: str, san: str) -> tuple[Path, Path]:
         "-outform",
         "DER",
     ).stdout
-    body, status = split_status(curl_enroll(ca, csr, tmp).stdout)
+
+
+def _device(ca: CaHome, tmp: Path, cn: str, san: str) -> tuple[Path, Path]:
+    """A device key and certificate made the standard way: openssl makes the request, curl enrols it."""
+    key = tmp / f"{cn}.key"
+    body, status = split_status(curl_enroll(ca, _key_and_csr(key, cn, san), tmp).stdout)
     assert status == 200, body
     cert = tmp / f"{cn}.pem"
     cert.write_bytes(
@@ -339,20 +321,7 @@ def _device(ca: CaHome, tmp: Path, cn: str, san: str) -> tuple[Path, Path]:
 
 def _renewal_csr(tmp: Path, cn: str, san: str) -> tuple[bytes, Path]:
     key = tmp / f"{cn}-new-{time.monotonic_ns()}.key"
-    _openssl("ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", str(key))
-    csr = _openssl(
-        "req",
-        "-new",
-        "-key",
-        str(key),
-        "-subj",
-        f"/CN={cn}",
-        "-addext",
-        f"subjectAltName={san}",
-        "-outform",
-        "DER",
-    ).stdout
-    return csr, key
+    return _key_and_csr(key, cn, san), key
 
 
 def test_device_reenrolment_is_refused_when_off(

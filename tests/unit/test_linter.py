@@ -14,7 +14,6 @@ import datetime
 import os
 import random
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,23 +33,6 @@ REPO = Path(__file__).resolve().parents[2]
 NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 CA_KEY = ec.generate_private_key(ec.SECP256R1())
 CA_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ckms test CA")])
-
-
-@pytest.fixture(scope="session")
-def lint_bin() -> Path:
-    """The real helper: reuse the cached build, or build it once with the project's script."""
-    try:
-        return find_linter_binary()
-    except LintUnavailable:
-        subprocess.run([str(REPO / "scripts" / "build-ckms-lint.sh")], check=True)
-        return find_linter_binary()
-
-
-@pytest.fixture
-def runner() -> Iterator[asyncio.Runner]:
-    """The test's own event loop; ``runner.run(coro)`` is the blocking call into it."""
-    with asyncio.Runner() as loop:
-        yield loop
 
 
 @pytest.fixture

@@ -9,17 +9,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ckms_app.authority.lint_supervisor import SupervisedLinter
-from ckms_app.authority.linter import LintUnavailable, find_linter_binary
+from ckms_app.authority.linter import LintUnavailable
 
-from .test_linter import REPO, good_leaf
+from .test_linter import good_leaf
 
 FAST = {"first_backoff": 0.2, "max_backoff": 1.0, "stable_seconds": 5.0}
 
@@ -34,22 +32,6 @@ async def _answering(lt: SupervisedLinter, der: bytes, within: float = 10.0) -> 
         except LintUnavailable:
             await asyncio.sleep(0.05)
     raise AssertionError(f"no helper answered within {within} s")
-
-
-@pytest.fixture(scope="module")
-def lint_bin() -> Path:
-    """The real helper, built once with the project's script when the cache has none."""
-    try:
-        return find_linter_binary()
-    except LintUnavailable:
-        subprocess.run([str(REPO / "scripts" / "build-ckms-lint.sh")], check=True)
-        return find_linter_binary()
-
-
-@pytest.fixture
-def runner() -> Iterator[asyncio.Runner]:
-    with asyncio.Runner() as loop:
-        yield loop
 
 
 @pytest.fixture
