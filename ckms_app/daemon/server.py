@@ -140,8 +140,12 @@ async def serve(
         on_ready()
     await stop.wait()
     log.info("worker %d stopping: finishing in-flight requests (up to %.0f s)", worker, grace)
+    drain_started = loop.time()
+    est_guard.stop_admitting()
+    crl_guard.stop_admitting()
     for runner in runners:
         await runner.cleanup()  # stops accepting, waits for in-flight handlers
+    log.info("worker %d: in-flight requests finished in %.2f s", worker, loop.time() - drain_started)
     await refusals_task
     await refusals.flush()  # whatever was refused while draining
     if publisher_task is not None:

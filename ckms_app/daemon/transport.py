@@ -168,9 +168,21 @@ class ConnectionGuard:
         self.clients = clients
         self.refusals = refusals
         self.open = 0
+        self.stopping = False
+
+    def stop_admitting(self) -> None:
+        """The worker is stopping: a connection whose TLS handshake ends from now on is closed unserved.
+
+        Why: the listening socket closes at once, but handshakes already under way finish later and
+        would reach aiohttp after its shutdown has listed the connections it waits for, then run
+        against a runtime that is being closed (a 503 instead of a clean close).
+        """
+        self.stopping = True
 
     def admit(self, source: str) -> str | None:
         """None if the connection may stay, else the reason it is closed."""
+        if self.stopping:
+            return "stopping"
         if self.open >= self.max_connections:
             return "connection_limit"
         if not self.clients.acquire(source, self.per_client):
@@ -212,7 +224,8 @@ class GuardedProtocol(asyncio.Protocol):
         self._source = str(peer[0]) if peer else "unknown"
         reason = self._guard.admit(self._source)
         if reason is not None:
-            self._guard.refused(reason, self._source)
+            if reason != "stopping":  # a stop is not the client's doing: not a refusal
+                self._guard.refused(reason, self._source)
             transport.abort()  # type: ignore[attr-defined]
             return
         self._admitted = True

@@ -106,11 +106,13 @@ def test_sigterm_finishes_in_flight_requests_and_records_the_stop(tmp_path: Path
     wait_for(lambda: len(load.received) >= 60)
     started = time.monotonic()
     rc = daemon.stop(signal.SIGTERM)
+    took = time.monotonic() - started
     load.stop()
-    assert rc == 0 and time.monotonic() - started < 10
+    assert rc == 0 and took < 10, f"stop took {took:.1f} s (rc {rc}):\n{daemon.rest[-3000:]}"
     assert '"stopped"' in daemon.rest
     stored = set(stored_serials(ca.home))
     assert {format(s, "x") for s in load.received} <= stored
     # No client got a half answer: every failure is a refused/closed connection, not a broken response.
+    # (Nor a 503 from a connection whose handshake ended while the worker was already closing.)
     assert all("enrolment refused" not in e for e in load.errors), load.errors
     assert ca.audit("daemon.stop")[-1][4] == "success"
