@@ -149,6 +149,10 @@ def default_flows(with_db: bool = False, with_hub: bool = False) -> list[dict]:
     return flows
 
 
+#: CA nodes one environment can hold: the guidance scales to 10 nodes of 20 certificates/s (A.42).
+MAX_CA_NODES = 10
+
+
 def build_environment(
     name: str,
     kind: str,
@@ -168,8 +172,8 @@ def build_environment(
     """
     if kind not in ("lab", "onprem", "aws"):
         raise ModelError(f"unknown environment kind {kind!r}")
-    if ca_count not in (1, 2):
-        raise ModelError("ca_count must be 1 or 2")
+    if not 1 <= ca_count <= MAX_CA_NODES:  # .10-.19 on the CA segment; the database is .20
+        raise ModelError(f"ca_count must be 1 to {MAX_CA_NODES} (the guidance's scaling range, A.42)")
     net = ipaddress.ip_network(network)
     if net.prefixlen > 16:
         raise ModelError(f"network {network} must be a /16 or larger")

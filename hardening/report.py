@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import html
 import json
 import sys
 from collections import Counter
@@ -29,6 +28,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from hardening.catalog import Control, load_catalog
+from hardening.coverage import Gap, coverage_gaps
 
 STATUSES = ("pass", "fail", "partial", "not-run", "procedural", "not-applicable")
 TEXT = {
@@ -55,6 +55,16 @@ TEXT = {
         "limited": "Verified with a limitation of this environment",
         "limit": "limitation",
         "tests": "Supporting suite tests (not counted)",
+        "gaps": "Coverage gaps (evidence the catalog cites that does not exist)",
+        "gap": "gap",
+        "inventory": "System inventory",
+        "changes": "Changes since the previous collection",
+        "collected": "collected",
+        "no_previous": "no previous collection",
+        "attention": "Needs attention: failing, partial and not run",
+        "chapter": "Chapter",
+        "automated_items": "automated items passing",
+        "search": "filter by text",
     },
     "ja": {
         "title": "ckms 堅牢化レポート",
@@ -79,6 +89,16 @@ TEXT = {
         "limited": "この環境の制約つきで検証した項目",
         "limit": "制約",
         "tests": "補足の自動テスト（集計対象外）",
+        "gaps": "カバレッジの欠落（カタログが挙げるが存在しない証跡）",
+        "gap": "欠落",
+        "inventory": "システムインベントリ",
+        "changes": "前回の収集からの変更",
+        "collected": "収集日時",
+        "no_previous": "前回の収集なし",
+        "attention": "要対応：不合格・一部・未実施",
+        "chapter": "章",
+        "automated_items": "自動検証項目の合格数",
+        "search": "文字列で絞り込み",
     },
 }
 
@@ -89,6 +109,7 @@ class ItemResult:
     status: str
     results: list[dict[str, Any]] = field(default_factory=list)
     missing_checks: list[str] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
 
     @property
     def limitations(self) -> list[dict[str, Any]]:
@@ -110,7 +131,27 @@ def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
     return records
 
 
-def evaluate(catalog: Mapping[str, Control], records: list[dict[str, Any]]) -> list[ItemResult]:
+def evaluate(
+    catalog: Mapping[str, Control], records: list[dict[str, Any]], gaps: Iterable[Gap] = ()
+) -> list[ItemResult]:
+    """Each item's status from its checks' records; an item with a coverage gap is never "pass"."""
+    items = _evaluate(catalog, records)
+    for i in items:
+        i.gaps = [g for g in gaps if g.item[:4] == i.control.id]
+        if i.gaps and i.status == "pass":
+            i.status = "partial"
+    return items
+
+
+@dataclass
+class Extras:
+    """What the report shows beside the items: coverage gaps and the system inventory."""
+
+    gaps: list[Gap] = field(default_factory=list)
+    inventory: dict[str, Any] | None = None
+
+
+def _evaluate(catalog: Mapping[str, Control], records: list[dict[str, Any]]) -> list[ItemResult]:
     by_check: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
         by_check.setdefault(rec["check"], []).append(rec)
@@ -162,11 +203,16 @@ def _how(control: Control) -> str:
     return ", ".join(control.all_implemented_by())
 
 
-def to_json(items: list[ItemResult], lang: str, generated: str) -> dict[str, Any]:
+def to_json(
+    items: list[ItemResult], lang: str, generated: str, extras: Extras | None = None
+) -> dict[str, Any]:
+    extras = extras or Extras()
     return {
         "generated_at": generated,
         "lang": lang,
         "summary": dict(Counter(i.status for i in items)),
+        "coverage_gaps": [{"item": g.item, "kind": g.kind, "detail": g.detail} for g in extras.gaps],
+        "inventory": extras.inventory,
         "items": [
             {
                 "id": i.control.id,
@@ -177,6 +223,7 @@ def to_json(items: list[ItemResult], lang: str, generated: str) -> dict[str, Any
                 "procedure": i.control.procedure,
                 "reason": i.control.reason,
                 "checks_without_results": i.missing_checks,
+                "coverage_gaps": [str(g) for g in i.gaps],
                 "limitations": [
                     {"check": r["check"], "host": r["host"], "limitation": r["limitation"]}
                     for r in i.limitations
@@ -226,7 +273,8 @@ def to_junit(items: list[ItemResult]) -> ET.ElementTree:
     return ET.ElementTree(suites)
 
 
-def to_markdown(items: list[ItemResult], lang: str, generated: str) -> str:
+def to_markdown(items: list[ItemResult], lang: str, generated: str, extras: Extras | None = None) -> str:
+    extras = extras or Extras()
     t = TEXT[lang]
     counts = Counter(i.status for i in items)
     lines = [
@@ -251,6 +299,9 @@ def to_markdown(items: list[ItemResult], lang: str, generated: str) -> str:
         ]
     else:
         lines.append(t["none"])
+    if extras.gaps:
+        lines += ["", f"## {t['gaps']}", "", f"| {t['item']} | {t['gap']} |", "| --- | --- |"]
+        lines += [f"| {g.item} | {g.kind}: {_md(g.detail)} |" for g in extras.gaps]
     limited = [(i, r) for i in items for r in i.limitations]
     if limited:
         lines += [
@@ -269,77 +320,66 @@ def to_markdown(items: list[ItemResult], lang: str, generated: str) -> str:
         f"| {_md(_how(i.control))} |"
         for i in items
     ]
+    lines += _inventory_markdown(extras.inventory, t)
     return "\n".join(lines) + "\n"
+
+
+def _inventory_rows(inventory: dict[str, Any]) -> list[tuple[str, str]]:
+    """(host, one-line description) per host of an inventory collection (hardening.inventory)."""
+    rows = []
+    for name, h in sorted(inventory.get("hosts", {}).items()):
+        if "error" in h:
+            rows.append((name, f"unreachable: {h['error']}"))
+            continue
+        os_ = h.get("os", {})
+        parts = [
+            f"{os_.get('name')} (kernel {os_.get('kernel')}, {os_.get('arch')}, {h.get('virtualisation')})",
+            f"{h.get('packages', {}).get('count')} packages",
+            "boot: " + ", ".join(f"{k} {v}" for k, v in sorted(h.get("boot", {}).items())),
+        ]
+        ca = h.get("ca")
+        if ca:
+            tok = ca.get("token") or {}
+            parts.append(
+                f"HSM module {ca.get('module')}; token {tok.get('token label')} by {tok.get('token manufacturer')} "
+                f"model {tok.get('token model')} fw {tok.get('firmware version')} hw {tok.get('hardware version')}; "
+                f"{ca.get('daemon_version')} code {str(ca.get('daemon_code_digest'))[:19]}"
+            )
+        if h.get("firewall"):
+            parts.append(f"nftables rule set {h['firewall']['ruleset_digest'][:19]}")
+        if h.get("declared"):
+            parts.append("declared: " + ", ".join(f"{k}={v}" for k, v in sorted(h["declared"].items())))
+        rows.append((name, "; ".join(parts)))
+    return rows
+
+
+def _inventory_markdown(inventory: dict[str, Any] | None, t: dict[str, str]) -> list[str]:
+    if not inventory:
+        return []
+    lines = ["", f"## {t['inventory']}", "", f"{t['collected']}: {inventory.get('collected_at')}", ""]
+    lines += [f"| {t['host']} | |", "| --- | --- |"]
+    lines += [f"| {n} | {_md(d)} |" for n, d in _inventory_rows(inventory)]
+    changes = inventory.get("changes") or []
+    lines += ["", f"### {t['changes']} ({inventory.get('previous_at') or t['no_previous']})", ""]
+    lines += [f"- {_md(c)}" for c in changes[:200]] or [t["none"]]
+    return lines
 
 
 def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;width:100%}
-td,th{border:1px solid #ccc;padding:.3em .5em;vertical-align:top;text-align:left}th{background:#f4f4f4}
-.pass{background:#e6f4ea}.fail{background:#fce8e6;font-weight:bold}.partial{background:#fff4e5}
-.not-run{background:#f1f3f4}.procedural{background:#e8f0fe}.not-applicable{color:#777}
-details pre{white-space:pre-wrap;font-size:.85em;background:#fafafa;padding:.5em}
-.limit{margin:.2em 0;padding:.2em .4em;border-left:4px solid #f9ab00;background:#fef7e0;font-size:.9em}"""
+def to_html(items: list[ItemResult], lang: str, generated: str, extras: Extras | None = None) -> str:
+    from hardening.report_html import render
+
+    extras = extras or Extras()
+    rows = _inventory_rows(extras.inventory) if extras.inventory else []
+    return render(items, lang, generated, extras, TEXT[lang], rows)
 
 
-def to_html(items: list[ItemResult], lang: str, generated: str) -> str:
-    t = TEXT[lang]
-    e = html.escape
-    counts = Counter(i.status for i in items)
-    rows = []
-    for i in items:
-        details = ""
-        if i.results or i.missing_checks:
-            parts = []
-            for r in i.results:
-                ev = "\n".join(f"{x['label']}: {x['value']}" for x in r.get("evidence", []))
-                msg = f"\n{r['message']}" if r.get("message") else ""
-                parts.append(
-                    f"<b>{e(r['check'])}</b> @ {e(r['host'])}: {e(t.get(r['outcome'].replace('ed', ''), r['outcome']))}"
-                    f"<pre>{e(ev + msg)}</pre>"
-                )
-            parts += [f"<b>{e(c)}</b>: {e(t['not-run'])}<br>" for c in i.missing_checks]
-            details = (
-                f"<details><summary>{e(t['evidence'])} ({len(i.results)})</summary>{''.join(parts)}</details>"
-            )
-        if i.limitations:
-            details = (
-                "".join(
-                    f"<p class='limit'>{e(t['limit'])} ({e(r['check'])} @ {e(r['host'])}): "
-                    f"{e(r['limitation'])}</p>"
-                    for r in i.limitations
-                )
-                + details
-            )
-        if i.control.all_tests():
-            details += (
-                f"<details><summary>{e(t['tests'])} ({len(i.control.all_tests())})</summary><ul>"
-                + "".join(f"<li><code>{e(x)}</code></li>" for x in i.control.all_tests())
-                + "</ul></details>"
-            )
-        how = _how(i.control)
-        if i.control.applicability == "procedural" and i.control.procedure:
-            how = f'<a href="../../{e(i.control.procedure)}">{e(i.control.procedure)}</a>'
-        else:
-            how = e(how)
-        rows.append(
-            f'<tr class="{i.status}"><td>{e(i.control.id)}</td><td>{e(_title(i.control, lang))}</td>'
-            f"<td>{e(t[i.status])}</td><td>{how}{details}</td></tr>"
-        )
-    summary = "".join(f"<td class='{s}'>{e(t[s])}: {counts.get(s, 0)}</td>" for s in STATUSES)
-    return (
-        f"<!doctype html><html lang='{lang}'><head><meta charset='utf-8'><title>{e(t['title'])}</title>"
-        f"<style>{_CSS}</style></head><body><h1>{e(t['title'])}</h1><p>{e(t['generated'])}: {e(generated)}</p>"
-        f"<h2>{e(t['summary'])}</h2><table><tr>{summary}</tr></table><h2>{e(t['item'])}</h2>"
-        f"<table><tr><th>{e(t['item'])}</th><th></th><th>{e(t['status'])}</th><th>{e(t['how'])}</th></tr>"
-        + "".join(rows)
-        + "</table></body></html>\n"
-    )
-
-
-def write_report(out: Path, items: list[ItemResult], lang: str) -> dict[str, Path]:
+def write_report(
+    out: Path, items: list[ItemResult], lang: str, extras: Extras | None = None
+) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     files = {
@@ -348,10 +388,12 @@ def write_report(out: Path, items: list[ItemResult], lang: str) -> dict[str, Pat
         "junit": out / "junit.xml",
         "markdown": out / "summary.md",
     }
-    files["json"].write_text(json.dumps(to_json(items, lang, generated), indent=1, ensure_ascii=False))
-    files["html"].write_text(to_html(items, lang, generated))
+    files["json"].write_text(
+        json.dumps(to_json(items, lang, generated, extras), indent=1, ensure_ascii=False)
+    )
+    files["html"].write_text(to_html(items, lang, generated, extras))
     to_junit(items).write(files["junit"], encoding="utf-8", xml_declaration=True)
-    files["markdown"].write_text(to_markdown(items, lang, generated))
+    files["markdown"].write_text(to_markdown(items, lang, generated, extras))
     return files
 
 
@@ -371,11 +413,19 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="CHAPTER",
-        help="exit 1 unless every automated item of this chapter (A, E or F) passes",
+        help="exit 1 unless every automated item of this chapter (A, E or F) passes and the chapter has no "
+        "coverage gap (hardening.coverage)",
     )
+    parser.add_argument(
+        "--inventory", type=Path, help="system inventory (hardening.inventory's inventory.json)"
+    )
+    parser.add_argument("--catalog", type=Path, help="catalog directory (default hardening/catalog)")
     args = parser.parse_args(argv)
-    items = evaluate(load_catalog(), load_results(args.results))
-    files = write_report(args.out, items, args.lang)
+    catalog = load_catalog(args.catalog)
+    gaps = coverage_gaps(catalog)
+    inventory = json.loads(args.inventory.read_text()) if args.inventory and args.inventory.exists() else None
+    items = evaluate(catalog, load_results(args.results), gaps)
+    files = write_report(args.out, items, args.lang, Extras(gaps, inventory))
     counts = Counter(i.status for i in items)
     print(" ".join(f"{s}={counts.get(s, 0)}" for s in STATUSES))
     for i in items:
@@ -391,7 +441,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{i.control.id}: {i.status} ({', '.join(r['check'] for r in i.results if r['outcome'] == 'failed') or 'no results'})"
         )
-    return 1 if bad else 0
+    gaps_failing = [g for g in gaps if g.item[0] in args.require]
+    for g in gaps_failing:
+        print(f"coverage gap: {g}")
+    return 1 if bad or gaps_failing else 0
 
 
 if __name__ == "__main__":

@@ -76,6 +76,8 @@ backup_recipient_key_src: $keydir/backup-recipient.key
 backup_fetch_dir: $repo/build/backups/$stack/{{ inventory_hostname }}
 # Environment values no role defaults: the lab's simulations, named here (production: docs/production.md)
 ckms_hsm_module: /usr/lib/softhsm/libsofthsm2.so
+# declared in the system inventory (A.32, F.32): what no host can report about itself
+ckms_hsm_cmvp_certificate: "none: SoftHSM2 stands in for the HSM and holds no validation"
 ups_driver: dummy-ups
 ups_poweroff: false
 antimalware_clamav_test_signature: true

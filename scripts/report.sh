@@ -22,13 +22,17 @@ export PATH="$venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible.cfg"
 mkdir -p "$out"
 start=$(date +%s)
 rc=0
+# The system inventory (A.32) is collected first; the checks compare it with the live hosts.
+(cd "$repo" && python -m hardening.inventory --inventory "$inv" --out "$out/inventory") || rc=$?
+export CKMS_INVENTORY_RECORD="$out/inventory/inventory.json"
 (cd "$repo" && pytest -q -p no:cacheprovider hardening/checks --rootdir "$repo/hardening/checks" \
    --ansible-inventory "$inv" --ckms-results "$out/results.json" \
    --junitxml "$out/checks-junit.xml") || rc=$?
 # Drill records (tests/lab/drills, CKMS_DRILL_RESULTS) join the report when a drill run wrote them.
 drills=${CKMS_DRILL_RESULTS:-$out/drills.json}
 extra=(); [ -s "$drills" ] && extra=(--results "$drills")
-(cd "$repo" && python -m hardening.report --results "$out/results.json" "${extra[@]}" --out "$out" --lang "$lang")
+(cd "$repo" && python -m hardening.report --results "$out/results.json" "${extra[@]}" --out "$out" --lang "$lang" \
+   --inventory "$CKMS_INVENTORY_RECORD")
 log "checks exit $rc; report in $out ($(( $(date +%s) - start )) s)"
 ls "$out" >&2
 exit $rc

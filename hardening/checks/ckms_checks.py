@@ -76,11 +76,13 @@ def as_ckms(host, command: str, env: dict[str, str] | None = None):
     )
 
 
-def probe(host, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run hardening/checks/ckms_probe.py on the host with the CA's python, as the CA user; its JSON.
+def probe(host, *args: str, env: dict[str, str] | None = None, script: Path | str = _PROBE) -> dict[str, Any]:
+    """Run a probe script (default hardening/checks/ckms_probe.py; ``script`` may name another file of
+    this directory) on the host with the CA's python, as the CA user; its JSON.
 
     Raises AssertionError (with stderr) when the probe fails, so the calling check fails naming why."""
-    code = base64.b64encode(_PROBE.read_bytes()).decode()
+    path = Path(script) if Path(script).is_absolute() else _PROBE.parent / script
+    code = base64.b64encode(path.read_bytes()).decode()
     argv = " ".join(shlex.quote(a) for a in args)
     out = as_ckms(host, f'cd / && {CA_VENV}/bin/python -c "$(echo {code} | base64 -d)" {argv}', env)
     assert out.rc == 0, f"probe {args[0]} failed on the host (rc={out.rc}): {out.stderr.strip()[-800:]}"

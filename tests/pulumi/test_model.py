@@ -32,6 +32,17 @@ def test_scale_out_adds_second_ca_and_database_flow():
     assert set(db.src_cidrs) == {"10.231.10.10/32", "10.231.10.11/32"}
 
 
+def test_ten_ca_nodes_fit_the_ca_segment_and_an_eleventh_is_refused():
+    env = build_environment("onprem", "onprem", ca_count=10, with_db=True)
+    cas = env.hosts_with_role("ca")
+    addrs = [h.addresses["ca"] for h in cas] + [env.host("db").addresses["ca"]]
+    assert len(cas) == 10 and len(set(addrs)) == 11
+    est = next(f for f in env.flows if f.name == "est")
+    assert len(est.dst_cidrs) == 10
+    with pytest.raises(ModelError, match="1 to 10"):
+        build_environment("onprem", "onprem", ca_count=11)
+
+
 def test_flows_are_exactly_the_guidance_list():
     env = build_environment("lab", "lab")
     got = {(f.name, f.proto, f.port) for f in env.flows}
