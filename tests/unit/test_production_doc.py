@@ -63,6 +63,7 @@ INVENTORY_MODEL = {
     "ckms_segments": "hardening/checks",  # the segments (the router check reads the vpn segment)
     "vault_hsm_client_user_pin": "roles",  # the vault's one secret, default of hsm_client_user_pin
     "ckms_automation": "roles",  # not a variable: the auditd key of the automation account's sudo use
+    "ckms_hsm_cmvp_certificate": "hardening",  # declared HSM validation, recorded by the system inventory
 }
 # Where "used in roles" looks: role code, not READMEs, specs or Molecule scenarios.
 ROLE_CODE_DIRS = ("tasks", "defaults", "vars", "handlers", "templates", "files")
