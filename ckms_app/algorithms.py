@@ -3,6 +3,7 @@ SHA-384 (RFC 5758). Every layer that names a curve takes it from here."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -17,12 +18,28 @@ class Curve:
     openssl_name: str
     crypto_curve: ec.EllipticCurve
     hash_algorithm: hashes.SHA256 | hashes.SHA384  # RFC 5758: P-256 → SHA-256, P-384 → SHA-384
+    #: no certificate with a key (or signature) on this curve is valid after this instant (A.62):
+    #: CRYPTREC rates 128-bit strength (P-256, SHA-256) for use through 2040 and 192-bit through 2070
+    secure_until: dt.datetime
 
 
 CURVES: dict[str, Curve] = {
-    "P-256": Curve("P-256", "prime256v1", ec.SECP256R1(), hashes.SHA256()),
-    "P-384": Curve("P-384", "secp384r1", ec.SECP384R1(), hashes.SHA384()),
+    "P-256": Curve(
+        "P-256",
+        "prime256v1",
+        ec.SECP256R1(),
+        hashes.SHA256(),
+        dt.datetime(2040, 12, 31, 23, 59, 59, tzinfo=dt.UTC),
+    ),
+    "P-384": Curve(
+        "P-384",
+        "secp384r1",
+        ec.SECP384R1(),
+        hashes.SHA384(),
+        dt.datetime(2070, 12, 31, 23, 59, 59, tzinfo=dt.UTC),
+    ),
 }
+_BY_CRYPTO_NAME = {c.crypto_curve.name: c for c in CURVES.values()}
 
 
 def curve_by_name(name: str) -> Curve:
@@ -33,7 +50,7 @@ def curve_by_name(name: str) -> Curve:
 
 
 def curve_of(key: ec.EllipticCurvePublicKey) -> Curve:
-    for curve in CURVES.values():
-        if curve.crypto_curve.name == key.curve.name:
-            return curve
-    raise HsmError(f"unsupported curve {key.curve.name}")
+    curve = _BY_CRYPTO_NAME.get(key.curve.name)
+    if curve is None:
+        raise HsmError(f"unsupported curve {key.curve.name}")
+    return curve

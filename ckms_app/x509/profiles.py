@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
+from ckms_app.algorithms import curve_of
 from ckms_app.config import Profile
 from ckms_app.errors import ConfigError
 
@@ -128,6 +129,8 @@ class EndEntityTemplate:
         now: dt.datetime,
     ) -> x509.CertificateBuilder:
         not_before, not_after = self.validity(now)
+        # never beyond the security lifetime of the device key's curve (A.62)
+        not_after = min(not_after, curve_of(public_key).secure_until)
         extensions = [
             *self._head,
             x509.Extension(
@@ -184,7 +187,18 @@ def ca_builder(
     validity_days: int,
     policy_oid: str,
 ) -> x509.CertificateBuilder:
-    """A self-signed root for the private CA: keyCertSign + cRLSign, no path length below it."""
+    """A self-signed root for the private CA: keyCertSign + cRLSign, no path length below it.
+
+    Refused when it would outlive its curve's security lifetime (A.62): every certificate it signs
+    would then carry a signature of that strength past the date."""
+    curve = curve_of(public_key)
+    not_after = now + dt.timedelta(days=validity_days)
+    if not_after > curve.secure_until:
+        raise ConfigError(
+            f"a {curve.name} CA certificate valid for {validity_days} days would be valid until "
+            f"{not_after:%Y-%m-%d}, beyond the curve's security lifetime (until "
+            f"{curve.secure_until:%Y-%m-%d}, CRYPTREC): shorten the validity or use P-384"
+        )
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -192,7 +206,7 @@ def ca_builder(
         .public_key(public_key)
         .serial_number(new_serial())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=validity_days))
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(key_usage(("key_cert_sign", "crl_sign", "digital_signature")), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
