@@ -90,6 +90,15 @@ converge: deps tools
 report: deps
 	scripts/report.sh
 
+# Public baseline: OpenSCAP, ANSSI BP-028 high (Debian 12 content, cached), against the stack's CA hosts,
+# read-only from the controller; ARF, HTML and a JSON summary per host in build/report[-<stack>]/openscap.
+.PHONY: baseline
+baseline: deps
+	scripts/openscap-eval.sh
+	ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg ANSIBLE_VAULT_PASSWORD_FILE=$(CACHE)/ansible/vault-pass \
+	  $(BIN)/pytest -q -p no:cacheprovider hardening/checks/baseline_check.py --rootdir hardening/checks \
+	  --ansible-inventory inventories/$${CKMS_LAB_STACK:-lab}/generated/hosts.yml
+
 lab-down: deps
 	scripts/lab-down.sh
 

@@ -15,6 +15,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -439,12 +440,16 @@ def _alerts(home: Path, table: dict[str, Any]) -> AlertConfig:
     command = table.get("command", ())
     if isinstance(command, str):
         command = (command,)
+    webhook = table.get("webhook") or None
+    # Only a web URL: urllib would also open file: or ftp: URLs, and an alert must not read local files.
+    if webhook is not None and urllib.parse.urlsplit(str(webhook)).scheme not in ("https", "http"):
+        raise ConfigError(f"[alerts] webhook must be an https:// (or http://) URL, not {str(webhook)!r}")
     try:
         return AlertConfig(
             syslog=bool(table.get("syslog", True)),
             syslog_address=str(table.get("syslog_address", "/dev/log")),
             command=tuple(str(c) for c in command),
-            webhook=table.get("webhook") or None,
+            webhook=webhook,
             timeout_seconds=float(table.get("timeout_seconds", 10.0)),
             fallback_file=home / "log" / "alerts.log",
         )

@@ -31,7 +31,9 @@ DRILLS_DIR = REPO_ROOT / "tests" / "lab" / "drills"
 IMPLEMENTATIONS = CATALOG_DIR / "implementations.yml"
 
 _MARKER_RE = re.compile(r"""\.check\(\s*["'](check:[^"']+)["']""")
-_DRILL_RE = re.compile(r"""["'](check:[AEF]\.\d{2}(?:\.[a-z])?\.[a-z0-9_]+)["']""")  # a whole literal, not prose
+_DRILL_RE = re.compile(
+    r"""["'](check:[AEF]\.\d{2}(?:\.[a-z])?\.[a-z0-9_]+)["']"""
+)  # a whole literal, not prose
 _HEADING_RE = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
 _EXPLICIT_ANCHOR_RE = re.compile(r"""<a\s+(?:id|name)=["']([^"']+)["']|\{#([A-Za-z0-9\-_]+)\}""")
 

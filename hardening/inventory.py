@@ -89,8 +89,8 @@ if os.path.exists(toml):
         ca["token"] = {k: t.get(k) for k in ("token label", "token manufacturer", "token model", "serial num",
                                               "hardware version", "firmware version")}
     venv = "/opt/ckms/venv"
-    version = run(venv + "/bin/ckms", "--version")
-    ca["daemon_version"] = version.strip() if version else None
+    version = run(venv + "/bin/python", "-c", "import importlib.metadata as m; print(m.version('ckms'))")
+    ca["daemon_version"] = ("ckms " + version.strip()) if version else None
     pkg = [p for p in (venv + "/lib/" + d + "/site-packages/ckms_app" for d in os.listdir(venv + "/lib")) if os.path.isdir(p)] if os.path.isdir(venv + "/lib") else []
     if pkg:
         h = hashlib.sha256()

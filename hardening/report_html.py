@@ -13,7 +13,7 @@ import html
 import json
 from collections import Counter
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hardening.coverage import implemented_checks, load_implementations, reference_paths
 
@@ -65,6 +65,12 @@ apply();
 def _link(path: str) -> str:
     e = html.escape
     return f'<a href="{e(_PREFIX + path)}"><code>{e(path)}</code></a>'
+
+
+def _link_local(path: str) -> str:
+    """A file written beside the report (build/<report dir>/...)."""
+    e = html.escape
+    return f'<a href="{e(path)}"><code>{e(path)}</code></a>'
 
 
 def _outcome(outcome: str) -> str:
@@ -142,6 +148,41 @@ def _table(rows: list[str], t: Mapping[str, str]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        return [kv for k, v in value.items() for kv in _flatten(v, f"{prefix}.{k}" if prefix else str(k))]
+    return [(prefix, value)]
+
+
+def _policy_section(section: Mapping[str, Any], lang: str) -> str:
+    """The security policy document (A.01): is it current, does each CA host's configuration match it."""
+    e = html.escape
+    ja = lang == "ja"
+    doc = section["document_ja"] if ja else section["document"]
+    state = (
+        ("生成結果と一致" if ja else "current")
+        if section["current"]
+        else ("古い: " if ja else "stale: ") + "; ".join(section["stale"])
+    )
+    hosts = (
+        "".join(
+            f"<li>{e(str(h['host']))}: <span class='{_outcome(str(h['outcome']))}'>{e(str(h['outcome']))}</span> "
+            f"{e('; '.join(h['drift']) or ('差異なし' if ja else 'no drift'))}</li>"
+            for h in section["hosts"]
+        )
+        or f"<li>{e('配備との比較結果なし' if ja else 'no result of ' + section['check'])}</li>"
+    )
+    values = "".join(
+        f"<tr><td><code>{e(k)}</code></td><td>{e(str(v))}</td></tr>" for k, v in _flatten(section["values"])
+    )
+    title = "セキュリティポリシー（A.01）" if ja else "Security policy (A.01)"
+    return (
+        f"<h2 id='security-policy'>{e(title)}</h2><p>{_link(doc)}: {e(state)}</p><ul>{hosts}</ul>"
+        f"<details><summary>{e('記載している値' if ja else 'values the document states')}</summary>"
+        f"<table>{values}</table></details>"
+    )
+
+
 def render(
     items: list[ItemResult],
     lang: str,
@@ -187,6 +228,20 @@ def render(
             )
             + "</table>"
         )
+    policy = _policy_section(extras.security_policy, lang) if extras.security_policy else ""
+    openscap = ""
+    if extras.openscap:
+        openscap = (
+            f"<h2 id='openscap'>{e(t['openscap'])}</h2><table>"
+            + "".join(
+                f"<tr><td>{e(str(o['host']))}</td><td><code>{e(str(o['profile']))}</code><br>{e(str(o['content']))}, "
+                f"{e(str(o['evaluated_at']))}</td><td>{e(', '.join(f'{k} {v}' for k, v in sorted(o['counts'].items())))}"
+                f"</td><td>{_link_local(o['html']) if o['html'] else ''}<details><summary>fail/error/unknown "
+                f"({len(o['failing'])})</summary><pre>{e(chr(10).join(o['failing']))}</pre></details></td></tr>"
+                for o in extras.openscap
+            )
+            + "</table>"
+        )
     inventory = ""
     if extras.inventory:
         inv = extras.inventory
@@ -209,6 +264,8 @@ def render(
         f"<label><input id='q' type='search' placeholder='{e(t['search'])}'></label></div></section>"
         + "".join(sections)
         + gaps
+        + policy
+        + openscap
         + inventory
         + f"<script type='application/json' id='summary-data'>{data}</script><script>{_SCRIPT}</script>"
         + "</body></html>\n"

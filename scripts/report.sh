@@ -32,7 +32,7 @@ export CKMS_INVENTORY_RECORD="$out/inventory/inventory.json"
 drills=${CKMS_DRILL_RESULTS:-$out/drills.json}
 extra=(); [ -s "$drills" ] && extra=(--results "$drills")
 (cd "$repo" && python -m hardening.report --results "$out/results.json" "${extra[@]}" --out "$out" --lang "$lang" \
-   --inventory "$CKMS_INVENTORY_RECORD")
+   --inventory "$CKMS_INVENTORY_RECORD" --openscap "$out/openscap")
 log "checks exit $rc; report in $out ($(( $(date +%s) - start )) s)"
 ls "$out" >&2
 exit $rc

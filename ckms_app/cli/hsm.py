@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ckms_app.cli import confirm as confirm_cli
 from ckms_app.cli import selftest_cli
 from ckms_app.cli.local_audit import audit_local as _audit
 from ckms_app.config import Config, load_config
@@ -134,6 +135,7 @@ def add_parsers(sub: Any, ca: Any) -> None:
         help="allow destroying the key the CA (or its audit seal) uses now; the CA stops signing",
     )
     _add_custodians(destroy)
+    confirm_cli.add_yes(destroy)
     change = hsm_sub.add_parser(
         "change-so-pin", help="set a new random SO PIN and give the same custodians new shares"
     )
@@ -177,6 +179,8 @@ def _print(result: dict[str, Any], as_json: bool) -> None:
 
 
 def run(args: argparse.Namespace, home: Path) -> int:
+    if getattr(args, "hsm_command", None) == "destroy-key":  # irreversible: confirmed first (A.49)
+        confirm_cli.confirm(args, args.label)
     config = load_config(home)
     if args.command == "selftest":
         return selftest_cli.run_selftest(config, args)

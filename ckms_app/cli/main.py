@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from ckms_app.authority import ceremony, credentials
 from ckms_app.authority.ceremony_people import InitPeople, parse_person
 from ckms_app.cli import admin as admin_cli
+from ckms_app.cli import confirm as confirm_cli
 from ckms_app.cli import hsm as custody_cli
 from ckms_app.cli.client import CkmsClient, Credentials, fetch_crl
 from ckms_app.config import Config, load_config, resolve_home
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_identity(revoke, "operator")
     revoke.add_argument("--serial", required=True, help="hex serial, as openssl prints it")
     revoke.add_argument("--reason", default="unspecified", help="RFC 5280 reason name or code")
+    confirm_cli.add_yes(revoke)
 
     cert = sub.add_parser("cert", help="certificate lookups").add_subparsers(
         dest="cert_command", required=True
@@ -254,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.command in admin_cli.COMMANDS:
         return admin_cli.run(args, home)
+    if args.command == "revoke":  # irreversible: confirmed before any credential or connection (A.49)
+        confirm_cli.confirm(args, args.serial)
     config = load_config(home)
     if args.command == "crl" and args.crl_command == "fetch":
         der = fetch_crl(config, args.which)

@@ -90,7 +90,12 @@ def test_inventory_lists_all_devices(host, request, evidence):
     )
     digest = host.run(f"sha256sum {module}").stdout.split()[0]
     token = _token_now(host, module).get(ca.get("token_label"), {})
-    version = host.run(f"{CA_VENV}/bin/ckms --version").stdout.strip()
+    version = (
+        "ckms "
+        + host.run(
+            f"{CA_VENV}/bin/python -c \"import importlib.metadata as m; print(m.version('ckms'))\""
+        ).stdout.strip()
+    )
     evidence.add("HSM (recorded)", ca)
     evidence.add("HSM token now", token)
     assert ca.get("module_digest") == f"sha256:{digest}", (

@@ -79,11 +79,15 @@ def test_local_refusal_and_json_api_error_in_japanese(ca: CaHome, daemon: Daemon
     )
 
     # The JSON API: the machine code stays English inside the Japanese sentence.
-    revoke = ckms("revoke", "--home", str(ca.home), "--serial", "not-hex", check=False, env=JA_LOCALE)
+    revoke = ckms(
+        "revoke", "--yes", "--home", str(ca.home), "--serial", "not-hex", check=False, env=JA_LOCALE
+    )
     assert revoke.returncode == 1, revoke.stderr
     assert revoke.stderr.startswith("ckms: エラー: 要求の内容が正しくありません。"), revoke.stderr
     assert "（HTTP 400、bad_request）" in revoke.stderr and "not-hex" in revoke.stderr
-    english = ckms("revoke", "--home", str(ca.home), "--serial", "not-hex", "--lang", "en", check=False)
+    english = ckms(
+        "revoke", "--yes", "--home", str(ca.home), "--serial", "not-hex", "--lang", "en", check=False
+    )
     assert english.stderr == (
         "ckms: error: serial 'not-hex' is not a hexadecimal certificate serial number (HTTP 400, bad_request)\n"
     )

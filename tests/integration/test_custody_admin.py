@@ -129,7 +129,7 @@ def test_destroy_key_needs_two_and_keeps_the_others(custody_home) -> None:
     assert "retired-key" in before
 
     res = ckms(
-        "hsm", "destroy-key", "--home", str(home.home), "--label", "retired-key",
+        "hsm", "destroy-key", "--yes", "--home", str(home.home), "--label", "retired-key",
         *with_custodians(creds, "carol"), check=False,
     )  # fmt: skip
     assert res.returncode == 1 and "needs 2 of 3" in res.stderr, res.stderr
@@ -138,13 +138,13 @@ def test_destroy_key_needs_two_and_keeps_the_others(custody_home) -> None:
 
     # the key the CA signs with is refused without --retire-current, even with two custodians
     res = ckms(
-        "hsm", "destroy-key", "--home", str(home.home), "--label", "ckms-ca-key",
+        "hsm", "destroy-key", "--yes", "--home", str(home.home), "--label", "ckms-ca-key",
         *with_custodians(creds, "alice", "carol"), check=False,
     )  # fmt: skip
     assert res.returncode == 1 and "--retire-current" in res.stderr, res.stderr
 
     out = ckms(
-        "hsm", "destroy-key", "--home", str(home.home), "--label", "retired-key", "--json",
+        "hsm", "destroy-key", "--yes", "--home", str(home.home), "--label", "retired-key", "--json",
         *with_custodians(creds, "carol", "alice"),
     )  # fmt: skip
     result = json.loads(out.stdout)

@@ -359,6 +359,7 @@ def test_key_generation_and_destruction_need_two(custody_home) -> None:
     res = ckms(
         "hsm",
         "destroy-key",
+        "--yes",
         "--home",
         str(home.home),
         "--label",
@@ -370,6 +371,7 @@ def test_key_generation_and_destruction_need_two(custody_home) -> None:
     ckms(
         "hsm",
         "destroy-key",
+        "--yes",
         "--home",
         str(home.home),
         "--label",

@@ -102,7 +102,7 @@ def test_revoke_then_serial_in_next_crl_and_openssl_rejects(
     pem = enroll_pem(ca, tmp_path, "device-revoke-1")
     serial = openssl("x509", "-in", str(pem), "-noout", "-serial").stdout.decode().strip().split("=")[1]
     home = ["--home", str(ca.home)]
-    out = ckms("revoke", *home, "--serial", serial, "--reason", "keyCompromise")
+    out = ckms("revoke", "--yes", *home, "--serial", serial, "--reason", "keyCompromise")
     assert "revoked" in out.stdout
     # The publisher picks the revocation up by itself, whichever worker took it: it polls the database
     # every second, so the serial is published within seconds (the configured bound is 60 s).
@@ -135,7 +135,7 @@ def test_forced_publication_and_delta_crl(ca: CaHome, daemon: Daemon, tmp_path: 
     before = x509.load_der_x509_crl(_fetch(ca, tmp_path, "full"))
     pem = enroll_pem(ca, tmp_path, "device-delta-1")
     serial = x509.load_pem_x509_certificate(pem.read_bytes()).serial_number
-    ckms("revoke", *home, "--serial", format(serial, "x"), "--reason", "superseded")
+    ckms("revoke", "--yes", *home, "--serial", format(serial, "x"), "--reason", "superseded")
     ckms("crl", "publish", *home)
     full = x509.load_der_x509_crl(_fetch(ca, tmp_path, "full"))
     delta = x509.load_der_x509_crl(_fetch(ca, tmp_path, "delta"))

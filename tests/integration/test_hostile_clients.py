@@ -246,7 +246,7 @@ def test_resent_csr_is_audited_and_refused_once_revoked(
     assert len(records) == issued + 1 and records[-1][4] == "success"
     serial = records[-1][3]
     assert json.loads(records[-1][5])["reused"] is True
-    ckms("revoke", "--home", str(ca.home), "--serial", serial, "--reason", "keyCompromise")
+    ckms("revoke", "--yes", "--home", str(ca.home), "--serial", serial, "--reason", "keyCompromise")
     body, status = split_status(curl_enroll(ca, csr, tmp_path).stdout)
     assert status == 409 and body.startswith(b"csr_duplicate_revoked: ") and serial.encode() in body, body
     last = ca.audit("certificate.issue")[-1]
@@ -403,7 +403,7 @@ def test_device_cannot_change_its_name_or_renew_once_revoked(renewing_ca: CaHome
     )
     assert status == 400 and body.startswith(b"csr_reenroll_subject: "), body
     serial = format(x509.load_pem_x509_certificate(cert.read_bytes()).serial_number, "x")
-    ckms("revoke", "--home", str(ca.home), "--serial", serial, "--reason", "keyCompromise")
+    ckms("revoke", "--yes", "--home", str(ca.home), "--serial", serial, "--reason", "keyCompromise")
     body, status = _curl_reenrol(ca, tmp_path, cert, key, _renewal_csr(tmp_path, "dev-on-2", san)[0])
     assert status == 403 and body.startswith(b"device_revoked: "), body
     assert ca.audit("certificate.reissue")[-1][:2] == (f"device:{serial}", "device")

@@ -46,3 +46,12 @@ def test_a_syntax_error_is_an_error_not_an_empty_table(tmp_path: Path) -> None:
 def test_a_bad_value_names_its_table(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\[audit\]"):
         load_config(write_home(tmp_path, audit={"seal_every_records": "often"}))
+
+
+@pytest.mark.parametrize("url", ["file:///etc/shadow", "ftp://alerts.example/x", "/var/lib/x"])
+def test_alert_webhook_must_be_a_web_url(tmp_path: Path, url: str) -> None:
+    """urllib would open any scheme: an alert must never read a local file (bandit B310, E.29)."""
+    with pytest.raises(ConfigError, match=r"\[alerts\] webhook must be an https://"):
+        load_config(write_home(tmp_path, alerts={"webhook": url}))
+    ok = load_config(write_home(tmp_path, alerts={"webhook": "https://alerts.example/hook"}))
+    assert ok.alerts.webhook == "https://alerts.example/hook"
