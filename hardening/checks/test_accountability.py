@@ -28,8 +28,9 @@ from pathlib import Path
 import pytest
 import testinfra
 import yaml
-from ckms_checks import CA_HOME, CA_USER, CA_VENV, REPO, as_ckms, policy, probe
+from ckms_checks import CA_HOME, CA_USER, CA_VENV, as_ckms, policy, probe
 from ckms_custody import available, staged
+from ckms_deployed import deployed_is, exported_commit, run_pytest
 from ckms_people import (
     CKMS,
     TERMINAL_PEOPLE,
@@ -40,7 +41,6 @@ from ckms_people import (
     tls_post,
     withdraw,
 )
-from test_ca_assurance import _deployed_is, _local, wheel_commit
 from testinfra.utils.ansible_runner import AnsibleRunner
 
 testinfra_hosts = ["ansible://ca"]
@@ -681,48 +681,23 @@ def test_static_security_scan_clean(host, evidence):
 
 @pytest.fixture(scope="module")
 def deployed_commit_tree():
-    """The commit the CA's wheel was built from (else HEAD), exported to a temporary directory."""
-    commit = wheel_commit() or "HEAD"
-    with tempfile.TemporaryDirectory(prefix="ckms-e29-") as tmp:
-        arch = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True, check=True)
-        subprocess.run(["tar", "xf", "-", "-C", tmp], input=arch.stdout, check=True)
-        yield Path(tmp), _local(["git", "rev-parse", "--short", commit]).stdout.strip()
+    with exported_commit("ckms-e29-") as exported:
+        yield exported
 
 
 @pytest.mark.check("check:E.29.test_suite_passes")
 def test_security_test_suite_passes(host, evidence, deployed_commit_tree):
     tree, head = deployed_commit_tree
-    same = _deployed_is(host, tree)
+    same = deployed_is(host, tree)
     junit = Path(tempfile.gettempdir()) / f"ckms-e29-security-{head}.xml"
-    start = time.monotonic()
-    run = _local(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            *SECURITY_TESTS,
-            f"--junitxml={junit}",
-            f"--basetemp={tree}/.pytest-e29",
-        ],
-        cwd=tree,
-        timeout=300,
-    )
-    summary = run.stdout.strip().splitlines()[-1:] if run.stdout.strip() else [run.stderr[-300:]]
+    run = run_pytest(tree, list(SECURITY_TESTS), junit, timeout=300)
+    summary = run["summary"]
     evidence.add(
         "security tests of the deployed commit, run on the controller",
-        {
-            "commit": head,
-            "tests": list(SECURITY_TESTS),
-            "rc": run.returncode,
-            "summary": summary,
-            "seconds": round(time.monotonic() - start, 1),
-        },
+        {"commit": head, "tests": list(SECURITY_TESTS), **{k: run[k] for k in ("rc", "summary", "seconds")}},
     )
     evidence.add("installed code vs the tested commit", same)
     passed = re.search(r"(\d+) passed", summary[0] if summary else "")
-    assert run.returncode == 0, f"E.29: security tests fail: {summary} {run.stdout[-600:]}"
+    assert run["rc"] == 0, f"E.29: security tests fail: {summary} {run['tail']}"
     assert passed and int(passed.group(1)) >= 10, f"E.29: too few security tests ran: {summary}"
     assert not same["differ"], f"E.29: the installed code is not the tested commit {head}: {same['differ']}"

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 from ckms_checks import CA_HOME, CA_USER, CA_VENV, REPO, as_ckms, inventory_vars, policy, probe, systemd_props
 from ckms_custody import available, staged
+from ckms_deployed import deployed_is, exported_commit, local, run_pytest
 from ckms_people import ckms_as, issue_and_revoke, propose_and_approve, withdraw
 
 testinfra_hosts = ["ansible://ca"]
@@ -657,64 +658,17 @@ def test_spare_node_restore(host, evidence):
 
 
 # ------------------------------------------------------------------------------------------- F.55
-def _local(cmd: list[str], cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def wheel_commit(depth: int = 300) -> str | None:
-    """The commit the controller's ckms wheel was built from.
-
-    scripts/build-wheelhouse.sh builds from git HEAD and stamps the wheelhouse with the SHA-256 of
-    ``git rev-parse HEAD:ckms_app HEAD:pyproject.toml``; the commit is found again by that stamp (other
-    commits may have landed since the build)."""
-    stamp_file = Path(os.environ.get("CKMS_WHEELHOUSE", REPO / "build" / "wheelhouse")) / ".src-stamp"
-    stamp = stamp_file.read_text().strip() if stamp_file.exists() else ""
-    if not stamp.startswith("head-"):
-        return None
-    commits = _local(["git", "rev-list", "-n", str(depth), "HEAD"]).stdout.split()
-    paths = ("ckms_app", "pyproject.toml")
-    args = [f"{c}:{p}" for c in commits for p in paths]
-    ids = _local(["git", "rev-parse", *args]).stdout.split()
-    for i, c in enumerate(commits):
-        blob = "".join(x + "\n" for x in ids[len(paths) * i : len(paths) * (i + 1)]).encode()
-        if hashlib.sha256(blob).hexdigest() == stamp.removeprefix("head-"):
-            return c
-    return None
-
-
 @pytest.fixture(scope="module")
 def committed_tree():
-    """The committed tree the CA's wheel was built from (else HEAD), exported to a temporary directory."""
-    commit = wheel_commit() or "HEAD"
-    with tempfile.TemporaryDirectory(prefix="ckms-f55-") as tmp:
-        # the whole commit: the unit tests read the roles, the catalog and the docs as well as the code
-        arch = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True, check=True)
-        subprocess.run(["tar", "xf", "-", "-C", tmp], input=arch.stdout, check=True)
-        yield Path(tmp), _local(["git", "rev-parse", "--short", commit]).stdout.strip()
-
-
-def _deployed_is(host, tree: Path) -> dict:
-    """Compare every module of the CA host's installed ckms_app package with the exported tree's."""
-    pkg = host.run(f"ls -d {SITE}/ckms_app").stdout.strip()
-    remote = {}
-    for line in host.run(f"cd {pkg} && find . -name '*.py' -exec sha256sum {{}} +").stdout.splitlines():
-        digest, _, name = line.partition("  ")
-        remote[name.strip().removeprefix("./")] = digest
-    local = {
-        p.relative_to(tree / "ckms_app").as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in (tree / "ckms_app").rglob("*.py")
-    }
-    return {
-        "installed files": len(remote),
-        "differ": sorted(n for n in set(remote) | set(local) if remote.get(n) != local.get(n)),
-    }
+    with exported_commit("ckms-f55-") as exported:
+        yield exported
 
 
 @pytest.mark.check("check:F.55.static_analysis_clean")
 def test_static_analysis_clean(host, evidence, committed_tree):
     tree, head = committed_tree
-    same = _deployed_is(host, tree)
-    ruff = _local(
+    same = deployed_is(host, tree)
+    ruff = local(
         [
             str(Path(sys.executable).with_name("ruff")),
             "check",
@@ -737,38 +691,21 @@ def test_static_analysis_clean(host, evidence, committed_tree):
 @pytest.mark.check("check:F.55.test_suite_passes")
 def test_suite_passes(host, evidence, committed_tree):
     tree, head = committed_tree
-    same = _deployed_is(host, tree)
+    same = deployed_is(host, tree)
     junit = REPO / "build" / "report" / "unit-junit.xml"
     junit.parent.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    run = _local(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests/unit",
-            f"--junitxml={junit}",
-            f"--basetemp={tree}/.pytest-tmp",
-        ],
-        cwd=tree,
-        timeout=900,
-    )
-    summary = run.stdout.strip().splitlines()[-1:] if run.stdout.strip() else [run.stderr[-300:]]
+    run = run_pytest(tree, ["tests/unit"], junit, timeout=900)
+    summary = run["summary"]
     evidence.add(
         "tests/unit of the commit on the controller",
         {
             "commit": head,
-            "rc": run.returncode,
-            "summary": summary,
-            "seconds": round(time.monotonic() - start, 1),
+            **{k: run[k] for k in ("rc", "summary", "seconds")},
             "junit": str(junit.relative_to(REPO)),
         },
     )
     evidence.add("installed code vs the tested commit", same)
-    assert run.returncode == 0, f"F.55: the unit tests of the CA code fail: {summary} {run.stdout[-600:]}"
+    assert run["rc"] == 0, f"F.55: the unit tests of the CA code fail: {summary} {run['tail']}"
     assert not same["differ"], f"F.55: the installed code is not the tested commit {head}: {same['differ']}"
 
 
