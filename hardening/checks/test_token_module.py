@@ -276,8 +276,8 @@ def test_startup_self_test_runs(host, selftest_now, evidence):
     )
 
 
-@pytest.mark.check("check:E.07.c.ca_key_sensitive_unextractable")
-def test_ca_key_sensitive_unextractable(host, export_attempts, evidence):
+@pytest.mark.check("check:E.07.c.ca_key_sensitive_wrap_trusted_only")
+def test_ca_key_sensitive_wrap_trusted_only(host, export_attempts, evidence):
     """The CA key in the live token is sensitive (value never readable), private, extractable only wrapped
     by a trusted key, and neither modifiable nor destroyable with the daemon's PIN; the token refuses to
     wrap it under a key the daemon's user can make (token copy)."""
