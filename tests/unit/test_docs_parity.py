@@ -25,6 +25,8 @@ REQUIRED = [
     "docs/hsm-custody.md",
     "docs/lab.md",
     "docs/production.md",
+    "docs/ca-daemon.md",
+    "docs/architecture.md",
 ]
 
 _FENCE = re.compile(r"^(`{3,}|~{3,})")
