@@ -115,7 +115,7 @@ def test_inventory_lists_all_devices(host, request, evidence):
     routers = AnsibleRunner(inv).get_hosts("router")
     for name in routers:
         router = testinfra.get_host(f"ansible://{name}", ansible_inventory=inv)
-        now = router.run("nft -s list ruleset | sha256sum").stdout.split()[0]
+        now = router.run("nft -s -t list ruleset | sha256sum").stdout.split()[0]
         recorded = (hosts.get(name, {}).get("firewall") or {}).get("ruleset_digest")
         evidence.add(f"router {name} rule set", {"recorded": recorded, "now": f"sha256:{now}"})
         assert recorded == f"sha256:{now}", (
