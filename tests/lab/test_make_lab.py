@@ -53,8 +53,10 @@ def test_make_lab_ends_with_report_and_enrolment_instructions(made):
     ]
 
 
-def test_make_lab_report_passes_every_automated_f_item(made):
-    """Acceptance of issue 5: every automated F item passes on the lab CA server (drills included)."""
+def test_make_lab_report_passes_every_automated_item(made):
+    """Acceptance of issues 5 and 13: every automated A, E and F item passes on the lab (drills included),
+    nothing is partial or not run, the catalog's evidence has no gap, and the report carries the system
+    inventory and the security policy's comparison with the deployed CA."""
     out = REPO / "build" / "report-labtest"
     assert (out / "drills.json").is_file(), "make lab ran no drills"
     proc = subprocess.run(
@@ -66,10 +68,11 @@ def test_make_lab_report_passes_every_automated_f_item(made):
             str(out / "results.json"),
             "--results",
             str(out / "drills.json"),
+            "--inventory",
+            str(out / "inventory" / "inventory.json"),
             "--out",
             str(out),
-            "--require",
-            "F",
+            *("--require", "A", "--require", "E", "--require", "F"),
         ],
         cwd=REPO,
         capture_output=True,
@@ -78,9 +81,16 @@ def test_make_lab_report_passes_every_automated_f_item(made):
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     doc = json.loads((out / "report.json").read_text())
-    f_items = [i for i in doc["items"] if i["id"].startswith("F.") and i["applicability"] == "automated"]
-    assert f_items and all(i["status"] == "pass" for i in f_items)
+    automated = [i for i in doc["items"] if i["applicability"] == "automated"]
+    assert len(automated) == 76 and all(i["status"] == "pass" for i in automated), [
+        (i["id"], i["status"]) for i in automated if i["status"] != "pass"
+    ]
+    assert not {"partial", "not-run", "fail"} & {i["status"] for i in doc["items"]}
+    assert doc["coverage_gaps"] == []
+    assert doc["inventory"] and set(doc["inventory"]["hosts"]) >= {"ca1", "router", "terminal"}
+    assert doc["security_policy"]["current"] and all(not h["drift"] for h in doc["security_policy"]["hosts"])
     # what the containers hide is said, not silently passed: AppArmor enforcement, secure boot
+    f_items = [i for i in automated if i["id"].startswith("F.")]
     limited = {lim["check"] for i in f_items for lim in i["limitations"]}
     assert {"check:F.06.k.apparmor_enforcing", "check:F.07.secure_boot_enabled"} <= limited, limited
 
