@@ -415,6 +415,24 @@ def _alive(pid: int) -> bool:
     return not Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z")
 
 
+#: inotify limits per user on the machine: every lab host's systemd (path units, journald, udev) takes
+#: instances as root, and all hosts of all labs share root's budget. Debian's default of 128 instances
+#: is used up by about a dozen hosts (two labs and a Molecule scenario), after which path units and
+#: wg-quick fail to start in whichever host comes last.
+INOTIFY_LIMITS = {"max_user_instances": 1024, "max_user_watches": 524288}
+
+
+def _raise_inotify_limits() -> None:
+    """Raise the machine's inotify limits to :data:`INOTIFY_LIMITS` (never lowers them)."""
+    for name, want in INOTIFY_LIMITS.items():
+        path = Path("/proc/sys/fs/inotify") / name
+        try:
+            if int(path.read_text()) < want:
+                path.write_text(str(want))
+        except (OSError, ValueError) as exc:
+            raise LabError(f"cannot raise fs.inotify.{name} to {want}: {exc}") from None
+
+
 def create_host(spec: HostSpec) -> HostInfo:
     """Create and boot one host; returns once its sshd answers on the management address.
 
@@ -422,6 +440,7 @@ def create_host(spec: HostSpec) -> HostInfo:
     killed CI job) are destroyed first, so create always yields a freshly booted machine.
     """
     _require_root()
+    _raise_inotify_limits()
     image = Path(spec.image)
     if not (image / "usr/lib/systemd/systemd").exists() and not (image / "lib/systemd/systemd").exists():
         raise LabError(f"golden image {image} missing or incomplete: run scripts/build-golden-image.sh")

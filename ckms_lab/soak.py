@@ -292,18 +292,23 @@ def _proc_tree(pid: int) -> list[int]:
     return [pid, *(p for c in children for p in _proc_tree(int(c)))]
 
 
-def _resources(pid: int) -> dict[str, int]:
-    """RSS (KiB) and open descriptors of the daemon: the supervisor, workers and helpers together."""
+def _resources(pid: int) -> dict[str, Any]:
+    """RSS (KiB) and open descriptors of the daemon: the supervisor, workers and helpers together, and
+    RSS per process kind (``ckms`` supervisor and workers, ``ckms-lint`` helpers), so growth is placed."""
     rss = fds = 0
     tree = _proc_tree(pid)
+    by_kind: dict[str, int] = {}
     for p in tree:
         try:
             status = Path(f"/proc/{p}/status").read_text()
-            rss += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+            kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
             fds += len(list(Path(f"/proc/{p}/fd").iterdir()))
+            kind = "supervisor" if p == pid else Path(f"/proc/{p}/comm").read_text().strip()
         except (OSError, StopIteration):
             continue
-    return {"rss_kib": rss, "open_fds": fds, "processes": len(tree)}
+        rss += kib
+        by_kind[kind] = by_kind.get(kind, 0) + kib
+    return {"rss_kib": rss, "open_fds": fds, "processes": len(tree), "rss_kib_by_process": by_kind}
 
 
 def soak(
