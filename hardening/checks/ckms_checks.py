@@ -92,3 +92,20 @@ def probe(host, *args: str, env: dict[str, str] | None = None, script: Path | st
 def systemd_props(host, unit: str, *props: str) -> dict[str, str]:
     out = host.run(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props)).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def host_now(host) -> str:
+    """The host's clock (UTC, seconds): the lower bound for "records made by this check"."""
+    return host.run("date -u +%Y-%m-%dT%H:%M:%S").stdout.strip()
+
+
+def trail_since(host, since: str) -> list[dict]:
+    """The CA's audit records since ``since`` (at most 500), read on the host by the probe."""
+    return probe(host, "trail", "--since", since, "--limit", "500")["records"]
+
+
+def short_records(records: list[dict]) -> list[dict]:
+    """The fields of audit records a check shows as evidence."""
+    return [
+        {k: r.get(k) for k in ("seq", "entity_id", "role", "action", "target", "outcome")} for r in records
+    ]

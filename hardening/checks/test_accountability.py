@@ -29,6 +29,9 @@ import pytest
 import testinfra
 import yaml
 from ckms_checks import CA_HOME, CA_USER, CA_VENV, as_ckms, policy, probe
+from ckms_checks import host_now as _now
+from ckms_checks import short_records as _short
+from ckms_checks import trail_since as _trail
 from ckms_custody import available, staged
 from ckms_deployed import deployed_is, exported_commit, run_pytest
 from ckms_people import (
@@ -61,20 +64,6 @@ SECURITY_TESTS = ("tests/integration/test_rejections.py", "tests/integration/tes
 
 
 # --- helpers -------------------------------------------------------------------------------------
-def _now(host) -> str:
-    return host.run("date -u +%Y-%m-%dT%H:%M:%S").stdout.strip()
-
-
-def _trail(host, since: str) -> list[dict]:
-    return probe(host, "trail", "--since", since, "--limit", "500")["records"]
-
-
-def _short(records: list[dict]) -> list[dict]:
-    return [
-        {k: r.get(k) for k in ("seq", "entity_id", "role", "action", "target", "outcome")} for r in records
-    ]
-
-
 def _public_host(host) -> str:
     m = re.search(r'^public_host\s*=\s*"([^"]+)"', host.file(f"{CA_HOME}/ckms.toml").content_string, re.M)
     return m.group(1) if m else "127.0.0.1"

@@ -22,6 +22,9 @@ import time
 import pytest
 import testinfra
 from ckms_checks import CA_HOME, policy, probe
+from ckms_checks import host_now as _since
+from ckms_checks import short_records as _short
+from ckms_checks import trail_since as _trail
 from ckms_people import TERMINAL_PEOPLE, tls_post
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -69,20 +72,6 @@ def _config(host) -> dict:
 def _ca_key(host) -> dict:
     """The token's CA key object and the CA certificate."""
     return _cached(host, "ca-key")
-
-
-def _since(host) -> str:
-    return host.run("date -u +%Y-%m-%dT%H:%M:%S").stdout.strip()
-
-
-def _trail(host, since: str) -> list[dict]:
-    return probe(host, "trail", "--since", since, "--limit", "500")["records"]
-
-
-def _short(records: list[dict]) -> list[dict]:
-    return [
-        {k: r.get(k) for k in ("seq", "entity_id", "role", "action", "target", "outcome")} for r in records
-    ]
 
 
 def _cn(tag: str) -> str:

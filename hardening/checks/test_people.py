@@ -18,7 +18,10 @@ import time
 
 import pytest
 import testinfra
-from ckms_checks import CA_HOME, CA_USER, REPO, policy, probe
+from ckms_checks import CA_HOME, CA_USER, REPO, policy
+from ckms_checks import host_now as _now
+from ckms_checks import short_records as _short
+from ckms_checks import trail_since as _trail
 from ckms_people import (
     CKMS,
     TERMINAL_PEOPLE,
@@ -45,20 +48,6 @@ testinfra_hosts = ["ansible://ca"]
 ADMIN, AUTHORITY, AUDITOR = "admin-1", "authority-1", "auditor-1"
 OPERATORS = ("operator-1", "operator-2")
 ROLES = {"authority", "administrator", "operator", "auditor"}
-
-
-def _now(host) -> str:
-    return host.run("date -u +%Y-%m-%dT%H:%M:%S").stdout.strip()
-
-
-def _trail(host, since: str) -> list[dict]:
-    return probe(host, "trail", "--since", since, "--limit", "500")["records"]
-
-
-def _short(records: list[dict]) -> list[dict]:
-    return [
-        {k: r.get(k) for k in ("seq", "entity_id", "role", "action", "target", "outcome")} for r in records
-    ]
 
 
 def _detail(rec: dict) -> dict:
