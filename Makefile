@@ -36,7 +36,7 @@ lint: deps
 	scripts/lint-ansible.sh
 
 test: deps tools lint
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=25 tests
 
 test-unit: deps tools
 	$(BIN)/pytest -q tests/unit
@@ -89,6 +89,14 @@ converge: deps tools
 # Hardening checks over SSH + the per-item report (build/report; LANG_REPORT=ja|en, CKMS_INVENTORY=...).
 report: deps
 	scripts/report.sh
+
+# Extended breakage run against the live lab (not part of make test): each A/E item's break must fail
+# exactly its checks, naming the item, then be restored (build/report/breakage; BREAK_ITEMS=A.05,E.09).
+.PHONY: breakage
+breakage: deps
+	ANSIBLE_CONFIG=$(CURDIR)/ansible.cfg ANSIBLE_VAULT_PASSWORD_FILE=$(CACHE)/ansible/vault-pass PATH=$(CURDIR)/$(BIN):$$PATH \
+	  $(BIN)/python -m hardening.breakage.run $(if $(BREAK_ITEMS),--items $(BREAK_ITEMS)) \
+	  --inventory inventories/$${CKMS_LAB_STACK:-lab}/generated/hosts.yml
 
 # Public baseline: OpenSCAP, ANSSI BP-028 high (Debian 12 content, cached), against the stack's CA hosts,
 # read-only from the controller; ARF, HTML and a JSON summary per host in build/report[-<stack>]/openscap.

@@ -19,7 +19,9 @@ class Curve:
     crypto_curve: ec.EllipticCurve
     hash_algorithm: hashes.SHA256 | hashes.SHA384  # RFC 5758: P-256 → SHA-256, P-384 → SHA-384
     #: no certificate with a key (or signature) on this curve is valid after this instant (A.62):
-    #: CRYPTREC rates 128-bit strength (P-256, SHA-256) for use through 2040 and 192-bit through 2070
+    #: CRYPTREC rates 128-bit strength (P-256, SHA-256) for use through 2040 and 192-bit through 2070.
+    #: The default of ``[algorithms] secure_until`` in ckms.toml (config.DEFAULT_SECURE_UNTIL); a request
+    #: that would pass it is refused, not shortened (x509/profiles.py)
     secure_until: dt.datetime
 
 

@@ -11,6 +11,7 @@ validation in one place, so no other module reads the file), and the daemon's tr
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
 import re
@@ -24,6 +25,8 @@ from ckms_app.algorithms import CURVES
 from ckms_app.errors import ConfigError
 
 CONFIG_NAME = "ckms.toml"
+# A.62: the end of life of each curve unless [algorithms] secure_until changes it
+DEFAULT_SECURE_UNTIL = {name: curve.secure_until for name, curve in CURVES.items()}
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,18 @@ class AlertConfig:
     fallback_file: Path | None = None  # where alerts go when there is no syslog socket
 
 
+@dataclass(frozen=True)
+class ExpiryConfig:
+    """``[expiry]``: ``ckms expiry check`` warns this many days before a certificate expires (part of
+    A.59: a certificate, the CA's above all, is replaced before it lapses, not after)."""
+
+    warn_days: int = 30
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.warn_days <= 3650:
+            raise ConfigError(f"[expiry] warn_days must be between 1 and 3650, not {self.warn_days}")
+
+
 SOURCES = ("chrony", "none")
 
 
@@ -126,6 +141,10 @@ class Profile:
     san_uri_pattern: str | None
     allowed_curves: tuple[str, ...]
     backdate_seconds: int = 60
+    #: A.62 crypto-periods: no certificate of this profile is valid past this instant for a key or a
+    #: signature on the curve named (``[algorithms] secure_until``; by default the CRYPTREC dates in
+    #: :mod:`ckms_app.algorithms`). Kept on the profile so that every builder of its certificates sees it.
+    secure_until: dict[str, dt.datetime] = field(default_factory=lambda: dict(DEFAULT_SECURE_UNTIL))
 
     def __post_init__(self) -> None:
         if self.validity_days <= 0:
@@ -254,6 +273,9 @@ class Config:
     # [issuance] device_reenrolment: a device may renew itself with its own valid certificate (RFC 7030
     # §4.2.2). Off by default: the guidance's model routes every request through the terminal (A.46).
     device_reenrolment: bool = False
+    # [algorithms] secure_until: the end of life of each curve (A.62), the same mapping every profile holds
+    secure_until: dict[str, dt.datetime] = field(default_factory=lambda: dict(DEFAULT_SECURE_UNTIL))
+    expiry: ExpiryConfig = field(default_factory=ExpiryConfig)  # [expiry]: ckms expiry check
 
     def profile(self, name: str | None) -> Profile:
         key = name or self.default_profile
@@ -339,6 +361,7 @@ def _parse_config(home: Path, raw: dict[str, Any]) -> Config:
     url = _req(db, "url", "[database]")
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         url = f"sqlite:///{home / url.removeprefix('sqlite:///')}"
+    secure_until = _secure_until(raw.get("algorithms", {}))
     profiles = {}
     for name, p in raw.get("profiles", {}).items():
         profiles[name] = Profile(
@@ -356,6 +379,7 @@ def _parse_config(home: Path, raw: dict[str, Any]) -> Config:
             san_uri_pattern=p.get("san_uri_pattern"),
             allowed_curves=tuple(p.get("allowed_curves", ["P-256", "P-384"])),
             backdate_seconds=int(p.get("backdate_seconds", 60)),
+            secure_until=secure_until,
         )
     default_profile = raw.get("issuance", {}).get("default_profile", "device")
     if default_profile not in profiles:
@@ -388,7 +412,34 @@ def _parse_config(home: Path, raw: dict[str, Any]) -> Config:
         audit=_audit(home, raw.get("audit", {})),
         alerts=_alerts(home, raw.get("alerts", {})),
         device_reenrolment=_device_reenrolment(raw.get("issuance", {})),
+        secure_until=secure_until,
+        expiry=ExpiryConfig(warn_days=int(raw.get("expiry", {}).get("warn_days", 30))),
     )
+
+
+def _secure_until(table: dict[str, Any]) -> dict[str, dt.datetime]:
+    """``[algorithms] secure_until = { "P-256" = 2040-12-31, ... }``: a curve's end of life (A.62).
+
+    A date means the end of that day, UTC; a date-time needs its offset. Curves not named keep the
+    CRYPTREC default, so a file names only what it changes (e.g. when CRYPTREC revises a date)."""
+    given = table.get("secure_until", {})
+    if not isinstance(given, dict):
+        raise ConfigError("[algorithms] secure_until must be a table of curve = date")
+    result = dict(DEFAULT_SECURE_UNTIL)
+    for name, value in given.items():
+        if name not in CURVES:
+            raise ConfigError(
+                f"[algorithms] secure_until: unknown curve {name!r}; known: {', '.join(CURVES)}"
+            )
+        if isinstance(value, dt.datetime):
+            if value.tzinfo is None:
+                raise ConfigError(f"[algorithms] secure_until.{name}: a date-time needs its UTC offset")
+            result[name] = value.astimezone(dt.UTC)
+        elif isinstance(value, dt.date):
+            result[name] = dt.datetime.combine(value, dt.time(23, 59, 59), dt.UTC)
+        else:
+            raise ConfigError(f"[algorithms] secure_until.{name}: expected a TOML date, not {value!r}")
+    return result
 
 
 def _device_reenrolment(issuance: dict[str, Any]) -> bool:

@@ -180,3 +180,31 @@ class EnrolmentRefused(NotAuthenticated):
     gets never says which."""
 
     code = "enrolment_refused"
+
+
+class CrlRejected(CkmsError):
+    """A CRL the IoT hub or the terminal's relay must not use (forged, replayed, expired, a delta...)."""
+
+    code = "crl_rejected"
+    http_status = 422
+
+
+class BundleError(CkmsError):
+    """The report bundle or manifest cannot be used at all (not a directory, unreadable, not a manifest)."""
+
+    code = "report_bundle"
+    http_status = 400
+
+
+class EvidenceError(CkmsError):
+    """The evidence file of an attestation cannot be stored (missing, empty, too large, not a regular file)."""
+
+    code = "evidence"
+    http_status = 400
+
+
+class UnknownItem(CkmsError):
+    """The item is not in the catalog, or it is not a procedural one (nothing to attest)."""
+
+    code = "unknown_item"
+    http_status = 400

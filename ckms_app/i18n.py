@@ -12,6 +12,9 @@ Where the language comes from:
 * the daemon: the request's ``Accept-Language`` (RFC 9110 §12.5.4): :func:`accept_language`. The daemon's
   own logs and the audit trail stay English.
 
+The CLI's ``--help``, usage and usage errors come from the same catalog (context ``help``) and from our
+catalog of argparse's own words: :mod:`ckms_app.cli.help_i18n`.
+
 Errors keep their English machine ``code``; only the sentence for people is translated
 (:func:`localise_error`). A sentence the catalog knows word for word (context ``error-message``) is
 translated whole; any other gets the catalog's sentence for its code (context ``error``) followed by the

@@ -7,6 +7,9 @@ processes, each request with a fresh, pre-generated CSR:
 2. open loop at a fixed rate (default 200/s): latency percentiles under a steady load;
 3. the in-process ceiling: CSR checks + build + lint + HSM sign without HTTP or storage.
 
+4. (``--crl``, on with ``--matrix``) :mod:`ckms_lab.crl_bench`: revocation latency and CSR → certificate
+   end to end (p50/p99), and full CRLs of 1,000 / 10,000 / 100,000 entries: size and signing time.
+
 ``--db postgresql`` runs the same phases on a throwaway PostgreSQL server (fsync on), and
 ``--nodes 2`` starts a second daemon on the same database with its own token holding the CA key
 restored from a wrapped backup (``ckms_lab.multinode``); the client processes are split between
@@ -474,6 +477,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="sqlite and postgresql, 1 and 2 nodes (ignores --db and --nodes)",
     )
+    parser.add_argument(
+        "--crl",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also CRLs at 1k/10k/100k entries, revocation and CSR→certificate latency "
+        "(ckms_lab.crl_bench; default: with --matrix)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -505,6 +515,11 @@ def main(argv: list[str] | None = None) -> int:
         _print_matrix(results, args)
     else:
         _print_single(results[0], args, headline=(args.db, args.nodes) == ("sqlite", 1))
+    if args.crl if args.crl is not None else args.matrix:
+        from ckms_lab import crl_bench  # issue 14 part 6: CRLs at factory scale, revocation latency
+
+        print()
+        return crl_bench.main(["--json"] if args.json else [])
     return 0
 
 

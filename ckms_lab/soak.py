@@ -318,6 +318,7 @@ def soak(
     threads: int = 16,
     sample: float = 10.0,
     workdir: Path | None = None,
+    mix: tuple[tuple[str, int], ...] = MIX,
 ) -> dict[str, Any]:
     """Set up a CA, serve it, run the mixed load; the report (see the module docstring)."""
     with ExitStack() as stack:
@@ -344,7 +345,8 @@ def soak(
             if daemon.poll() is not None:
                 raise SystemExit(f"daemon failed to start; see {workdir / 'daemon.log'}")
         state = _State()
-        result = _drive(home, summary, state, daemon.pid, duration, rate, threads, sample)
+        result = _drive(home, summary, state, daemon.pid, duration, rate, threads, sample, mix)
+        result["mix"] = dict(mix)
         stop_daemon()
         log.flush()
         tracebacks = (workdir / "daemon.log").read_text().count("Traceback")
@@ -362,10 +364,11 @@ def _drive(
     rate: float,
     threads: int,
     sample: float,
+    mix: tuple[tuple[str, int], ...] = MIX,
 ) -> dict[str, Any]:
     jobs: queue.Queue[tuple[str, float] | None] = queue.Queue()
-    names = [name for name, _ in MIX]
-    weights = [w for _, w in MIX]
+    names = [name for name, _ in mix]
+    weights = [w for _, w in mix]
 
     def worker() -> None:
         client = _Client(home, summary, state)
@@ -441,6 +444,20 @@ def _latency(values: list[float]) -> dict[str, float]:
     }
 
 
+_DEFAULT_MIX = ",".join(f"{name}={weight}" for name, weight in MIX)
+
+
+def _parse_mix(text: str) -> tuple[tuple[str, int], ...]:
+    known = {name for name, _ in MIX}
+    mix: list[tuple[str, int]] = []
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        if name not in known or not weight.isdigit() or int(weight) <= 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected NAME=WEIGHT with NAME in {sorted(known)}")
+        mix.append((name, int(weight)))
+    return tuple(mix)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ckms_lab.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load (default 600)")
@@ -448,8 +465,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=16, help="client threads (default 16)")
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between RSS/fd samples")
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument(
+        "--mix",
+        type=_parse_mix,
+        default=MIX,
+        help=f"operation weights, e.g. enrol=45,crl=20 (default {_DEFAULT_MIX}); an operation left out is "
+        "not sent, which tells which one a growth follows",
+    )
     args = parser.parse_args(argv)
-    result = soak(args.duration, args.rate, threads=args.threads, sample=args.sample)
+    result = soak(args.duration, args.rate, threads=args.threads, sample=args.sample, mix=args.mix)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

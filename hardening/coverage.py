@@ -55,7 +55,8 @@ def implemented_checks(checks_dir: Path | None = None, drills_dir: Path | None =
     checks_dir = checks_dir or CHECKS_DIR
     drills_dir = drills_dir or DRILLS_DIR
     found: dict[str, str] = {}
-    for path in sorted(checks_dir.glob("test_*.py")):
+    # test_*.py run in every report; *_check.py (the public baseline) where the caller asks for them
+    for path in sorted([*checks_dir.glob("test_*.py"), *checks_dir.glob("*_check.py")]):
         for cid in _MARKER_RE.findall(path.read_text(encoding="utf-8")):
             found.setdefault(cid, _rel(path))
     for path in sorted(drills_dir.glob("*.py")) if drills_dir.is_dir() else []:

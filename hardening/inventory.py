@@ -24,6 +24,7 @@ import argparse
 import base64
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,8 @@ def collect(inventory: Path) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - one unreachable host is recorded, not fatal
             hosts[name] = {"error": str(exc)[:500]}
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {"collected_at": now, "inventory": str(inventory), "hosts": hosts}
+    run_id = os.environ.get("CKMS_RUN_ID") or None  # the report's run (hardening/provenance.py)
+    return {"collected_at": now, "run_id": run_id, "inventory": str(inventory), "hosts": hosts}
 
 
 def _flatten(doc: Any, prefix: str = "") -> dict[str, Any]:

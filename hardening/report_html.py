@@ -1,10 +1,12 @@
 """The report as one HTML page a reviewer reads in a browser (no network, no external files).
 
-Order: the summary, what fails (failing items first, then partial and not run), then every item by
-chapter. Each item row opens to what implements it (links into the repository), its checks per host
-with their evidence and limitations, the coverage gaps and the supporting suite tests. Buttons filter
-by status, a list by host, a box by text; the filters are a few lines of inline script, and the page
-reads fine without it.
+Order: the run's provenance, the summary, what needs attention (failing items first, then partial,
+not written, not executed and configuration-only passes), then every item by chapter. Each item row
+opens to what implements it (links into the repository), its checks per host with their evidence,
+verification level and limitations, attestations of procedural items, the coverage gaps and the
+supporting suite tests. Buttons filter by status, a list by host, a box by text; the filters are a few
+lines of inline script, and the page reads fine without it. Printed from a browser, the controls are
+hidden and every evidence section is expanded (the form to file is hardening.report_form).
 """
 
 from __future__ import annotations
@@ -15,13 +17,24 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from hardening import levels
 from hardening.coverage import implemented_checks, load_implementations, reference_paths
+from hardening.report import ATTENTION, provenance_rows, status_label
 
 if TYPE_CHECKING:
     from hardening.report import Extras, ItemResult
 
-#: statuses a reviewer must look at, in the order they are shown
-ATTENTION = ("fail", "partial", "not-run")
+#: the order of the summary cards
+CARD_ORDER = (
+    "fail",
+    "partial",
+    "not-written",
+    "not-executed",
+    "pass-configuration",
+    "pass",
+    "procedural",
+    "not-applicable",
+)
 _PREFIX = "../../"  # the page is written to build/<report dir>/: links are relative to the repository
 
 _CSS = """
@@ -31,18 +44,29 @@ h1{margin-bottom:.2em}.sub{color:#555;margin-top:0}
 .card{border:1px solid #ccc;border-radius:6px;padding:.5em .9em;min-width:7em;cursor:pointer;background:#fff}
 .card b{display:block;font-size:1.6em}.card.off{opacity:.35}
 .card.pass{border-color:#34a853}.card.fail{border-color:#d93025;background:#fce8e6}
-.card.partial{border-color:#f9ab00}.card.not-run{border-color:#9aa0a6}.card.procedural{border-color:#4285f4}
+.card.partial{border-color:#f9ab00}.card.not-written,.card.not-executed{border-color:#9aa0a6}
+.card.procedural{border-color:#4285f4}.card.pass-configuration{border-color:#a142f4;background:#f3e8fd}
 .bar{display:flex;gap:1em;align-items:center;margin:.5em 0 1em}
 table{border-collapse:collapse;width:100%}td,th{border:1px solid #ddd;padding:.3em .5em;vertical-align:top;text-align:left}
 th{background:#f4f4f4}tr.fail td:nth-child(3){background:#fce8e6;font-weight:bold}
 tr.pass td:nth-child(3){background:#e6f4ea}tr.partial td:nth-child(3){background:#fff4e5}
-tr.not-run td:nth-child(3){background:#f1f3f4}tr.procedural td:nth-child(3){background:#e8f0fe}
+tr.not-written td:nth-child(3),tr.not-executed td:nth-child(3){background:#f1f3f4}
+tr.procedural td:nth-child(3){background:#e8f0fe}tr.pass-configuration td:nth-child(3){background:#f3e8fd}
 tr.not-applicable{color:#777}
 details pre{white-space:pre-wrap;font-size:.85em;background:#fafafa;padding:.5em;max-height:24em;overflow:auto}
 .limit{margin:.2em 0;padding:.2em .4em;border-left:4px solid #f9ab00;background:#fef7e0;font-size:.9em}
 .gap{margin:.2em 0;padding:.2em .4em;border-left:4px solid #d93025;background:#fce8e6;font-size:.9em}
 .ok{color:#188038}.bad{color:#d93025;font-weight:bold}.skip{color:#777}
 ul.refs{margin:.2em 0;padding-left:1.2em}code{font-size:.9em}
+.level{margin:.2em 0;padding:.2em .4em;border-left:4px solid #a142f4;background:#f3e8fd;font-size:.9em}
+.attest{margin:.2em 0;padding:.2em .4em;border-left:4px solid #4285f4;background:#e8f0fe;font-size:.9em}
+table.prov td:first-child{white-space:nowrap;width:14em;color:#555}
+@media print{
+ body{margin:0;max-width:none;font-size:9pt}.bar,.card{cursor:auto}.bar,script{display:none}
+ details::details-content{content-visibility:visible;display:block}
+ details pre{max-height:none;overflow:visible}tr{break-inside:avoid-page}h2{break-after:avoid-page}
+ a{color:inherit;text-decoration:none}
+}
 """
 
 _SCRIPT = """
@@ -59,6 +83,8 @@ if(want.get('status')){const keep=want.get('status').split(',');for(const c of d
 if(!keep.includes(c.dataset.status)){off.add(c.dataset.status);c.classList.add('off');}}}
 if(want.get('q')){document.getElementById('q').value=want.get('q');}
 apply();
+window.addEventListener('beforeprint',()=>{for(const d of document.querySelectorAll('details')){d.open=true;}
+for(const r of rows){r.style.display='';}});
 """
 
 
@@ -102,26 +128,36 @@ def _item_row(
             parts.append(f"<ul class='refs'>{''.join(refs)}</ul>")
     for g in i.gaps:
         parts.append(f"<p class='gap'>{e(t['gap'])}: {e(g.kind)}: {e(g.detail)}</p>")
-    for r in i.limitations:
+    for r in i.configuration_only:
+        kind = f", {t['host_kind']} {r['host_kind']}" if r.get("host_kind") else ""
+        parts.append(
+            f"<p class='level'>{e(t['level'])}: {e(t['configuration'])} ({e(r['check'])} @ {e(r['host'])}"
+            f"{e(kind)}): {e(levels.level_reason(r))}</p>"
+        )
+    for r in i.other_limitations:
         parts.append(
             f"<p class='limit'>{e(t['limit'])} ({e(r['check'])} @ {e(r['host'])}): {e(r['limitation'])}</p>"
         )
+    if i.attestation:
+        parts.append(attestation_html(i, t))
     checks = []
     for cid in c.all_checks():
         where = check_files.get(cid)
         src = f" {_link(where)}" if where else ""
         recs = [r for r in i.results if r["check"] == cid]
         if not recs:
-            checks.append(
-                f"<div><code>{e(cid)}</code>{src}: <span class='skip'>{e(t['not-run'])}</span></div>"
-            )
+            why = t["check_not_written"] if cid in i.not_written else t["check_not_executed"]
+            checks.append(f"<div><code>{e(cid)}</code>{src}: <span class='skip'>{e(why)}</span></div>")
             continue
         for r in recs:
             ev = "\n".join(f"{x['label']}: {x['value']}" for x in r.get("evidence", []))
             msg = f"\n{r['message']}" if r.get("message") else ""
+            level = r.get("level") or levels.RUNTIME
+            kind = f", {r['host_kind']}" if r.get("host_kind") else ""
             checks.append(
                 f"<details{' open' if r['outcome'] == 'failed' else ''}><summary><code>{e(cid)}</code> @ "
-                f"{e(r['host'])}: <span class='{_outcome(r['outcome'])}'>{e(r['outcome'])}</span>{src}</summary>"
+                f"{e(r['host'])}{e(kind)}: <span class='{_outcome(r['outcome'])}'>{e(r['outcome'])}</span>"
+                f" <small>({e(t['level'])}: {e(t[level])})</small>{src}</summary>"
                 f"<pre>{e(msg.strip() + chr(10) + ev if msg else ev)}</pre></details>"
             )
     if checks:
@@ -138,8 +174,43 @@ def _item_row(
     return (
         f"<tr class='item {e(i.status)}' id='{e(c.id)}' data-status='{e(i.status)}' data-hosts='{e(' '.join(hosts))}'>"
         f"<td><a href='#{e(c.id)}'>{e(c.id)}</a></td><td>{e(title)}<br><small>{e(c.applicability)}</small></td>"
-        f"<td>{e(t[i.status])}</td><td>{''.join(parts)}</td></tr>"
+        f"<td>{e(status_label(i, t))}</td><td>{''.join(parts)}</td></tr>"
     )
+
+
+def attestation_html(i: ItemResult, t: Mapping[str, str]) -> str:
+    """A procedural item's attestations (ckms attest), or that it has none."""
+    e = html.escape
+    if not i.attestations:
+        return f"<p class='attest'>{e(t['attestation'])}: {e(t['not-attested'])}</p>"
+    lines = "".join(
+        f"<li>{e(str(a['person']))}, {e(str(a['at']))}: {e(str(a['evidence_name']))} "
+        f"<code>sha256:{e(str(a['evidence_sha256']))}</code> ({e(t['audit_seq'])} {e(str(a['audit_seq']))})"
+        f"{' — ' + e(str(a['note'])) if a.get('note') else ''}</li>"
+        for a in i.attestations
+    )
+    return f"<div class='attest'>{e(t['attestation'])}: {e(t['attested'])}<ul>{lines}</ul></div>"
+
+
+def provenance_html(extras: Extras, t: Mapping[str, str]) -> str:
+    """The run's provenance as a two-column table (hardening.provenance)."""
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in provenance_rows(extras.provenance, t)
+    )
+    return f"<table class='prov'>{rows}</table>"
+
+
+def other_runs_html(extras: Extras, t: Mapping[str, str]) -> str:
+    e = html.escape
+    if not extras.other_run:
+        return ""
+    rows = "".join(
+        f"<tr><td><code>{e(str(r['check']))}</code></td><td>{e(str(r['host']))}</td><td>{e(str(r['outcome']))}</td>"
+        f"<td>{e(str(r.get('run_id') or '-'))}</td><td>{e(str(r.get('at')))}</td><td>{e(str(r.get('source')))}</td></tr>"
+        for r in extras.other_run
+    )
+    return f"<h2 id='other-runs'>{e(t['other_runs'])} ({len(extras.other_run)})</h2><table>{rows}</table>"
 
 
 def _table(rows: list[str], t: Mapping[str, str]) -> str:
@@ -195,9 +266,9 @@ def render(
     implementations = load_implementations()
     check_files = implemented_checks()
     counts = Counter(i.status for i in items)
-    order = ("fail", "partial", "not-run", "pass", "procedural", "not-applicable")
     cards = "".join(
-        f"<div class='card {s}' data-status='{s}'><b>{counts.get(s, 0)}</b>{e(t[s])}</div>" for s in order
+        f"<div class='card {s}' data-status='{s}'><b>{counts.get(s, 0)}</b>{e(t[s])}</div>"
+        for s in CARD_ORDER
     )
     automated = [i for i in items if i.control.applicability == "automated"]
     passed = sum(1 for i in automated if i.status == "pass")
@@ -253,16 +324,28 @@ def render(
             + ("".join(f"<li>{e(c)}</li>" for c in changes[:200]) or f"<li>{e(t['none'])}</li>")
             + "</ul>"
         )
-    data = json.dumps({"automated": len(automated), "automated_pass": passed, "gaps": len(extras.gaps)})
+    config_only = sum(1 for i in automated if i.status == "pass-configuration")
+    data = json.dumps(
+        {
+            "automated": len(automated),
+            "automated_pass": passed,
+            "automated_pass_configuration": config_only,
+            "gaps": len(extras.gaps),
+        }
+    )
     return (
         f"<!doctype html><html lang='{lang}'><head><meta charset='utf-8'><title>{e(t['title'])}</title>"
         f"<style>{_CSS}</style></head><body><h1>{e(t['title'])}</h1>"
         f"<p class='sub'>{e(t['generated'])}: {e(generated)} · {e(t['automated_items'])}: {passed}/{len(automated)}"
+        f" (+{config_only} {e(t['pass-configuration'])})"
         f" · {e(t['gaps'])}: {len(extras.gaps)}</p>"
+        f"<details id='provenance'><summary>{e(t['provenance'])}: {e(str((extras.provenance or {}).get('run_id') or t['no_run']))}"
+        f"</summary>{provenance_html(extras, t)}</details>"
         f"<section id='summary'><h2>{e(t['summary'])}</h2><div class='cards'>{cards}</div>"
         f"<div class='bar'><label>{e(t['host'])} <select id='host'><option value=''>—</option>{host_options}</select></label>"
         f"<label><input id='q' type='search' placeholder='{e(t['search'])}'></label></div></section>"
         + "".join(sections)
+        + other_runs_html(extras, t)
         + gaps
         + policy
         + openscap

@@ -6,7 +6,8 @@ packages=(
   softhsm2 opensc openssl curl          # HSM emulation, pkcs11-tool, reference TLS/EST/CRL tools
   postgresql                            # the shared database backend (tests start their own cluster)
   debootstrap systemd-container nftables iproute2   # lab hosts (nspawn machines in netns)
-  chromium                              # headless rendering test of the hardening report
+  chromium                              # headless rendering test of the hardening report, the PDF form
+  fonts-ipafont-gothic                  # Japanese glyphs in the PDF form (else empty boxes)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -65,6 +65,22 @@ PY
 ntp_mode: server
 ntp_servers: []
 YML
+  # One registered emergency-administration VPN peer (F.17): its WireGuard key pair stays in the controller's
+  # cache (0600), only the public key is configuration; its /32 is .10 of the model's VPN segment.
+  if [ ! -s "$keydir/vpn-admin-1.key" ]; then
+    (umask 077; "$venv/bin/python" -c 'import base64; from cryptography.hazmat.primitives.asymmetric import x25519; from cryptography.hazmat.primitives import serialization as s; print(base64.b64encode(x25519.X25519PrivateKey.generate().private_bytes(s.Encoding.Raw, s.PrivateFormat.Raw, s.NoEncryption())).decode())' >"$keydir/vpn-admin-1.key")
+  fi
+  "$venv/bin/python" - "$keydir/vpn-admin-1.key" "$inv" >>"$gen/group_vars/router/lab.yml" <<'PY'
+import base64, ipaddress, sys, yaml
+from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives import serialization as s
+key = x25519.X25519PrivateKey.from_private_bytes(base64.b64decode(open(sys.argv[1]).read().strip()))
+pub = base64.b64encode(key.public_key().public_bytes(s.Encoding.Raw, s.PublicFormat.Raw)).decode()
+hosts = yaml.safe_load(open(sys.argv[2]))["all"]["hosts"]
+vpn = ipaddress.ip_address(hosts["router"]["ckms_addresses"]["vpn"])
+print("router_vpn_peers:")
+print(f"  - {{name: admin-vpn-1, public_key: '{pub}', address: {ipaddress.ip_address(int(vpn) + 9)}/32}}")
+PY
   # The CA's clock gate (A.33) needs chrony synchronised, which the ntp role (perimeter plays) provides.
   local clock=chrony
   case ",${CKMS_SKIP_TAGS:-}," in *,perimeter,*) clock=none ;; esac
@@ -79,6 +95,8 @@ ckms_hsm_module: /usr/lib/softhsm/libsofthsm2.so
 # declared in the system inventory (A.32, F.32): what no host can report about itself
 ckms_hsm_cmvp_certificate: "none: SoftHSM2 stands in for the HSM and holds no validation"
 ups_driver: dummy-ups
+# no package mirror reaches the lab hosts: automatic updates off, patches by the reviewed procedure (F.44)
+os_hardening_updates_timers_enabled: false
 ups_poweroff: false
 antimalware_clamav_test_signature: true
 ckms_ca_wheelhouse_src: ${CKMS_WHEELHOUSE:-$repo/build/wheelhouse}
@@ -130,6 +148,11 @@ play restore.yml; t3=$(date +%s)
 # The drills (docs/drills.md) prove the perimeter, detection, time, power and HSM controls on the running lab;
 # their records (this run's only) join the report. They leave the lab as they found it.
 out=${REPORT_OUT:-$repo/build/report}
+# One run ID for every file of this report (issue 18): checks, drills, inventory and the signature carry it;
+# the report marks inputs of other runs.
+mkdir -p "$out"
+eval "$("$venv/bin/python" -m hardening.provenance start --out "$out" --inventory "$inv" --command "scripts/lab-converge.sh $*")"
+export CKMS_RUN_ID
 drills=skipped
 if [ "${CKMS_LAB_DRILLS:-1}" != 0 ]; then
   mkdir -p "$out"; rm -f "$out/drills.json"
@@ -142,7 +165,14 @@ else
   rm -f "$out/drills.json"
 fi
 t4=$(date +%s)
-rc=0; CKMS_DRILL_RESULTS="$out/drills.json" "$repo/scripts/report.sh" || rc=$?; t5=$(date +%s)
+# Attested procedures on the CA's trail (issue 18) join the report; the lab attests its security policy.
+play attestations.yml -e attestations_out="$out/attestations.json" \
+  -e '{"attestations_record": [{"item": "A.01", "evidence": "'"$repo"'/docs/security-policy.md", "note": "lab: policy document generated from the catalog", "person": "authority-1"}]}' \
+  || log "attestations could not be collected"
+rc=0; CKMS_REPORT_BASELINE=${CKMS_REPORT_BASELINE:-1} CKMS_DRILL_RESULTS="$out/drills.json" "$repo/scripts/report.sh" || rc=$?
+# The bundle is signed last (anything written after the signature fails ckms report verify as an extra file).
+play report_sign.yml -e report_sign_bundle="$out" || { log "report signing failed"; rc=1; }
+t5=$(date +%s)
 failed=$("$venv/bin/python" -c 'import json,sys; print(sum(r["outcome"] == "failed" for r in json.load(open(sys.argv[1]))))' \
   "${REPORT_OUT:-$repo/build/report}/results.json" 2>/dev/null || echo "?")
 key=$cache/lab/ssh/id_ed25519

@@ -22,17 +22,25 @@ export PATH="$venv/bin:$PATH" ANSIBLE_CONFIG="$repo/ansible.cfg"
 mkdir -p "$out"
 start=$(date +%s)
 rc=0
+# A run of its own unless the caller (lab-converge.sh) started one: see hardening/provenance.py.
+if [ -z "${CKMS_RUN_ID:-}" ]; then
+  eval "$(cd "$repo" && python -m hardening.provenance start --out "$out" --inventory "$inv" --command "scripts/report.sh")"
+  export CKMS_RUN_ID
+fi
 # The system inventory (A.32) is collected first; the checks compare it with the live hosts.
 (cd "$repo" && python -m hardening.inventory --inventory "$inv" --out "$out/inventory") || rc=$?
 export CKMS_INVENTORY_RECORD="$out/inventory/inventory.json"
-(cd "$repo" && pytest -q -p no:cacheprovider hardening/checks --rootdir "$repo/hardening/checks" \
+# The public baseline (OpenSCAP ANSSI BP-028 high, F.06 l) where the caller asks for it (lab-converge.sh does):
+# the check evaluates a lab host on this controller itself, ~5 s per host, read-only.
+baseline=(); [ "${CKMS_REPORT_BASELINE:-0}" = 1 ] && baseline=(hardening/checks/baseline_check.py)
+(cd "$repo" && pytest -q -p no:cacheprovider hardening/checks "${baseline[@]}" --rootdir "$repo/hardening/checks" \
    --ansible-inventory "$inv" --ckms-results "$out/results.json" \
    --junitxml "$out/checks-junit.xml") || rc=$?
 # Drill records (tests/lab/drills, CKMS_DRILL_RESULTS) join the report when a drill run wrote them.
 drills=${CKMS_DRILL_RESULTS:-$out/drills.json}
 extra=(); [ -s "$drills" ] && extra=(--results "$drills")
 (cd "$repo" && python -m hardening.report --results "$out/results.json" "${extra[@]}" --out "$out" --lang "$lang" \
-   --inventory "$CKMS_INVENTORY_RECORD" --openscap "$out/openscap")
+   --inventory "$CKMS_INVENTORY_RECORD" --openscap "$out/openscap" --pdf "$out/report.pdf")
 log "checks exit $rc; report in $out ($(( $(date +%s) - start )) s)"
 ls "$out" >&2
 exit $rc

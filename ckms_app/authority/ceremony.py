@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from ckms_app.authority.credentials import (
     write_key_and_cert,
 )
 from ckms_app.authority.crl_publisher import CrlPublisher
+from ckms_app.authority.expiry_watch import crypto_period_warnings
 from ckms_app.authority.issuance import certificate_row
 from ckms_app.authority.linter import find_linter_binary
 from ckms_app.authority.passwords import hash_password
@@ -77,6 +79,19 @@ class InitOptions:
     people: InitPeople = field(default_factory=InitPeople)  # --demo, --person ID:ROLE
 
 
+#: Validity defaults per profile (issue 14 part 7): a device keeps its certificate for the product's
+#: life (10 years), a person's or the daemon's TLS certificate is renewed yearly. No default may
+#: outlive the CA: each is capped at half the CA's validity, so a profile keeps fitting for the second
+#: half of the CA's life, the time left to roll the CA key over (requests that would not fit are refused).
+DEVICE_VALIDITY_DAYS = 3650
+PERSON_VALIDITY_DAYS = 365
+
+
+def fitting_validity(days: int, ca_validity_days: int) -> int:
+    """``days``, or half the CA's validity when that is shorter (at least one day)."""
+    return max(1, min(days, ca_validity_days // 2))
+
+
 def default_config(home: Path, opts: InitOptions, pin_file: str, softhsm_conf: str | None) -> dict[str, Any]:
     # Your organisation's policy OID belongs here (A.05). Without one, use the X.660 "example" arc
     # with random arcs: unique enough for a lab, small enough for every ASN.1 parser (a 2.25 UUID
@@ -112,7 +127,7 @@ def default_config(home: Path, opts: InitOptions, pin_file: str, softhsm_conf: s
         "issuance": {"default_profile": "device"},
         "profiles": {
             "device": {
-                "validity_days": 365,
+                "validity_days": fitting_validity(DEVICE_VALIDITY_DAYS, opts.ca_validity_days),
                 "key_usage": ["digital_signature"],
                 "extended_key_usage": ["client_auth"],
                 "policy_oid": policy_oid,
@@ -124,7 +139,7 @@ def default_config(home: Path, opts: InitOptions, pin_file: str, softhsm_conf: s
                 "allowed_curves": ["P-256", "P-384"],
             },
             "identity": {
-                "validity_days": 365,
+                "validity_days": fitting_validity(PERSON_VALIDITY_DAYS, opts.ca_validity_days),
                 "key_usage": ["digital_signature"],
                 "extended_key_usage": ["client_auth"],
                 "policy_oid": policy_oid,
@@ -133,7 +148,7 @@ def default_config(home: Path, opts: InitOptions, pin_file: str, softhsm_conf: s
                 "allowed_curves": ["P-256", "P-384"],
             },
             "tls-server": {
-                "validity_days": 365,
+                "validity_days": fitting_validity(PERSON_VALIDITY_DAYS, opts.ca_validity_days),
                 "key_usage": ["digital_signature"],
                 "extended_key_usage": ["server_auth"],
                 "policy_oid": policy_oid,
@@ -206,6 +221,7 @@ def init_ca(home: Path, opts: InitOptions) -> dict[str, Any]:
             now=utcnow(),
             validity_days=opts.ca_validity_days,
             policy_oid=profile.policy_oid,
+            secure_until=config.secure_until,
         )
         ca_cert = asyncio.run(_sign_ca_certificate(config, key, builder))
         config.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
@@ -273,6 +289,9 @@ def _finish(
         engine.dispose()
 
     manifest = record_manifest(config, key, recorded_by="ceremony")
+    warnings = crypto_period_warnings(config, ca_cert, utcnow())
+    for warning in warnings:  # loudly: the summary may go to a file, a refused request would come later
+        print(f"WARNING: {warning}", file=sys.stderr)
     return {
         "home": str(config.home),
         "status": "ready",
@@ -286,6 +305,7 @@ def _finish(
         "delta_crl_url": f"{config.server.crl_base_url}/delta.crl",
         "credentials": credentials,
         "enrolment_codes": codes,
+        "warnings": warnings,
     }
 
 

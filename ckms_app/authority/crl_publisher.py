@@ -15,6 +15,18 @@ a transaction-scoped advisory lock, which every node sees; on SQLite (one host) 
 the database. Neither holds up issuance: signing a CRL with thousands of entries takes a good part
 of a second, far too long to keep SQLite's write lock. CRL numbers are therefore strictly increasing
 in commit order on every node, and each CRL holds every revocation committed before it.
+
+Expired certificates (RFC 5280 §3.3, §5): an entry stays until it has appeared on one CRL issued after
+the certificate's notAfter, then it is removed. A full CRL therefore holds every revocation except those
+whose certificate had already expired when the *previous* full CRL was issued (that CRL, issued beyond
+the validity period, carried the entry once). A revocation committed after the previous CRL is always
+listed once, even for a certificate that has expired since. This keeps a factory's CRL at the
+revocations of living devices instead of growing for ever (A.42: 10,000 revocations a year).
+
+Factory scale (issue 14 part 6): a full CRL of 100,000 entries. The builder is made in one call from
+the finished entry list (``add_revoked_certificate`` copies the list each time, quadratic in the
+entries), and each entry is built once per process and reused by every later publication (a revocation
+never changes), so a publication costs the new entries, the signature and the lint.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.engine import Connection, Engine, Row, make_url
 
 from ckms_app.audit.record import event, record, refusal
@@ -43,8 +55,9 @@ from ckms_app.errors import CkmsError
 from ckms_app.store.chain import append_audit
 from ckms_app.store.engine import open_engine
 from ckms_app.store.queries import latest_crl
-from ckms_app.store.schema import crls, revocations, utcnow
+from ckms_app.store.schema import certificates, crls, revocations, utcnow
 from ckms_app.store.writer import GroupCommitWriter
+from ckms_app.x509 import crl_der
 
 log = logging.getLogger("ckms.crl")
 _POLL_SECONDS = 1.0
@@ -80,6 +93,8 @@ class CrlPublisher:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._lock_engine: Engine | None = None  # opened at the first publication
+        # revocation id → its DER CRL entry, encoded once per process (a revocation row never changes)
+        self._entries: dict[int, bytes] = {}
 
     # --- scheduling ---------------------------------------------------------------------------
     def notify_revocation(self) -> None:
@@ -181,14 +196,16 @@ class CrlPublisher:
         """Pick the next number, sign full and delta CRLs, store and commit them: under the lock."""
         now = utcnow().replace(microsecond=0)
 
-        def read(conn: Connection) -> tuple[Row[Any] | None, int, list[Row[Any]]]:
+        def read(conn: Connection) -> tuple[Row[Any] | None, int, int, list[int]]:
             base = latest_crl(conn, ("base",))
             number = int(conn.execute(select(func.max(crls.c.crl_number))).scalar() or 0) + 1
-            rows = list(conn.execute(select(revocations).order_by(revocations.c.id)).all())
-            return base, number, rows
+            # the newest revocation of all, listed or not (an expired one may be dropped from the list)
+            max_id = int(conn.execute(select(func.max(revocations.c.id))).scalar() or 0)
+            ids = _listed_revocation_ids(conn)
+            self._build_missing_entries(conn, ids)
+            return base, number, max_id, ids
 
-        base, number, rows = await sequence.read(read)
-        max_id = rows[-1].id if rows else 0
+        base, number, max_id, rows = await sequence.read(read)
         if base is None or (now - base.this_update).total_seconds() >= self._config.crl.full_interval_seconds:
             new_base, base_number, base_max_id = True, number, max_id  # this full CRL starts a new base
         else:
@@ -197,14 +214,13 @@ class CrlPublisher:
         delta_next = now + dt.timedelta(hours=self._config.crl.delta_validity_hours)
 
         full_der = await self._signer.crl(
-            self._builder(rows, number, now, full_next, delta_base=None), "full CRL"
+            self._builder(number, now, full_next, delta_base=None), "full CRL", self._listed(rows)
         )
-        delta_rows = [r for r in rows if r.id > base_max_id]
-        delta_der = await self._signer.crl(
-            self._builder(delta_rows, number + 1, now, delta_next, delta_base=base_number), "delta CRL"
-        )
+        delta_rows = [i for i in rows if i > base_max_id]
+        delta_builder = self._builder(number + 1, now, delta_next, delta_base=base_number)
+        delta_der = await self._signer.crl(delta_builder, "delta CRL", self._listed(delta_rows))
 
-        records = [
+        records: list[dict[str, Any]] = [
             {
                 "crl_number": number,
                 "kind": "base" if new_base else "full",
@@ -244,43 +260,48 @@ class CrlPublisher:
 
     def _builder(
         self,
-        rows: list[Row[Any]],
         number: int,
         now: dt.datetime,
         next_update: dt.datetime,
         delta_base: int | None,
     ) -> x509.CertificateRevocationListBuilder:
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(self._ca_cert.subject)
-            .last_update(now)
-            .next_update(next_update)
-            .add_extension(self._aki, critical=False)
-            .add_extension(x509.CRLNumber(number), critical=False)
-        )
+        """The CRL's header and extensions; its entries go to the signer as DER (see "Factory scale")."""
+        extensions: list[x509.Extension[x509.ExtensionType]] = [
+            x509.Extension(self._aki.oid, False, self._aki),
+            x509.Extension(x509.CRLNumber.oid, False, x509.CRLNumber(number)),
+        ]
         if delta_base is None:
-            builder = builder.add_extension(
-                x509.FreshestCRL(
-                    [
-                        x509.DistributionPoint(
-                            [x509.UniformResourceIdentifier(self._delta_url)], None, None, None
-                        )
-                    ]
-                ),
-                critical=False,
+            freshest = x509.FreshestCRL(
+                [x509.DistributionPoint([x509.UniformResourceIdentifier(self._delta_url)], None, None, None)]
             )
+            extensions.append(x509.Extension(freshest.oid, False, freshest))
         else:
-            builder = builder.add_extension(x509.DeltaCRLIndicator(delta_base), critical=True)
-        for row in rows:
-            entry = (
-                x509.RevokedCertificateBuilder()
-                .serial_number(int(row.serial, 16))
-                .revocation_date(row.revoked_at)
-            )
-            if row.reason != "unspecified":  # RFC 5280: omit the reason rather than say unspecified
-                entry = entry.add_extension(x509.CRLReason(REASONS[row.reason]), critical=False)
-            builder = builder.add_revoked_certificate(entry.build())
-        return builder
+            indicator = x509.DeltaCRLIndicator(delta_base)
+            extensions.append(x509.Extension(indicator.oid, True, indicator))
+        return x509.CertificateRevocationListBuilder(
+            issuer_name=self._ca_cert.subject,
+            last_update=_naive_utc(now),
+            next_update=_naive_utc(next_update),
+            extensions=extensions,
+            revoked_certificates=[],
+        )
+
+    def _listed(self, ids: list[int]) -> list[bytes]:
+        return [self._entries[i] for i in ids]
+
+    def _build_missing_entries(self, conn: Connection, ids: list[int]) -> None:
+        """Build the CRL entries of the listed revocations this process has not built yet (all of them
+        at the first publication, the new revocations afterwards); a revocation row never changes."""
+        missing = [i for i in ids if i not in self._entries]
+        if not missing:
+            return
+        wanted = set(missing)
+        query = select(revocations.c.id, revocations.c.serial, revocations.c.reason, revocations.c.revoked_at)
+        for row in conn.execute(query.where(revocations.c.id >= min(missing))):
+            if row.id in wanted:
+                # RFC 5280: omit the reason rather than say unspecified
+                code = None if row.reason == "unspecified" else crl_der.REASON_CODES[REASONS[row.reason]]
+                self._entries[row.id] = crl_der.entry(int(row.serial, 16), row.revoked_at, code)
 
     def _write_files(self, number: int, full: bytes, delta: bytes, base: bytes | None) -> None:
         """Copy a committed publication to this node's CRL directory, never over a newer one.
@@ -307,6 +328,31 @@ class CrlPublisher:
                 written["base"], changed = number, True
             if changed:
                 _atomic_write(numbers_path, json.dumps(written).encode())
+
+
+def _listed_revocation_ids(conn: Connection) -> list[int]:
+    """The revocations a new full CRL lists, in revocation order: all but those whose certificate had
+    expired when the previous full CRL was issued (that CRL listed them once; RFC 5280 §3.3)."""
+    previous = latest_crl(conn, ("full", "base"))
+    query = (
+        select(revocations.c.id)
+        .select_from(revocations.outerjoin(certificates, certificates.c.serial == revocations.c.serial))
+        .order_by(revocations.c.id)
+    )
+    if previous is not None:
+        query = query.where(
+            or_(
+                certificates.c.not_after.is_(None),  # no record of its expiry: keep it
+                certificates.c.not_after > previous.this_update,  # not yet on a CRL after expiry
+                revocations.c.id > previous.max_revocation_id,  # new since: listed at least once
+            )
+        )
+    return list(conn.execute(query).scalars())
+
+
+def _naive_utc(moment: dt.datetime) -> dt.datetime:
+    # what the CRL builders store; their constructors take the values as they are
+    return moment.astimezone(dt.UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

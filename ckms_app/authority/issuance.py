@@ -243,7 +243,8 @@ class Issuer:
             if existing is not None:
                 await self._record_reuse(actor, action, profile, existing)
                 return existing
-            # 4. build the TBSCertificate
+            # 4. build the TBSCertificate: the profile's full validity, or refused when it would pass the
+            #    CA's expiry or an algorithm's end of life (A.62; a date compare, never a silent cut)
             builder = self._template(profile).builder(
                 subject=checked.subject,
                 sans=checked.sans,

@@ -1,12 +1,16 @@
-"""Revocation by serial with RFC 5280 reason codes (A.38, A.64).
+"""Revocation by serial with RFC 5280 reason codes (A.38, A.64), and recalls: many at once (A.42).
 
 A revocation is one durable commit (status change, revocation row, audit record); the CRL
-publisher is then nudged so the serial is in a published CRL within the configured delay.
+publisher is then nudged so the serial is in a published CRL within the configured delay. A recall
+revokes a list of devices or serials the same way, all of them in one commit with one batch record.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import re
+import secrets
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -17,6 +21,7 @@ from ckms_app.audit.record import event, record, refusal
 from ckms_app.authority.rbac import Principal
 from ckms_app.errors import BadRequest, CkmsError, Conflict, NotFound
 from ckms_app.store.chain import append_audit
+from ckms_app.store.inventory import DEVICE_ID, Target, certificates_by_serials, certificates_of_devices
 from ckms_app.store.queries import bump_entity_generation
 from ckms_app.store.schema import certificates, revocations, utcnow
 from ckms_app.store.writer import GroupCommitWriter
@@ -112,4 +117,155 @@ async def revoke(writer: GroupCommitWriter, principal: Principal, serial: str, r
         return await writer.submit(unit)
     except CkmsError as exc:
         await record(writer, principal, "certificate.revoke", serial_hex, "denied", refusal(exc))
+        raise
+
+
+# --- recalls: many certificates revoked in one audited, all-or-nothing batch (A.38, A.42) ------------
+# A recall names devices (by device ID: the subject CN, see store.inventory) or certificates (by serial).
+# It is one unit of work: one ``certificate.recall`` record naming the batch, then one
+# ``certificate.revoke`` record per certificate exactly as a single revocation writes it (plus the batch
+# ID), the status changes and the revocation rows, committed together or not at all. A name that matches
+# no certificate refuses the whole recall (a typo in a recall list must not pass silently); certificates
+# already revoked are reported and left alone, so a recall that was interrupted or repeated is safe to
+# run again. A dry run answers the same question from a read connection and writes nothing.
+
+MAX_RECALL = 10_000  # names per recall; a larger list is refused: split it into several recalls
+RECALL_BY = ("device_id", "serial")
+
+
+@dataclass(frozen=True)
+class RecallPlan:
+    """What a recall would do, or did: certificates to revoke, already revoked, and names not found."""
+
+    batch: str
+    by: str
+    reason: str
+    to_revoke: tuple[Target, ...]
+    already_revoked: tuple[Target, ...]
+    not_found: tuple[str, ...]
+    revoked_at: str | None = None
+
+
+def parse_recall(by: object, names: object, reason: object) -> tuple[str, list[str], str]:
+    """Validate a recall request's fields: ``by``, the list of names (normalised), the reason name."""
+    if by not in RECALL_BY:
+        raise BadRequest(f"'by' must be one of {', '.join(RECALL_BY)}")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise BadRequest("'names' must be a non-empty list of strings")
+    if len(names) > MAX_RECALL:
+        raise BadRequest(f"a recall names at most {MAX_RECALL} items ({len(names)} given): split the list")
+    if by == "serial":
+        clean = [parse_serial(n) for n in names]
+    else:
+        clean = [n.strip() for n in names]
+        bad = [n for n in clean if not DEVICE_ID.fullmatch(n)]
+        if bad:
+            raise BadRequest(f"not a device ID: {bad[0][:64]!r} (pattern {DEVICE_ID.pattern})")
+    return (
+        str(by),
+        sorted(set(clean)),
+        parse_reason(reason if isinstance(reason, (str, int)) and not isinstance(reason, bool) else ""),
+    )
+
+
+def plan_recall(conn: Connection, batch: str, by: str, names: list[str], reason: str) -> RecallPlan:
+    """Resolve the names to certificates in ``conn``; nothing is written."""
+    if by == "serial":
+        targets = certificates_by_serials(conn, names)
+    else:  # devices: their device certificates only (identities and TLS servers are not devices)
+        targets = [t for t in certificates_of_devices(conn, names) if t.kind == "end-entity"]
+    seen = {t.named_by for t in targets}
+    return RecallPlan(
+        batch=batch,
+        by=by,
+        reason=reason,
+        to_revoke=tuple(t for t in targets if t.status != "revoked"),
+        already_revoked=tuple(t for t in targets if t.status == "revoked"),
+        not_found=tuple(n for n in names if n not in seen),
+    )
+
+
+def new_batch_id() -> str:
+    return f"recall-{utcnow():%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+
+
+def _refuse_missing(plan: RecallPlan) -> None:
+    if plan.not_found:
+        shown = ", ".join(plan.not_found[:10]) + (" …" if len(plan.not_found) > 10 else "")
+        raise NotFound(
+            f"{len(plan.not_found)} of the {plan.by.replace('_', ' ')}s named match no certificate of this "
+            f"CA ({shown}); nothing was revoked"
+        )
+
+
+async def recall(
+    writer: GroupCommitWriter, principal: Principal, plan: RecallPlan, names: list[str]
+) -> RecallPlan:
+    """Revoke every certificate of ``plan`` (resolved by :func:`plan_recall` on a read connection) in one
+    durable commit, or none of them.
+
+    The plan is read outside the writer so a recall over a large inventory never holds the write lock while
+    it searches; the commit then revokes exactly the planned certificates that are still valid, and refuses
+    the whole batch if any of them was revoked meanwhile. A certificate issued to a recalled device after
+    the plan was read is not part of this recall (run it again: the ones revoked now are skipped).
+    """
+    now = utcnow()
+    try:
+        _refuse_missing(plan)
+        for t in plan.to_revoke:  # every certificate's kind against the ACL, before anything is written
+            principal.require("certificate.revoke", f"kind:{t.kind}")
+    except CkmsError as exc:
+        await record(writer, principal, "certificate.recall", plan.batch, "denied", refusal(exc))
+        raise
+    serials = [t.serial for t in plan.to_revoke]
+    detail = {
+        "by": plan.by,
+        "reason": plan.reason,
+        "names": len(names),
+        "revoked": len(serials),
+        "already_revoked": len(plan.already_revoked),
+        "names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
+    }
+
+    def unit(conn: Connection) -> RecallPlan:
+        # Chain head first (the lock order of every writer), then the rows, as revoke() does.
+        append_audit(
+            conn,
+            [event(principal, "certificate.recall", plan.batch, "success", detail)]
+            + [
+                event(
+                    principal,
+                    "certificate.revoke",
+                    s,
+                    "success",
+                    {"reason": plan.reason, "batch": plan.batch},
+                )
+                for s in serials
+            ],
+        )
+        for start in range(0, len(serials), 500):
+            chunk = serials[start : start + 500]
+            changed = conn.execute(
+                update(certificates)
+                .where(certificates.c.serial.in_(chunk), certificates.c.status == "valid")
+                .values(status="revoked")
+            ).rowcount
+            if changed != len(chunk):  # revoked by someone else since the plan was read: none of it
+                raise Conflict("certificates of this recall were revoked meanwhile; run the recall again")
+        if serials:
+            conn.execute(
+                revocations.insert(),
+                [
+                    {"serial": s, "reason": plan.reason, "revoked_at": now, "revoked_by": principal.entity_id}
+                    for s in serials
+                ],
+            )
+        if any(t.kind == "identity" for t in plan.to_revoke):
+            bump_entity_generation(conn)
+        return dataclasses.replace(plan, revoked_at=now.isoformat())
+
+    try:
+        return await writer.submit(unit)
+    except CkmsError as exc:
+        await record(writer, principal, "certificate.recall", plan.batch, "denied", refusal(exc))
         raise

@@ -7,6 +7,9 @@ authenticated by their own password, read from a prompt, a 0600 ``--password-fil
 the token PIN only sets the first password of an entity that has none (``entity passwd``).
 Changes to people, roles and the ACL are proposals a second person approves (``ckms change``);
 ``entity enrol`` needs no account, only the person's one-time code.
+
+Why this module is long: the parsers of three command groups and their help texts (translated) sit beside
+the handlers they call, so one file shows what an administrator or auditor can do locally.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import hmac
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +63,7 @@ def add_parsers(sub: Any) -> None:
     )
     add = entity.add_parser("add", help="propose registering a person with roles (a second person approves)")
     _add_actor(add)
-    add.add_argument("entity_id")
+    add.add_argument("entity_id", help="the person's entity ID")
     add.add_argument(
         "--role",
         dest="roles",
@@ -70,30 +74,30 @@ def add_parsers(sub: Any) -> None:
     )
     grant = entity.add_parser("grant", help="propose granting a role (a second person approves)")
     _add_actor(grant)
-    grant.add_argument("entity_id")
-    grant.add_argument("role")
+    grant.add_argument("entity_id", help="the person's entity ID")
+    grant.add_argument("role", help="the role (authority, administrator, operator, auditor)")
     revoke_role = entity.add_parser(
         "revoke-role", help="propose withdrawing a role (a second person approves)"
     )
     _add_actor(revoke_role)
-    revoke_role.add_argument("entity_id")
-    revoke_role.add_argument("role")
+    revoke_role.add_argument("entity_id", help="the person's entity ID")
+    revoke_role.add_argument("role", help="the role (authority, administrator, operator, auditor)")
     disable = entity.add_parser(
         "disable", help="propose disabling a person and revoking their credential (a second person approves)"
     )
     _add_actor(disable)
-    disable.add_argument("entity_id")
+    disable.add_argument("entity_id", help="the person's entity ID")
     disable.add_argument("--reason", default="privilegeWithdrawn", help="CRL reason for the credential")
     revoke = entity.add_parser("revoke", help="revoke-role with --role, disable without (proposals)")
     _add_actor(revoke)
-    revoke.add_argument("entity_id")
+    revoke.add_argument("entity_id", help="the person's entity ID")
     revoke.add_argument("--role", help="withdraw only this role grant")
     revoke.add_argument("--reason", default="privilegeWithdrawn", help="CRL reason for the credential")
     lst = entity.add_parser("list", help="list entities, grants and credentials")
     _add_actor(lst)
     passwd = entity.add_parser("passwd", help="set a password (your own, or as administrator anyone's)")
     _add_actor(passwd, token_pin=True)
-    passwd.add_argument("entity_id")
+    passwd.add_argument("entity_id", help="the person's entity ID")
     passwd.add_argument(
         "--new-password-file",
         type=Path,
@@ -103,19 +107,24 @@ def add_parsers(sub: Any) -> None:
         "enrol-code", help="propose a fresh enrolment code: you get its first half, the approver the second"
     )
     _add_actor(code)
-    code.add_argument("entity_id")
-    code.add_argument("--ttl-hours", type=float, default=DEFAULT_TTL_HOURS)
-    code.add_argument("--json", action="store_true")
+    code.add_argument("entity_id", help="the person's entity ID")
+    code.add_argument(
+        "--ttl-hours",
+        type=float,
+        default=DEFAULT_TTL_HOURS,
+        help="hours the code stays valid (default %(default)s)",
+    )
+    code.add_argument("--json", action="store_true", help="print the result as JSON")
     enrol = entity.add_parser(
         "enrol", help="enrol a person from their CSR and one-time code (on the CA host, as the CA user)"
     )
     enrol.add_argument("--home", help="CA home directory (default: $CKMS_HOME)")
-    enrol.add_argument("entity_id")
+    enrol.add_argument("entity_id", help="the person's entity ID")
     enrol.add_argument("--csr", type=Path, required=True, help="the person's PKCS#10 request, PEM or DER")
     enrol.add_argument("--code-file", type=Path, required=True, help="0600 file with the one-time code")
     enrol.add_argument("--password-file", type=Path, help="the person's new password: 0600 file or - (stdin)")
     enrol.add_argument("--out", type=Path, help="where to write the certificate (default: stdout)")
-    enrol.add_argument("--json", action="store_true")
+    enrol.add_argument("--json", action="store_true", help="print the result as JSON")
 
     change = sub.add_parser("change", help="two-person changes to people, roles and the ACL").add_subparsers(
         dest="change_command", required=True
@@ -124,22 +133,22 @@ def add_parsers(sub: Any) -> None:
     for name in ("approve", "reject"):
         p = change.add_parser(name, help=f"{name} a proposed change (not your own)")
         _add_actor(p)
-        p.add_argument("change_id", type=int)
+        p.add_argument("change_id", type=int, help="number of the change, as 'ckms change list' shows it")
         if name == "reject":
             p.add_argument("--reason", default="", help="why")
     for p in change.choices.values():
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     acl = sub.add_parser("acl", help="role → operation → resource access-control list").add_subparsers(
         dest="acl_command", required=True
     )
-    acl_list = acl.add_parser("list")
+    acl_list = acl.add_parser("list", help="list the ACL entries")
     _add_actor(acl_list)
     for name in ("grant", "revoke"):
         p = acl.add_parser(name, help=f"propose to {name} an ACL entry (a second person approves)")
         _add_actor(p)
-        p.add_argument("role")
-        p.add_argument("operation")
+        p.add_argument("role", help="the role the entry is for")
+        p.add_argument("operation", help="the operation, e.g. audit.read")
         p.add_argument(
             "--resource", default="*", help="'*', 'profile:NAME', 'key:LABEL' or 'kind:NAME' (default *)"
         )
@@ -167,10 +176,10 @@ def add_parsers(sub: Any) -> None:
         help="fail when the newest seal is older than this many seconds (default: [audit] seal_interval_seconds "
         "+ seal_slack_seconds; 0: do not check)",
     )
-    verify.add_argument("--json", action="store_true")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
     export = audit.add_parser("export", help="write the trail and its seals as JSON lines for the auditor")
     _add_actor(export)
-    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--out", type=Path, required=True, help="where to write the JSON lines")
     seal = audit.add_parser("seal", help="seal the chain now with the HSM audit key")
     _add_actor(seal)
 
@@ -185,6 +194,7 @@ _OPERATION = {
 
 
 def run(args: argparse.Namespace, home: Path) -> int:
+    _ = translator(args.lang)
     config = load_config(home)
     if args.command == "entity" and args.entity_command == "enrol":
         return _enrol(config, args)
@@ -202,7 +212,7 @@ def run(args: argparse.Namespace, home: Path) -> int:
             ctx.authenticate(
                 entity_id=args.as_entity,
                 cert_path=args.cert,
-                password=read_secret(args.password_file, "your password: "),
+                password=read_secret(args.password_file, _("your password: ")),
                 operation=operation,
             )
         if args.command == "entity":
@@ -243,8 +253,8 @@ def _entity(ctx: AdminContext, args: argparse.Namespace) -> int:
     elif cmd == "enrol-code":
         _print(ctx.issue_code(args.entity_id, args.ttl_hours))
     elif cmd == "passwd":
-        ctx.set_password(args.entity_id, read_secret(args.new_password_file, "new password: "))
         _ = translator(args.lang)
+        ctx.set_password(args.entity_id, read_secret(args.new_password_file, _("new password: ")))
         print(_("password of {entity} changed").format(entity=args.entity_id))
     return 0
 
@@ -263,7 +273,7 @@ def _enrol(config: Config, args: argparse.Namespace) -> int:
     """``ckms entity enrol``: the person's CSR and one-time code, no other authentication."""
     _ = translator(args.lang)
     code = read_secret_file(args.code_file)
-    password = read_secret(args.password_file, "your new password: ") if args.password_file else None
+    password = read_secret(args.password_file, _("your new password: ")) if args.password_file else None
     password_hash = hash_password(password) if password is not None else None  # refuse a short one first
     data = args.csr.read_bytes()
     try:
@@ -312,7 +322,7 @@ def _audit(ctx: AdminContext, config: Config, args: argparse.Namespace) -> int:
             sealed = seals.seal_and_log(ctx.writer, key, config.audit, force=True)
         _print({"sealed_up_to_seq": None if sealed is None else sealed["up_to_seq"]})
         return 0
-    public_key = _audit_public_key(config, getattr(args, "audit_public_key", None))
+    public_key = _audit_public_key(config, getattr(args, "audit_public_key", None), _)
     if args.audit_command == "export":
         count = 0
         with open(args.out, "w") as out:
@@ -371,24 +381,30 @@ def _token_pin_matches(config: Config, pin_file: Path) -> bool:
     return hmac.compare_digest(given.encode(), read_secret_file(config.token.pin_file).encode())
 
 
-def _audit_public_key(config: Config, explicit: Path | None) -> ec.EllipticCurvePublicKey | None:
+def _audit_public_key(
+    config: Config, explicit: Path | None, _: Callable[[str], str]
+) -> ec.EllipticCurvePublicKey | None:
     """The audit key's public half: given, else from the token (authoritative), else the home's copy."""
 
     if explicit is not None:
-        return _load_ec_public_key(explicit)
+        return _load_ec_public_key(explicit, _)
     try:
         with Token(config.token) as token:
             return token.load_ec_key(config.audit.key_label).public_key()
     except HsmError:
         path = config.home / AUDIT_PUBLIC_KEY_FILE
         if path.exists():
-            return _load_ec_public_key(path)
+            return _load_ec_public_key(path, _)
         return None
 
 
-def _load_ec_public_key(path: Path) -> ec.EllipticCurvePublicKey:
+def _load_ec_public_key(path: Path, _: Callable[[str], str]) -> ec.EllipticCurvePublicKey:
     """A PEM public key that can check audit seals: seals are ECDSA, so only an EC key will do."""
     key = serialization.load_pem_public_key(path.read_bytes())
     if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise ClientError(f"{path}: the audit public key must be an EC key, not {type(key).__name__}")
+        raise ClientError(
+            _("{path}: the audit public key must be an EC key, not {kind}").format(
+                path=path, kind=type(key).__name__
+            )
+        )
     return key

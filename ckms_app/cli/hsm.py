@@ -26,6 +26,7 @@ from ckms_app.hsm import backup as hsm_backup
 from ckms_app.hsm import custody, reissue, zeroise
 from ckms_app.hsm.custody import CustodySecret
 from ckms_app.hsm.token import read_secret_file
+from ckms_app.i18n import translator
 
 CUSTODIAN_ROLE = "custodian"
 
@@ -52,7 +53,7 @@ def _add_custodians(p: argparse.ArgumentParser) -> None:
         help="0600 file with the passphrase of the share file in the same position; "
         "without it the passphrase is prompted for",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def _add_reissue(p: argparse.ArgumentParser) -> None:
@@ -102,16 +103,20 @@ def add_parsers(sub: Any, ca: Any) -> None:
         required=True,
         help="where to write <name>.share (0600); hand each to its custodian",
     )
-    split.add_argument("--threshold", type=int, default=2)
-    split.add_argument("--json", action="store_true")
+    split.add_argument(
+        "--threshold", type=int, default=2, help="shares needed to rebuild the secret (default %(default)s)"
+    )
+    split.add_argument("--json", action="store_true", help="print the result as JSON")
 
     backup = hsm_sub.add_parser("backup", help="export the CA key wrapped under the custody KWK")
     _add_home(backup)
-    backup.add_argument("--out", type=Path, required=True)
+    backup.add_argument("--out", type=Path, required=True, help="where to write the wrapped backup")
     _add_custodians(backup)
     restore = hsm_sub.add_parser("restore", help="restore a wrapped backup into a fresh token")
     _add_home(restore)
-    restore.add_argument("--in", dest="infile", type=Path, required=True)
+    restore.add_argument(
+        "--in", dest="infile", type=Path, required=True, help="the wrapped backup to restore"
+    )
     restore.add_argument(
         "--token-dir",
         type=Path,
@@ -120,15 +125,20 @@ def add_parsers(sub: Any, ca: Any) -> None:
     _add_custodians(restore)
     keygen = hsm_sub.add_parser("keygen", help="generate a new CA key pair in the token (rotation)")
     _add_home(keygen)
-    keygen.add_argument("--label", required=True)
-    keygen.add_argument("--curve", default="P-256", choices=["P-256", "P-384"])
+    keygen.add_argument("--label", required=True, help="label of the new key pair in the token")
+    keygen.add_argument(
+        "--curve",
+        default="P-256",
+        choices=["P-256", "P-384"],
+        help="curve of the new key (default %(default)s)",
+    )
     _add_custodians(keygen)
     destroy = hsm_sub.add_parser(
         "destroy-key",
         help="destroy a key pair: re-initialise the token with the SO PIN, keeping every other key pair",
     )
     _add_home(destroy)
-    destroy.add_argument("--label", required=True)
+    destroy.add_argument("--label", required=True, help="label of the key pair to destroy")
     destroy.add_argument(
         "--retire-current",
         action="store_true",
@@ -158,12 +168,12 @@ def add_parsers(sub: Any, ca: Any) -> None:
         action="store_true",
         help="administrator, after an upgrade: record the installed files as the new manifest",
     )
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="print the result as JSON")
     rec = ca.add_parser(
         "recover", help="leave the error state after fixing its cause (re-runs the self-tests)"
     )
     _add_home(rec)
-    rec.add_argument("--json", action="store_true")
+    rec.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def _custodian_entity(names: list[str]) -> str:
@@ -273,12 +283,16 @@ def run(args: argparse.Namespace, home: Path) -> int:
     return 0
 
 
-def _new_passphrases(names: list[str], files: list[Path]) -> list[str]:
-    """One passphrase per new custodian: from 0600 files in the same order, else prompted twice."""
+def _new_passphrases(names: list[str], files: list[Path], lang: str | None) -> list[str]:
+    """One passphrase per new custodian: from 0600 files in the same order, else prompted twice.
+
+    The prompts are in the person's language; the error stays English (it is also the audit record's).
+    """
+    _ = translator(lang)
     passphrases = [read_secret_file(p) for p in files]
     for name in names[len(passphrases) :]:
-        first = getpass.getpass(f"new passphrase for custodian {name}: ")
-        if getpass.getpass(f"repeat the passphrase for {name}: ") != first:
+        first = getpass.getpass(_("new passphrase for custodian {name}: ").format(name=name))
+        if getpass.getpass(_("repeat the passphrase for {name}: ").format(name=name)) != first:
             raise CustodyError(f"the two passphrases for {name} differ")
         passphrases.append(first)
     return passphrases
@@ -286,7 +300,7 @@ def _new_passphrases(names: list[str], files: list[Path]) -> list[str]:
 
 def _split(config: Config, args: argparse.Namespace) -> int:
     names: list[str] = args.custodian
-    passphrases = _new_passphrases(names, args.passphrase_file)
+    passphrases = _new_passphrases(names, args.passphrase_file, args.lang)
     result = reissue.split(config, names, passphrases, args.out_dir, args.threshold)
     _audit(
         config,
@@ -311,7 +325,7 @@ def _replace_set(
     """change-so-pin (same custodians) and reshare (new custodians): both set a new SO PIN."""
     assert old is not None  # reconstruct() succeeded, so the record exists
     new_names = list(names) if names else list(old.custodians)
-    passphrases = _new_passphrases(new_names, args.new_passphrase_file)
+    passphrases = _new_passphrases(new_names, args.new_passphrase_file, args.lang)
     return reissue.replace_set(config, secret, old, new_names, passphrases, args.out_dir)
 
 

@@ -5,7 +5,8 @@ what went wrong and exit non-zero; no traceback for expected failures.
 
 Messages and errors are English unless ``--lang ja`` (anywhere on the command line) or the locale
 (``LC_ALL``, ``LC_MESSAGES``, ``LANG`` = ``ja…``) asks for Japanese (:mod:`ckms_app.i18n`); the daemon is
-asked for the same language. ``--json`` output is never translated: its keys and codes are for programs.
+asked for the same language; so are ``--help``, usage and usage errors (:mod:`ckms_app.cli.help_i18n`).
+``--json`` output is never translated: its keys and codes are for programs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ from ckms_app.authority import ceremony, credentials
 from ckms_app.authority.ceremony_people import InitPeople, parse_person
 from ckms_app.cli import admin as admin_cli
 from ckms_app.cli import confirm as confirm_cli
+from ckms_app.cli import expiry_cli, help_i18n, hub_cli
 from ckms_app.cli import hsm as custody_cli
+from ckms_app.cli import report_cli as reporting_cli
+from ckms_app.cli import terminal as terminal_cli
 from ckms_app.cli.client import CkmsClient, Credentials, fetch_crl
 from ckms_app.config import Config, load_config, resolve_home
 from ckms_app.daemon import supervisor
@@ -41,7 +45,7 @@ def _add_identity(p: argparse.ArgumentParser, default_role: str) -> None:
     p.add_argument(
         "--role",
         default=default_role,
-        help=f"use this role's credentials from the home (default {default_role})",
+        help="use this role's credentials from the home (default %(default)s)",
     )
     p.add_argument("--cert", type=Path, help="client certificate (PEM) instead of the role's")
     p.add_argument("--key", type=Path, help="client private key (PEM) instead of the role's")
@@ -104,20 +108,41 @@ def build_parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("ca", help="set up and run the CA").add_subparsers(dest="ca_command", required=True)
     init = ca.add_parser("init", help="create a complete CA in an empty home directory")
     _add_home(init)
-    init.add_argument("--curve", default="P-256", choices=["P-256", "P-384"])
+    init.add_argument(
+        "--curve",
+        default="P-256",
+        choices=["P-256", "P-384"],
+        help="curve of the CA key (default %(default)s)",
+    )
     init.add_argument("--ca-name", default="ckms Private CA", help="CN of the CA certificate")
-    init.add_argument("--ca-validity-days", type=int, default=3650)
+    init.add_argument(
+        "--ca-validity-days",
+        type=int,
+        default=3650,
+        help="validity of the CA certificate in days (default %(default)s)",
+    )
     init.add_argument(
         "--pkcs11-module", default=None, help="PKCS#11 module (default: SoftHSM2, token created in the home)"
     )
-    init.add_argument("--token-label", default="ckms-ca")
+    init.add_argument(
+        "--token-label", default="ckms-ca", help="label of the PKCS#11 token (default %(default)s)"
+    )
     init.add_argument(
         "--pin-file", type=Path, help="0600 file with the user PIN of an existing (vendor) token"
     )
-    init.add_argument("--listen", default="127.0.0.1")
+    init.add_argument(
+        "--listen", default="127.0.0.1", help="address the daemon listens on (default %(default)s)"
+    )
     init.add_argument("--public-host", default=None, help="name/address clients use (default: --listen)")
-    init.add_argument("--est-port", type=int, default=8443)
-    init.add_argument("--crl-port", type=int, default=8080)
+    init.add_argument(
+        "--est-port",
+        type=int,
+        default=8443,
+        help="port of EST and the API over mutual TLS (default %(default)s)",
+    )
+    init.add_argument(
+        "--crl-port", type=int, default=8080, help="port of the CRLs over HTTP (default %(default)s)"
+    )
     init.add_argument(
         "--csr-out", type=Path, help="write a CA CSR for an external root instead of self-signing"
     )
@@ -137,17 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--json", action="store_true", help="print a JSON summary")
     imp = ca.add_parser("import-cert", help="finish a CA whose certificate an external root signed")
     _add_home(imp)
-    imp.add_argument("--cert", type=Path, required=True)
+    imp.add_argument(
+        "--cert", type=Path, required=True, help="the CA certificate (PEM) the external root signed"
+    )
     imp.add_argument("--chain", type=Path, help="PEM chain up to the external root")
     _add_people(imp)
-    imp.add_argument("--json", action="store_true")
+    imp.add_argument("--json", action="store_true", help="print a JSON summary")
     serve = ca.add_parser("serve", help="run the daemon (EST + API over mTLS, CRLs over HTTP)")
     _add_home(serve)
     renew_tls = ca.add_parser(
         "renew-tls", help="new key and certificate for the daemon's TLS listener (next start)"
     )
     _add_home(renew_tls)
-    renew_tls.add_argument("--json", action="store_true")
+    renew_tls.add_argument("--json", action="store_true", help="print a JSON summary")
 
     issue = sub.add_parser("issue", help="enrol a PKCS#10 request over EST")
     _add_home(issue)
@@ -172,20 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
     show = cert.add_parser("show", help="show a certificate's record and status")
     _add_home(show)
     _add_identity(show, "operator")
-    show.add_argument("--serial", required=True)
+    show.add_argument("--serial", required=True, help="hex serial, as openssl prints it")
 
     crl = sub.add_parser("crl", help="CRL tools").add_subparsers(dest="crl_command", required=True)
     fetch = crl.add_parser("fetch", help="download the current CRL")
     _add_home(fetch)
-    fetch.add_argument("--which", choices=["full", "delta", "base"], default="full")
-    fetch.add_argument("--out", type=Path, required=True)
+    fetch.add_argument(
+        "--which", choices=["full", "delta", "base"], default="full", help="which CRL (default %(default)s)"
+    )
+    fetch.add_argument("--out", type=Path, required=True, help="where to write the CRL")
     fetch.add_argument("--pem", action="store_true", help="write PEM instead of DER")
     publish = crl.add_parser("publish", help="publish new full and delta CRLs now")
     _add_home(publish)
     _add_identity(publish, "operator")
 
     admin_cli.add_parsers(sub)  # entity, acl, change, audit
+    reporting_cli.add_parsers(sub)  # report manifest/sign/verify, attest (issue 18)
+    terminal_cli.add_parsers(sub)  # terminal enrol-batch, find, list, revoke, recall, export
 
+    expiry_cli.add_parsers(sub)  # expiry check (issue 14 part 5)
+    hub_cli.add_parsers(sub)  # hub init/serve/relay/connect (issue 14 part 1)
     custody_cli.add_parsers(sub, ca)  # hsm ..., selftest, ca recover
     _add_lang(parser)
     return parser
@@ -214,7 +247,15 @@ def _read_csr(path: Path, _: Callable[[str], str]) -> bytes:
 def run(args: argparse.Namespace) -> int:
     lang = resolve_language(getattr(args, "lang", None))
     _ = translator(lang)
+    if args.command == terminal_cli.COMMAND:  # no CA home needed on the terminal
+        return terminal_cli.run(args)
+    if args.command in reporting_cli.COMMANDS:  # report verify/manifest need no CA home
+        return reporting_cli.run(args)
+    if args.command == hub_cli.COMMAND:  # the hub and the relay run away from the CA home
+        return hub_cli.run(args)
     home = resolve_home(args.home)
+    if args.command == expiry_cli.COMMAND:
+        return expiry_cli.run(args)
     if args.command in ("hsm", "selftest") or (args.command == "ca" and args.ca_command == "recover"):
         return custody_cli.run(args, home)
     if args.command == "ca":
@@ -311,8 +352,18 @@ def _print_summary(summary: Mapping[str, Any], as_json: bool, _: Callable[[str],
             print(f"{key}: {value}")
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with its help, usage and usage errors in the language asked for."""
+    argv = sys.argv[1:] if argv is None else argv
+    lang = resolve_language(help_i18n.lang_asked(argv))
+    with help_i18n.argparse_language(lang):
+        parser = build_parser()
+        help_i18n.translate_parser(parser, lang)
+        return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     lang = resolve_language(args.lang)
     _ = translator(lang)
     try:

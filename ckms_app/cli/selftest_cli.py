@@ -63,9 +63,10 @@ def run_selftest(config: Config, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        for c in report.checks:
-            print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
         _ = translator(args.lang)
+        for c in report.checks:  # the checks' own details stay English (they are also audited)
+            status = _("ok") if c.ok else _("FAIL")
+            print(f"{status:4} {c.name}: {c.detail}")
         if state.in_error:
             print(_("error state: {reason}").format(reason=state.reason))
     return 0 if report.ok else 1

@@ -1,4 +1,5 @@
-"""The JSON API over mutual TLS: revoke a certificate, look one up by serial, publish CRLs now.
+"""The JSON API over mutual TLS: revoke a certificate, look one up by serial, publish CRLs now; the
+terminal's search, export and recall routes are in :mod:`ckms_app.daemon.inventory_routes`.
 
 Every handler authenticates and authorises before it reads the body or parses the path; a body or a
 path that cannot be read is a JSON 4xx with an audit record under the caller's entity ID.
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ckms_app.audit.record import record, refusal
 from ckms_app.authority.revocation import parse_serial, revoke
+from ckms_app.daemon import inventory_routes
 from ckms_app.daemon.bodies import read_json_object
 from ckms_app.daemon.http import authenticate, authorize, json_error
 from ckms_app.daemon.runtime import runtime_of
@@ -121,3 +123,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/revocations", api_revoke)
     app.router.add_get("/api/v1/certificates/{serial}", api_certificate)
     app.router.add_post("/api/v1/crl/publish", api_publish_crl)
+    inventory_routes.add_routes(app)  # search, export, recall (the terminal's tools)

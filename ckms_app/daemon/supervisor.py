@@ -22,11 +22,15 @@ import sys
 import time
 from pathlib import Path
 
+from cryptography import x509
+
+from ckms_app.authority.expiry_watch import crypto_period_warnings
 from ckms_app.config import Config, load_config
 from ckms_app.daemon.server import serve
 from ckms_app.daemon.transport import ClientTable
 from ckms_app.store.engine import open_engine
 from ckms_app.store.migrations import migrate
+from ckms_app.store.schema import utcnow
 
 log = logging.getLogger("ckms.supervisor")
 _PR_SET_PDEATHSIG = 1
@@ -133,6 +137,10 @@ def supervise(config: Config) -> None:
         config.server.crl_base_url,
         n,
     )
+    # A.59/A.62: say at every start when the CA outlives its algorithm or a profile no longer fits.
+    ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
+    for warning in crypto_period_warnings(config, ca_cert, utcnow()):
+        log.warning("crypto-period: %s", warning)
     while children:
         try:
             pid, status = os.wait()

@@ -3,20 +3,28 @@
 The builder is signed once with a throwaway key for the linter; the HSM then signs the very
 TBSCertificate bytes the linter saw (see ``certificate_assembly``). Other callers (the ceremony,
 identity certificates) simply sign the builder with the CA key.
+
+Crypto-periods (A.59, A.62, A.65, A.69): a certificate is valid for exactly its profile's
+``validity_days``, or it is not issued. A certificate that would outlive its issuer, or the end of
+life of its key's curve or of the CA's signature (``[algorithms] secure_until``), is refused with a
+:class:`~ckms_app.errors.CsrRejected` naming the limit, never silently cut short: a device that
+gets a shorter life than its profile promises fails in the field on a date nobody planned for.
+EST carries no validity in the request, so the profile's validity *is* the requested validity.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import secrets
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
-from ckms_app.algorithms import curve_of
-from ckms_app.config import Profile
-from ckms_app.errors import ConfigError
+from ckms_app.algorithms import CURVES, curve_of
+from ckms_app.config import DEFAULT_SECURE_UNTIL, Profile
+from ckms_app.errors import ConfigError, CsrRejected
 
 _EKU = {
     "client_auth": ExtendedKeyUsageOID.CLIENT_AUTH,
@@ -56,6 +64,98 @@ def extended_key_usage(names: tuple[str, ...]) -> x509.ExtendedKeyUsage:
         raise ConfigError(f"unknown extended_key_usage {exc.args[0]!r}; known: {', '.join(_EKU)}") from None
 
 
+@dataclass(frozen=True)
+class ValidityLimit:
+    """The latest notAfter a certificate of one issuer may have for a key on one curve, and why."""
+
+    not_after: dt.datetime
+    code: str  # validity_beyond_ca | validity_beyond_algorithm
+    reason: str  # for people: which limit, and its date
+
+    def refusal(self, profile: str, validity_days: int, not_after: dt.datetime) -> CsrRejected:
+        return CsrRejected(
+            f"profile {profile!r} gives {validity_days} days of validity, until {not_after:%Y-%m-%d}, "
+            f"beyond {self.reason}: refused, not shortened (A.62). Use a profile with a shorter "
+            "validity, or renew the CA (key rollover) first",
+            code=self.code,
+        )
+
+
+def validity_limits(
+    issuer: x509.Certificate, secure_until: dict[str, dt.datetime] | None = None
+) -> dict[str, ValidityLimit]:
+    """Per curve of the subject's key: the earliest of the issuer's notAfter, the end of life of the
+    issuer's curve (its signature is on every certificate) and that of the subject key's curve."""
+    ends = secure_until or DEFAULT_SECURE_UNTIL
+    issuer_not_after = issuer.not_valid_after_utc
+    issuer_key = issuer.public_key()
+    if not isinstance(issuer_key, ec.EllipticCurvePublicKey):
+        raise ConfigError("the CA certificate's key is not an EC key on an allowed curve (A.62)")
+    issuer_curve = curve_of(issuer_key).name
+    limits = {}
+    for name in CURVES:
+        candidates = [
+            ValidityLimit(
+                issuer_not_after,
+                "validity_beyond_ca",
+                f"the CA certificate's expiry ({issuer_not_after:%Y-%m-%d %H:%M} UTC)",
+            ),
+            ValidityLimit(
+                ends[issuer_curve],
+                "validity_beyond_algorithm",
+                f"the end of life of the CA's {issuer_curve} signature ({ends[issuer_curve]:%Y-%m-%d})",
+            ),
+            ValidityLimit(
+                ends[name],
+                "validity_beyond_algorithm",
+                f"the end of life of the key's curve {name} ({ends[name]:%Y-%m-%d})",
+            ),
+        ]
+        limits[name] = min(candidates, key=lambda limit: limit.not_after)
+    return limits
+
+
+def validity_problems(profiles: list[Profile], issuer: x509.Certificate, now: dt.datetime) -> list[str]:
+    """Why a profile cannot issue today, or until when it still can (``ca init``, ``ckms expiry check``,
+    daemon start): a profile whose validity no longer fits makes every request under it fail."""
+    problems = []
+    for profile in profiles:
+        limits = validity_limits(issuer, profile.secure_until)
+        validity = dt.timedelta(days=profile.validity_days)
+        for curve in profile.allowed_curves:
+            limit = limits[curve]
+            last_day = limit.not_after - validity  # the last moment a request can still be honoured
+            if last_day <= now:
+                problems.append(
+                    f"profile {profile.name!r} ({curve} keys): {profile.validity_days} days of validity "
+                    f"do not fit before {limit.reason}: every such request is REFUSED. Shorten "
+                    f"[profiles.{profile.name}] validity_days or renew the CA"
+                )
+            elif last_day - now < dt.timedelta(days=90):
+                problems.append(
+                    f"profile {profile.name!r} ({curve} keys): requests are refused from "
+                    f"{last_day:%Y-%m-%d}, when {profile.validity_days} days no longer fit before "
+                    f"{limit.reason}"
+                )
+    return problems
+
+
+def ca_outlives_algorithm(issuer: x509.Certificate, secure_until: dict[str, dt.datetime]) -> str | None:
+    """A warning when the CA certificate is valid past its own curve's end of life (an imported
+    certificate can be; ``ca init`` refuses to self-sign one): it must be replaced before that date."""
+    issuer_key = issuer.public_key()
+    if not isinstance(issuer_key, ec.EllipticCurvePublicKey):
+        raise ConfigError("the CA certificate's key is not an EC key on an allowed curve (A.62)")
+    curve = curve_of(issuer_key).name
+    if issuer.not_valid_after_utc <= secure_until[curve]:
+        return None
+    return (
+        f"the CA certificate is valid until {issuer.not_valid_after_utc:%Y-%m-%d}, past the end of life of "
+        f"its {curve} key ({secure_until[curve]:%Y-%m-%d}, A.62): nothing it signs may be valid past that "
+        "date; plan the CA key rollover to a stronger curve before it"
+    )
+
+
 class EndEntityTemplate:
     """Everything an end-entity certificate of one profile and issuer shares, built once.
 
@@ -68,9 +168,11 @@ class EndEntityTemplate:
     def __init__(
         self, *, profile: Profile, issuer: x509.Certificate, crl_url: str, delta_crl_url: str
     ) -> None:
+        self._profile, self._validity_days = profile.name, profile.validity_days
         self._backdate = dt.timedelta(seconds=profile.backdate_seconds)
         self._validity = dt.timedelta(days=profile.validity_days)
-        self._issuer_not_after = issuer.not_valid_after_utc
+        # per curve of the subject key: the latest notAfter allowed (issuer, algorithms), computed once
+        self._limits = validity_limits(issuer, profile.secure_until)
         self._issuer_name = issuer.subject
         issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         ext = x509.Extension
@@ -115,9 +217,14 @@ class EndEntityTemplate:
                 ext(ExtensionOID.EXTENDED_KEY_USAGE, False, extended_key_usage(profile.extended_key_usage))
             )
 
-    def validity(self, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-        """notBefore (backdated for clock skew) and notAfter (never beyond the issuer's)."""
-        return now - self._backdate, min(now + self._validity, self._issuer_not_after)
+    def validity(self, now: dt.datetime, curve: str) -> tuple[dt.datetime, dt.datetime]:
+        """notBefore (backdated for clock skew) and notAfter, the profile's full validity; refused
+        (CsrRejected) when that passes the issuer's notAfter or the end of life of either curve."""
+        not_after = now + self._validity
+        limit = self._limits[curve]
+        if not_after > limit.not_after:
+            raise limit.refusal(self._profile, self._validity_days, not_after)
+        return now - self._backdate, not_after
 
     def builder(
         self,
@@ -128,9 +235,7 @@ class EndEntityTemplate:
         serial: int,
         now: dt.datetime,
     ) -> x509.CertificateBuilder:
-        not_before, not_after = self.validity(now)
-        # never beyond the security lifetime of the device key's curve (A.62)
-        not_after = min(not_after, curve_of(public_key).secure_until)
+        not_before, not_after = self.validity(now, curve_of(public_key).name)
         extensions = [
             *self._head,
             x509.Extension(
@@ -186,18 +291,20 @@ def ca_builder(
     now: dt.datetime,
     validity_days: int,
     policy_oid: str,
+    secure_until: dict[str, dt.datetime] | None = None,
 ) -> x509.CertificateBuilder:
     """A self-signed root for the private CA: keyCertSign + cRLSign, no path length below it.
 
-    Refused when it would outlive its curve's security lifetime (A.62): every certificate it signs
-    would then carry a signature of that strength past the date."""
+    Refused when it would outlive its curve's security lifetime (A.62, ``[algorithms] secure_until``):
+    every certificate it signs would then carry a signature of that strength past the date."""
     curve = curve_of(public_key)
+    end_of_life = (secure_until or DEFAULT_SECURE_UNTIL)[curve.name]
     not_after = now + dt.timedelta(days=validity_days)
-    if not_after > curve.secure_until:
+    if not_after > end_of_life:
         raise ConfigError(
             f"a {curve.name} CA certificate valid for {validity_days} days would be valid until "
             f"{not_after:%Y-%m-%d}, beyond the curve's security lifetime (until "
-            f"{curve.secure_until:%Y-%m-%d}, CRYPTREC): shorten the validity or use P-384"
+            f"{end_of_life:%Y-%m-%d}, CRYPTREC): shorten the validity or use P-384"
         )
     return (
         x509.CertificateBuilder()

@@ -10,6 +10,8 @@ Checks are testinfra tests run over SSH against an Ansible inventory::
 
 ``--ckms-results FILE`` writes one JSON record per (check, host): outcome, duration, evidence and, on
 failure, the assertion message. ``hardening.report`` joins these records with the control catalog.
+With ``CKMS_RUN_ID`` in the environment (``python -m hardening.provenance start``), every record carries
+it as ``run_id``, so the report can tell this run's records from another run's.
 
 A check that can verify only part of its control on this platform (a lab container has no AppArmor in
 its kernel, no visible firmware, no signature download) verifies that part and states what it could
@@ -20,6 +22,7 @@ it next to the item, so a pass at configuration level is never mistaken for a fu
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,12 @@ _RESULTS_KEY = pytest.StashKey[list]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--ckms-results", default=None, help="write check results (JSON) for the hardening report"
+    )
+    parser.addoption(
+        "--ckms-only-checks",
+        default=None,
+        help="run only the checks with these catalog IDs (comma-separated, e.g. check:A.05.x,check:E.09.y);"
+        " used by the breakage run (hardening/breakage) to re-run one item's checks",
     )
 
 
@@ -57,6 +66,22 @@ class Evidence:
         """Record what this platform does not let the check observe (shown in the report)."""
         self.limitations.append(what_was_not_verifiable)
         self.add("not verifiable here", what_was_not_verifiable)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--ckms-only-checks``: deselect every test whose ``check`` marker is not one of the IDs."""
+    wanted_opt = config.getoption("--ckms-only-checks")
+    if not wanted_opt:
+        return
+    wanted = {c.strip() for c in wanted_opt.split(",") if c.strip()}
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        marker = item.get_closest_marker("check")
+        (keep if marker is not None and marker.args[0] in wanted else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture
@@ -101,6 +126,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
                 "evidence": ev.items if ev else [],
                 "limitation": "; ".join(ev.limitations) if ev and ev.limitations else None,
                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "run_id": os.environ.get("CKMS_RUN_ID") or None,  # hardening.provenance: one run
             }
         )
 

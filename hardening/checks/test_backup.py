@@ -82,21 +82,27 @@ def test_backup_encrypted_and_host_cannot_decrypt(host, evidence):
         "CMS structure",
         "\n".join(line for line in text.splitlines() if "contentType" in line or "algorithm:" in line)[:1500],
     )
-    assert "id-smime-ct-authEnvelopedData" in text and "aes-256-gcm" in text
+    assert "id-smime-ct-authEnvelopedData" in text and "aes-256-gcm" in text, (
+        "E.11: the newest backup is not AES-256-GCM authenticated-enveloped data"
+    )
     # the archive is not readable as plaintext (no tar header, no PEM key markers) ...
     raw = host.run(
         f"sh -c \"grep -c -a -e 'BEGIN .*PRIVATE KEY' -e 'ustar' {newest} || true\""
     ).stdout.strip()
     evidence.add("plaintext markers in the file", raw)
-    assert raw == "0"
+    assert raw == "0", f"E.11: plaintext markers in the backup file ({raw})"
     # ... and the host holds no key that could decrypt it: only the recipient certificate
     keys = host.run(
         "sh -c 'ls -l /etc/ckms-backup; grep -l PRIVATE /etc/ckms-backup/* /root/.ckms-restore-key.pem "
         "2>/dev/null || true'"
     ).stdout
     evidence.add("/etc/ckms-backup", keys.strip())
-    assert "PRIVATE" not in host.run("cat /etc/ckms-backup/*").stdout
-    assert not host.file("/root/.ckms-restore-key.pem").exists
+    assert "PRIVATE" not in host.run("cat /etc/ckms-backup/*").stdout, (
+        "E.11: a private key in /etc/ckms-backup (the host could decrypt its backups)"
+    )
+    assert not host.file("/root/.ckms-restore-key.pem").exists, (
+        "E.11: a backup decryption key is left on the host (/root/.ckms-restore-key.pem)"
+    )
 
 
 def _restored(host) -> dict | None:

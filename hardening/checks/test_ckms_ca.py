@@ -87,7 +87,9 @@ def test_ca_key_sensitive_and_unextractable(host, evidence):
     assert keys, "no private key in the CA token"
     for k in keys:
         # never readable; exportable at most wrapped under a trusted (custodian-held) key
-        assert k["SENSITIVE"] and (not k["EXTRACTABLE"] or k["WRAP_WITH_TRUSTED"]), k
+        assert k["SENSITIVE"] and (not k["EXTRACTABLE"] or k["WRAP_WITH_TRUSTED"]), (
+            f"E.12: a private key in the token is readable or exportable unwrapped: {k}"
+        )
 
 
 @pytest.mark.check("check:E.08.ca_key_generated_in_token")
@@ -95,7 +97,9 @@ def test_ca_key_generated_in_token(host, evidence):
     out = as_ckms(host, f"{VENV}/bin/python -c '{KEY_ATTRS}'")
     keys = json.loads(out.stdout)
     evidence.add("CKA_LOCAL / ALWAYS_SENSITIVE / NEVER_EXTRACTABLE", keys)
-    assert keys and all(k["LOCAL"] and k["ALWAYS_SENSITIVE"] for k in keys)
+    assert keys and all(k["LOCAL"] and k["ALWAYS_SENSITIVE"] for k in keys), (
+        f"E.08: private keys in the token not generated there (CKA_LOCAL) or once readable: {keys}"
+    )
 
 
 @pytest.mark.check("check:A.43.flows_rendered_from_model")
@@ -115,7 +119,9 @@ def test_ca_firewall_admits_exactly_the_flow_model(host, evidence):
         for f in flows
         for c in f["src_cidrs"]
     }
-    assert accepted == expected
+    assert accepted == expected, (
+        f"A.43: the CA firewall admits {sorted(accepted)}, the flow model {sorted(expected)}"
+    )
     assert re.search(
         r"tcp dport \{ (8443, 8080|8080, 8443) \} counter packets \d+ bytes \d+ drop", ruleset.stdout
     )
@@ -130,8 +136,10 @@ def test_issue_and_revoke_end_to_end(host, request, evidence):
     m = re.search(r'^public_host\s*=\s*"([^"]+)"', host.file(f"{HOME}/ckms.toml").content_string, re.M)
     done = issue_and_revoke(host, term, m.group(1) if m else "127.0.0.1", f"check-a38-{int(time.time())}")
     evidence.add("issue, revoke, publish, fetch CRL (as a named operator)", done)
-    assert done["issued"] == 200 and done["revoked"] == 200 and done["crl_published"] == 200, done
-    assert done["serial_in_crl"], done
+    assert done["issued"] == 200 and done["revoked"] == 200 and done["crl_published"] == 200, (
+        f"A.38: issue, revoke or publish failed for a named operator: {done}"
+    )
+    assert done["serial_in_crl"], f"A.38: the revoked serial is not in the fetched CRL: {done}"
 
 
 TLS_REFUSED = {
@@ -167,10 +175,14 @@ def test_tls_groups_and_suites_restricted(host, request, evidence):
     for name, options in TLS_REFUSED.items():
         out = s_client(options)
         got[name] = {"rc": out.rc, "output": out.stdout.strip()[-300:]}
-        assert out.rc != 0 and "Ciphersuite:" not in out.stdout, f"{name} was accepted: {out.stdout}"
+        assert out.rc != 0 and "Ciphersuite:" not in out.stdout, f"A.64: {name} was accepted: {out.stdout}"
     for name, (options, curve) in TLS_ACCEPTED.items():
         out = s_client(options)
         got[name] = {"rc": out.rc, "output": out.stdout.strip()[-600:]}
-        assert out.rc == 0 and "Protocol version: TLSv1.3" in out.stdout, f"{name} refused: {out.stdout}"
-        assert re.search(rf"(Server|Peer) Temp Key: ECDH, {curve}", out.stdout), out.stdout
+        assert out.rc == 0 and "Protocol version: TLSv1.3" in out.stdout, (
+            f"A.64: {name} refused: {out.stdout}"
+        )
+        assert re.search(rf"(Server|Peer) Temp Key: ECDH, {curve}", out.stdout), (
+            f"A.64: {name}: no ECDH {curve} key exchange: {out.stdout}"
+        )
     evidence.add("openssl s_client from the terminal", got)

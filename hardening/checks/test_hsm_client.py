@@ -44,16 +44,22 @@ def test_token_usable_only_by_ca_service_user(host, evidence):
         }
     evidence.add("owner and mode", rows)
     for path in (HOME, f"{HOME}/hsm", TOKEN_DIR, f"{HOME}/secrets"):
-        assert rows[path]["user"] == USER and rows[path]["mode"] == "0o700", (path, rows[path])
-    assert rows[PIN_FILE]["user"] == USER and rows[PIN_FILE]["mode"] == "0o600"
+        assert rows[path]["user"] == USER and rows[path]["mode"] == "0o700", (
+            f"E.01: {path} is not {USER}'s with mode 0700: {rows[path]}"
+        )
+    assert rows[PIN_FILE]["user"] == USER and rows[PIN_FILE]["mode"] == "0o600", (
+        f"E.01: the PIN file is not {USER}'s with mode 0600: {rows[PIN_FILE]}"
+    )
     # another unprivileged account can neither list the token store nor read the PIN
     other = host.run(f"runuser -u nobody -- sh -c 'ls {TOKEN_DIR}; cat {PIN_FILE}'")
     evidence.add("as nobody", {"rc": other.rc, "stderr": other.stderr.strip()[:300]})
-    assert other.rc != 0 and "Permission denied" in other.stderr
+    assert other.rc != 0 and "Permission denied" in other.stderr, (
+        "E.01: another account can list the token store or read the PIN"
+    )
     # and the SO PIN is not kept on the host
     so = host.run(f"find {HOME} -name '*so-pin*'")
     evidence.add("SO PIN files on the host", so.stdout.strip() or "none")
-    assert so.stdout.strip() == ""
+    assert so.stdout.strip() == "", f"E.01: SO PIN files on the host: {so.stdout.strip()}"
 
 
 @pytest.mark.check("check:A.43.pkcs11_module_loads")
@@ -85,7 +91,7 @@ def test_token_offers_required_mechanisms(host, evidence):
     need = {"ECDSA-KEY-PAIR-GEN", "ECDSA", "AES-KEY-WRAP"}
     evidence.add("required", sorted(need))
     evidence.add("offered", sorted(names))
-    assert out.rc == 0 and need <= names
+    assert out.rc == 0 and need <= names, f"E.07 a: the token lacks {sorted(need - names)}"
 
 
 @pytest.mark.check("check:E.01.daemon_uses_inventory_module")
@@ -112,8 +118,8 @@ def test_daemon_uses_inventory_module(host, evidence):
     evidence.add("inventory module", {"ckms_hsm_module": wanted, "resolved": real})
     evidence.add("daemon configuration", conf)
     evidence.add("PKCS#11 libraries mapped by the daemon's processes", mapped)
-    assert wanted in conf, f"ckms.toml does not name {wanted}: {conf}"
+    assert wanted in conf, f"E.01: ckms.toml does not name {wanted}: {conf}"
     using = [pid for pid, libs in mapped.items() if wanted in libs or real in libs]
-    assert using, f"no process of ckms-ca has {wanted} mapped: {mapped}"
+    assert using, f"E.01: no process of ckms-ca has {wanted} mapped: {mapped}"
     others = {pid: [lib for lib in libs if lib not in (wanted, real)] for pid, libs in mapped.items()}
-    assert not any(others.values()), f"another PKCS#11 library is mapped: {others}"
+    assert not any(others.values()), f"E.01: another PKCS#11 library is mapped: {others}"

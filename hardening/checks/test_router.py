@@ -448,15 +448,44 @@ def test_vpn_endpoint_configured(host, evidence):
         "F.17: VPN key material readable by others"
     )
     assert "PrivateKey" not in conf.content_string, "F.17: private key inside the config file"
-    registered = sorted(p["public_key"] for p in v.get("router_vpn_peers", []))
+    peers = v.get("router_vpn_peers", [])
+    registered = sorted(p["public_key"] for p in peers)
     configured = sorted(
         ln.split("=", 1)[1].strip()
         for ln in conf.content_string.splitlines()
         if ln.strip().startswith("PublicKey")
     )
-    evidence.add("registered peers", registered)
+    allowed = sorted(
+        str(ipaddress.ip_network(a.strip(), strict=False))
+        for ln in conf.content_string.splitlines()
+        if ln.strip().startswith("AllowedIPs")
+        for a in ln.split("=", 1)[1].split(",")
+    )
+    vpn_cidr = next((s["cidr"] for s in v.get("ckms_segments", []) if s["name"] == "vpn"), None)
+    evidence.add(
+        "registered peers", [{k: p.get(k) for k in ("name", "public_key", "address")} for p in peers]
+    )
     evidence.add("configured peers", configured)
+    evidence.add("configured allowed addresses", allowed)
+    # An endpoint without peers admits nobody: "configured" would describe a VPN no administrator can use.
+    assert peers, (
+        "F.17: no VPN peer registered (router_vpn_peers is empty): the emergency administration VPN admits "
+        "nobody"
+    )
+    misplaced = [
+        p.get("name") or p["public_key"]
+        for p in peers
+        if not p.get("address")
+        or ipaddress.ip_network(p["address"], strict=False).prefixlen != 32
+        or (
+            vpn_cidr
+            and not ipaddress.ip_network(p["address"], strict=False).subnet_of(ipaddress.ip_network(vpn_cidr))
+        )
+    ]
+    assert not misplaced, f"F.17: VPN peers without a /32 address in the VPN segment {vpn_cidr}: {misplaced}"
     assert configured == registered, "F.17: VPN peers differ from the registered peer keys"
+    want = sorted(str(ipaddress.ip_network(p["address"], strict=False)) for p in peers)
+    assert allowed == want, f"F.17: the peers' allowed addresses {allowed} differ from the registered {want}"
     show = host.run(f"wg show {iface} dump")
     impl = "kernel" if host.run("test -e /sys/module/wireguard").rc == 0 else "wireguard-go (userspace)"
     evidence.add(

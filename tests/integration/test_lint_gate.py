@@ -15,7 +15,7 @@ def test_lint_error_blocks_issuance_and_is_audited(tmp_path: Path) -> None:
     ca = init_home(tmp_path / "lint")
     config = ca.home / "ckms.toml"
     text = config.read_text()
-    marker = '[profiles.device]\nvalidity_days = 365\nkey_usage = [\n    "digital_signature",\n]'
+    marker = '[profiles.device]\nvalidity_days = 1825\nkey_usage = [\n    "digital_signature",\n]'
     assert marker in text
     config.write_text(
         text.replace(

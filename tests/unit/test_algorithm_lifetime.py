@@ -1,6 +1,7 @@
 """No certificate outlives its curve's security lifetime (A.62): P-256 through 2040, P-384 through 2070.
 
-A CA certificate that would is refused when it is made; an end-entity certificate is cut at the date.
+A CA certificate that would is refused when it is made; so is an end-entity certificate (issue 14 part 4:
+refused with a clear error, never silently cut at the date).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from cryptography.x509.oid import NameOID
 
 from ckms_app.algorithms import CURVES
 from ckms_app.config import Profile
-from ckms_app.errors import ConfigError
+from ckms_app.errors import ConfigError, CsrRejected
 from ckms_app.x509.profiles import EndEntityTemplate, ca_builder
 
 POLICY = "1.3.6.1.4.1.55555.1.1"
@@ -46,7 +47,7 @@ def test_p384_ca_certificate_of_the_same_length_is_accepted() -> None:
     assert cert.not_valid_after_utc.year == 2042
 
 
-def test_end_entity_certificate_is_cut_at_its_key_curves_lifetime() -> None:
+def test_end_entity_certificate_past_its_key_curves_lifetime_is_refused_not_cut() -> None:
     ca_key = ec.generate_private_key(ec.SECP384R1())
     now = dt.datetime(2040, 6, 1, tzinfo=dt.UTC)
     ca = _ca(ca_key, now - dt.timedelta(days=1), 3650)
@@ -69,11 +70,14 @@ def test_end_entity_certificate_is_cut_at_its_key_curves_lifetime() -> None:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device-1")])
     p256 = ec.generate_private_key(ec.SECP256R1()).public_key()
     p384 = ec.generate_private_key(ec.SECP384R1()).public_key()
-    leaf256 = template.builder(subject=subject, sans=(), public_key=p256, serial=1, now=now).sign(
-        ca_key, hashes.SHA384()
-    )
+    with pytest.raises(
+        CsrRejected,
+        match=r"until 2041-06-01, beyond the end of life of the key's curve P-256 "
+        r"\(2040-12-31\)",
+    ) as refused:
+        template.builder(subject=subject, sans=(), public_key=p256, serial=1, now=now)
+    assert refused.value.code == "validity_beyond_algorithm" and refused.value.http_status == 400
     leaf384 = template.builder(subject=subject, sans=(), public_key=p384, serial=2, now=now).sign(
         ca_key, hashes.SHA384()
     )
-    assert leaf256.not_valid_after_utc == CURVES["P-256"].secure_until  # cut: end of 2040, not 2041-06-01
     assert leaf384.not_valid_after_utc == now + dt.timedelta(days=365)

@@ -27,6 +27,7 @@ REQUIRED = [
     "docs/production.md",
     "docs/ca-daemon.md",
     "docs/architecture.md",
+    "docs/guidance-items.md",  # generated, both languages: python -m hardening.catalog --markdown [--lang ja]
 ]
 
 _FENCE = re.compile(r"^(`{3,}|~{3,})")
@@ -137,6 +138,44 @@ def test_every_japanese_document_has_an_english_original():
     for japanese in [*DOCS.glob("*.ja.md"), *REPO.glob("*.ja.md")]:
         english = japanese.with_name(japanese.name[: -len(".ja.md")] + ".md")
         assert english.exists(), f"{japanese.relative_to(REPO)} has no English original"
+
+
+# --- the generated pair: docs/guidance-items.md and .ja.md from hardening/catalog ---------------------
+
+_REGENERATE_JA = "python -m hardening.catalog --markdown --lang ja -o docs/guidance-items.ja.md"
+
+
+def test_generated_japanese_guidance_items_are_current():
+    from hardening.catalog import load_catalog, render_markdown
+
+    committed = (DOCS / "guidance-items.ja.md").read_text(encoding="utf-8")
+    assert committed == render_markdown(load_catalog(), "ja"), (
+        f"docs/guidance-items.ja.md is stale: run {_REGENERATE_JA}"
+    )
+
+
+def test_every_summary_has_a_japanese_summary():
+    from hardening.catalog import load_catalog
+
+    missing, stray = [], []
+    for c in load_catalog().values():
+        for name, entry in ((c.id, c), *((f"{c.id} {s.letter})", s) for s in c.subitems.values())):
+            if entry.summary_en and not entry.summary_ja:
+                missing.append(name)
+            if entry.summary_ja and not entry.summary_en:
+                stray.append(name)
+    assert not missing, f"summary_en without summary_ja in hardening/catalog/*.yml: {missing}"
+    assert not stray, f"summary_ja without summary_en: {stray}"
+
+
+def test_a_changed_summary_makes_the_japanese_table_stale():
+    import dataclasses
+
+    from hardening.catalog import load_catalog, render_markdown
+
+    catalog = dict(load_catalog())
+    catalog["A.01"] = dataclasses.replace(catalog["A.01"], summary_ja="書き換えた概要")
+    assert render_markdown(catalog, "ja") != (DOCS / "guidance-items.ja.md").read_text(encoding="utf-8")
 
 
 # --- the comparison itself ------------------------------------------------------------------------------

@@ -104,7 +104,8 @@ def test_serials_are_positive_random_and_at_most_20_octets() -> None:
     assert all(0 < s < 2**159 and s.bit_length() >= 64 for s in serials)
 
 
-def test_validity_never_exceeds_the_issuer() -> None:
+def test_validity_past_the_issuer_is_refused_not_cut() -> None:
+    """Issue 14 part 4: a certificate that would outlive its CA is refused (400, audited by the caller)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     issuer = (
@@ -118,19 +119,19 @@ def test_validity_never_exceeds_the_issuer() -> None:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    builder = end_entity_builder(
-        profile=PROFILE,
-        subject=issuer.subject,
-        sans=(),
-        public_key=key.public_key(),
-        issuer=issuer,
-        serial=new_serial(),
-        now=now,
-        crl_url="http://c/full.crl",
-        delta_crl_url="http://c/delta.crl",
-    )
-    cert = builder.sign(key, hashes.SHA256())
-    assert cert.not_valid_after_utc == issuer.not_valid_after_utc
+    with pytest.raises(CsrRejected, match=r"beyond the CA certificate's expiry") as refused:
+        end_entity_builder(
+            profile=PROFILE,
+            subject=issuer.subject,
+            sans=(),
+            public_key=key.public_key(),
+            issuer=issuer,
+            serial=new_serial(),
+            now=now,
+            crl_url="http://c/full.crl",
+            delta_crl_url="http://c/delta.crl",
+        )
+    assert refused.value.code == "validity_beyond_ca"
 
 
 def test_csrattrs_is_valid_der_naming_algorithms() -> None:

@@ -186,6 +186,7 @@ class Drill:
                 for k, v in evidence.items()
             ],
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "run_id": os.environ.get("CKMS_RUN_ID") or None,  # the report's run (hardening/provenance.py)
         }
         self.records.append(rec)
         mark = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[rec["outcome"]]

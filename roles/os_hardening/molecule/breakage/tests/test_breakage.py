@@ -62,6 +62,12 @@ BREAKS = [
         "F.06 d",
     ),
     (
+        "the apt timer of unattended upgrades masked (settings left in place)",
+        "systemctl stop apt-daily-upgrade.timer; systemctl mask apt-daily-upgrade.timer",
+        "check:F.06.l.security_updates_configured",
+        "F.06 l",
+    ),
+    (
         "a file under AIDE watch modified",
         "echo '# tampered' >> /etc/issue.net",
         "check:F.48.aide_detects_modified_file",
