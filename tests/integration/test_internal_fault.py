@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 
+import pkcs11
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -39,6 +41,11 @@ def test_internal_fault_is_500_audited_and_alerted(tmp_path: Path) -> None:
         config_file.read_text() + f'\n[alerts]\nsyslog = false\ncommand = ["sh", "-c", "cat >> {alerts}"]\n'
     )
     config = load_config(ca.home)
+    # SoftHSM reads SOFTHSM2_CONF at C_Initialize only, once per process: an earlier in-process test (another
+    # home's token, also labelled ckms-ca) may have initialised it. Start again from this home's configuration.
+    assert config.token.softhsm_conf is not None
+    os.environ["SOFTHSM2_CONF"] = str(config.token.softhsm_conf)
+    pkcs11.lib(config.token.module).reinitialize()
 
     async def body() -> None:
         rt = await open_runtime(config)
