@@ -17,6 +17,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shlex
 import signal
 import socket
 import ssl
@@ -48,7 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     srv = hub.add_parser("serve", help="run the hub: devices refused when the newest CRL lists them")
     srv.add_argument("--state-dir", type=Path, required=True)
     srv.add_argument("--ca-cert", type=Path, required=True, help="the private CA's certificate (PEM)")
-    srv.add_argument("--bind", default="0.0.0.0")  # noqa: S104
+    srv.add_argument("--bind", required=True, help="the hub's address on its segment (no default: never all)")
     srv.add_argument("--device-port", type=int, default=8443)
     srv.add_argument("--upload-port", type=int, default=8444)
 
@@ -151,9 +152,10 @@ def _relay(args: argparse.Namespace) -> int:
             message = "ckms CRL relay: " + "; ".join(result.problems)
             print(message, file=sys.stderr, flush=True)
             if args.alert_command:
+                # the operator's configured command, split like a shell would, run without one
                 subprocess.run(
-                    args.alert_command, shell=True, input=message.encode(), check=False, timeout=60
-                )  # noqa: S602 - operator's configured command
+                    shlex.split(args.alert_command), input=message.encode(), check=False, timeout=60
+                )  # noqa: S603
         if args.once:
             return 0 if result.current else 1
         time.sleep(args.interval)

@@ -54,7 +54,7 @@ class HubSettings:
     state_dir: Path
     cert: Path
     key: Path
-    bind: str = "0.0.0.0"  # noqa: S104 - the hub serves devices on its segment
+    bind: str  # the hub's address on its segment; no default: never every interface by accident
     device_port: int = 8443
     upload_port: int = 8444
 

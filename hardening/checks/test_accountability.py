@@ -546,9 +546,11 @@ def test_operator_cli_command_set_minimal(host, request, evidence):
         OPERATOR,
         "for d in $(echo $PATH | tr : ' '); do ls $d 2>/dev/null; done | grep -i -E '^(ckms|pkcs11|softhsm)' | sort -u",
     ).stdout.split()
-    full = _as_operator(
-        term, OPERATOR, "command -v ckms; ls /opt/ckms/venv/bin/ckms 2>/dev/null; true"
-    ).stdout.split()
+    # The terminal's ckms client (issue 14 terminal tools) is offered; the CA's own installation is not, and
+    # the client's local administration commands reach no CA home or token from there.
+    full = _as_operator(term, OPERATOR, "ls /opt/ckms/venv/bin/ckms 2>/dev/null; true").stdout.split()
+    admin = _as_operator(term, OPERATOR, "ckms entity list </dev/null 2>&1; echo rc=$?").stdout.strip()
+    evidence.add("ckms entity list as the operator on the terminal", admin[-200:])
     sudo = term.run(f"sudo -n -l -U {OPERATOR}")
     usage = _as_operator(term, OPERATOR, "ckms-enroll 2>&1; true").stdout.strip()
     borrowed = _as_operator(
@@ -559,7 +561,7 @@ def test_operator_cli_command_set_minimal(host, request, evidence):
     evidence.add(f"sudo -l for {OPERATOR}", (sudo.stdout + sudo.stderr).strip()[-300:])
     evidence.add("ckms-enroll usage", usage[-200:])
     evidence.add("ckms-enroll --as another operator", borrowed.strip()[-200:])
-    allowed = {"ckms-enroll", "ckms-enrol-identity"}
+    allowed = {"ckms-enroll", "ckms-enrol-identity", "ckms"}
     ckms_tools = {t for t in offered if t.startswith("ckms")}
     # generic PKCS#11 tools of the lab image reach no CA token from the terminal: recorded, not judged
     evidence.add(
@@ -569,7 +571,8 @@ def test_operator_cli_command_set_minimal(host, request, evidence):
         f"A.49: operators are offered more than enrolment: {sorted(ckms_tools - allowed)}"
     )
     assert "ckms-enroll" in offered, "A.49: the operator's enrolment tool is missing"
-    assert not full, f"A.49: the full ckms CLI is on the terminal: {full}"
+    assert not full, f"A.49: the CA's own ckms installation is on the terminal: {full}"
+    assert "rc=0" not in admin, f"A.49: an administration command works on the terminal: {admin[-200:]}"
     assert "may run the following" not in sudo.stdout, (
         f"A.49: {OPERATOR} has sudo rights: {sudo.stdout[-300:]}"
     )

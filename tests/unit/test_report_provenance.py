@@ -65,7 +65,10 @@ def test_start_records_the_run_facts(tmp_path: Path) -> None:
     hosts.write_text("all: {hosts: {ca1: {}}}\n")
     doc = start(tmp_path, hosts)
     assert re.fullmatch(r"run-\d{8}T\d{6}Z-[0-9a-f]{8}", doc["run_id"])
-    assert re.fullmatch(r"[0-9a-f]{40}", doc["commit"]) and isinstance(doc["dirty"], bool)
+    if (ROOT / ".git").exists():  # F.55 runs these tests on an exported tree: no commit to record there
+        assert re.fullmatch(r"[0-9a-f]{40}", doc["commit"]) and isinstance(doc["dirty"], bool)
+    else:
+        assert doc["commit"] is None
     lines = "".join(
         f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in sorted(CATALOG_DIR.glob("*.yml"))
     )
