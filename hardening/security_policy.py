@@ -384,8 +384,8 @@ def _acl_by_role() -> dict[str, list[str]]:
 
 JA_ROLE = {
     "authority": "責任者",
-    "administrator": "管理者",
-    "operator": "利用者",
+    "administrator": "管理担当",
+    "operator": "利用担当",
     "auditor": "監査者",
 }
 JA_SEGMENT = {
