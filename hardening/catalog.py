@@ -650,6 +650,17 @@ def _impl_cell(applicability: str, procedure: str | None, reason: str | None, im
     return _cell("<br>".join(parts)) if parts else ""
 
 
+def _procedure_sections(catalog: Mapping[str, Control], heading: str, columns: str) -> list[str]:
+    """The closing table of both languages: each operations section and the entries pointing to it."""
+    sections: dict[str, list[str]] = {}
+    for c in catalog.values():
+        for e, name in ((c, c.id), *((s, f"{c.id} {s.letter})") for s in c.subitems.values())):
+            if e.procedure:
+                sections.setdefault(e.procedure, []).append(name)
+    rows = [f"| `{p}` | {', '.join(names)} |" for p, names in sorted(sections.items())]
+    return ["", heading, "", columns, "| --- | --- |", *rows, ""]
+
+
 def render_markdown(catalog: Mapping[str, Control], lang: str = "en") -> str:
     """docs/guidance-items.md (``lang="ja"``: docs/guidance-items.ja.md), generated from the catalog."""
     if lang == "ja":
@@ -712,20 +723,9 @@ def render_markdown(catalog: Mapping[str, Control], lang: str = "en") -> str:
                     f"| {c.id} {s.letter}) | | | {_cell(s.title_en)} | {s.applicability} "
                     f"| {_impl_cell(s.applicability, s.procedure, s.reason, s.implemented_by)} | {sub_checks} |"
                 )
-    sections: dict[str, list[str]] = {}
-    for c in catalog.values():
-        for e, name in ((c, c.id), *((s, f"{c.id} {s.letter})") for s in c.subitems.values())):
-            if e.procedure:
-                sections.setdefault(e.procedure, []).append(name)
-    out += [
-        "",
-        "## Operations sections the procedural entries point to",
-        "",
-        "| section | items |",
-        "| --- | --- |",
-    ]
-    out += [f"| `{p}` | {', '.join(names)} |" for p, names in sorted(sections.items())]
-    out.append("")
+    out += _procedure_sections(
+        catalog, "## Operations sections the procedural entries point to", "| section | items |"
+    )
     return "\n".join(out)
 
 
@@ -810,20 +810,7 @@ def _render_markdown_ja(catalog: Mapping[str, Control]) -> str:
                     f"| {_impl_cell_ja(sub.applicability, sub.procedure, sub.implemented_by)} "
                     f"| {_checks_cell_ja(len(sub.checks), sub.status or c.status, len(sub.tests), False)} |"
                 )
-    sections: dict[str, list[str]] = {}
-    for c in catalog.values():
-        for e, name in ((c, c.id), *((s, f"{c.id} {s.letter})") for s in c.subitems.values())):
-            if e.procedure:
-                sections.setdefault(e.procedure, []).append(name)
-    out += [
-        "",
-        "## 手続きの項目が参照する運用文書の節",
-        "",
-        "| 節 | 項目 |",
-        "| --- | --- |",
-    ]
-    out += [f"| `{p}` | {', '.join(names)} |" for p, names in sorted(sections.items())]
-    out.append("")
+    out += _procedure_sections(catalog, "## 手続きの項目が参照する運用文書の節", "| 節 | 項目 |")
     return "\n".join(out)
 
 
