@@ -5,7 +5,9 @@
 #  - the ComplianceAsCode content for Debian 12 (ssg-debian12-ds.xml) ships only in the ssg-debian package
 #    of Debian 13 (bookworm's ssg-debian stops at Debian 11), so the pinned .deb is fetched once from that
 #    suite with a private apt state (the machine's sources are not touched) and unpacked into
-#    $CKMS_TOOL_CACHE/openscap/ssg-debian-<version>/.
+#    $CKMS_TOOL_CACHE/openscap/ssg-debian-<version>/;
+#  - the content's published defects listed in hardening/openscap_content_patches.yml are corrected in a copy,
+#    ssg-debian12-ds.ckms.xml (rebuilt when that list changes), which is the datastream printed and evaluated.
 # Env: CKMS_TOOL_CACHE (default ~/.cache/ckms), SSG_VERSION (default below), SSG_SUITE (default trixie).
 set -euo pipefail
 cache=${CKMS_TOOL_CACHE:-$HOME/.cache/ckms}
@@ -47,4 +49,14 @@ if [ ! -s "$ds" ]; then
   { basename "$deb"; sha256sum "$deb" | cut -d' ' -f1; } >"$dest/SOURCE"
   [ -s "$ds" ] || { log "no ssg-debian12-ds.xml in $(basename "$deb")"; exit 1; }
 fi
-echo "$ds"
+# The evaluated copy, with the listed corrections (scripts/patch-openscap-content.py says what and why).
+repo=$(cd "$(dirname "$0")/.." && pwd)
+py=${CKMS_VENV:-$repo/.venv}/bin/python; [ -x "$py" ] || py=python3
+patched=$dest/ssg-debian12-ds.ckms.xml
+want=$(cat "$repo/hardening/openscap_content_patches.yml" "$repo/scripts/patch-openscap-content.py" "$ds" | sha256sum | cut -d' ' -f1)
+if [ ! -s "$patched" ] || [ "$(cat "$dest/.patch-stamp" 2>/dev/null)" != "$want" ]; then
+  log "correcting the content ($(basename "$patched"))"
+  "$py" "$repo/scripts/patch-openscap-content.py" "$ds" "$patched"
+  echo "$want" >"$dest/.patch-stamp"
+fi
+echo "$patched"

@@ -169,7 +169,7 @@ t4=$(date +%s)
 play attestations.yml -e attestations_out="$out/attestations.json" \
   -e '{"attestations_record": [{"item": "A.01", "evidence": "'"$repo"'/docs/security-policy.md", "note": "lab: policy document generated from the catalog", "person": "authority-1"}]}' \
   || log "attestations could not be collected"
-rc=0; CKMS_REPORT_BASELINE=${CKMS_REPORT_BASELINE:-1} CKMS_DRILL_RESULTS="$out/drills.json" "$repo/scripts/report.sh" || rc=$?
+rc=0; CKMS_DRILL_RESULTS="$out/drills.json" "$repo/scripts/report.sh" || rc=$?
 # The bundle is signed last (anything written after the signature fails ckms report verify as an extra file).
 play report_sign.yml -e report_sign_bundle="$out" || { log "report signing failed"; rc=1; }
 t5=$(date +%s)

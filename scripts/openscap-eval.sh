@@ -27,6 +27,9 @@ log() { echo "baseline: $*" >&2; }
 
 ds=$("$repo/scripts/install-openscap.sh")
 ssg=$(head -1 "$(dirname "$ds")/SOURCE" 2>/dev/null || echo unknown)
+# the corrections applied to the content (hardening/openscap_content_patches.yml), named in the summary
+patches=$(paste -sd, "$(dirname "$ds")/PATCHES" 2>/dev/null || true)
+[ -n "$patches" ] && ssg="$ssg, corrected: $patches"
 # The stack's lab name, as scripts/lab-env.sh derives it (without building the Pulumi CLI).
 lab=${CKMS_LAB_NAME:-$("$py" -c '
 import sys, yaml

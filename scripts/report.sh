@@ -30,11 +30,12 @@ fi
 # The system inventory (A.32) is collected first; the checks compare it with the live hosts.
 (cd "$repo" && python -m hardening.inventory --inventory "$inv" --out "$out/inventory") || rc=$?
 export CKMS_INVENTORY_RECORD="$out/inventory/inventory.json"
-# The public baseline (OpenSCAP ANSSI BP-028 high, F.06 l) where the caller asks for it (lab-converge.sh does):
-# the check evaluates a lab host on this controller itself, ~5 s per host, read-only.
-# (collected by name pattern: a file named beside its directory is dropped as a duplicate of it)
-baseline=(); [ "${CKMS_REPORT_BASELINE:-0}" = 1 ] && baseline=(-o "python_files=test_*.py *_check.py")
-(cd "$repo" && pytest -q -p no:cacheprovider "${baseline[@]}" hardening/checks --rootdir "$repo/hardening/checks" \
+# The public baseline (OpenSCAP ANSSI BP-028 high, F.06 l) is one of the checks: a lab host on this
+# controller is evaluated by the check itself (~5 s per host, read-only), any other host's summary is read
+# from here (make baseline, OPENSCAP_OUT). Collected by name pattern: a file named beside its directory
+# would be dropped as a duplicate of it.
+export OPENSCAP_OUT=${OPENSCAP_OUT:-$out/openscap}
+(cd "$repo" && pytest -q -p no:cacheprovider -o "python_files=test_*.py *_check.py" hardening/checks --rootdir "$repo/hardening/checks" \
    --ansible-inventory "$inv" --ckms-results "$out/results.json" \
    --junitxml "$out/checks-junit.xml") || rc=$?
 # Drill records (tests/lab/drills, CKMS_DRILL_RESULTS) join the report when a drill run wrote them.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,10 @@ from ckms_app.audit.record import SYSTEM as SYSTEM_ACTOR
 from ckms_app.errors import CredentialRefused, NotAuthenticated, NotAuthorized
 from ckms_app.store.point_reads import PointReader
 from ckms_app.store.schema import certificates, entities, role_permissions, security_state, utcnow
+
+#: resolved principals kept per worker (PrincipalCache): persons and terminals stay cached, one-off device
+#: certificates are evicted first
+CACHE_SIZE = 1024
 
 ROLES = ("authority", "administrator", "operator", "auditor")
 
@@ -202,7 +207,10 @@ class PrincipalCache:
         self._engine = engine
         self._generation = -1
         self._acl: frozenset[tuple[str, str, str]] | None = None
-        self._entries: dict[bytes, tuple[Principal, dt.datetime | None]] = {}
+        # Keyed by the certificate's SHA-256, least recently used first, at most CACHE_SIZE entries:
+        # devices that re-enrol with their own certificate each bring a new key, so an unbounded (or
+        # DER-keyed, 10,000-entry) cache grew the workers by ~1 KB per device.
+        self._entries: OrderedDict[bytes, tuple[Principal, dt.datetime | None]] = OrderedDict()
         self._point_reader = PointReader(engine)
         self._generation_read = self._point_reader.prepare(
             select(security_state.c.value).where(security_state.c.name == "entity_generation")
@@ -218,21 +226,24 @@ class PrincipalCache:
             self._entries.clear()
             self._acl = None
             self._generation = generation
-        hit = self._entries.get(peer_cert_der) if peer_cert_der else None
+        key = hashlib.sha256(peer_cert_der).digest() if peer_cert_der else None
+        hit = self._entries.get(key) if key is not None else None
         if hit is None:
             with self._engine.connect() as conn:
                 if self._acl is None:
                     self._acl = load_acl(conn)
                 hit = resolve_principal(conn, peer_cert_der, self._acl)
-            if len(self._entries) > 10_000:
-                self._entries.clear()
             # No client certificate: nothing to cache (a None key could never be read back).
-            if peer_cert_der is not None:
-                self._entries[peer_cert_der] = hit
+            if key is not None:
+                self._entries[key] = hit
+                if len(self._entries) > CACHE_SIZE:
+                    self._entries.popitem(last=False)
+        elif key is not None:
+            self._entries.move_to_end(key)
         principal, not_after = hit
         if not_after is not None and not_after <= utcnow():
-            if peer_cert_der is not None:
-                self._entries.pop(peer_cert_der, None)
+            if key is not None:
+                self._entries.pop(key, None)
             raise CredentialRefused(
                 f"the client certificate of {principal.entity_id} has expired",
                 principal.entity_id,

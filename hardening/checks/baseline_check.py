@@ -60,17 +60,22 @@ def _out_dir() -> Path:
     return REPO / "build" / ("report" if stack == "lab" else f"report-{stack}") / "openscap"
 
 
-def _local_lab_host(name: str) -> bool:
-    """Whether ``name`` is a running host of a lab on this controller (then it can be evaluated here)."""
-    if os.geteuid() != 0:
-        return False
+def _local_lab_root(address: str | None) -> Path | None:
+    """The root file system of the running lab host on this controller whose management address is
+    ``address`` (the inventory's ansible_host), or None: then it cannot be evaluated here. Matched by
+    address, not name: two labs (the suite's and a production-shaped one) both have a host named ca1."""
+    if os.geteuid() != 0 or not address:
+        return None
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     try:
         from ckms_lab import hosts
     except ImportError:
-        return False
-    return any(h["name"] == name and h["running"] for h in hosts.list_hosts(None))
+        return None
+    for h in hosts.list_hosts(None):
+        if h["running"] and h["mgmt_address"] == address:
+            return Path(h["state_dir"]) / "rootfs"
+    return None
 
 
 def _exclusions() -> list[dict[str, str]]:
@@ -185,15 +190,17 @@ def _sudoers_files(host) -> dict[str, str]:
 
 @pytest.mark.check("check:F.06.l.public_baseline_anssi")
 def test_public_baseline_anssi(host, evidence):
-    name = inventory_vars(host).get("inventory_hostname") or host.backend.get_hostname()
+    hv = inventory_vars(host)
+    name = hv.get("inventory_hostname") or host.backend.get_hostname()
     summary_path = _out_dir() / f"{name}-{SHORT}.json"
-    if _local_lab_host(name):
+    rootfs = _local_lab_root(hv.get("ansible_host"))
+    if rootfs is not None:
         run = subprocess.run(
-            [str(REPO / "scripts" / "openscap-eval.sh"), name],
+            [str(REPO / "scripts" / "openscap-eval.sh"), f"{name}={rootfs}"],
             capture_output=True,
             text=True,
             timeout=240,
-            env={**os.environ, "OPENSCAP_PROFILES": PROFILE, "CKMS_LAB_STACK": _stack()},
+            env={**os.environ, "OPENSCAP_PROFILES": PROFILE, "OPENSCAP_OUT": str(summary_path.parent)},
         )
         evidence.add("evaluation", (run.stderr.strip() or run.stdout.strip())[-1500:])
         assert run.returncode == 0, f"F.06 l: the OpenSCAP evaluation of {name} failed (rc={run.returncode})"

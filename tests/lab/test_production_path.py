@@ -17,6 +17,8 @@ antivirus signature source stops with a message naming the variable.
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import json
 import os
 import secrets
@@ -27,6 +29,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from lab_support import REPO, lab_unavailable
 
 from ckms_lab import hosts, paths
@@ -168,10 +172,30 @@ def write_inventory(root: Path, generated: dict, secrets_dir: Path) -> Path:
         {"ups_driver": "usbhid-ups"},
         "Power (F.52): the CA rack's UPS on USB.",
     )
+    # The site's emergency-administration VPN peer (F.17): its key pair is the administrator's; only the
+    # public key and its /32 on the model's VPN segment are configuration.
+    router_vpn = next(h for h in by_role["router"].values())["ckms_addresses"]["vpn"]
+    vpn_peer_key = x25519.X25519PrivateKey.generate()
+    (secrets_dir / "vpn-admin-1.key").write_bytes(
+        base64.b64encode(vpn_peer_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())) + b"\n"
+    )
+    (secrets_dir / "vpn-admin-1.key").chmod(0o600)
+    vpn_peer_pub = vpn_peer_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     _write_yaml(
         root / "group_vars/router/main.yml",
-        {"ntp_mode": "server", "ntp_servers": []},
-        "The router serves time to the CA segment (no upstream source is reachable from this test network).",
+        {
+            "ntp_mode": "server",
+            "ntp_servers": [],
+            "router_vpn_peers": [
+                {
+                    "name": "admin-vpn-1",
+                    "public_key": base64.b64encode(vpn_peer_pub).decode(),
+                    "address": f"{ipaddress.ip_address(router_vpn) + 9}/32",
+                }
+            ],
+        },
+        "The router serves time to the CA segment (no upstream source is reachable from this test network); "
+        "one registered VPN peer.",
     )
     ca_host = next(iter(by_role["ca"]))
     _write_yaml(
