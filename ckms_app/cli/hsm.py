@@ -241,7 +241,12 @@ def run(args: argparse.Namespace, home: Path) -> int:
     presented: list[str] = []
     try:
         record = custody.CustodyRecord.load(home)
-        creds = custody.gather_credentials(args.share_file, args.passphrase_file)
+        _ = translator(getattr(args, "lang", None))
+        creds = custody.gather_credentials(
+            args.share_file,
+            args.passphrase_file,
+            prompt_text=_("passphrase of custodian {custodian} (share {index}): "),
+        )
         presented = sorted(c.sealed.custodian for c in creds)
         secret, names = custody.reconstruct(record, creds)
     except CustodyError as exc:

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ckms_app.hub.gateway import HubSettings, serve
+from ckms_app.hub.gateway import MAX_CONNECTIONS, MAX_PER_SOURCE, HubSettings, serve
 from ckms_app.hub.relay import CrlRelay, RelaySettings
 
 COMMAND = "hub"
@@ -52,6 +52,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     srv.add_argument("--bind", required=True, help="the hub's address on its segment (no default: never all)")
     srv.add_argument("--device-port", type=int, default=8443)
     srv.add_argument("--upload-port", type=int, default=8444)
+    srv.add_argument(
+        "--max-connections", type=int, default=MAX_CONNECTIONS, help="device connections held at once, in all"
+    )
+    srv.add_argument(
+        "--max-per-source",
+        type=int,
+        default=MAX_PER_SOURCE,
+        help="device connections held at once per address",
+    )
 
     relay = hub.add_parser("relay", help="carry the CA's CRL to the hub, checked (run on the terminal)")
     relay.add_argument("--crl-url", required=True, help="the CA's full CRL, http://…/crl/full.crl")
@@ -126,6 +135,8 @@ def _serve(args: argparse.Namespace) -> int:
         bind=args.bind,
         device_port=args.device_port,
         upload_port=args.upload_port,
+        max_connections=args.max_connections,
+        max_per_source=args.max_per_source,
     )
 
     async def main() -> None:

@@ -306,9 +306,14 @@ def read_share_file(path: Path) -> SealedShare:
 
 
 def gather_credentials(
-    share_files: Sequence[Path], passphrase_files: Sequence[Path], prompt: Prompt = getpass.getpass
+    share_files: Sequence[Path],
+    passphrase_files: Sequence[Path],
+    prompt: Prompt = getpass.getpass,
+    prompt_text: str = "passphrase of custodian {custodian} (share {index}): ",
 ) -> list[Credential]:
-    """Pair ``--share-file`` i with ``--passphrase-file`` i; prompt (no echo) for any passphrase missing."""
+    """Pair ``--share-file`` i with ``--passphrase-file`` i; prompt (no echo) for any passphrase missing.
+
+    ``prompt_text`` (fields ``custodian``, ``index``) is the caller's, in the person's language."""
     if len(passphrase_files) > len(share_files):
         raise CustodyError("more --passphrase-file than --share-file arguments")
     creds = []
@@ -317,9 +322,7 @@ def gather_credentials(
         if i < len(passphrase_files):
             passphrase = read_secret_file(passphrase_files[i])
         else:
-            passphrase = prompt(
-                f"passphrase of custodian {sealed.custodian} (share {sealed.header['index']}): "
-            )
+            passphrase = prompt(prompt_text.format(custodian=sealed.custodian, index=sealed.header["index"]))
         creds.append(Credential(sealed, passphrase))
     return creds
 

@@ -28,6 +28,7 @@ import ssl
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,10 @@ from ckms_app.hub.crl_check import CheckedCrl, check_crl
 CRL_FILE = "current.crl"
 MAX_CRL_BYTES = 64 * 1024 * 1024  # a 100,000-entry CRL is about 4 MB
 HANDSHAKE_TIMEOUT_S = 10.0
+# A device holds a connection for one handshake and one line; a source holding more is misbehaving (or a
+# flood), and one source must not take every thread of the hub from the others.
+MAX_CONNECTIONS = 256
+MAX_PER_SOURCE = 8
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,41 @@ class HubSettings:
     bind: str  # the hub's address on its segment; no default: never every interface by accident
     device_port: int = 8443
     upload_port: int = 8444
+    max_connections: int = MAX_CONNECTIONS
+    max_per_source: int = MAX_PER_SOURCE
+
+
+class ConnectionSlots:
+    """Device connections held at once, in all and per source address; refusals logged at most once a
+    second per source (a flood must not flood the log as well)."""
+
+    def __init__(self, total: int, per_source: int) -> None:
+        self._total, self._per_source = total, per_source
+        self._lock = threading.Lock()
+        self._held: dict[str, int] = {}
+        self._refused: dict[str, tuple[float, int]] = {}  # source -> (last logged, refused since)
+
+    def take(self, source: str) -> bool:
+        with self._lock:
+            if sum(self._held.values()) >= self._total or self._held.get(source, 0) >= self._per_source:
+                last, count = self._refused.get(source, (0.0, 0))
+                now = time.monotonic()
+                if now - last >= 1.0:
+                    _log("device.refused", source=source, reason="too many connections", refused=count + 1)
+                    self._refused[source] = (now, 0)
+                else:
+                    self._refused[source] = (last, count + 1)
+                return False
+            self._held[source] = self._held.get(source, 0) + 1
+            return True
+
+    def give(self, source: str) -> None:
+        with self._lock:
+            left = self._held.get(source, 0) - 1
+            if left > 0:
+                self._held[source] = left
+            else:
+                self._held.pop(source, None)
 
 
 def _log(event: str, **fields: Any) -> None:
@@ -74,6 +114,7 @@ class Hub:
         self._crl: CheckedCrl | None = None
         self._device_ctx: ssl.SSLContext | None = None
         self._upload_lock = asyncio.Lock()
+        self._slots = ConnectionSlots(settings.max_connections, settings.max_per_source)
         stored = settings.state_dir / CRL_FILE
         if stored.exists():
             try:
@@ -172,7 +213,13 @@ class Hub:
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
-                hub.device_connection(self.request, str(self.client_address[0]))
+                source = str(self.client_address[0])
+                if not hub._slots.take(source):
+                    return  # closed at once (socketserver shuts the socket down)
+                try:
+                    hub.device_connection(self.request, source)
+                finally:
+                    hub._slots.give(source)
 
         socketserver.ThreadingTCPServer.allow_reuse_address = True
         server = socketserver.ThreadingTCPServer((self._settings.bind, self._settings.device_port), Handler)
