@@ -371,7 +371,19 @@ def test_sudo_command_allowlist(host, evidence):
     evidence.add("automation account (checked by F.06.b.automation_account_scoped)", automation or "none")
     dropins = sorted(host.run("ls -A /etc/sudoers.d").stdout.split())
     evidence.add("sudoers.d", dropins)
+    # A grant that asks for the account's password is no grant when that password is locked (persons log
+    # in with keys): the administrator could not start the CA service, the auditor not read the journal.
+    shadow = {r.split(":")[0]: r.split(":")[1] for r in host.check_output("getent shadow").splitlines()}
+    unusable = [
+        f"{u}: {line}"
+        for u, lines in grants.items()
+        if u not in automation and shadow.get(u, "!")[:1] in ("!", "*", "")
+        for line in lines
+        if "NOPASSWD:" not in line
+    ]
+    evidence.add("grants that need a password the account does not have", unusable or "none")
     assert not broad, f"F.06 d: sudo grants beyond named commands: {broad}"
+    assert not unusable, f"F.06 d: sudo grants no one can use (password locked, no NOPASSWD): {unusable}"
 
 
 # ------------------------------------------------------------------------------------------ F.06 f
