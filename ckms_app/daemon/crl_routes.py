@@ -15,11 +15,15 @@ from ckms_app.store import queries
 async def crl_file(request: web.Request) -> web.Response:
     """``/crl/full.crl``, ``/crl/delta.crl``, ``/crl/base.crl``: the newest published CRL of that kind."""
     rt = runtime_of(request)
+    which = request.match_info["which"]
     with rt.reader.connect() as conn:
-        der = queries.latest_crl_der(conn, request.match_info["which"])
-    if der is None:
-        return web.Response(status=404, text="no CRL published yet\n")
-    return web.Response(body=der, content_type="application/pkix-crl")
+        number = queries.latest_crl_number(conn, which)
+        if number is None:
+            return web.Response(status=404, text="no CRL published yet\n")
+        served = rt.served_crls.get(which)
+        if served is None or served[0] != number:
+            served = rt.served_crls[which] = (number, queries.crl_der(conn, number))
+    return web.Response(body=served[1], content_type="application/pkix-crl")
 
 
 async def ca_certificate(request: web.Request) -> web.Response:

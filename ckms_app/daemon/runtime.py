@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from cryptography import x509
@@ -47,6 +47,9 @@ class Runtime:
     state: ServiceState  # the error state shared by all workers (E.36)
     guard: SigningGuard  # asked before every signature: error state + clock (A.33)
     purpose: str = "serve"  # why this process holds a token session (its hsm.session.* records)
+    # The newest CRL of each kind as served: (CRL number, DER). Re-read only when a newer one is published,
+    # so a CRL download allocates nothing as large as the CRL (a 100,000-entry CRL is ~4 MB).
+    served_crls: dict[str, tuple[int, bytes]] = field(default_factory=dict)
 
     async def close(self) -> None:
         """Release what :func:`open_runtime` opened: the token, its closing recorded (F.08), then the writer."""

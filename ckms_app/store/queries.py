@@ -75,10 +75,21 @@ def latest_crl(conn: Connection, kinds: tuple[str, ...]) -> Row[Any] | None:
     ).first()
 
 
-def latest_crl_der(conn: Connection, which: str) -> bytes | None:
-    """The newest published CRL: ``which`` is ``full`` (newest complete CRL), ``delta`` or ``base``."""
-    row = latest_crl(conn, _CRL_KINDS[which])
-    return None if row is None else bytes(row.der)
+def latest_crl_number(conn: Connection, which: str) -> int | None:
+    """The number of the newest published CRL of ``which`` (``full``, ``delta``, ``base``): an index read,
+    so a reader can keep the CRL's bytes until a newer one is published."""
+    number = conn.execute(
+        select(crls.c.crl_number)
+        .where(crls.c.kind.in_(_CRL_KINDS[which]))
+        .order_by(crls.c.crl_number.desc())
+        .limit(1)
+    ).scalar()
+    return None if number is None else int(number)
+
+
+def crl_der(conn: Connection, number: int) -> bytes:
+    """The DER of the published CRL with this number."""
+    return bytes(conn.execute(select(crls.c.der).where(crls.c.crl_number == number)).scalar_one())
 
 
 def ping(conn: Connection) -> None:
