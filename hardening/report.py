@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fnmatch
 import json
 import os
 import sys
@@ -43,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
+
+import yaml
 
 from hardening import levels, provenance, security_policy
 from hardening.attestations import AttestationError, is_procedural, load_attestations
@@ -146,6 +149,9 @@ TEXT = {
         "automated_items": "automated items passing",
         "search": "filter by text",
         "openscap": "Public baseline (OpenSCAP, supporting evidence)",
+        "openscap_content": "content",
+        "openscap_excluded": "fail: listed limits of the host",
+        "openscap_open": "fail: other",
     },
     "ja": {
         "title": "ckms 堅牢化レポート",
@@ -230,6 +236,9 @@ TEXT = {
         "automated_items": "自動検証項目の合格数",
         "search": "文字列で絞り込み",
         "openscap": "公開ベースライン（OpenSCAP、補足の証跡）",
+        "openscap_content": "コンテンツ",
+        "openscap_excluded": "不合格：一覧にあるホストの制約",
+        "openscap_open": "不合格：それ以外",
     },
 }
 
@@ -686,13 +695,25 @@ def _provenance_markdown(prov: Mapping[str, Any] | None, t: Mapping[str, str]) -
     return lines + [""]
 
 
+BASELINE_EXCLUSIONS = Path(__file__).resolve().parent / "baseline_exclusions.yml"
+
+
 def load_openscap(directory: Path | None) -> list[dict[str, Any]]:
-    """The OpenSCAP summaries (``make baseline``) of ``directory``, each with its HTML report's name."""
+    """The OpenSCAP summaries (``make baseline``) of ``directory``, each with its HTML report's name and its
+    failing rules split into those ``hardening/baseline_exclusions.yml`` lists as limits of the host (with
+    their kind) and the others; check:F.06.l.public_baseline_anssi judges them (conditional exclusions too)."""
+    exclusions = (yaml.safe_load(BASELINE_EXCLUSIONS.read_text()) or {}).get("profiles") or {}
     out = []
     for path in sorted(directory.glob("*.json")) if directory and directory.is_dir() else []:
         doc = json.loads(path.read_text())
         html_file = path.with_suffix(".html")
         counts = doc.get("counts", {})
+        failing = [r["id"] for r in doc.get("rules", []) if r.get("result") in ("fail", "error", "unknown")]
+        listed = exclusions.get(doc.get("profile")) or []
+        kind = {
+            rule: next((x["kind"] for x in listed if fnmatch.fnmatchcase(rule, x["rule"])), None)
+            for rule in failing
+        }
         out.append(
             {
                 "host": doc.get("host"),
@@ -700,9 +721,9 @@ def load_openscap(directory: Path | None) -> list[dict[str, Any]]:
                 "evaluated_at": doc.get("end_time"),
                 "content": doc.get("content"),
                 "counts": counts,
-                "failing": [
-                    r["id"] for r in doc.get("rules", []) if r.get("result") in ("fail", "error", "unknown")
-                ],
+                "failing": failing,
+                "excluded": [f"{rule} ({kind[rule]})" for rule in failing if kind[rule]],
+                "open": [rule for rule in failing if not kind[rule]],
                 "html": f"{path.parent.name}/{html_file.name}" if html_file.exists() else None,
             }
         )
@@ -716,13 +737,15 @@ def _openscap_markdown(runs: list[dict[str, Any]], t: dict[str, str]) -> list[st
         "",
         f"## {t['openscap']}",
         "",
-        f"| {t['host']} | profile | pass | fail | {t['evidence']} |",
-        "| --- | --- | --- | --- | --- |",
+        f"| {t['host']} | profile | {t['openscap_content']} | pass | {t['openscap_excluded']} | "
+        f"{t['openscap_open']} | {t['evidence']} |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
         c = r["counts"]
         lines.append(
-            f"| {r['host']} | {r['profile']} | {c.get('pass', 0)} | {c.get('fail', 0)} | {r['html'] or ''} |"
+            f"| {r['host']} | {r['profile']} | {r['content']} | {c.get('pass', 0)} | {len(r['excluded'])} | "
+            f"{', '.join(r['open']) or 0} | {r['html'] or ''} |"
         )
     return lines
 

@@ -307,8 +307,10 @@ def render(
             + "".join(
                 f"<tr><td>{e(str(o['host']))}</td><td><code>{e(str(o['profile']))}</code><br>{e(str(o['content']))}, "
                 f"{e(str(o['evaluated_at']))}</td><td>{e(', '.join(f'{k} {v}' for k, v in sorted(o['counts'].items())))}"
-                f"</td><td>{_link_local(o['html']) if o['html'] else ''}<details><summary>fail/error/unknown "
-                f"({len(o['failing'])})</summary><pre>{e(chr(10).join(o['failing']))}</pre></details></td></tr>"
+                f"</td><td>{_link_local(o['html']) if o['html'] else ''}<details><summary>{e(t['openscap_excluded'])} "
+                f"({len(o['excluded'])})</summary><pre>{e(chr(10).join(o['excluded']))}</pre></details>"
+                f"<details open><summary>{e(t['openscap_open'])} ({len(o['open'])})</summary>"
+                f"<pre>{e(chr(10).join(o['open']))}</pre></details></td></tr>"
                 for o in extras.openscap
             )
             + "</table>"
