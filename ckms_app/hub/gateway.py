@@ -74,11 +74,12 @@ class ConnectionSlots:
         self._total, self._per_source = total, per_source
         self._lock = threading.Lock()
         self._held: dict[str, int] = {}
+        self._in_use = 0
         self._refused: dict[str, tuple[float, int]] = {}  # source -> (last logged, refused since)
 
     def take(self, source: str) -> bool:
         with self._lock:
-            if sum(self._held.values()) >= self._total or self._held.get(source, 0) >= self._per_source:
+            if self._in_use >= self._total or self._held.get(source, 0) >= self._per_source:
                 last, count = self._refused.get(source, (0.0, 0))
                 now = time.monotonic()
                 if now - last >= 1.0:
@@ -88,11 +89,16 @@ class ConnectionSlots:
                     self._refused[source] = (last, count + 1)
                 return False
             self._held[source] = self._held.get(source, 0) + 1
+            self._in_use += 1
+            self._refused.pop(source, None)  # a source that gets in again starts a new refusal count
             return True
 
     def give(self, source: str) -> None:
         with self._lock:
-            left = self._held.get(source, 0) - 1
+            if source not in self._held:
+                return
+            self._in_use -= 1
+            left = self._held[source] - 1
             if left > 0:
                 self._held[source] = left
             else:
