@@ -19,14 +19,19 @@ ANYWHERE = "0.0.0.0/0"
 # Segment names are short: they become parts of network interface names in the lab.
 CA_SEGMENT = "ca"
 FACTORY_LAN = "lan"
+IOT_SEGMENT = "iot"
 MANAGEMENT = "mgmt"
 VPN = "vpn"
+#: Segments hosts are plugged into besides management, in the order their interfaces are numbered.
+DATA_SEGMENTS = (CA_SEGMENT, FACTORY_LAN, IOT_SEGMENT)
 
 EST_PORT = 8443
 CRL_PORT = 8080
 SSH_PORT = 22
 NTP_PORT = 123
 POSTGRES_PORT = 5432
+HUB_DEVICE_PORT = 8443
+HUB_UPLOAD_PORT = 8444
 
 
 class ModelError(ValueError):
@@ -49,6 +54,16 @@ class Host:
 
     def address(self, segment: str) -> str:
         return self.addresses[segment]
+
+    @property
+    def data_segments(self) -> tuple[str, ...]:
+        """The segments this host is plugged into besides management, in interface order."""
+        return tuple(s for s in DATA_SEGMENTS if s in self.addresses)
+
+    @property
+    def data_address(self) -> str:
+        """The host's address on its first data segment (what flows name it by)."""
+        return self.addresses[self.data_segments[0]]
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,11 @@ class Environment:
             if s.name == name:
                 return s
         raise ModelError(f"no segment {name!r}")
+
+    def host_segments(self) -> tuple[str, ...]:
+        """Data segments with at least one host on them (the VPN is the router's, not a switch)."""
+        used = {s for h in self.hosts for s in h.data_segments}
+        return tuple(s for s in DATA_SEGMENTS if s in used)
 
     def hosts_with_role(self, role: str) -> list[Host]:
         return [h for h in self.hosts if h.role == role]
@@ -127,13 +147,32 @@ def default_flows(with_db: bool = False, with_hub: bool = False) -> list[dict]:
         },
         {
             "name": "crl",
-            "src": ["terminal", "hub"] if with_hub else ["terminal"],
+            "src": ["terminal"],
             "dst": ["ca"],
             "proto": "tcp",
             "port": CRL_PORT,
-            "purpose": "CRL download over HTTP by the hub / terminal",
+            "purpose": "CRL download over HTTP by the terminal (it carries CRLs on to the hub; A.46)",
         },
     ]
+    if with_hub:
+        flows += [
+            {
+                "name": "crl-relay",
+                "src": ["terminal"],
+                "dst": ["hub"],
+                "proto": "tcp",
+                "port": HUB_UPLOAD_PORT,
+                "purpose": "the terminal's CRL relay uploads each checked CRL to the IoT hub (A.37)",
+            },
+            {
+                "name": "device-line-test",
+                "src": ["terminal"],
+                "dst": ["hub"],
+                "proto": "tcp",
+                "port": HUB_DEVICE_PORT,
+                "purpose": "the production line checks a freshly enrolled device against the hub (drills)",
+            },
+        ]
     if with_db:
         flows.append(
             {
@@ -167,8 +206,9 @@ def build_environment(
 ) -> Environment:
     """Build the environment. Addresses are laid out from ``network`` (a /16):
 
-    management .0/24 (controller .1), CA segment .10/24, factory LAN .20/24, VPN .30/24;
-    router .1 on CA segment and LAN, CA nodes .10+, db .20, terminal .10, admin .20, hub .30, rogue .66.
+    management .0/24 (controller .1), CA segment .10/24, factory LAN .20/24, VPN .30/24, IoT segment
+    .40/24 (with a hub); router .1 on each routed segment, CA nodes .10+, db .20, terminal .10, admin .20,
+    rogue .66 (factory LAN), hub .10 (IoT segment).
     """
     if kind not in ("lab", "onprem", "aws"):
         raise ModelError(f"unknown environment kind {kind!r}")
@@ -185,20 +225,27 @@ def build_environment(
     def addr(n: ipaddress.IPv4Network, host: int) -> str:
         return str(n.network_address + host)
 
-    mgmt, ca_seg, lan, vpn = sub(0), sub(10), sub(20), sub(30)
+    mgmt, ca_seg, lan, vpn, iot = sub(0), sub(10), sub(20), sub(30), sub(40)
     segments = (
         Segment(MANAGEMENT, str(mgmt), "management network: controller to every host (SSH only)"),
         Segment(CA_SEGMENT, str(ca_seg), "CA segment: CA server(s) with HSM, database", addr(ca_seg, 1)),
-        Segment(FACTORY_LAN, str(lan), "factory LAN: terminal, registered admin PC, hub", addr(lan, 1)),
+        Segment(FACTORY_LAN, str(lan), "factory LAN: terminal, registered admin PC", addr(lan, 1)),
         Segment(VPN, str(vpn), "emergency administration VPN (WireGuard on the router)", addr(vpn, 1)),
     )
+    if with_hub:  # toy model: the hub and its devices sit apart from the factory LAN and the CA
+        segments += (
+            Segment(IOT_SEGMENT, str(iot), "IoT segment: the hub and the devices it serves", addr(iot, 1)),
+        )
     hosts: list[Host] = []
     mgmt_next = iter(range(10, 250))
 
     def add(hname: str, role: str, **addrs: str) -> None:
         hosts.append(Host(hname, role, {MANAGEMENT: addr(mgmt, next(mgmt_next)), **addrs}))
 
-    add("router", "router", ca=addr(ca_seg, 1), lan=addr(lan, 1), vpn=addr(vpn, 1))
+    router_addrs = {CA_SEGMENT: addr(ca_seg, 1), FACTORY_LAN: addr(lan, 1), VPN: addr(vpn, 1)}
+    if with_hub:
+        router_addrs[IOT_SEGMENT] = addr(iot, 1)
+    add("router", "router", **router_addrs)
     for i in range(ca_count):
         add(f"ca{i + 1}", "ca", ca=addr(ca_seg, 10 + i))
     if with_db:
@@ -206,7 +253,7 @@ def build_environment(
     add("terminal", "terminal", lan=addr(lan, 10))
     add("admin", "admin", lan=addr(lan, 20))
     if with_hub:
-        add("hub", "hub", lan=addr(lan, 30))
+        add("hub", "hub", **{IOT_SEGMENT: addr(iot, 10)})
     if with_rogue:  # unregistered host on the factory LAN, for negative tests
         add("rogue", "rogue", lan=addr(lan, 66))
 
@@ -218,11 +265,7 @@ def build_environment(
         "anywhere": (ANYWHERE,),
     }
     for role in ROLES:
-        endpoints[role] = tuple(
-            f"{h.addresses.get(CA_SEGMENT) or h.addresses.get(FACTORY_LAN)}/32"
-            for h in env_hosts
-            if h.role == role
-        )
+        endpoints[role] = tuple(f"{h.data_address}/32" for h in env_hosts if h.role == role)
 
     resolved = []
     for f in flows if flows is not None else default_flows(with_db, with_hub):

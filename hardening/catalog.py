@@ -64,6 +64,7 @@ ROLES = (
     "hsm_client",
     "ckms_ca",
     "backup",
+    "iot_hub",
 )
 
 ITEM_ID_RE = re.compile(r"^(?P<chapter>[AEF])\.(?P<num>\d{2})$")

@@ -227,8 +227,13 @@ class Hub:
                 finally:
                     hub._slots.give(source)
 
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        server = socketserver.ThreadingTCPServer((self._settings.bind, self._settings.device_port), Handler)
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            # socketserver's default backlog of 5 would drop a fleet's reconnect burst before the slots
+            # (max_connections) ever see it
+            request_queue_size = 128
+
+        server = Server((self._settings.bind, self._settings.device_port), Handler)
         server.daemon_threads = True
         return server
 

@@ -500,8 +500,9 @@ def test_only_modelled_flows_allowed(host, request, evidence):
         pytest.skip("A.46: no CA segment address in this inventory (no lab network)")
     ports = sorted({int(f["port"]) for f in flows if "ca" in f["dst"] and f["proto"] == "tcp"} | {22})
     got, wrong = {}, []
-    peers = {role: _peer(request, role) for role in ("terminal", "admin", "rogue")}
-    for role in ("terminal", "admin", "rogue"):
+    # the hub (toy model) has no flow to the CA at all: its CRLs come through the terminal (A.46)
+    peers = {role: _peer(request, role) for role in ("terminal", "admin", "rogue", "hub")}
+    for role in ("terminal", "admin", "rogue", "hub"):
         peer = peers[role]
         if peer is None:
             continue
@@ -512,14 +513,24 @@ def test_only_modelled_flows_allowed(host, request, evidence):
             got[f"{role} -> ca {ca_ip}:{port}"] = {"reached": ok, "modelled": allowed}
             if ok != allowed:
                 wrong.append(f"{role} -> {port}: reached={ok}, modelled={allowed}")
-    # outbound: the CA opens no connection to the LAN devices (the only modelled CA-initiated flow is NTP)
+    # outbound: the CA opens no connection to the LAN devices or the hub (the only modelled CA-initiated
+    # flow is NTP)
     lans = {}
-    for role in ("terminal", "admin"):
+    for role in ("terminal", "admin", "hub"):
         peer = peers[role]
-        lan = (policy(peer, "ckms_addresses") or {}).get("lan") if peer is not None else None
+        addrs = (policy(peer, "ckms_addresses") or {}) if peer is not None else {}
+        lan = addrs.get("lan") or addrs.get("iot")
         if lan:
             lans[lan] = role
-    reached = _reach(host, [(lan, port) for lan in lans for port in (22, 443)])
+    hub_ports = sorted({int(f["port"]) for f in flows if "hub" in f["dst"] and f["proto"] == "tcp"})
+    reached = _reach(
+        host,
+        [
+            (lan, port)
+            for lan in lans
+            for port in ((22, 443, *hub_ports) if lans[lan] == "hub" else (22, 443))
+        ],
+    )
     for (lan, port), ok in reached.items():
         role = lans[lan]
         allowed = any("ca" in f["src"] and role in f["dst"] and int(f["port"]) == port for f in flows)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 
 import pulumi
-from ckms_lab.model import CA_SEGMENT, FACTORY_LAN, MANAGEMENT, Environment
+from ckms_lab.model import MANAGEMENT, Environment
 
 from .firewall import egress_for_role, ingress_for_role, management_ingress
 
@@ -54,7 +54,7 @@ class AwsBackend:
             opts,
         )
         subnets, tables = {}, {}
-        for seg in (MANAGEMENT, CA_SEGMENT, FACTORY_LAN):
+        for seg in (MANAGEMENT, *env.host_segments()):
             subnets[seg] = _Res(
                 "aws:ec2/subnet:Subnet",
                 f"subnet-{seg}",
@@ -98,7 +98,7 @@ class AwsBackend:
         for host in env.hosts:
             if host.role in ("router", "rogue"):
                 continue
-            seg = CA_SEGMENT if CA_SEGMENT in host.addresses else FACTORY_LAN
+            seg = host.data_segments[0]
             _Res(
                 "aws:ec2/instance:Instance",
                 f"instance-{host.name}",

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import pulumi
 from ckms_lab import paths
-from ckms_lab.model import CA_SEGMENT, FACTORY_LAN, MANAGEMENT, Environment
+from ckms_lab.model import MANAGEMENT, Environment
 from ckms_lab.provider import LabHost, LabSegment
 
 
 class LabBackend:
-    """Segments ``mgmt`` (controller bridge), ``ca`` and ``lan`` (switch namespaces); one host each."""
+    """Segment ``mgmt`` (controller bridge) and each data segment the model uses (``ca``, ``lan``, ``iot``:
+    switch namespaces); one local host per modelled host."""
 
     def __init__(self, lab: str = "lab") -> None:
         self.lab = lab
 
     def build(self, env: Environment, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output]:
         segments = {}
-        for seg in (MANAGEMENT, CA_SEGMENT, FACTORY_LAN):
+        for seg in (MANAGEMENT, *env.host_segments()):
             props = {
                 "lab": self.lab,
                 "name": seg,
@@ -33,7 +34,7 @@ class LabBackend:
                     "address": f"{host.address(MANAGEMENT)}/{prefix[MANAGEMENT]}",
                 }
             ]
-            for i, seg in enumerate(s for s in (CA_SEGMENT, FACTORY_LAN) if s in host.addresses):
+            for i, seg in enumerate(host.data_segments):
                 gw = None if host.role == "router" else env.segment(seg).gateway
                 nics.append(
                     {

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 import pulumi
-from ckms_lab.model import CA_SEGMENT, FACTORY_LAN, MANAGEMENT, Environment, render_nftables
+from ckms_lab.model import MANAGEMENT, Environment, render_nftables
 
 from .firewall import ingress_for_role, management_ingress
 
@@ -37,7 +37,7 @@ class OnpremBackend:
 
     def build(self, env: Environment, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output]:
         networks = {}
-        for seg in (MANAGEMENT, CA_SEGMENT, FACTORY_LAN):
+        for seg in (MANAGEMENT, *env.host_segments()):
             networks[seg] = _Res(
                 "libvirt:index/network:Network",
                 f"net-{seg}",

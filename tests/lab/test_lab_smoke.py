@@ -1,6 +1,6 @@
 """Lab smoke test: the stack comes up as the model says, every host answers SSH with systemd
 running, the terminal reaches the CA segment only through the router, the rogue host sits on the
-factory LAN, and a preview right after ``up`` shows no changes. Teardown is checked by the fixture.
+factory LAN, the hub on a segment of its own, and a preview right after ``up`` shows no changes. Teardown is checked by the fixture.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ KNOWN_BENIGN_FAILED: set[str] = set()
 
 
 def test_every_host_answers_ssh_with_systemd_running(lab):
-    assert set(lab.hosts) == {"router", "ca1", "terminal", "admin", "rogue"}
+    assert set(lab.hosts) == {"router", "ca1", "terminal", "admin", "rogue", "hub"}
     for name in lab.hosts:
         state = lab.ssh(name, "systemctl is-system-running --wait", check=False).stdout.strip()
         listed = lab.ssh(name, "systemctl list-units --failed --plain --no-legend", check=False).stdout
@@ -60,8 +60,23 @@ def test_rogue_host_is_on_the_factory_lan(lab):
 def test_router_forwards_and_owns_both_segments(lab):
     assert lab.ssh("router", "cat /proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
     addrs = lab.ssh("router", "ip -4 -o addr show").stdout
-    for seg in ("ca", "lan"):
+    for seg in ("ca", "lan", "iot"):
         assert lab.hosts["router"]["addresses"][seg] in addrs
+
+
+def test_hub_sits_on_its_own_segment_behind_the_router(lab):
+    """The toy model's IoT hub: alone on the IoT segment, every other segment only through the router."""
+    hub = lab.hosts["hub"]["addresses"]["iot"]
+    assert lab.ssh("hub", "ip -4 -o addr show dev eth0").stdout.count(f"{hub}/24") == 1
+    ports = subprocess.run(
+        ["ip", "-n", f"ckms-{LAB}-sw-iot", "-o", "link", "show", "master", "br0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "hub-eth0" in ports and "router-eth2" in ports and "terminal" not in ports
+    route = lab.ssh("terminal", f"ip -4 route get {hub}").stdout
+    assert f"via {lab.hosts['router']['addresses']['lan']} dev eth0" in route
 
 
 def test_inventory_matches_stack(lab):
@@ -69,8 +84,15 @@ def test_inventory_matches_stack(lab):
 
     inv = yaml.safe_load(lab.inventory.read_text())["all"]
     assert set(inv["hosts"]) == set(lab.hosts)
-    assert set(inv["children"]) == {"router", "ca", "terminal", "admin", "rogue"}
-    assert {f["name"] for f in inv["vars"]["ckms_flows"]} == {"est", "admin-ssh", "ntp", "crl"}
+    assert set(inv["children"]) == {"router", "ca", "terminal", "admin", "rogue", "hub"}
+    assert {f["name"] for f in inv["vars"]["ckms_flows"]} == {
+        "est",
+        "admin-ssh",
+        "ntp",
+        "crl",
+        "crl-relay",
+        "device-line-test",
+    }
     assert (lab.inventory.parent / "known_hosts").read_text().count("ssh-ed25519") == len(lab.hosts)
     listed = subprocess.run(
         [str(REPO / ".venv/bin/ansible-inventory"), "-i", str(lab.inventory), "--list"],

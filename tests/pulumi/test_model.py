@@ -55,6 +55,31 @@ def test_flows_are_exactly_the_guidance_list():
     assert not any("10.231.20.66/32" in f.src_cidrs + f.dst_cidrs for f in env.flows)
 
 
+def test_hub_sits_on_its_own_segment_and_only_the_terminal_reaches_it():
+    env = build_environment("lab", "lab", with_hub=True)
+    assert [s.name for s in env.segments] == ["mgmt", "ca", "lan", "vpn", "iot"]
+    assert env.host_segments() == ("ca", "lan", "iot")
+    hub = env.host("hub")
+    assert set(hub.addresses) == {"mgmt", "iot"} and hub.data_address == "10.231.40.10"
+    assert env.host("router").addresses["iot"] == env.segment("iot").gateway == "10.231.40.1"
+    got = {(f.name, f.port): (f.src_cidrs, f.dst_cidrs) for f in env.flows if "hub" in f.src + f.dst}
+    term = ("10.231.20.10/32",)
+    assert got == {
+        ("crl-relay", 8444): (term, ("10.231.40.10/32",)),
+        ("device-line-test", 8443): (term, ("10.231.40.10/32",)),
+    }
+    # A.46: nothing of the hub's reaches the CA; the CRL flow is the terminal's alone
+    crl = next(f for f in env.flows if f.name == "crl")
+    assert crl.src == ("terminal",)
+    assert not any(c.startswith("10.231.40.") for f in env.flows if "ca" in f.dst for c in f.src_cidrs)
+
+
+def test_without_a_hub_there_is_no_iot_segment():
+    env = build_environment("onprem", "onprem")
+    assert "iot" not in [s.name for s in env.segments] and env.host_segments() == ("ca", "lan")
+    assert not any(f.name in ("crl-relay", "device-line-test") for f in env.flows)
+
+
 def test_unknown_endpoint_and_bad_port_are_rejected():
     flows = default_flows() + [{"name": "x", "src": ["nobody"], "dst": ["ca"], "proto": "tcp", "port": 1}]
     with pytest.raises(ModelError, match="unknown endpoint"):

@@ -63,17 +63,29 @@ def test_lab_stack_wires_hosts_as_the_model_says(deploy):
     mocks, out = deploy("lab")
     hosts = {r.inputs["name"]: r.inputs for r in mocks.resources if r.type.endswith("ckms:LabHost")}
     segs = {r.inputs["name"]: r.inputs for r in mocks.resources if r.type.endswith("ckms:LabSegment")}
-    assert set(segs) == {"mgmt", "ca", "lan"} and segs["mgmt"]["controller_address"] == "10.231.0.1/24"
-    assert set(hosts) == {"router", "ca1", "terminal", "admin", "rogue"}
+    assert set(segs) == {"mgmt", "ca", "lan", "iot"} and segs["mgmt"]["controller_address"] == "10.231.0.1/24"
+    assert set(hosts) == {"router", "ca1", "terminal", "admin", "rogue", "hub"}
     nic_segs = {
         n: [(x["ifname"], x["segment"], x.get("gateway")) for x in h["nics"]] for n, h in hosts.items()
     }
-    assert nic_segs["router"] == [("mgmt0", "mgmt", None), ("eth0", "ca", None), ("eth1", "lan", None)]
+    assert nic_segs["router"] == [
+        ("mgmt0", "mgmt", None),
+        ("eth0", "ca", None),
+        ("eth1", "lan", None),
+        ("eth2", "iot", None),
+    ]
     assert nic_segs["terminal"] == [("mgmt0", "mgmt", None), ("eth0", "lan", "10.231.20.1")]
     assert nic_segs["rogue"] == [("mgmt0", "mgmt", None), ("eth0", "lan", "10.231.20.1")]
     assert nic_segs["ca1"] == [("mgmt0", "mgmt", None), ("eth0", "ca", "10.231.10.1")]
+    # the toy model's hub sits on a segment of its own, reached through the router
+    assert nic_segs["hub"] == [("mgmt0", "mgmt", None), ("eth0", "iot", "10.231.40.1")]
     assert hosts["router"]["ip_forward"] and not hosts["ca1"]["ip_forward"]
     assert out["hosts"]["ca1"]["mgmt_address"] == "10.231.0.11"
+    # A.46: the CA talks to the terminal only; the hub gets its CRLs from the terminal's relay
+    flows = {f["name"]: f for f in out["flows"]}
+    assert {"crl-relay", "device-line-test"} <= set(flows)
+    assert not any("hub" in f["src"] and "ca" in f["dst"] for f in out["flows"])
+    assert list(flows["crl-relay"]["dst_cidrs"]) == ["10.231.40.10/32"]
 
 
 WIDENED = [

@@ -42,6 +42,7 @@ def test_every_role_is_covered():
             "hsm_client",
             "ids",
             "integrity",
+            "iot_hub",
             "ntp",
             "os_hardening",
             "router",
