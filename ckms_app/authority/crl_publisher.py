@@ -89,6 +89,7 @@ class CrlPublisher:
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
             ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         )
+        self._key_id = self._aki.key_identifier.hex() if self._aki.key_identifier else None
         self._delta_url = f"{config.server.crl_base_url}/delta.crl"
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -229,6 +230,7 @@ class CrlPublisher:
                 "next_update": full_next,
                 "max_revocation_id": max_id,
                 "der": full_der,
+                "issuer_key_id": self._key_id,
             },
             {
                 "crl_number": number + 1,
@@ -238,6 +240,7 @@ class CrlPublisher:
                 "next_update": delta_next,
                 "max_revocation_id": max_id,
                 "der": delta_der,
+                "issuer_key_id": self._key_id,
             },
         ]
         audit = event(

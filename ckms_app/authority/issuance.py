@@ -34,6 +34,7 @@ from ckms_app.store.point_reads import PointReader
 from ckms_app.store.schema import audit_events, certificates, utcnow
 from ckms_app.store.writer import GroupCommitWriter, Inserts
 from ckms_app.x509.csr_policy import CheckedCsr, check_csr, public_key_sha256
+from ckms_app.x509.key_ids import issuer_key_id, subject_key_id
 from ckms_app.x509.profiles import EndEntityTemplate, new_serial
 
 
@@ -74,8 +75,10 @@ def certificate_row(
     csr_sha256: str | None,
     pubkey_sha256: str,
     sans: tuple[x509.GeneralName, ...] | None = None,
+    issuer: str | None = None,
 ) -> dict[str, object]:
-    """The ``certificates`` row. ``sans``, when the caller already has them, saves re-parsing the extensions."""
+    """The ``certificates`` row. ``sans`` and ``issuer`` (the issuing key's identifier), when the caller
+    already has them, save re-parsing the extensions."""
     if sans is None:
         try:
             sans = tuple(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
@@ -95,6 +98,7 @@ def certificate_row(
         "pubkey_sha256": pubkey_sha256,
         "status": "valid",
         "der": der,
+        "issuer_key_id": issuer if issuer is not None else issuer_key_id(cert),
     }
 
 
@@ -126,6 +130,7 @@ class Issuer:
             )
         )
         self._ca_pubkey_sha256 = public_key_sha256(ca_cert.public_key())
+        self._ca_key_id = subject_key_id(ca_cert)  # every certificate's issuer_key_id
         # e.g. "sha256": the CA's signature algorithm, for csrattrs
         self.hash_name = signer.hash_algorithm.name
         base = config.server.crl_base_url
@@ -267,6 +272,7 @@ class Issuer:
             csr_sha256=checked.csr_sha256,
             pubkey_sha256=checked.pubkey_sha256,
             sans=checked.sans,
+            issuer=self._ca_key_id,
         )
         serial = serial_hex(cert.serial_number)  # the row's "serial"
         audit = event(

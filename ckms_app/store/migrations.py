@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from cryptography import x509
 from sqlalchemy import (
     inspect,
     select,
@@ -165,12 +166,77 @@ def _migration_4(conn: Connection) -> None:
     )
 
 
+def _key_id(der: bytes, own: bool) -> str | None:
+    """A certificate's own key identifier (``own``) or its issuer's (AKI; a self-signed one's SKI).
+    Frozen with migration 5: it parses with cryptography directly (the store sits below ckms_app.x509)."""
+    cert = x509.load_der_x509_certificate(der)
+    ext = cert.extensions
+    if not own:
+        try:
+            aki = ext.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+        except x509.ExtensionNotFound:
+            aki = None
+        if aki is not None:
+            return aki.hex()
+        if cert.issuer != cert.subject:
+            return None
+    try:
+        return ext.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _migration_5(conn: Connection) -> None:
+    """The issuing key of every certificate and CRL (``issuer_key_id``), for CA key rollover: after it
+    two keys of one CA (same name) sign side by side, so certificates and CRLs are told apart by key.
+
+    Before this version a CA had exactly one key, so the backfill is one UPDATE with that key's
+    identifier (the SKI of the ``ca`` row) for the certificates it issued and for its CRLs; only the
+    ``ca`` rows themselves (and a database that holds no or several CA keys) are parsed one by one."""
+    for table in (certificates, crls):
+        present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+        if "issuer_key_id" not in present:
+            column = table.c.issuer_key_id
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"
+            )
+    if "ix_certificates_issuer_not_after" not in {
+        i["name"] for i in inspect(conn).get_indexes("certificates")
+    }:
+        for index in certificates.indexes:
+            if index.name == "ix_certificates_issuer_not_after":
+                index.create(conn)
+    ca_rows = conn.execute(
+        select(certificates.c.serial, certificates.c.der).where(certificates.c.kind == "ca")
+    ).all()
+    ca_keys = {_key_id(row.der, own=True) for row in ca_rows} - {None}
+    for row in ca_rows:
+        conn.execute(
+            update(certificates)
+            .where(certificates.c.serial == row.serial)
+            .values(issuer_key_id=_key_id(row.der, own=False))
+        )
+    pending = certificates.c.issuer_key_id.is_(None)
+    if len(ca_keys) == 1:
+        (ca_key,) = ca_keys
+        conn.execute(update(certificates).where(pending).values(issuer_key_id=ca_key))
+        conn.execute(update(crls).where(crls.c.issuer_key_id.is_(None)).values(issuer_key_id=ca_key))
+        return
+    for row in conn.execute(select(certificates.c.serial, certificates.c.der).where(pending)).all():
+        conn.execute(
+            update(certificates)
+            .where(certificates.c.serial == row.serial)
+            .values(issuer_key_id=_key_id(row.der, own=False))
+        )
+
+
 # Ordered, append-only. A migration never changes once released; add a new one instead.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
     (4, _migration_4),
+    (5, _migration_5),
 ]
 
 

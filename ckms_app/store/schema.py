@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -59,6 +60,9 @@ certificates = Table(
     Column("pubkey_sha256", String(64), nullable=False, index=True),
     Column("status", String(8), nullable=False),  # valid | revoked
     Column("der", LargeBinary, nullable=False),
+    # the issuing CA key's identifier (its SKI, lower-case hex): names cannot tell a rolled-over CA's keys apart
+    Column("issuer_key_id", String(64), nullable=True),
+    Index("ix_certificates_issuer_not_after", "issuer_key_id", "not_after"),
 )
 
 revocations = Table(
@@ -81,6 +85,7 @@ crls = Table(
     Column("next_update", UtcDateTime(), nullable=False),
     Column("max_revocation_id", Integer, nullable=False),
     Column("der", LargeBinary, nullable=False),
+    Column("issuer_key_id", String(64), nullable=True),  # the signing CA key's SKI (lower-case hex)
 )
 
 entities = Table(
