@@ -4,7 +4,9 @@
                  prints the certificate's SHA-256 fingerprint for the relay and devices to pin;
 * ``hub serve``  the hub's gateway (device listener + CRL upload listener), see :mod:`ckms_app.hub.gateway`;
 * ``hub relay``  on the terminal: CA → checks → hub, once or every ``--interval`` seconds; on a failed
-                 round it runs ``--alert-command`` (the message on stdin) and exits 1 with ``--once``;
+                 round it runs ``--alert-command`` (the message on stdin) and exits 1 with ``--once``.
+                 ``--crl-url`` is repeated once per CA key (after a key rollover the old key's CRL and the
+                 new key's are both relayed); ``--ca-cert`` of ``serve`` and ``relay`` may hold several CAs;
 * ``hub connect`` a device's view: connect to the hub with a certificate and key, print what happened
                  (``accepted`` / ``refused``), exit 0 only when accepted (drills and checks use it).
 """
@@ -48,7 +50,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
     srv = hub.add_parser("serve", help="run the hub: devices refused when the newest CRL lists them")
     srv.add_argument("--state-dir", type=Path, required=True)
-    srv.add_argument("--ca-cert", type=Path, required=True, help="the private CA's certificate (PEM)")
+    srv.add_argument(
+        "--ca-cert",
+        type=Path,
+        required=True,
+        help="the private CA's certificates (PEM; several during a key rollover)",
+    )
     srv.add_argument("--bind", required=True, help="the hub's address on its segment (no default: never all)")
     srv.add_argument("--device-port", type=int, default=8443)
     srv.add_argument("--upload-port", type=int, default=8444)
@@ -63,11 +70,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     )
 
     relay = hub.add_parser("relay", help="carry the CA's CRL to the hub, checked (run on the terminal)")
-    relay.add_argument("--crl-url", required=True, help="the CA's full CRL, http://…/crl/full.crl")
-    relay.add_argument("--ca-cert", type=Path, required=True)
+    relay.add_argument(
+        "--crl-url",
+        action="append",
+        required=True,
+        help="a CA key's full CRL, http://…/crl/full.crl; repeat once per CA key",
+    )
+    relay.add_argument(
+        "--ca-cert",
+        type=Path,
+        required=True,
+        help="the private CA's certificates (PEM; several during a key rollover)",
+    )
     relay.add_argument("--hub-url", required=True, help="the hub's upload listener, https://hub:8444")
     relay.add_argument("--hub-cert", type=Path, required=True, help="the hub's pinned certificate (PEM)")
-    relay.add_argument("--state-file", type=Path, required=True, help="remembers the last CRL number relayed")
+    relay.add_argument(
+        "--state-file", type=Path, required=True, help="remembers the last CRL number relayed per CA key"
+    )
     relay.add_argument("--interval", type=float, default=60.0, help="seconds between rounds (default 60)")
     relay.add_argument("--once", action="store_true", help="one round; exit 1 if the hub is not current")
     relay.add_argument("--alert-command", help="run with the problem on stdin when a round fails")
@@ -151,7 +170,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _relay(args: argparse.Namespace) -> int:
-    relay = CrlRelay(RelaySettings(args.crl_url, args.ca_cert, args.hub_url, args.hub_cert, args.state_file))
+    relay = CrlRelay(
+        RelaySettings(tuple(args.crl_url), args.ca_cert, args.hub_url, args.hub_cert, args.state_file)
+    )
     while True:
         result = relay.run_once()
         line = result.as_dict() | {"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
