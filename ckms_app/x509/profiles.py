@@ -25,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 from ckms_app.algorithms import CURVES, curve_of
 from ckms_app.config import DEFAULT_SECURE_UNTIL, Profile
 from ckms_app.errors import ConfigError, CsrRejected
+from ckms_app.x509.key_ids import subject_key_id
 
 _EKU = {
     "client_auth": ExtendedKeyUsageOID.CLIENT_AUTH,
@@ -318,6 +319,54 @@ def ca_builder(
         .add_extension(key_usage(("key_cert_sign", "crl_sign", "digital_signature")), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), critical=False)
+        .add_extension(
+            x509.CertificatePolicies([x509.PolicyInformation(x509.ObjectIdentifier(policy_oid), None)]),
+            critical=False,
+        )
+    )
+
+
+def link_builder(
+    *,
+    subject: x509.Certificate,
+    issuer: x509.Certificate,
+    now: dt.datetime,
+    policy_oid: str,
+) -> x509.CertificateBuilder:
+    """A link certificate for a CA key rollover (RFC 4210 §4.4): the key of ``subject`` (one generation's
+    CA certificate) certified by the key of ``issuer`` (the other generation's), to be signed by that key.
+    NewWithOld lets a relying party that trusts only the old CA certificate accept the new key's
+    certificates; OldWithNew lets one that already trusts only the new certificate accept the old key's.
+
+    Both generations keep the CA's name, so a link is self-issued and the CA's pathLen 0 still holds
+    (RFC 5280 §4.2.1.9 does not count self-issued certificates); the key identifiers tell the keys apart.
+    The link ends with the earlier of the two certificates, so no path through it outlives either."""
+    if subject.subject != issuer.subject:
+        raise ConfigError(
+            "a link certificate joins two keys of one CA: the certificates name "
+            f"{subject.subject.rfc4514_string()!r} and {issuer.subject.rfc4514_string()!r}"
+        )
+    subject_key, issuer_key = subject_key_id(subject), subject_key_id(issuer)
+    if subject_key == issuer_key:
+        raise ConfigError("a link certificate joins two different keys: both certificates hold the same one")
+    public_key = subject.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise ConfigError("a ckms CA key is an EC key")
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject.subject)
+        .issuer_name(issuer.subject)
+        .public_key(public_key)
+        .serial_number(new_serial())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(min(subject.not_valid_after_utc, issuer.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(key_usage(("key_cert_sign", "crl_sign", "digital_signature")), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier(bytes.fromhex(subject_key)), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier(bytes.fromhex(issuer_key), None, None),
+            critical=False,
+        )
         .add_extension(
             x509.CertificatePolicies([x509.PolicyInformation(x509.ObjectIdentifier(policy_oid), None)]),
             critical=False,
