@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,26 @@ def test_no_role_task_is_tagged_always():
             if re.match(r"^\s*tags:.*\balways\b", line):
                 offenders.append(f"{path.relative_to(REPO)}:{line_no}")
     assert offenders == []
+
+
+def test_a_site_without_a_hub_skips_the_relay_in_check_mode(tmp_path: Path):
+    """A site whose IoT hub is not ckms's has no group hub: the terminal's relay tasks are skipped, none of
+    them fails on a hub it cannot name (check mode on this machine, connection local: nothing changes)."""
+    if not PLAYBOOK.exists():
+        pytest.skip("no ansible-playbook in .venv (make deps)")
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        "all:\n  vars:\n    ansible_connection: local\n"
+        f"    ansible_python_interpreter: {sys.executable}\n"
+        "  children:\n    terminal:\n      hosts:\n        term1: {}\n"
+    )
+    proc = subprocess.run(
+        [str(PLAYBOOK), "-i", str(inventory), "ansible/site.yml", "--check", "--tags", "iot_hub_relay"],
+        cwd=REPO,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert re.search(r"term1\s*: ok=0 .*failed=0 .*skipped=[1-9]", proc.stdout), proc.stdout[-1500:]
