@@ -222,6 +222,19 @@ class ServerConfig:
     def crl_base_url(self) -> str:
         return f"http://{_url_host(self.public_host)}:{self.crl_port}/crl"
 
+    def crl_url(self, which: str = "full", generation: int = 1) -> str:
+        """The address of a CRL (``full``, ``delta`` or ``base``) of one generation of the CA's key, the one
+        place certificates' CRL distribution points and freshest-CRL pointers come from.
+
+        Generation 1 (the CA's first key) keeps ``/crl/<which>.crl`` for good: every certificate it issued
+        names that address. A later key (after a rollover) publishes under ``/crl/g<n>/``."""
+        if which not in ("full", "delta", "base"):
+            raise ConfigError(f"no CRL called {which!r} (full, delta or base)")
+        if generation < 1:
+            raise ConfigError(f"CA key generations count from 1, not {generation}")
+        prefix = "" if generation == 1 else f"/g{generation}"
+        return f"{self.crl_base_url}{prefix}/{which}.crl"
+
 
 def _url_host(host: str) -> str:
     try:

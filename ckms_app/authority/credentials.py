@@ -50,7 +50,6 @@ async def issue_certificate(
     who: Actor = CEREMONY,
 ) -> x509.Certificate:
     profile = config.profile(profile_name)
-    base = config.server.crl_base_url
     builder = end_entity_builder(
         profile=profile,
         subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]),
@@ -59,8 +58,8 @@ async def issue_certificate(
         issuer=ca_cert,
         serial=new_serial(),
         now=utcnow(),
-        crl_url=f"{base}/full.crl",
-        delta_crl_url=f"{base}/delta.crl",
+        crl_url=config.server.crl_url("full"),
+        delta_crl_url=config.server.crl_url("delta"),
     )
     cert, der = await signer.certificate(builder, f"{kind} certificate")
     row = certificate_row(
@@ -103,7 +102,6 @@ def identity_builder(
 
     Signed by the caller through its signer (guard, lint, HSM): the daemon's for EST identity
     enrolment, a command's own for ``ckms entity enrol`` and the ceremony's demo identities."""
-    base = config.server.crl_base_url
     return end_entity_builder(
         profile=config.profile("identity"),
         subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, entity_id)]),
@@ -112,8 +110,8 @@ def identity_builder(
         issuer=ca_cert,
         serial=new_serial(),
         now=utcnow(),
-        crl_url=f"{base}/full.crl",
-        delta_crl_url=f"{base}/delta.crl",
+        crl_url=config.server.crl_url("full"),
+        delta_crl_url=config.server.crl_url("delta"),
     )
 
 

@@ -90,7 +90,7 @@ class CrlPublisher:
             ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         )
         self._key_id = self._aki.key_identifier.hex() if self._aki.key_identifier else None
-        self._delta_url = f"{config.server.crl_base_url}/delta.crl"
+        self._delta_url = config.server.crl_url("delta")
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._lock_engine: Engine | None = None  # opened at the first publication

@@ -133,8 +133,7 @@ class Issuer:
         self._ca_key_id = subject_key_id(ca_cert)  # every certificate's issuer_key_id
         # e.g. "sha256": the CA's signature algorithm, for csrattrs
         self.hash_name = signer.hash_algorithm.name
-        base = config.server.crl_base_url
-        self._crl_url, self._delta_url = f"{base}/full.crl", f"{base}/delta.crl"
+        self._crl_url, self._delta_url = config.server.crl_url("full"), config.server.crl_url("delta")
         self._templates: dict[str, EndEntityTemplate] = {}
 
     def profile_for(self, label: str | None) -> Profile:

@@ -209,7 +209,7 @@ class CkmsClient:
 
 
 def fetch_crl(config: Config, which: str = "full", timeout: float = 10.0) -> bytes:
-    url = urllib.parse.urlsplit(f"{config.server.crl_base_url}/{which}.crl")
+    url = urllib.parse.urlsplit(config.server.crl_url(which))
     conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=timeout)
     try:
         conn.request("GET", url.path)

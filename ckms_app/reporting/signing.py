@@ -244,7 +244,6 @@ async def _issue_audit_key_certificate(
         key_usage=("digital_signature", "content_commitment"),
         extended_key_usage=(),
     )
-    base = config.server.crl_base_url
     builder = end_entity_builder(
         profile=profile,
         subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{config.ca_name} audit key")]),
@@ -253,8 +252,8 @@ async def _issue_audit_key_certificate(
         issuer=ca_cert,
         serial=new_serial(),
         now=utcnow(),
-        crl_url=f"{base}/full.crl",
-        delta_crl_url=f"{base}/delta.crl",
+        crl_url=config.server.crl_url("full"),
+        delta_crl_url=config.server.crl_url("delta"),
     )
     async with open_signer(config, ca_key, session.writer) as signer:
         cert, der = await signer.certificate(builder, "audit key certificate")

@@ -55,3 +55,25 @@ def test_alert_webhook_must_be_a_web_url(tmp_path: Path, url: str) -> None:
         load_config(write_home(tmp_path, alerts={"webhook": url}))
     ok = load_config(write_home(tmp_path, alerts={"webhook": "https://alerts.example/hook"}))
     assert ok.alerts.webhook == "https://alerts.example/hook"
+
+
+def test_crl_addresses_of_the_first_key_never_move_and_later_keys_get_their_own() -> None:
+    """Every certificate names its CRLs' addresses; generation 1 keeps /crl/<which>.crl for good (the
+    certificates it issued point there), a rolled-over key publishes under /crl/g<n>/ (issue 14 part 3)."""
+    from ckms_app.config import ServerConfig
+
+    server = ServerConfig(
+        listen="0.0.0.0",
+        est_port=8443,
+        crl_port=8080,
+        public_host="fe80::1",
+        tls_cert=Path("tls.pem"),
+        tls_key=Path("tls.key"),
+    )
+    assert server.crl_url() == "http://[fe80::1]:8080/crl/full.crl"
+    assert server.crl_url("delta") == "http://[fe80::1]:8080/crl/delta.crl"
+    assert server.crl_url("full", generation=2) == "http://[fe80::1]:8080/crl/g2/full.crl"
+    with pytest.raises(ConfigError, match="no CRL called"):
+        server.crl_url("latest")
+    with pytest.raises(ConfigError, match="count from 1"):
+        server.crl_url("full", generation=0)
