@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shlex
 from functools import cache
 from pathlib import Path
@@ -65,6 +66,34 @@ CA_HOME = "/var/lib/ckms"
 CA_VENV = "/opt/ckms/venv"
 SOFTHSM_CONF = f"{CA_HOME}/hsm/softhsm2.conf"
 _PROBE = Path(__file__).resolve().parent / "ckms_probe.py"
+TERMINAL_DIR = "/etc/ckms-terminal"
+
+
+def group_host(request, group: str):
+    """The first host of an inventory group as a testinfra host, or None when the group is empty."""
+    import testinfra
+    from testinfra.utils.ansible_runner import AnsibleRunner
+
+    inv = request.config.getoption("ansible_inventory")
+    hosts = AnsibleRunner(inv).get_hosts(group)
+    return testinfra.get_host(f"ansible://{hosts[0]}", ansible_inventory=inv) if hosts else None
+
+
+def enrolled_operator(terminal) -> str | None:
+    """An operator enrolled on the terminal (their own account, key and certificate), or None."""
+    out = terminal.run(f"ls {TERMINAL_DIR}/people")
+    for name in sorted(out.stdout.split()):
+        if name.startswith("operator-") and terminal.file(f"{TERMINAL_DIR}/people/{name}/cert.pem").exists:
+            return name
+    return None
+
+
+def ca_setting(host, name: str, default: str) -> str:
+    """One ``name = value`` of the CA's ckms.toml (first occurrence; quotes removed)."""
+    m = re.search(
+        rf"^{re.escape(name)}\s*=\s*(.+?)\s*$", host.file(f"{CA_HOME}/ckms.toml").content_string, re.M
+    )
+    return m.group(1).strip('"') if m else default
 
 
 def as_ckms(host, command: str, env: dict[str, str] | None = None):

@@ -14,14 +14,21 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import re
 import shlex
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from ckms_checks import CA_HOME, policy, probe, systemd_props
+from ckms_checks import (
+    TERMINAL_DIR,
+    ca_setting,
+    enrolled_operator,
+    group_host,
+    policy,
+    probe,
+    systemd_props,
+)
 from ckms_people import run_with_stdin
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,7 +38,6 @@ from cryptography.x509.oid import NameOID
 testinfra_hosts = ["ansible://ca"]
 
 TOOL = Path(__file__).resolve().parent / "ckms_probe_performance.py"
-TERMINAL_DIR = "/etc/ckms-terminal"
 UNIT = "ckms-ca.service"
 
 ROUND_TRIP_MAX_S = 5.0  # A.37: CSR -> certificate from the terminal
@@ -45,18 +51,9 @@ SUSTAINED_S = 10.0
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
-def _other(request, group: str):
-    import testinfra
-    from testinfra.utils.ansible_runner import AnsibleRunner
-
-    inv = request.config.getoption("ansible_inventory")
-    hosts = AnsibleRunner(inv).get_hosts(group)
-    return testinfra.get_host(f"ansible://{hosts[0]}", ansible_inventory=inv) if hosts else None
-
-
 @pytest.fixture(scope="module")
 def terminal(request):
-    term = _other(request, "terminal")
+    term = group_host(request, "terminal")
     if term is None:
         pytest.skip("no certificate-management terminal in this inventory")
     return term
@@ -65,11 +62,10 @@ def terminal(request):
 @pytest.fixture(scope="module")
 def operator(terminal) -> str:
     """An operator enrolled on the terminal (their own account, key and certificate)."""
-    out = terminal.run(f"ls {TERMINAL_DIR}/people")
-    for name in sorted(out.stdout.split()):
-        if name.startswith("operator-") and terminal.file(f"{TERMINAL_DIR}/people/{name}/cert.pem").exists:
-            return name
-    pytest.fail(f"no enrolled operator in {TERMINAL_DIR}/people on the terminal: {out.stdout!r}")
+    name = enrolled_operator(terminal)
+    if name is None:
+        pytest.fail(f"no enrolled operator in {TERMINAL_DIR}/people on the terminal")
+    return name
 
 
 def csrs(tag: str, n: int) -> str:
@@ -107,10 +103,7 @@ def on_terminal(terminal, operator: str, cmd: str, *args: str, stdin: str = "", 
 
 
 def public_host(host) -> tuple[str, int]:
-    toml = host.file(f"{CA_HOME}/ckms.toml").content_string
-    h = re.search(r'^public_host\s*=\s*"([^"]+)"', toml, re.M)
-    p = re.search(r"^crl_port\s*=\s*(\d+)", toml, re.M)
-    return (h.group(1) if h else "127.0.0.1"), int(p.group(1) if p else 8080)
+    return ca_setting(host, "public_host", "127.0.0.1"), int(ca_setting(host, "crl_port", "8080"))
 
 
 def daemon_processes(host) -> dict[str, Any]:

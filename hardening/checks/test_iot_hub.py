@@ -16,28 +16,18 @@ import shlex
 import time
 
 import pytest
-from ckms_checks import CA_HOME
+from ckms_checks import TERMINAL_DIR, ca_setting, enrolled_operator, group_host
 
 testinfra_hosts = ["ansible://ca"]
 
-TERMINAL_DIR = "/etc/ckms-terminal"
 HUB_CONF = f"{TERMINAL_DIR}/hub.conf"
 CRL_MAX_S = 3600  # A.37: a revocation may take up to an hour to reach the relying party
 SLACK_S = 20  # timer accuracy, one poll, TLS handshakes through the router
 
 
-def _other(request, group: str):
-    import testinfra
-    from testinfra.utils.ansible_runner import AnsibleRunner
-
-    inv = request.config.getoption("ansible_inventory")
-    hosts = AnsibleRunner(inv).get_hosts(group)
-    return testinfra.get_host(f"ansible://{hosts[0]}", ansible_inventory=inv) if hosts else None
-
-
 @pytest.fixture(scope="module")
 def hub(request):
-    found = _other(request, "hub")
+    found = group_host(request, "hub")
     if found is None:
         pytest.skip("no IoT hub in this inventory (the site's hub is not deployed by ckms)")
     return found
@@ -45,7 +35,7 @@ def hub(request):
 
 @pytest.fixture(scope="module")
 def terminal(request, hub):
-    term = _other(request, "terminal")
+    term = group_host(request, "terminal")
     if term is None:
         pytest.fail("A.37: the inventory has a hub but no certificate-management terminal to relay CRLs")
     return term
@@ -64,25 +54,16 @@ def hub_conf(terminal) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def operator(terminal) -> str:
-    out = terminal.run(f"ls {TERMINAL_DIR}/people")
-    for name in sorted(out.stdout.split()):
-        if name.startswith("operator-") and terminal.file(f"{TERMINAL_DIR}/people/{name}/cert.pem").exists:
-            return name
-    pytest.fail(f"no enrolled operator in {TERMINAL_DIR}/people on the terminal: {out.stdout!r}")
+    name = enrolled_operator(terminal)
+    if name is None:
+        pytest.fail(f"no enrolled operator in {TERMINAL_DIR}/people on the terminal")
+    return name
 
 
-def _crl_number_served(terminal, host) -> int | None:
+def _crl_number_served(terminal, crl_host: str, crl_port: str) -> int | None:
     """The CA's newest full CRL number, as the terminal fetches it."""
-    toml = host.file(f"{CA_HOME}/ckms.toml").content_string
-    public = next(
-        (ln.split("=", 1)[1].strip().strip('"') for ln in toml.splitlines() if ln.startswith("public_host")),
-        "",
-    )
-    port = next(
-        (ln.split("=", 1)[1].strip() for ln in toml.splitlines() if ln.startswith("crl_port")), "8080"
-    )
     out = terminal.run(
-        f"curl -s --max-time 5 http://{public}:{port}/crl/full.crl | openssl crl -inform DER -noout -crlnumber"
+        f"curl -s --max-time 5 http://{crl_host}:{crl_port}/crl/full.crl | openssl crl -inform DER -noout -crlnumber"
     )
     text = out.stdout.strip().rpartition("=")[2]
     return int(text, 16) if out.rc == 0 and text else None
@@ -121,10 +102,12 @@ def test_hub_holds_newest_crl(host, hub, terminal, hub_conf, evidence):
     assert hub_unit.is_running and hub_unit.is_enabled, "A.37: ckms-hub.service is not enabled and running"
     assert "ActiveState=active" in timer.stdout, f"A.37: the relay's timer is not active: {timer.stdout}"
     interval = int(hub_conf.get("RELAY_INTERVAL_S", "60"))
+    crl_endpoint = ca_setting(host, "public_host", "127.0.0.1"), ca_setting(host, "crl_port", "8080")
+    hub_name = hub.check_output("hostname")
     deadline = time.monotonic() + interval + SLACK_S
     while True:
-        ca_number = _crl_number_served(terminal, host)
-        status = _hub_status(terminal, hub_conf, hub.check_output("hostname"))
+        ca_number = _crl_number_served(terminal, *crl_endpoint)
+        status = _hub_status(terminal, hub_conf, hub_name)
         if ca_number is not None and (status.get("crl_number") or -1) >= ca_number:
             break
         if time.monotonic() > deadline:
@@ -175,15 +158,7 @@ exit 1
 def test_revoked_device_refused_at_hub(host, hub, terminal, hub_conf, operator, evidence):
     """Drill: enrol on the terminal, accepted at the hub, revoke on the terminal, refused at the hub in time."""
     interval = int(hub_conf.get("RELAY_INTERVAL_S", "60"))
-    toml = host.file(f"{CA_HOME}/ckms.toml").content_string
-    publish = next(
-        (
-            int(ln.split("=", 1)[1])
-            for ln in toml.splitlines()
-            if ln.strip().startswith("max_publish_delay_seconds")
-        ),
-        60,
-    )
+    publish = int(ca_setting(host, "max_publish_delay_seconds", "60"))
     bound = publish + interval + SLACK_S
     device = f"hub-drill-{int(time.time())}"
     workdir = f"/tmp/{device}"
