@@ -100,12 +100,10 @@ def hub(tmp_path: Path, ca: CaHome, daemon: Daemon) -> Iterator[HubProcess]:
     proc.proc.wait(10)
 
 
-def _device(ca: CaHome, tmp: Path, name: str) -> tuple[Path, Path, int]:
-    csr, key = make_csr(name)
-    out = curl_enroll(ca, csr, tmp)
-    body, code = split_status(out.stdout)
-    assert code == 200, body
-    (cert,) = pkcs7.load_der_pkcs7_certificates(base64.b64decode(body))
+def _write_device(
+    tmp: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> tuple[Path, Path, int]:
+    """A device's certificate and key as PEM files (what ``ckms hub connect`` reads), and its serial."""
     cert_path, key_path = tmp / f"{name}.crt", tmp / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
@@ -114,6 +112,15 @@ def _device(ca: CaHome, tmp: Path, name: str) -> tuple[Path, Path, int]:
         )
     )
     return cert_path, key_path, cert.serial_number
+
+
+def _device(ca: CaHome, tmp: Path, name: str) -> tuple[Path, Path, int]:
+    csr, key = make_csr(name)
+    out = curl_enroll(ca, csr, tmp)
+    body, code = split_status(out.stdout)
+    assert code == 200, body
+    (cert,) = pkcs7.load_der_pkcs7_certificates(base64.b64decode(body))
+    return _write_device(tmp, name, cert, key)
 
 
 def _connect(hub: HubProcess, cert: Path, key: Path) -> dict:
@@ -303,14 +310,7 @@ class ThrowawayCa:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(self.key, hashes.SHA256())
         )
-        cert_path, key_path = tmp / f"{name}.crt", tmp / f"{name}.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        return cert_path, key_path, cert.serial_number
+        return _write_device(tmp, name, cert, key)
 
     def crl(self, number: int, *revoked: int, valid_s: float = 3600) -> bytes:
         now = dt.datetime.now(dt.UTC)
