@@ -265,6 +265,25 @@ class CsrPolicy:
 
 
 @dataclass(frozen=True)
+class CaGeneration:
+    """One key of the CA (``[ca]``, ``[ca.next]`` or a ``[[ca.retired]]`` entry; docs/ca-key-rollover.md).
+
+    Generations count from 1 and never repeat. The active generation issues certificates and signs CRLs;
+    the next one (between ``rollover begin`` and ``activate``) is trusted but signs nothing; a retired one
+    signs only the CRLs of the certificates it issued, until the last of them has expired."""
+
+    generation: int
+    key_label: str
+    cert: Path
+    # NewWithOld and OldWithNew link certificates (PEM) made when this generation was begun; None for the first
+    links: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.generation < 1:
+            raise ConfigError(f"CA key generations count from 1, not {self.generation}")
+
+
+@dataclass(frozen=True)
 class Config:
     home: Path
     ca_name: str
@@ -289,6 +308,24 @@ class Config:
     # [algorithms] secure_until: the end of life of each curve (A.62), the same mapping every profile holds
     secure_until: dict[str, dt.datetime] = field(default_factory=lambda: dict(DEFAULT_SECURE_UNTIL))
     expiry: ExpiryConfig = field(default_factory=ExpiryConfig)  # [expiry]: ckms expiry check
+    # [ca] generation, [ca.next], [[ca.retired]]: the CA's keys over its rollovers (A.59, A.65)
+    ca_generation: int = 1
+    ca_links: Path | None = None
+    ca_next: CaGeneration | None = None
+    ca_retired: tuple[CaGeneration, ...] = ()
+
+    @property
+    def active_generation(self) -> CaGeneration:
+        return CaGeneration(self.ca_generation, self.ca_key_label, self.ca_cert, self.ca_links)
+
+    def signing_generations(self) -> tuple[CaGeneration, ...]:
+        """The keys that sign CRLs: the active one first, then the retired ones (newest first)."""
+        return (self.active_generation, *sorted(self.ca_retired, key=lambda g: -g.generation))
+
+    def generations(self) -> tuple[CaGeneration, ...]:
+        """Every key relying parties must trust: the active, the next (if begun) and the retired ones."""
+        staged = (self.ca_next,) if self.ca_next is not None else ()
+        return (*self.signing_generations(), *staged)
 
     def profile(self, name: str | None) -> Profile:
         key = name or self.default_profile
@@ -427,7 +464,36 @@ def _parse_config(home: Path, raw: dict[str, Any]) -> Config:
         device_reenrolment=_device_reenrolment(raw.get("issuance", {})),
         secure_until=secure_until,
         expiry=ExpiryConfig(warn_days=int(raw.get("expiry", {}).get("warn_days", 30))),
+        **_generations(home, ca),
     )
+
+
+def _generation(home: Path, table: dict[str, Any], where: str) -> CaGeneration:
+    return CaGeneration(
+        generation=int(_req(table, "generation", where)),
+        key_label=str(_req(table, "key_label", where)),
+        cert=_required_path(home, _req(table, "cert", where), f"{where} cert"),
+        links=_path(home, table.get("links")),
+    )
+
+
+def _generations(home: Path, ca: dict[str, Any]) -> dict[str, Any]:
+    """``[ca] generation``, ``[ca.next]`` and ``[[ca.retired]]``: every generation number and key label once."""
+    active = int(ca.get("generation", 1))
+    nxt = _generation(home, ca["next"], "[ca.next]") if "next" in ca else None
+    retired = tuple(_generation(home, t, "[[ca.retired]]") for t in ca.get("retired", []))
+    numbers = [active, *(g.generation for g in retired), *([nxt.generation] if nxt else [])]
+    labels = [ca.get("key_label", "ckms-ca-key"), *(g.key_label for g in retired), *([nxt.key_label] if nxt else [])]
+    if len(set(numbers)) != len(numbers) or len(set(labels)) != len(labels):
+        raise ConfigError("[ca]: each key generation and key label may appear once (active, next, retired)")
+    if any(g.generation > active for g in retired) or (nxt is not None and nxt.generation <= active):
+        raise ConfigError("[ca]: retired generations must be older than the active one, the next one newer")
+    return {
+        "ca_generation": active,
+        "ca_links": _path(home, ca.get("links")),
+        "ca_next": nxt,
+        "ca_retired": retired,
+    }
 
 
 def _secure_until(table: dict[str, Any]) -> dict[str, dt.datetime]:
