@@ -483,7 +483,11 @@ def _generations(home: Path, ca: dict[str, Any]) -> dict[str, Any]:
     nxt = _generation(home, ca["next"], "[ca.next]") if "next" in ca else None
     retired = tuple(_generation(home, t, "[[ca.retired]]") for t in ca.get("retired", []))
     numbers = [active, *(g.generation for g in retired), *([nxt.generation] if nxt else [])]
-    labels = [ca.get("key_label", "ckms-ca-key"), *(g.key_label for g in retired), *([nxt.key_label] if nxt else [])]
+    labels = [
+        ca.get("key_label", "ckms-ca-key"),
+        *(g.key_label for g in retired),
+        *([nxt.key_label] if nxt else []),
+    ]
     if len(set(numbers)) != len(numbers) or len(set(labels)) != len(labels):
         raise ConfigError("[ca]: each key generation and key label may appear once (active, next, retired)")
     if any(g.generation > active for g in retired) or (nxt is not None and nxt.generation <= active):

@@ -35,7 +35,7 @@ from ckms_app.authority.credentials import (
     issue_tls_certificate,
     write_key_and_cert,
 )
-from ckms_app.authority.crl_publisher import CrlPublisher
+from ckms_app.authority.crl_publisher import CrlIssuer, CrlPublisher
 from ckms_app.authority.expiry_watch import crypto_period_warnings
 from ckms_app.authority.issuance import certificate_row
 from ckms_app.authority.linter import find_linter_binary
@@ -385,7 +385,7 @@ async def _issue_identities(
                 "password_file": str(password_path),
             }
 
-        publisher = CrlPublisher(config, signer, ca_cert, writer, engine)
+        publisher = CrlPublisher(config, CrlIssuer.single(config, signer, ca_cert), writer, engine)
         await publisher.publish()
         return credentials
 

@@ -58,8 +58,8 @@ async def issue_certificate(
         issuer=ca_cert,
         serial=new_serial(),
         now=utcnow(),
-        crl_url=config.server.crl_url("full"),
-        delta_crl_url=config.server.crl_url("delta"),
+        crl_url=config.server.crl_url("full", config.ca_generation),
+        delta_crl_url=config.server.crl_url("delta", config.ca_generation),
     )
     cert, der = await signer.certificate(builder, f"{kind} certificate")
     row = certificate_row(
@@ -110,8 +110,8 @@ def identity_builder(
         issuer=ca_cert,
         serial=new_serial(),
         now=utcnow(),
-        crl_url=config.server.crl_url("full"),
-        delta_crl_url=config.server.crl_url("delta"),
+        crl_url=config.server.crl_url("full", config.ca_generation),
+        delta_crl_url=config.server.crl_url("delta", config.ca_generation),
     )
 
 

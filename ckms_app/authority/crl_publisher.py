@@ -27,6 +27,12 @@ Factory scale (issue 14 part 6): a full CRL of 100,000 entries. The builder is m
 the finished entry list (``add_revoked_certificate`` copies the list each time, quadratic in the
 entries), and each entry is built once per process and reused by every later publication (a revocation
 never changes), so a publication costs the new entries, the signature and the lint.
+
+Several keys (a rollover, docs/ca-key-rollover.md): each key that signs CRLs (the active one and every
+retired one) is a :class:`CrlIssuer`. A publication signs a full and a delta CRL for each of them, under
+the one lock and from the one number sequence; each lists the revocations of the certificates its own key
+issued (``certificates.issuer_key_id``), carries its own key's identifier and lives at its generation's
+address. A revocation whose certificate the database does not know is listed by the oldest key.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import fcntl
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +57,7 @@ from ckms_app.authority.crl_sequence import PostgresSequence, SqliteSequence, cl
 from ckms_app.authority.rbac import SYSTEM, Principal
 from ckms_app.authority.revocation import REASONS
 from ckms_app.authority.signer import Signer
-from ckms_app.config import Config
+from ckms_app.config import CaGeneration, Config
 from ckms_app.errors import CkmsError
 from ckms_app.store.chain import append_audit
 from ckms_app.store.engine import open_engine
@@ -58,6 +65,7 @@ from ckms_app.store.queries import latest_crl
 from ckms_app.store.schema import certificates, crls, revocations, utcnow
 from ckms_app.store.writer import GroupCommitWriter
 from ckms_app.x509 import crl_der
+from ckms_app.x509.key_ids import subject_key_id
 
 log = logging.getLogger("ckms.crl")
 _POLL_SECONDS = 1.0
@@ -72,25 +80,57 @@ class Published:
     this_update: dt.datetime
 
 
+@dataclass(frozen=True)
+class CrlIssuer:
+    """One key that signs CRLs: the certificates it issued, where its CRLs live, and its signer."""
+
+    generation: int
+    signer: Signer  # guard (error state, clock gate) → lint → the HSM signs the linted TBS
+    ca_cert: x509.Certificate
+    key_id: str  # the CA certificate's SKI (hex): certificates.issuer_key_id and crls.issuer_key_id
+    aki: x509.AuthorityKeyIdentifier
+    delta_url: str
+    directory: Path  # this node's copy of its CRLs: [crl] directory for generation 1, g<n>/ under it after
+    lists_unknown: bool  # the oldest key also lists revocations of certificates the database does not hold
+
+    @classmethod
+    def of(
+        cls, config: Config, generation: CaGeneration, signer: Signer, ca_cert: x509.Certificate, oldest: bool
+    ) -> CrlIssuer:
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        n = generation.generation
+        return cls(
+            generation=n,
+            signer=signer,
+            ca_cert=ca_cert,
+            key_id=subject_key_id(ca_cert),
+            aki=x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+            delta_url=config.server.crl_url("delta", n),
+            directory=config.crl.directory if n == 1 else config.crl.directory / f"g{n}",
+            lists_unknown=oldest,
+        )
+
+    @classmethod
+    def single(cls, config: Config, signer: Signer, ca_cert: x509.Certificate) -> list[CrlIssuer]:
+        """The active key alone (the ceremony, before any rollover)."""
+        return [cls.of(config, config.active_generation, signer, ca_cert, oldest=True)]
+
+
 class CrlPublisher:
     def __init__(
         self,
         config: Config,
-        signer: Signer,
-        ca_cert: x509.Certificate,
+        issuers: Sequence[CrlIssuer],
         writer: GroupCommitWriter,
         reader: Engine,
     ) -> None:
+        if not issuers:
+            raise CkmsError("a CRL publisher needs at least one signing key")
         self._config = config
-        self._signer = signer  # guard (error state, clock gate) → lint → the HSM signs the linted TBS
-        self._ca_cert = ca_cert
+        self._issuers = tuple(issuers)  # the active key first
+        self._signer = issuers[0].signer  # the guard is the same for every key
         self._writer = writer
         self._reader = reader
-        self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-            ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        )
-        self._key_id = self._aki.key_identifier.hex() if self._aki.key_identifier else None
-        self._delta_url = config.server.crl_url("delta")
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._lock_engine: Engine | None = None  # opened at the first publication
@@ -136,13 +176,16 @@ class CrlPublisher:
 
     def _needs_publication(self, conn: Connection) -> bool:
         cfg = self._config.crl
-        latest = latest_crl(conn, ("full", "base"))
         newest_revocation = conn.execute(select(func.max(revocations.c.id))).scalar() or 0
-        if latest is None:
-            return True
-        age = (utcnow() - latest.this_update).total_seconds()
         stale_after = min(cfg.full_interval_seconds, cfg.delta_validity_hours * 3600 / 2)
-        return bool(newest_revocation > latest.max_revocation_id or age >= stale_after)
+        for issuer in self._issuers:
+            latest = latest_crl(conn, ("full", "base"), issuer.key_id)
+            if latest is None:
+                return True
+            age = (utcnow() - latest.this_update).total_seconds()
+            if newest_revocation > latest.max_revocation_id or age >= stale_after:
+                return True
+        return False
 
     # --- building -----------------------------------------------------------------------------
     async def publish(self, principal: Principal = SYSTEM) -> Published:
@@ -164,7 +207,8 @@ class CrlPublisher:
                 result, files = await self._publish_locked(sequence, principal)
             finally:
                 await sequence.release()
-            self._write_files(*files)
+            for issuer, written in zip(self._issuers, files, strict=True):
+                self._write_files(issuer.directory, *written)
             return result
 
     async def _sequence(self) -> PostgresSequence | SqliteSequence:
@@ -193,20 +237,52 @@ class CrlPublisher:
 
     async def _publish_locked(
         self, sequence: PostgresSequence | SqliteSequence, principal: Principal
-    ) -> tuple[Published, tuple[int, bytes, bytes, bytes | None]]:
-        """Pick the next number, sign full and delta CRLs, store and commit them: under the lock."""
+    ) -> tuple[Published, list[tuple[int, bytes, bytes, bytes | None]]]:
+        """Pick the next numbers, sign full and delta CRLs of every key, store and commit them: under the lock."""
         now = utcnow().replace(microsecond=0)
 
-        def read(conn: Connection) -> tuple[Row[Any] | None, int, int, list[int]]:
-            base = latest_crl(conn, ("base",))
+        def read(conn: Connection) -> tuple[int, int, list[tuple[Row[Any] | None, list[int]]]]:
             number = int(conn.execute(select(func.max(crls.c.crl_number))).scalar() or 0) + 1
             # the newest revocation of all, listed or not (an expired one may be dropped from the list)
             max_id = int(conn.execute(select(func.max(revocations.c.id))).scalar() or 0)
-            ids = _listed_revocation_ids(conn)
-            self._build_missing_entries(conn, ids)
-            return base, number, max_id, ids
+            per_issuer = []
+            for issuer in self._issuers:
+                ids = _listed_revocation_ids(conn, issuer)
+                self._build_missing_entries(conn, ids)
+                per_issuer.append((latest_crl(conn, ("base",), issuer.key_id), ids))
+            return number, max_id, per_issuer
 
-        base, number, max_id, rows = await sequence.read(read)
+        number, max_id, per_issuer = await sequence.read(read)
+        records: list[dict[str, Any]] = []
+        audits: list[dict[str, Any]] = []
+        files: list[tuple[int, bytes, bytes, bytes | None]] = []
+        published: list[Published] = []
+        for issuer, (base, rows) in zip(self._issuers, per_issuer, strict=True):
+            signed = await self._sign_pair(issuer, number, now, max_id, base, rows, principal)
+            records += signed[0]
+            audits.append(signed[1])
+            files.append(signed[2])
+            published.append(signed[3])
+            number += 2
+
+        def store(conn: Connection) -> None:
+            conn.execute(crls.insert(), records)
+            append_audit(conn, audits)
+
+        await sequence.store(store)
+        return published[0], files
+
+    async def _sign_pair(
+        self,
+        issuer: CrlIssuer,
+        number: int,
+        now: dt.datetime,
+        max_id: int,
+        base: Row[Any] | None,
+        rows: list[int],
+        principal: Principal,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any], tuple[int, bytes, bytes, bytes | None], Published]:
+        """One key's full CRL (number) and delta CRL (number + 1): rows, audit record, files, summary."""
         if base is None or (now - base.this_update).total_seconds() >= self._config.crl.full_interval_seconds:
             new_base, base_number, base_max_id = True, number, max_id  # this full CRL starts a new base
         else:
@@ -214,12 +290,12 @@ class CrlPublisher:
         full_next = now + dt.timedelta(hours=self._config.crl.validity_hours)
         delta_next = now + dt.timedelta(hours=self._config.crl.delta_validity_hours)
 
-        full_der = await self._signer.crl(
-            self._builder(number, now, full_next, delta_base=None), "full CRL", self._listed(rows)
+        full_der = await issuer.signer.crl(
+            self._builder(issuer, number, now, full_next, delta_base=None), "full CRL", self._listed(rows)
         )
         delta_rows = [i for i in rows if i > base_max_id]
-        delta_builder = self._builder(number + 1, now, delta_next, delta_base=base_number)
-        delta_der = await self._signer.crl(delta_builder, "delta CRL", self._listed(delta_rows))
+        delta_builder = self._builder(issuer, number + 1, now, delta_next, delta_base=base_number)
+        delta_der = await issuer.signer.crl(delta_builder, "delta CRL", self._listed(delta_rows))
 
         records: list[dict[str, Any]] = [
             {
@@ -230,7 +306,7 @@ class CrlPublisher:
                 "next_update": full_next,
                 "max_revocation_id": max_id,
                 "der": full_der,
-                "issuer_key_id": self._key_id,
+                "issuer_key_id": issuer.key_id,
             },
             {
                 "crl_number": number + 1,
@@ -240,7 +316,7 @@ class CrlPublisher:
                 "next_update": delta_next,
                 "max_revocation_id": max_id,
                 "der": delta_der,
-                "issuer_key_id": self._key_id,
+                "issuer_key_id": issuer.key_id,
             },
         ]
         audit = event(
@@ -248,21 +324,25 @@ class CrlPublisher:
             "crl.publish",
             f"crl:{number}",
             "success",
-            {"full": number, "delta": number + 1, "base": base_number, "entries": len(rows)},
+            {
+                "full": number,
+                "delta": number + 1,
+                "base": base_number,
+                "entries": len(rows),
+                "generation": issuer.generation,
+                "issuer_key_id": issuer.key_id,
+            },
         )
-
-        def store(conn: Connection) -> None:
-            conn.execute(crls.insert(), records)
-            append_audit(conn, [audit])
-
-        await sequence.store(store)
         return (
-            Published(number, number + 1, base_number, len(rows), now),
+            records,
+            audit,
             (number, full_der, delta_der, full_der if new_base else None),
+            Published(number, number + 1, base_number, len(rows), now),
         )
 
     def _builder(
         self,
+        issuer: CrlIssuer,
         number: int,
         now: dt.datetime,
         next_update: dt.datetime,
@@ -270,19 +350,19 @@ class CrlPublisher:
     ) -> x509.CertificateRevocationListBuilder:
         """The CRL's header and extensions; its entries go to the signer as DER (see "Factory scale")."""
         extensions: list[x509.Extension[x509.ExtensionType]] = [
-            x509.Extension(self._aki.oid, False, self._aki),
+            x509.Extension(issuer.aki.oid, False, issuer.aki),
             x509.Extension(x509.CRLNumber.oid, False, x509.CRLNumber(number)),
         ]
         if delta_base is None:
             freshest = x509.FreshestCRL(
-                [x509.DistributionPoint([x509.UniformResourceIdentifier(self._delta_url)], None, None, None)]
+                [x509.DistributionPoint([x509.UniformResourceIdentifier(issuer.delta_url)], None, None, None)]
             )
             extensions.append(x509.Extension(freshest.oid, False, freshest))
         else:
             indicator = x509.DeltaCRLIndicator(delta_base)
             extensions.append(x509.Extension(indicator.oid, True, indicator))
         return x509.CertificateRevocationListBuilder(
-            issuer_name=self._ca_cert.subject,
+            issuer_name=issuer.ca_cert.subject,
             last_update=_naive_utc(now),
             next_update=_naive_utc(next_update),
             extensions=extensions,
@@ -306,13 +386,13 @@ class CrlPublisher:
                 code = None if row.reason == "unspecified" else crl_der.REASON_CODES[REASONS[row.reason]]
                 self._entries[row.id] = crl_der.entry(int(row.serial, 16), row.revoked_at, code)
 
-    def _write_files(self, number: int, full: bytes, delta: bytes, base: bytes | None) -> None:
-        """Copy a committed publication to this node's CRL directory, never over a newer one.
+    @staticmethod
+    def _write_files(directory: Path, number: int, full: bytes, delta: bytes, base: bytes | None) -> None:
+        """Copy a committed publication of one key to this node's CRL directory, never over a newer one.
 
         Workers write after their commit, so a slower worker could finish after a newer
         publication; a file lock and the recorded numbers keep the newest CRLs in place.
         """
-        directory = self._config.crl.directory
         directory.mkdir(parents=True, exist_ok=True)
         with open(directory / ".publish.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -333,13 +413,18 @@ class CrlPublisher:
                 _atomic_write(numbers_path, json.dumps(written).encode())
 
 
-def _listed_revocation_ids(conn: Connection) -> list[int]:
-    """The revocations a new full CRL lists, in revocation order: all but those whose certificate had
-    expired when the previous full CRL was issued (that CRL listed them once; RFC 5280 §3.3)."""
-    previous = latest_crl(conn, ("full", "base"))
+def _listed_revocation_ids(conn: Connection, issuer: CrlIssuer) -> list[int]:
+    """The revocations a key's new full CRL lists, in revocation order: those of the certificates it issued,
+    but not those whose certificate had expired when its previous full CRL was issued (that CRL listed them
+    once; RFC 5280 §3.3)."""
+    previous = latest_crl(conn, ("full", "base"), issuer.key_id)
+    issued_by = certificates.c.issuer_key_id == issuer.key_id
+    if issuer.lists_unknown:
+        issued_by = or_(issued_by, certificates.c.issuer_key_id.is_(None))
     query = (
         select(revocations.c.id)
         .select_from(revocations.outerjoin(certificates, certificates.c.serial == revocations.c.serial))
+        .where(issued_by)
         .order_by(revocations.c.id)
     )
     if previous is not None:

@@ -133,7 +133,10 @@ class Issuer:
         self._ca_key_id = subject_key_id(ca_cert)  # every certificate's issuer_key_id
         # e.g. "sha256": the CA's signature algorithm, for csrattrs
         self.hash_name = signer.hash_algorithm.name
-        self._crl_url, self._delta_url = config.server.crl_url("full"), config.server.crl_url("delta")
+        self._crl_url, self._delta_url = (
+            config.server.crl_url("full", config.ca_generation),
+            config.server.crl_url("delta", config.ca_generation),
+        )
         self._templates: dict[str, EndEntityTemplate] = {}
 
     def profile_for(self, label: str | None) -> Profile:

@@ -20,6 +20,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,11 +228,21 @@ def integrity_test(config: Config, ca_cert: x509.Certificate) -> Check:
     return Check("integrity", True, f"{len(expected)} files match the manifest")
 
 
-def run_all(config: Config, key: HsmEcPrivateKey | None, ca_cert: x509.Certificate) -> Report:
+def run_all(
+    config: Config,
+    key: HsmEcPrivateKey | None,
+    ca_cert: x509.Certificate,
+    retired: Sequence[tuple[int, HsmEcPrivateKey, x509.Certificate]] = (),
+) -> Report:
+    """Every self-test: the known answers, each signing key against its CA certificate (the active one and
+    every retired one, which still signs CRLs), and the integrity of the installed files."""
     report = Report(known_answer_tests())
     if key is None:
         report.checks.append(Check("hsm.pairwise", False, "the CA key is not available in the token"))
     else:
         report.checks.append(pairwise_test(key, ca_cert))
+    for generation, retired_key, retired_cert in retired:
+        check = pairwise_test(retired_key, retired_cert)
+        report.checks.append(Check(f"hsm.pairwise.g{generation}", check.ok, check.detail))
     report.checks.append(integrity_test(config, ca_cert))
     return report

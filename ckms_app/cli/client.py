@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from ckms_app.config import Config
 from ckms_app.errors import ClientError
 from ckms_app.i18n import DEFAULT, translator
+from ckms_app.x509.ca_bundle import generation_certificates, pem_bundle
 
 
 def _english(text: str) -> str:
@@ -50,7 +51,8 @@ class Credentials:
 def client_ssl_context(
     config: Config, creds: Credentials | None, _: Callable[[str], str] = _english
 ) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(config.ca_cert))
+    # the daemon's TLS certificate may come from any generation of the CA's key (a rollover)
+    ctx = ssl.create_default_context(cadata=pem_bundle(generation_certificates(config)))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     if creds is not None:
         try:
@@ -208,8 +210,11 @@ class CkmsClient:
         return self._json("POST", "/api/v1/crl/publish", {})
 
 
-def fetch_crl(config: Config, which: str = "full", timeout: float = 10.0) -> bytes:
-    url = urllib.parse.urlsplit(config.server.crl_url(which))
+def fetch_crl(
+    config: Config, which: str = "full", timeout: float = 10.0, generation: int | None = None
+) -> bytes:
+    """A CRL of one key generation (default: the active key's) from the daemon's plain-HTTP listener."""
+    url = urllib.parse.urlsplit(config.server.crl_url(which, generation or config.ca_generation))
     conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=timeout)
     try:
         conn.request("GET", url.path)

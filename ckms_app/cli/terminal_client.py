@@ -38,6 +38,9 @@ class Endpoint:
     host: str
     port: int
     ca_cert: Path
+    # on a CA home after a rollover: the other generations' CA certificates (the daemon's TLS certificate
+    # may come from any of them); on the terminal, ca.pem holds them all
+    more_ca_certs: tuple[Path, ...] = ()
 
 
 def add_connection(p: argparse.ArgumentParser) -> None:
@@ -68,8 +71,10 @@ def resolve(args: argparse.Namespace, _: Callable[[str], str]) -> tuple[Endpoint
         config = load_config(resolve_home(home))
         host, port = _url(config.server.est_url, _)
         ca_cert = config.ca_cert
+        more = tuple(g.cert for g in config.generations()[1:])
         creds = Credentials(cert, key) if cert else Credentials.for_role(config, args.role, _)
     else:
+        more = ()
         est = TERMINAL_DIR / "est.conf"
         url = None
         if est.exists():
@@ -96,8 +101,8 @@ def resolve(args: argparse.Namespace, _: Callable[[str], str]) -> tuple[Endpoint
     if args.server is not None:
         host, port = _url(args.server, _)
     if args.ca_cert is not None:
-        ca_cert = args.ca_cert
-    return Endpoint(host, port, ca_cert), creds
+        ca_cert, more = args.ca_cert, ()
+    return Endpoint(host, port, ca_cert, more), creds
 
 
 class TerminalClient(CkmsClient):
@@ -110,6 +115,8 @@ class TerminalClient(CkmsClient):
         self._ = translator(lang)
         self._lang = lang
         self._ctx = ssl.create_default_context(cafile=str(endpoint.ca_cert))
+        for other in endpoint.more_ca_certs:
+            self._ctx.load_verify_locations(cafile=str(other))
         self._ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         try:
             self._ctx.load_cert_chain(creds.cert, creds.key)

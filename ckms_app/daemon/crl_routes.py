@@ -13,16 +13,22 @@ from ckms_app.store import queries
 
 
 async def crl_file(request: web.Request) -> web.Response:
-    """``/crl/full.crl``, ``/crl/delta.crl``, ``/crl/base.crl``: the newest published CRL of that kind."""
+    """``/crl/full.crl``, ``/crl/delta.crl``, ``/crl/base.crl`` (the first key's, for good) and
+    ``/crl/g<n>/….crl`` (a later key's, docs/ca-key-rollover.md): the newest published CRL of that kind."""
     rt = runtime_of(request)
     which = request.match_info["which"]
+    generation = int(request.match_info.get("generation", "1"))
+    key_id = rt.crl_key_ids.get(generation)
+    if key_id is None:
+        return web.Response(status=404, text="no CA key of that generation signs CRLs\n")
+    cache_key = f"{generation}/{which}"
     with rt.reader.connect() as conn:
-        number = queries.latest_crl_number(conn, which)
+        number = queries.latest_crl_number(conn, which, key_id)
         if number is None:
             return web.Response(status=404, text="no CRL published yet\n")
-        served = rt.served_crls.get(which)
+        served = rt.served_crls.get(cache_key)
         if served is None or served[0] != number:
-            served = rt.served_crls[which] = (number, queries.crl_der(conn, number))
+            served = rt.served_crls[cache_key] = (number, queries.crl_der(conn, number))
     return web.Response(body=served[1], content_type="application/pkix-crl")
 
 
@@ -56,5 +62,6 @@ async def health(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/crl/{which:full|delta|base}.crl", crl_file)
+    app.router.add_get("/crl/g{generation:[2-9]|[1-9][0-9]}/{which:full|delta|base}.crl", crl_file)
     app.router.add_get("/crl/ca.crt", ca_certificate)
     app.router.add_get("/health", health)

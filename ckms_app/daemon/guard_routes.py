@@ -113,7 +113,8 @@ async def health_checks(rt: Runtime) -> dict[str, str]:
 
 
 def run_selftests(rt: Runtime) -> selftest.Report:
-    return selftest.run_all(rt.config, rt.ca_key, rt.ca_cert)
+    retired = [(g.generation, key, cert) for g, key, cert in rt.retired_keys]
+    return selftest.run_all(rt.config, rt.ca_key, rt.ca_cert, retired)
 
 
 async def startup(rt: Runtime, worker: int, stop: asyncio.Event) -> asyncio.Task[None]:

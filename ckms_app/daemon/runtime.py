@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from sqlalchemy.engine import Engine
 
 from ckms_app.audit.hsm_sessions import CLOSE, OPEN, failed_open_detail, record_session, session_detail
-from ckms_app.authority.crl_publisher import CrlPublisher
+from ckms_app.authority.crl_publisher import CrlIssuer, CrlPublisher
 from ckms_app.authority.enrolment import EnrolmentDesk
 from ckms_app.authority.guard import ServiceState, SigningGuard, make_guard
 from ckms_app.authority.issuance import Issuer
@@ -20,12 +20,13 @@ from ckms_app.authority.lint_supervisor import SupervisedLinter
 from ckms_app.authority.linter import find_linter_binary
 from ckms_app.authority.rbac import PrincipalCache
 from ckms_app.authority.signer import Signer
-from ckms_app.config import Config
+from ckms_app.config import CaGeneration, Config
 from ckms_app.errors import HsmError
 from ckms_app.hsm.token import HsmEcPrivateKey, Token
 from ckms_app.store.engine import open_engine
 from ckms_app.store.migrations import migrate
 from ckms_app.store.writer import GroupCommitWriter
+from ckms_app.x509.ca_bundle import trusted_certificates
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Runtime:
     token: Token
     ca_key: HsmEcPrivateKey
     ca_cert: x509.Certificate
-    cacerts_body: bytes  # the /cacerts answer: base64 PKCS#7 of the CA certificate and its chain
+    cacerts_body: bytes  # the /cacerts answer: base64 PKCS#7 of every CA generation, the links and the chain
     writer: GroupCommitWriter
     reader: Engine
     linter: SupervisedLinter | None  # None when linting is disabled in ckms.toml; restarts its helper
@@ -47,7 +48,11 @@ class Runtime:
     state: ServiceState  # the error state shared by all workers (E.36)
     guard: SigningGuard  # asked before every signature: error state + clock (A.33)
     purpose: str = "serve"  # why this process holds a token session (its hsm.session.* records)
-    # The newest CRL of each kind as served: (CRL number, DER). Re-read only when a newer one is published,
+    # generation → its key's identifier (SKI hex), for every key that signs CRLs (docs/ca-key-rollover.md)
+    crl_key_ids: dict[int, str] = field(default_factory=dict)
+    # the retired keys (they sign CRLs only), with their CA certificates: self-tested like the active one
+    retired_keys: list[tuple[CaGeneration, HsmEcPrivateKey, x509.Certificate]] = field(default_factory=list)
+    # The newest CRL of each generation and kind as served ("1/full"): (CRL number, DER). Re-read only when a newer one is published,
     # so a CRL download allocates nothing as large as the CRL (a 100,000-entry CRL is ~4 MB).
     served_crls: dict[str, tuple[int, bytes]] = field(default_factory=dict)
 
@@ -78,15 +83,25 @@ async def open_runtime(config: Config, purpose: str = "serve") -> Runtime:
     token = await _open_token(config, writer, purpose)
     key = token.load_ec_key(config.ca_key_label)
     ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
-    chain = [ca_cert]
-    if config.ca_chain is not None and config.ca_chain.exists():
-        chain += x509.load_pem_x509_certificates(config.ca_chain.read_bytes())
+    retired = [
+        (g, token.load_ec_key(g.key_label), x509.load_pem_x509_certificate(g.cert.read_bytes()))
+        for g in config.signing_generations()[1:]
+    ]
     linter = (
         await SupervisedLinter.start(find_linter_binary(config.lint_binary)) if config.lint_enabled else None
     )
     guard = make_guard(config, writer)
     signer = Signer(key, linter, guard)
-    cacerts = base64.encodebytes(pkcs7.serialize_certificates(chain, serialization.Encoding.DER))
+    oldest = min(g.generation for g in config.signing_generations())
+    issuers = [
+        CrlIssuer.of(config, config.active_generation, signer, ca_cert, oldest == config.ca_generation)
+    ]
+    issuers += [
+        CrlIssuer.of(config, g, Signer(k, linter, guard), c, oldest == g.generation) for g, k, c in retired
+    ]
+    cacerts = base64.encodebytes(
+        pkcs7.serialize_certificates(trusted_certificates(config), serialization.Encoding.DER)
+    )
     return Runtime(
         config=config,
         token=token,
@@ -98,11 +113,13 @@ async def open_runtime(config: Config, purpose: str = "serve") -> Runtime:
         linter=linter,
         issuer=Issuer(config, signer, ca_cert, writer, engine),
         enrolment=EnrolmentDesk(config, signer, ca_cert, writer),
-        publisher=CrlPublisher(config, signer, ca_cert, writer, engine),
+        publisher=CrlPublisher(config, issuers, writer, engine),
         principals=PrincipalCache(engine),
         state=guard.state,
         guard=guard,
         purpose=purpose,
+        crl_key_ids={i.generation: i.key_id for i in issuers},
+        retired_keys=retired,
     )
 
 

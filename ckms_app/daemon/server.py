@@ -41,6 +41,7 @@ from ckms_app.daemon.transport import (
     restrict_tls13,
 )
 from ckms_app.hsm.token import HsmEcPrivateKey
+from ckms_app.x509.ca_bundle import generation_certificates, pem_bundle
 
 log = logging.getLogger("ckms.server")
 
@@ -50,7 +51,8 @@ def server_ssl_context(config: Config) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     restrict_tls13(ctx, config.server.tls_groups, config.server.tls_ciphersuites)
     ctx.load_cert_chain(config.server.tls_cert, config.server.tls_key)
-    ctx.load_verify_locations(cafile=str(config.ca_cert))
+    # Every generation of the CA's key: people and the terminal keep their certificates across a rollover
+    ctx.load_verify_locations(cadata=pem_bundle(generation_certificates(config)))
     # Optional at the TLS layer so /cacerts and /health work without one and a missing certificate
     # gets an HTTP error that says so; every protected route requires it. A certificate that is
     # presented but not issued by this CA still fails the handshake.

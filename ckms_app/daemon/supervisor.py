@@ -148,7 +148,7 @@ def supervise(config: Config) -> None:
                 "event": "ready",
                 "workers": n,
                 "est_url": config.server.est_url,
-                "crl_url": config.server.crl_url("full"),
+                "crl_url": config.server.crl_url("full", config.ca_generation),
             }
         ),
         flush=True,

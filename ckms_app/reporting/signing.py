@@ -252,8 +252,8 @@ async def _issue_audit_key_certificate(
         issuer=ca_cert,
         serial=new_serial(),
         now=utcnow(),
-        crl_url=config.server.crl_url("full"),
-        delta_crl_url=config.server.crl_url("delta"),
+        crl_url=config.server.crl_url("full", config.ca_generation),
+        delta_crl_url=config.server.crl_url("delta", config.ca_generation),
     )
     async with open_signer(config, ca_key, session.writer) as signer:
         cert, der = await signer.certificate(builder, "audit key certificate")

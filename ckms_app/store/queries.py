@@ -68,22 +68,23 @@ def revocation_by_serial(conn: Connection, serial: str) -> Row[Any] | None:
     return conn.execute(select(revocations).where(revocations.c.serial == serial)).first()
 
 
-def latest_crl(conn: Connection, kinds: tuple[str, ...]) -> Row[Any] | None:
-    """The ``crls`` row with the highest CRL number among ``kinds`` (``full``, ``base``, ``delta``)."""
-    return conn.execute(
-        select(crls).where(crls.c.kind.in_(kinds)).order_by(crls.c.crl_number.desc()).limit(1)
-    ).first()
+def latest_crl(conn: Connection, kinds: tuple[str, ...], issuer_key_id: str | None = None) -> Row[Any] | None:
+    """The ``crls`` row with the highest CRL number among ``kinds`` (``full``, ``base``, ``delta``), of one
+    signing key when ``issuer_key_id`` is given (after a rollover several keys sign CRLs)."""
+    query = select(crls).where(crls.c.kind.in_(kinds))
+    if issuer_key_id is not None:
+        query = query.where(crls.c.issuer_key_id == issuer_key_id)
+    return conn.execute(query.order_by(crls.c.crl_number.desc()).limit(1)).first()
 
 
-def latest_crl_number(conn: Connection, which: str) -> int | None:
-    """The number of the newest published CRL of ``which`` (``full``, ``delta``, ``base``): an index read,
-    so a reader can keep the CRL's bytes until a newer one is published."""
-    number = conn.execute(
-        select(crls.c.crl_number)
-        .where(crls.c.kind.in_(_CRL_KINDS[which]))
-        .order_by(crls.c.crl_number.desc())
-        .limit(1)
-    ).scalar()
+def latest_crl_number(conn: Connection, which: str, issuer_key_id: str | None = None) -> int | None:
+    """The number of the newest published CRL of ``which`` (``full``, ``delta``, ``base``), of one signing key
+    when ``issuer_key_id`` is given: an index read, so a reader can keep the CRL's bytes until a newer one is
+    published."""
+    query = select(crls.c.crl_number).where(crls.c.kind.in_(_CRL_KINDS[which]))
+    if issuer_key_id is not None:
+        query = query.where(crls.c.issuer_key_id == issuer_key_id)
+    number = conn.execute(query.order_by(crls.c.crl_number.desc()).limit(1)).scalar()
     return None if number is None else int(number)
 
 

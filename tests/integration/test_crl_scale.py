@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from ckms_app.authority.crl_publisher import CrlPublisher
+from ckms_app.authority.crl_publisher import CrlIssuer, CrlPublisher
 from ckms_app.authority.signer import open_signer
 from ckms_app.config import load_config
 from ckms_app.hsm.token import Token
@@ -75,7 +75,7 @@ async def _publish(ca: CaHome, times: int = 1) -> list[x509.CertificateRevocatio
         with Token(config.token) as token:
             key = token.load_ec_key(config.ca_key_label)
             async with open_signer(config, key, writer) as signer:
-                publisher = CrlPublisher(config, signer, ca_cert, writer, reader)
+                publisher = CrlPublisher(config, CrlIssuer.single(config, signer, ca_cert), writer, reader)
                 for _ in range(times):
                     await asyncio.sleep(1.1)  # thisUpdate has whole seconds: each CRL after the last
                     await publisher.publish()

@@ -1,0 +1,37 @@
+"""The CA certificates relying parties trust, over every generation of the CA's key (docs/ca-key-rollover.md).
+
+After a rollover the CA has several certificates of one name: the active key's, the next key's (between
+``begin`` and ``activate``) and the retired keys' (they still sign CRLs). Whoever checks a certificate the
+CA issued, or the daemon's own TLS certificate, must trust each of them; ``/cacerts`` hands out the same
+set with the link certificates and the external chain.
+"""
+
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ckms_app.config import Config
+
+
+def generation_certificates(config: Config) -> list[x509.Certificate]:
+    """The CA certificate of every generation, the active one first: trust anchors for mutual TLS. Never
+    the external chain: a certificate its root issued to someone else must not open a session here."""
+    return [x509.load_pem_x509_certificate(g.cert.read_bytes()) for g in config.generations()]
+
+
+def trusted_certificates(config: Config) -> list[x509.Certificate]:
+    """What ``/cacerts`` serves: every generation's CA certificate (active first), their link certificates,
+    then the external chain."""
+    certs = generation_certificates(config)
+    for generation in config.generations():
+        if generation.links is not None:
+            certs += x509.load_pem_x509_certificates(generation.links.read_bytes())
+    if config.ca_chain is not None and config.ca_chain.exists():
+        certs += x509.load_pem_x509_certificates(config.ca_chain.read_bytes())
+    return certs
+
+
+def pem_bundle(certs: list[x509.Certificate]) -> str:
+    """Certificates as one PEM text (for ``ssl.SSLContext.load_verify_locations(cadata=...)``)."""
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
