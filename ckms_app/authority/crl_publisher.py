@@ -33,6 +33,9 @@ retired one) is a :class:`CrlIssuer`. A publication signs a full and a delta CRL
 the one lock and from the one number sequence; each lists the revocations of the certificates its own key
 issued (``certificates.issuer_key_id``), carries its own key's identifier and lives at its generation's
 address. A revocation whose certificate the database does not know is listed by the oldest key.
+
+Why this module is long: a publication is one locked unit (number, entries of every key, signatures, rows,
+audit record, files), and splitting it would spread the lock's rules over several modules.
 """
 
 from __future__ import annotations
