@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ckms_app.authority import rollover_gate
 from ckms_app.cli import confirm as confirm_cli
 from ckms_app.cli import selftest_cli
 from ckms_app.cli.local_audit import audit_local as _audit
@@ -35,7 +36,7 @@ def _add_home(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", help="CA home directory (default: $CKMS_HOME)")
 
 
-def _add_custodians(p: argparse.ArgumentParser) -> None:
+def add_custodians(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--share-file",
         type=Path,
@@ -58,7 +59,7 @@ def _add_custodians(p: argparse.ArgumentParser) -> None:
 
 def _add_reissue(p: argparse.ArgumentParser) -> None:
     _add_home(p)
-    _add_custodians(p)
+    add_custodians(p)
     p.add_argument(
         "--new-passphrase-file",
         type=Path,
@@ -111,7 +112,7 @@ def add_parsers(sub: Any, ca: Any) -> None:
     backup = hsm_sub.add_parser("backup", help="export the CA key wrapped under the custody KWK")
     _add_home(backup)
     backup.add_argument("--out", type=Path, required=True, help="where to write the wrapped backup")
-    _add_custodians(backup)
+    add_custodians(backup)
     restore = hsm_sub.add_parser("restore", help="restore a wrapped backup into a fresh token")
     _add_home(restore)
     restore.add_argument(
@@ -122,7 +123,7 @@ def add_parsers(sub: Any, ca: Any) -> None:
         type=Path,
         help="SoftHSM: directory of the new token (default: hsm/tokens-<time> in the home)",
     )
-    _add_custodians(restore)
+    add_custodians(restore)
     keygen = hsm_sub.add_parser("keygen", help="generate a new CA key pair in the token (rotation)")
     _add_home(keygen)
     keygen.add_argument("--label", required=True, help="label of the new key pair in the token")
@@ -132,7 +133,7 @@ def add_parsers(sub: Any, ca: Any) -> None:
         choices=["P-256", "P-384"],
         help="curve of the new key (default %(default)s)",
     )
-    _add_custodians(keygen)
+    add_custodians(keygen)
     destroy = hsm_sub.add_parser(
         "destroy-key",
         help="destroy a key pair: re-initialise the token with the SO PIN, keeping every other key pair",
@@ -144,7 +145,7 @@ def add_parsers(sub: Any, ca: Any) -> None:
         action="store_true",
         help="allow destroying the key the CA (or its audit seal) uses now; the CA stops signing",
     )
-    _add_custodians(destroy)
+    add_custodians(destroy)
     confirm_cli.add_yes(destroy)
     change = hsm_sub.add_parser(
         "change-so-pin", help="set a new random SO PIN and give the same custodians new shares"
@@ -159,7 +160,7 @@ def add_parsers(sub: Any, ca: Any) -> None:
     _add_reissue(reshare)
     check = hsm_sub.add_parser("custody-check", help="prove two custodians can open the token as SO")
     _add_home(check)
-    _add_custodians(check)
+    add_custodians(check)
 
     st = sub.add_parser("selftest", help="run the self-tests (KAT, HSM pairwise, integrity)")
     _add_home(st)
@@ -176,7 +177,7 @@ def add_parsers(sub: Any, ca: Any) -> None:
     rec.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def _custodian_entity(names: list[str]) -> str:
+def custodian_entity(names: list[str]) -> str:
     return "custodians:" + ",".join(names) if names else "custodians:none"
 
 
@@ -199,48 +200,67 @@ def run(args: argparse.Namespace, home: Path) -> int:
     if args.hsm_command == "custody" and args.custody_command == "split":
         return _split(config, args)
     record = custody.CustodyRecord.load(home) if custody.record_path(home).exists() else None
-    operations: dict[str, tuple[str, Callable[[custody.CustodySecret, str], dict[str, Any]], str]] = {
+    operations: dict[str, tuple[str, Operation, str]] = {
         "backup": (
             "hsm.backup",
-            lambda s, cid: hsm_backup.backup(config, s, args.out, cid),
+            lambda s, cid, _: hsm_backup.backup(config, s, args.out, cid),
             config.ca_key_label,
         ),
         "restore": (
             "hsm.restore",
-            lambda s, cid: hsm_backup.restore(config, s, args.infile, args.token_dir),
+            lambda s, cid, _: hsm_backup.restore(config, s, args.infile, args.token_dir),
             config.ca_key_label,
         ),
         "keygen": (
             "hsm.key.generate",
-            lambda s, cid: hsm_admin.generate_key(config, s, args.label, args.curve),
+            lambda s, cid, _: hsm_admin.generate_key(config, s, args.label, args.curve),
             getattr(args, "label", ""),
         ),
         "destroy-key": (
             "hsm.key.destroy",
-            lambda s, cid: zeroise.destroy_key(config, s, args.label, cid, args.retire_current),
+            lambda s, cid, names: _destroy_key(config, s, cid, names, args),
             getattr(args, "label", ""),
         ),
         "change-so-pin": (
             "hsm.so_pin.change",
-            lambda s, cid: _replace_set(config, s, record, None, args),
+            lambda s, cid, _: _replace_set(config, s, record, None, args),
             config.token.token_label,
         ),
         "reshare": (
             "hsm.custody.reshare",
-            lambda s, cid: _replace_set(config, s, record, getattr(args, "custodian", None), args),
+            lambda s, cid, _: _replace_set(config, s, record, getattr(args, "custodian", None), args),
             config.token.token_label,
         ),
         "custody-check": (
             "hsm.custody.check",
-            lambda s, cid: _custody_check(config, s),
+            lambda s, cid, _: _custody_check(config, s),
             config.token.token_label,
         ),
     }
     command = args.custody_command if args.hsm_command == "custody" else args.hsm_command
     action, operation, target = operations[command]
+    result, names = under_custody(config, args, action, target, operation)
+    _print({**result, "custodians": names}, args.json)
+    return 0
+
+
+#: An operation run with the secret two custodians rebuilt: (secret, custody set id, custodian names) → result.
+Operation = Callable[[CustodySecret, str, list[str]], dict[str, Any]]
+
+
+def under_custody(
+    config: Config, args: argparse.Namespace, action: str, target: str, operation: Operation
+) -> tuple[dict[str, Any], list[str]]:
+    """Run ``operation`` with the custody secret rebuilt from ``--share-file``/``--passphrase-file``.
+
+    The one custody flow of every command that needs 2 of 3 custodians (``ckms hsm …``,
+    ``ckms ca rollover …``): each attempt is audited as ``action`` on ``target`` with the custodians
+    presented — ``denied`` when the shares do not rebuild the secret or the operation refuses with a
+    :class:`CustodyError`, ``error`` when it fails otherwise, ``success`` with the result's fields. The
+    secret is dropped as soon as the operation returns. Returns the result and the custodians' names."""
     presented: list[str] = []
     try:
-        record = custody.CustodyRecord.load(home)
+        record = custody.CustodyRecord.load(config.home)
         _ = translator(getattr(args, "lang", None))
         creds = custody.gather_credentials(
             args.share_file,
@@ -252,7 +272,7 @@ def run(args: argparse.Namespace, home: Path) -> int:
     except CustodyError as exc:
         _audit(
             config,
-            entity=_custodian_entity(presented),
+            entity=custodian_entity(presented),
             role=CUSTODIAN_ROLE,
             action=action,
             target=target,
@@ -261,11 +281,11 @@ def run(args: argparse.Namespace, home: Path) -> int:
         )
         raise
     try:
-        result = operation(secret, record.custody_id)
+        result = operation(secret, record.custody_id, names)
     except CkmsError as exc:
         _audit(
             config,
-            entity=_custodian_entity(names),
+            entity=custodian_entity(names),
             role=CUSTODIAN_ROLE,
             action=action,
             target=target,
@@ -277,15 +297,24 @@ def run(args: argparse.Namespace, home: Path) -> int:
         del secret
     _audit(
         config,
-        entity=_custodian_entity(names),
+        entity=custodian_entity(names),
         role=CUSTODIAN_ROLE,
         action=action,
         target=target,
         outcome="success",
         detail={"custodians": names, **{k: v for k, v in result.items() if k != "backup"}},
     )
-    _print({**result, "custodians": names}, args.json)
-    return 0
+    return result, names
+
+
+def _destroy_key(
+    config: Config, secret: CustodySecret, custody_id: str, names: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """``hsm destroy-key``: a key generation the CA still needs is refused first (the rollover's destroy
+    gate); once a retired generation's key is gone, its ``[[ca.retired]]`` entry goes too."""
+    rollover_gate.refuse_if_needed(config, args.label)
+    result = zeroise.destroy_key(config, secret, args.label, custody_id, args.retire_current)
+    return {**result, **rollover_gate.forget_destroyed(config, args.label, custodian_entity(names))}
 
 
 def _new_passphrases(names: list[str], files: list[Path], lang: str | None) -> list[str]:
@@ -309,7 +338,7 @@ def _split(config: Config, args: argparse.Namespace) -> int:
     result = reissue.split(config, names, passphrases, args.out_dir, args.threshold)
     _audit(
         config,
-        entity=_custodian_entity(sorted(names)),
+        entity=custodian_entity(sorted(names)),
         role=CUSTODIAN_ROLE,
         action="hsm.custody.split",
         target=config.token.token_label,

@@ -25,7 +25,7 @@ from ckms_app.authority import ceremony, credentials
 from ckms_app.authority.ceremony_people import InitPeople, parse_person
 from ckms_app.cli import admin as admin_cli
 from ckms_app.cli import confirm as confirm_cli
-from ckms_app.cli import expiry_cli, help_i18n, hub_cli
+from ckms_app.cli import expiry_cli, help_i18n, hub_cli, rollover_cli
 from ckms_app.cli import hsm as custody_cli
 from ckms_app.cli import report_cli as reporting_cli
 from ckms_app.cli import terminal as terminal_cli
@@ -220,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     expiry_cli.add_parsers(sub)  # expiry check (issue 14 part 5)
     hub_cli.add_parsers(sub)  # hub init/serve/relay/connect (issue 14 part 1)
     custody_cli.add_parsers(sub, ca)  # hsm ..., selftest, ca recover
+    rollover_cli.add_parsers(ca)  # ca rollover begin/import-cert/activate/status (issue 14 part 3)
     _add_lang(parser)
     return parser
 
@@ -258,6 +259,8 @@ def run(args: argparse.Namespace) -> int:
         return expiry_cli.run(args)
     if args.command in ("hsm", "selftest") or (args.command == "ca" and args.ca_command == "recover"):
         return custody_cli.run(args, home)
+    if args.command == "ca" and args.ca_command == rollover_cli.COMMAND:
+        return rollover_cli.run(args, home)
     if args.command == "ca":
         if args.ca_command == "init":
             summary = ceremony.init_ca(
