@@ -21,10 +21,10 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from ckms_app.authority.ca_bundle import generation_certificates, pem_bundle
 from ckms_app.config import Config
 from ckms_app.errors import ClientError
 from ckms_app.i18n import DEFAULT, translator
-from ckms_app.x509.ca_bundle import generation_certificates, pem_bundle
 
 
 def _english(text: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ckms_app.authority import ceremony, credentials
+from ckms_app.authority import ca_bundle, ceremony, credentials
 from ckms_app.authority.ceremony_people import InitPeople, parse_person
 from ckms_app.cli import admin as admin_cli
 from ckms_app.cli import confirm as confirm_cli
@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_home(renew_tls)
     renew_tls.add_argument("--json", action="store_true", help="print a JSON summary")
+    trust = ca.add_parser(
+        "trust", help="every key generation's CA certificate (PEM): what relying parties trust"
+    )
+    _add_home(trust)
+    trust.add_argument("--json", action="store_true", help="also the CRL address of each signing key")
 
     issue = sub.add_parser("issue", help="enrol a PKCS#10 request over EST")
     _add_home(issue)
@@ -293,6 +298,10 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.ca_command == "renew-tls":
             _print_summary(credentials.renew_tls(home), args.json, _)
+            return 0
+        if args.ca_command == "trust":
+            summary = ca_bundle.trust_summary(load_config(home))
+            print(json.dumps(summary, indent=2) + "\n" if args.json else str(summary["bundle"]), end="")
             return 0
 
         supervisor.run(home)

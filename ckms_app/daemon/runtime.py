@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from sqlalchemy.engine import Engine
 
 from ckms_app.audit.hsm_sessions import CLOSE, OPEN, failed_open_detail, record_session, session_detail
+from ckms_app.authority.ca_bundle import trusted_certificates
 from ckms_app.authority.crl_publisher import CrlIssuer, CrlPublisher
 from ckms_app.authority.enrolment import EnrolmentDesk
 from ckms_app.authority.guard import ServiceState, SigningGuard, make_guard
@@ -26,7 +27,6 @@ from ckms_app.hsm.token import HsmEcPrivateKey, Token
 from ckms_app.store.engine import open_engine
 from ckms_app.store.migrations import migrate
 from ckms_app.store.writer import GroupCommitWriter
-from ckms_app.x509.ca_bundle import trusted_certificates
 
 
 @dataclass

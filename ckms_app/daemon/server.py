@@ -27,6 +27,7 @@ from ckms_app.audit.alerts import send_alert
 from ckms_app.audit.record import SYSTEM, record
 from ckms_app.audit.refusals import RefusalSummary
 from ckms_app.audit.seals import AuditSealer, config_change_unit, ensure_audit_key
+from ckms_app.authority.ca_bundle import generation_certificates, pem_bundle
 from ckms_app.config import Config
 from ckms_app.daemon import api_routes, crl_routes, est_routes, guard_routes
 from ckms_app.daemon.http import REFUSALS
@@ -41,7 +42,6 @@ from ckms_app.daemon.transport import (
     restrict_tls13,
 )
 from ckms_app.hsm.token import HsmEcPrivateKey
-from ckms_app.x509.ca_bundle import generation_certificates, pem_bundle
 
 log = logging.getLogger("ckms.server")
 

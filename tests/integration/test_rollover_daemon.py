@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import json
 import subprocess
 import tomllib
 import urllib.request
@@ -189,7 +190,7 @@ def test_health_and_self_tests_cover_both_keys(rolled: dict) -> None:
             "curl",
             "-sS",
             "--cacert",
-            str(rolled["config"].ca_cert),
+            _bundle(rolled),
             f"{ca.est_url.rsplit('/.well', 1)[0]}/health",
         ],
         capture_output=True,
@@ -199,3 +200,18 @@ def test_health_and_self_tests_cover_both_keys(rolled: dict) -> None:
     assert b'"status": "ok"' in out or b'"status":"ok"' in out, out
     runs = ca.audit("selftest.run")
     assert runs and runs[-1][4] == "success", runs[-1:]  # the start after the rollover, both keys tested
+
+
+def test_trust_lists_every_generation_and_each_signing_keys_crl(rolled: dict) -> None:
+    config = rolled["config"]
+    summary = json.loads(ckms("ca", "trust", "--json", "--home", str(rolled["ca"].home)).stdout)
+    roles = {g["generation"]: g["role"] for g in summary["generations"]}
+    assert roles == {2: "active", 1: "retired"}
+    assert summary["crl_urls"] == [config.server.crl_url("full", 2), config.server.crl_url("full", 1)]
+    bundle = x509.load_pem_x509_certificates(summary["bundle"].encode())
+    assert [subject_key_id(c) for c in bundle] == [
+        subject_key_id(x509.load_pem_x509_certificate(config.ca_cert.read_bytes())),
+        subject_key_id(x509.load_pem_x509_certificate(config.ca_retired[0].cert.read_bytes())),
+    ]
+    plain = ckms("ca", "trust", "--home", str(rolled["ca"].home)).stdout
+    assert plain == summary["bundle"]

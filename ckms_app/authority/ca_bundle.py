@@ -11,7 +11,7 @@ from __future__ import annotations
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ckms_app.config import Config
+from ckms_app.config import CaGeneration, Config
 
 
 def generation_certificates(config: Config) -> list[x509.Certificate]:
@@ -35,3 +35,30 @@ def trusted_certificates(config: Config) -> list[x509.Certificate]:
 def pem_bundle(certs: list[x509.Certificate]) -> str:
     """Certificates as one PEM text (for ``ssl.SSLContext.load_verify_locations(cadata=...)``)."""
     return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
+
+
+def trust_summary(config: Config) -> dict[str, object]:
+    """What deployment tooling hands to relying parties (``ckms ca trust --json``): the PEM bundle of every
+    generation's CA certificate, and the full-CRL address of each key that signs CRLs (the terminal's CRL
+    relay carries one CRL per key to the IoT hub)."""
+    return {
+        "bundle": pem_bundle(generation_certificates(config)),
+        "crl_urls": [config.server.crl_url("full", g.generation) for g in config.signing_generations()],
+        "generations": [
+            {
+                "generation": g.generation,
+                "role": role,
+                "key_label": g.key_label,
+                "cert": str(g.cert),
+            }
+            for g, role in _roles(config)
+        ],
+    }
+
+
+def _roles(config: Config) -> list[tuple[CaGeneration, str]]:
+    roles = [(config.active_generation, "active")]
+    roles += [(g, "retired") for g in config.signing_generations()[1:]]
+    if config.ca_next is not None:
+        roles.append((config.ca_next, "next"))
+    return roles
