@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 import tomli_w
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from ckms_app.algorithms import CURVES
 from ckms_app.authority import selftest
 from ckms_app.authority.signer import open_signer
 from ckms_app.config import load_config
@@ -63,7 +64,7 @@ async def _second_generation(home: Path) -> None:
     now = dt.datetime.now(dt.UTC)
     with Token(config.token) as token:
         old_key = token.load_ec_key(config.ca_key_label)
-        new_key = token.generate_ec_key("ckms-ca-key-g2", old_key.curve_info)
+        new_key = token.generate_ec_key("ckms-ca-key-g2", CURVES["P-384"])  # and a stronger curve (A.59)
         async with open_signer(config, new_key) as new_signer:
             new_cert, _ = await new_signer.certificate(
                 ca_builder(
@@ -125,6 +126,7 @@ def test_new_issuance_is_under_the_new_key_and_names_its_crl(rolled: dict) -> No
     cdp = device.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert [n.value for p in cdp for n in p.full_name] == [config.server.crl_url("full", 2)]
     assert config.server.crl_url("full", 2).endswith("/crl/g2/full.crl")
+    assert isinstance(device.signature_hash_algorithm, hashes.SHA384)  # the P-384 key signs with SHA-384
     rolled["new_device"] = device
 
 
