@@ -27,7 +27,8 @@ from ckms_app.config import CaGeneration, Config
 from ckms_app.errors import CustodyError
 from ckms_app.hsm.token import Token
 from ckms_app.store.engine import open_engine
-from ckms_app.store.schema import certificates, crls, revocations, utcnow
+from ckms_app.store.queries import latest_crl
+from ckms_app.store.schema import certificates, revocations, utcnow
 from ckms_app.x509.key_ids import subject_key_id
 
 
@@ -48,8 +49,8 @@ def _counts(conn: Connection, key_id: str | None, now: dt.datetime) -> tuple[int
 
 
 def _latest_crl(conn: Connection, key_id: str) -> Any:
-    query = select(crls).where(crls.c.issuer_key_id == key_id, crls.c.kind == "full")
-    return conn.execute(query.order_by(crls.c.this_update.desc(), crls.c.crl_number.desc()).limit(1)).first()
+    """The key's newest full CRL: kind ``full``, or ``base`` (a full CRL that also starts a delta base)."""
+    return latest_crl(conn, ("full", "base"), key_id)
 
 
 def _role(config: Config, gen: CaGeneration) -> str:
