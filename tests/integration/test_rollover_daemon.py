@@ -9,11 +9,11 @@ links from ``/cacerts``, and still accepts people whose certificates the old key
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import json
 import subprocess
+import sys
 import tomllib
 import urllib.request
 from pathlib import Path
@@ -34,6 +34,7 @@ from ckms_app.x509.profiles import ca_builder, link_builder
 from tests.integration.conftest import CaHome, Daemon, ckms, curl_enroll, init_home, make_csr, split_status
 
 _PEM = serialization.Encoding.PEM
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _enrol(ca: CaHome, tmp: Path, cn: str) -> x509.Certificate:
@@ -105,7 +106,10 @@ def rolled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         old_device = _enrol(ca, tmp, "device-before-rollover")
     finally:
         daemon.stop()
-    asyncio.run(_second_generation(ca.home))
+    # In a process of its own: SoftHSM keeps the token directory of the first home a process opened.
+    script = "import asyncio, pathlib, sys; from tests.integration.test_rollover_daemon import _second_generation; "
+    script += "asyncio.run(_second_generation(pathlib.Path(sys.argv[1])))"
+    subprocess.run([sys.executable, "-c", script, str(ca.home)], cwd=REPO, check=True, timeout=120)
     daemon.start()
     try:
         yield {"ca": ca, "tmp": tmp, "old_device": old_device, "config": load_config(ca.home)}
