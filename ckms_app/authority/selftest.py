@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from ckms_app.algorithms import curve_of
 from ckms_app.authority.linter import find_linter_binary
 from ckms_app.config import Config
 from ckms_app.errors import CkmsError, LintUnavailable
@@ -128,13 +129,6 @@ def _ec_public_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def _hash_of(cert: x509.Certificate) -> hashes.HashAlgorithm:
-    algorithm = cert.signature_hash_algorithm
-    if algorithm is None:
-        raise CkmsError("the CA certificate has no signature hash algorithm")
-    return algorithm
-
-
 def pairwise_test(key: HsmEcPrivateKey, ca_cert: x509.Certificate) -> Check:
     try:
         ok = pairwise_consistent(key.sign_digest, _ec_public_key(ca_cert), key.curve_info.hash_algorithm)
@@ -210,7 +204,10 @@ def integrity_test(config: Config, ca_cert: x509.Certificate) -> Check:
     except (ValueError, KeyError):
         return Check("integrity", False, f"{path} is not a readable manifest")
     try:
-        _ec_public_key(ca_cert).verify(signature, _canonical(body), ec.ECDSA(_hash_of(ca_cert)))
+        # record_manifest signs with the key's own curve hash, whatever hash signed the CA certificate (a
+        # P-256 CA under a SHA-384 external root): verify with the same one
+        public_key = _ec_public_key(ca_cert)
+        public_key.verify(signature, _canonical(body), ec.ECDSA(curve_of(public_key).hash_algorithm))
     except (InvalidSignature, TypeError):
         return Check("integrity", False, "the manifest's signature does not verify under the CA certificate")
     expected: dict[str, str] = body.get("files", {})

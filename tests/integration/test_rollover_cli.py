@@ -302,9 +302,9 @@ def test_the_retired_key_is_destroyed_only_when_nothing_it_issued_needs_it(rolle
 
 
 def _external_root() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A P-256 root signing with SHA-256, the CA key's own hash: the integrity self-test verifies the manifest
-    with the hash of the CA certificate's signature, so a SHA-384 root would fail it (before any rollover)."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    """A P-384 root signing with SHA-384 above a P-256 CA: the CA's manifest is signed with its own key's hash
+    (SHA-256), not the hash of its certificate's signature, and the integrity self-test verifies it so."""
+    key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "External Root")])
     now = dt.datetime.now(dt.UTC)
     root = (
@@ -313,7 +313,7 @@ def _external_root() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         .not_valid_after(now + dt.timedelta(days=3650))
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+        .sign(key, hashes.SHA384())
     )  # fmt: skip
     return key, root
 
@@ -329,7 +329,7 @@ def _certify(csr_path: Path, key: ec.EllipticCurvePrivateKey, root: x509.Certifi
         .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+        .sign(key, hashes.SHA384())
     )  # fmt: skip
     out.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
