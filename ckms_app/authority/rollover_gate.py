@@ -24,11 +24,12 @@ from sqlalchemy.engine import Connection, Engine
 
 from ckms_app.authority.ca_tables import load_ca_cert, rerecord_manifest, write_ca_tables
 from ckms_app.config import CaGeneration, Config
-from ckms_app.errors import CustodyError
+from ckms_app.errors import CkmsError, CustodyError
 from ckms_app.hsm.token import Token
 from ckms_app.store.engine import open_engine
 from ckms_app.store.queries import latest_crl
 from ckms_app.store.schema import certificates, revocations, utcnow
+from ckms_app.x509.csr_policy import public_key_sha256
 from ckms_app.x509.key_ids import subject_key_id
 
 
@@ -155,10 +156,43 @@ def refuse_if_needed(config: Config, label: str) -> None:
     engine = open_engine(config.database_url)
     try:
         allowed, reason = may_destroy(config, engine, label)
+        if allowed and not any(g.key_label == label for g in config.generations()):
+            blocking = _unlisted_key_still_needed(config, engine, label)
+            allowed, reason = (False, blocking) if blocking else (allowed, reason)
     finally:
         engine.dispose()
     if not allowed:
         raise CustodyError(f"{label!r} is still needed: {reason}", code="ca_key_still_needed")
+
+
+def _unlisted_key_still_needed(config: Config, engine: Engine, label: str) -> str | None:
+    """A key ckms.toml does not name may still be a CA key whose ``[[ca.retired]]`` entry was taken out by
+    hand: the gate must not rest on an editable file. A key is known by its public key, so what it issued is
+    looked up by that (its RFC 5280 key identifier, and the SKI of every CA certificate of this database that
+    holds it); while any such certificate has not expired, the key is refused."""
+    try:
+        with Token(config.token) as token:
+            public_key = token.load_ec_key(label).public_key()
+    except CkmsError:
+        return None  # no EC key pair of that label: nothing this CA issued can depend on it
+    key_ids = {x509.SubjectKeyIdentifier.from_public_key(public_key).digest.hex()}
+    now = utcnow()
+    with engine.connect() as conn:
+        ca_rows = select(certificates.c.der).where(
+            certificates.c.kind == "ca", certificates.c.pubkey_sha256 == public_key_sha256(public_key)
+        )
+        key_ids |= {
+            subject_key_id(x509.load_der_x509_certificate(der)) for der in conn.execute(ca_rows).scalars()
+        }
+        live, revoked = (
+            sum(n) for n in zip(*(_counts(conn, key_id, now) for key_id in key_ids), strict=True)
+        )
+    if live or revoked:
+        return (
+            f"{label!r} is named by no key generation in ckms.toml, yet it issued {live} valid and {revoked} "
+            "revoked certificates that have not expired; destroy it once they have"
+        )
+    return None
 
 
 def forget_destroyed(config: Config, label: str, actor: str) -> dict[str, Any]:

@@ -151,13 +151,19 @@ def _lint_binary(config: Config) -> Path | None:
 
 
 def installed_files(config: Config) -> dict[str, Path]:
-    """What the manifest covers, by a stable name: the code, the linter, the configuration."""
+    """What the manifest covers, by a stable name: the code, the linter, the configuration, the CA certificates."""
     # Every module of the installed package, subpackages included (code/authority/issuance.py, ...).
     files = {f"code/{p.relative_to(CODE_DIR).as_posix()}": p for p in sorted(CODE_DIR.rglob("*.py"))}
     lint = _lint_binary(config)
     if lint is not None:
         files["lint/ckms-lint"] = lint
     files["config/ckms.toml"] = config.home / "ckms.toml"
+    # Every key generation's CA certificate and links: each is a trust anchor of the daemon's mutual TLS and
+    # goes to relying parties (ckms ca trust, /cacerts), so a swapped one must fail the self-test.
+    for generation in config.generations():
+        files[f"ca/generation-{generation.generation}/ca.pem"] = generation.cert
+        if generation.links is not None:
+            files[f"ca/generation-{generation.generation}/links.pem"] = generation.links
     return files
 
 

@@ -23,6 +23,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import tomli_w
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -261,6 +262,20 @@ def test_the_retired_key_is_destroyed_only_when_nothing_it_issued_needs_it(rolle
     )
     denied = [r for r in home.audit("hsm.key.destroy") if r[4] == "denied"]
     assert denied and json.loads(denied[-1][5])["custodians"] == ["alice", "bob"]
+    assert "ckms-ca-key" in helper(home, "labels")  # type: ignore[operator]
+
+    # the gate does not rest on ckms.toml: with the [[ca.retired]] entry taken out by hand, the key is still
+    # known by its public key and refused while what it issued lives
+    toml = home.home / "ckms.toml"
+    saved = toml.read_bytes()
+    raw = tomllib.loads(saved.decode())
+    del raw["ca"]["retired"]
+    toml.write_text(tomli_w.dumps(raw))
+    try:
+        res = _destroy(home, creds, "alice", "bob")
+        assert res.returncode == 1 and "named by no key generation" in res.stderr, res.stderr
+    finally:
+        toml.write_bytes(saved)
     assert "ckms-ca-key" in helper(home, "labels")  # type: ignore[operator]
 
     # revoke everything the old key issued (the device and the daemon's first TLS certificate)

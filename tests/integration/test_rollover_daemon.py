@@ -221,3 +221,18 @@ def test_trust_lists_every_generation_and_each_signing_keys_crl(rolled: dict) ->
     ]
     plain = ckms("ca", "trust", "--home", str(rolled["ca"].home)).stdout
     assert plain == summary["bundle"]
+
+
+def test_a_swapped_generation_certificate_fails_the_integrity_self_test(rolled: dict) -> None:
+    """Every generation's CA certificate is a trust anchor: the signed manifest covers each, and its links."""
+    ca, config = rolled["ca"], rolled["config"]
+    assert ckms("selftest", "--home", str(ca.home), "--json").returncode == 0
+    links = config.ca_links
+    saved = links.read_bytes()
+    links.write_bytes(saved + config.ca_retired[0].cert.read_bytes())  # one more anchor slipped in
+    try:
+        res = ckms("selftest", "--home", str(ca.home), "--json", check=False)
+        assert res.returncode != 0 and "ca/generation-2/links.pem modified" in res.stdout, res.stdout
+    finally:
+        links.write_bytes(saved)
+    assert ckms("selftest", "--home", str(ca.home), "--json").returncode == 0
