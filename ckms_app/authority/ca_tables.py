@@ -17,11 +17,15 @@ from typing import Any
 
 import tomli_w
 from cryptography import x509
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
 
 from ckms_app.authority.selftest import record_manifest
 from ckms_app.config import CONFIG_NAME, CaGeneration, Config, parse_config, read_raw_config
 from ckms_app.errors import CkmsError, ConfigError, HsmError
 from ckms_app.hsm.token import HsmEcPrivateKey
+from ckms_app.store.queries import bump_entity_generation
+from ckms_app.store.schema import role_permissions
 
 
 def load_ca_cert(path: Path) -> x509.Certificate:
@@ -92,3 +96,35 @@ def rerecord_manifest(config: Config, key: HsmEcPrivateKey, actor: str) -> Path:
             f"ckms.toml was changed but the self-test manifest could not be signed again ({exc}); "
             "run 'ckms selftest --record' before the daemon starts"
         ) from exc
+
+
+def grant_like(conn: Connection, old_label: str, new_label: str) -> None:
+    """Give key ``new_label`` every ACL grant key ``old_label`` has (a rollover's new CA key is administered
+    as the old one was), and tell every worker to reload its principals."""
+    rows = conn.execute(
+        select(role_permissions.c.role, role_permissions.c.operation).where(
+            role_permissions.c.resource == f"key:{old_label}"
+        )
+    ).all()
+    held = {
+        (r.role, r.operation)
+        for r in conn.execute(
+            select(role_permissions.c.role, role_permissions.c.operation).where(
+                role_permissions.c.resource == f"key:{new_label}"
+            )
+        )
+    }
+    new = [
+        {"role": r.role, "operation": r.operation, "resource": f"key:{new_label}"}
+        for r in rows
+        if (r.role, r.operation) not in held
+    ]
+    if new:
+        conn.execute(role_permissions.insert(), new)
+        bump_entity_generation(conn)
+
+
+def revoke_key_grants(conn: Connection, label: str) -> None:
+    """Take every ACL grant on a destroyed key away (the ACL names only keys in the token, E.06)."""
+    conn.execute(role_permissions.delete().where(role_permissions.c.resource == f"key:{label}"))
+    bump_entity_generation(conn)

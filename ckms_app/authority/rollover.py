@@ -35,9 +35,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy.engine import Connection
 
 from ckms_app.algorithms import curve_by_name, curve_of
-from ckms_app.authority.ca_tables import load_ca_cert, rerecord_manifest, write_ca_tables
+from ckms_app.authority.ca_tables import grant_like, load_ca_cert, rerecord_manifest, write_ca_tables
 from ckms_app.authority.issuance import certificate_row
 from ckms_app.authority.selftest import integrity_test
 from ckms_app.authority.signer import open_signer
@@ -291,7 +292,7 @@ def _install_next(
     cert_path, links_path = directory / "ca.pem", directory / "links.pem"
     _write_public(cert_path, _pem(new_cert))
     _write_public(links_path, _pem(new_with_old, old_with_new))  # NewWithOld first, then OldWithNew
-    _store(config, actor, [(new_cert, "ca"), (new_with_old, "ca-link"), (old_with_new, "ca-link")])
+    _store(config, actor, [(new_cert, "ca"), (new_with_old, "ca-link"), (old_with_new, "ca-link")], label)
     staged = CaGeneration(generation, label, cert_path, links_path)
     changed = write_ca_tables(config.home, config.active_generation, staged, config.ca_retired)
     manifest = rerecord_manifest(changed, old_key, actor)
@@ -311,8 +312,10 @@ def _install_next(
     }
 
 
-def _store(config: Config, actor: str, made: list[tuple[x509.Certificate, str]]) -> None:
-    """Every certificate the CA makes is in ``certificates``; CA and link certificates as kind ``ca``."""
+def _store(config: Config, actor: str, made: list[tuple[x509.Certificate, str]], label: str) -> None:
+    """Every certificate the CA makes is in ``certificates``; CA and link certificates as kind ``ca``. In the
+    same transaction the new key gets the grants the active key has (``key:<label>`` rows of the ACL, E.05 d),
+    so the access-control tables keep naming every key in the token (E.06)."""
     rows = [
         certificate_row(
             cert,
@@ -327,7 +330,12 @@ def _store(config: Config, actor: str, made: list[tuple[x509.Certificate, str]])
     ]
     writer = GroupCommitWriter(open_engine(config.database_url, writer=True))
     try:
-        writer.run(lambda conn: conn.execute(certificates.insert(), rows))
+
+        def store(conn: Connection) -> None:
+            conn.execute(certificates.insert(), rows)
+            grant_like(conn, config.ca_key_label, label)
+
+        writer.run(store)
     finally:
         writer.close()
 

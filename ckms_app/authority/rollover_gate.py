@@ -22,13 +22,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection, Engine
 
-from ckms_app.authority.ca_tables import load_ca_cert, rerecord_manifest, write_ca_tables
+from ckms_app.authority.ca_tables import load_ca_cert, rerecord_manifest, revoke_key_grants, write_ca_tables
 from ckms_app.config import CaGeneration, Config
 from ckms_app.errors import CkmsError, CustodyError
 from ckms_app.hsm.token import Token
 from ckms_app.store.engine import open_engine
 from ckms_app.store.queries import latest_crl
 from ckms_app.store.schema import certificates, revocations, utcnow
+from ckms_app.store.writer import GroupCommitWriter
 from ckms_app.x509.csr_policy import public_key_sha256
 from ckms_app.x509.key_ids import subject_key_id
 
@@ -204,5 +205,10 @@ def forget_destroyed(config: Config, label: str, actor: str) -> dict[str, Any]:
     changed = write_ca_tables(config.home, config.active_generation, config.ca_next, kept)
     with Token(changed.token) as token:
         rerecord_manifest(changed, token.load_ec_key(changed.ca_key_label), actor)
+    writer = GroupCommitWriter(open_engine(config.database_url, writer=True))
+    try:
+        writer.run(lambda conn: revoke_key_grants(conn, label))
+    finally:
+        writer.close()
     gone = next(g.generation for g in config.ca_retired if g.key_label == label)
     return {"retired_generation_removed": gone}

@@ -11,6 +11,7 @@ import base64
 import json
 import re
 import shlex
+import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,25 @@ def ca_setting(host, name: str, default: str) -> str:
         rf"^{re.escape(name)}\s*=\s*(.+?)\s*$", host.file(f"{CA_HOME}/ckms.toml").content_string, re.M
     )
     return m.group(1).strip('"') if m else default
+
+
+def ca_tables(host) -> dict[str, Any]:
+    """The ``[ca]`` table of the CA's ckms.toml (active key, and after a rollover ``next``/``retired``)."""
+    return dict(tomllib.loads(host.file(f"{CA_HOME}/ckms.toml").content_string).get("ca", {}))
+
+
+def active_ca_cert(host) -> str:
+    """Path of the active key generation's CA certificate on the CA host (``ca/ca.pem`` until a rollover,
+    then ``ca/g<n>/ca.pem``): what certificates issued now chain to."""
+    cert = str(ca_tables(host).get("cert", "ca/ca.pem"))
+    return cert if cert.startswith("/") else f"{CA_HOME}/{cert}"
+
+
+def crl_path(host, which: str = "full") -> str:
+    """The URL path of the active key generation's CRL (``/crl/full.crl`` for the first key, ``/crl/g<n>/``
+    after a rollover): the CRL that lists what the CA issues now (ServerConfig.crl_url)."""
+    generation = int(ca_tables(host).get("generation", 1))
+    return f"/crl/{which}.crl" if generation == 1 else f"/crl/g{generation}/{which}.crl"
 
 
 def as_ckms(host, command: str, env: dict[str, str] | None = None):

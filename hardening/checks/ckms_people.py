@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ckms_checks import CA_HOME, CA_USER, CA_VENV, SOFTHSM_CONF
+from ckms_checks import CA_HOME, CA_USER, CA_VENV, SOFTHSM_CONF, crl_path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -249,7 +249,7 @@ def issue_and_revoke(host, terminal, public_host: str, cn: str) -> dict[str, Any
     listed = False
     for _ in range(15 if serial else 0):  # served as soon as the publisher has stored it
         crl = host.run(
-            f"curl -s --max-time 10 http://{public_host}:8080/crl/full.crl | openssl crl -inform DER -noout -text"
+            f"curl -s --max-time 10 http://{public_host}:8080{crl_path(host)} | openssl crl -inform DER -noout -text"
         )
         listed = f"SERIAL NUMBER: {serial.upper()}" in crl.stdout.upper()
         if listed:

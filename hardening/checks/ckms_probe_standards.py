@@ -207,7 +207,8 @@ def cmd_certs(args) -> dict:
 
 
 def _served_crl(config, which: str = "full") -> bytes:
-    with urllib.request.urlopen(f"{config.server.crl_base_url}/{which}.crl", timeout=10) as resp:
+    url = config.server.crl_url(which, getattr(config, "ca_generation", 1))  # the active key's CRL
+    with urllib.request.urlopen(url, timeout=10) as resp:
         return resp.read()
 
 
@@ -220,7 +221,7 @@ def cmd_crl(args) -> dict:
     token_pub, _ = _token_public_key(config)
     ca = _ca_cert(config)
     return {
-        "url": f"{config.server.crl_base_url}/full.crl",
+        "url": config.server.crl_url("full", getattr(config, "ca_generation", 1)),
         "bytes": len(der),
         "issuer": crl.issuer.rfc4514_string(),
         "signature_algorithm": crl.signature_algorithm_oid._name,

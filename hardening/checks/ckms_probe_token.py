@@ -416,14 +416,26 @@ def _toml_value(v: Any) -> str:
     raise ValueError(f"cannot write {type(v).__name__} to TOML")
 
 
+def _is_table_array(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
 def _toml(data: dict[str, Any], prefix: str = "") -> str:
-    """A minimal TOML writer: scalars and lists, nested tables (all ckms.toml holds)."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    """A minimal TOML writer: scalars and lists, nested tables and arrays of tables (all ckms.toml holds,
+    e.g. [[ca.retired]] after a key rollover)."""
+    lines = [
+        f"{k} = {_toml_value(v)}"
+        for k, v in data.items()
+        if not isinstance(v, dict) and not _is_table_array(v)
+    ]
     out = "\n".join(lines) + ("\n" if lines else "")
     for k, v in data.items():
+        name = f"{prefix}.{k}" if prefix else k
         if isinstance(v, dict):
-            name = f"{prefix}.{k}" if prefix else k
             out += f"\n[{name}]\n" + _toml(v, name)
+        elif _is_table_array(v):
+            for item in v:
+                out += f"\n[[{name}]]\n" + _toml(item, name)
     return out
 
 

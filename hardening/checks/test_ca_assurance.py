@@ -27,7 +27,19 @@ import time
 from pathlib import Path
 
 import pytest
-from ckms_checks import CA_HOME, CA_USER, CA_VENV, REPO, as_ckms, inventory_vars, policy, probe, systemd_props
+from ckms_checks import (
+    CA_HOME,
+    CA_USER,
+    CA_VENV,
+    REPO,
+    active_ca_cert,
+    as_ckms,
+    crl_path,
+    inventory_vars,
+    policy,
+    probe,
+    systemd_props,
+)
 from ckms_custody import available, staged
 from ckms_deployed import deployed_is, exported_commit, local, run_pytest
 from ckms_people import ckms_as, issue_and_revoke, propose_and_approve, withdraw
@@ -418,8 +430,8 @@ def test_crl_tests_pass(host, request, evidence):
     )
     ph = _public_host(host)
     res = term.run(
-        f"d=$(mktemp -d) && cd $d && curl -sf --max-time 10 -o full.crl http://{ph}:8080/crl/full.crl && "
-        "curl -sf --max-time 10 -o delta.crl http://" + ph + ":8080/crl/delta.crl; "
+        f"d=$(mktemp -d) && cd $d && curl -sf --max-time 10 -o full.crl http://{ph}:8080{crl_path(host)} && "
+        f"curl -sf --max-time 10 -o delta.crl http://{ph}:8080{crl_path(host, 'delta')}; "
         'for c in full delta; do test -s $c.crl || continue; echo "== $c"; '
         "openssl crl -inform DER -in $c.crl -CAfile /etc/ckms-terminal/ca.pem -noout -verify "
         "-lastupdate -nextupdate -crlnumber 2>&1; "
@@ -638,7 +650,7 @@ def test_spare_node_restore(host, evidence):
                     "integrity differences vs the installed code",
                     {"detail": integrity["detail"], "installed after the backup": newer_code_only},
                 )
-            live = host.run(f"openssl x509 -in {CA_HOME}/ca/ca.pem -noout -fingerprint -sha256").stdout
+            live = host.run(f"openssl x509 -in {active_ca_cert(host)} -noout -fingerprint -sha256").stdout
         finally:
             host.run(f"rm -rf {shlex.quote(spare)}")
         evidence.add("restore staging", steps.stdout.strip())

@@ -23,6 +23,7 @@ import pytest
 from ckms_checks import (
     TERMINAL_DIR,
     ca_setting,
+    crl_path,
     enrolled_operator,
     group_host,
     policy,
@@ -193,7 +194,7 @@ def test_revocation_in_crl_within_1h(host, terminal, operator, evidence):
     wait = 90
     poll = (
         f"end=$(( $(date +%s) + {wait} )); while [ $(date +%s) -lt $end ]; do "
-        f"if curl -s --max-time 5 http://{crl_host}:{crl_port}/crl/full.crl | openssl crl -inform DER -noout -text "
+        f"if curl -s --max-time 5 http://{crl_host}:{crl_port}{crl_path(host)} | openssl crl -inform DER -noout -text "
         f"| grep -Eiq 'Serial Number: 0*{serial}$'; then date +%s.%N; exit 0; fi; sleep 0.5; done; exit 1"
     )
     revoke = tool_command(operator, "revoke", serial)

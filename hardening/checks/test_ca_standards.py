@@ -21,7 +21,7 @@ import time
 
 import pytest
 import testinfra
-from ckms_checks import CA_HOME, policy, probe
+from ckms_checks import active_ca_cert, policy, probe
 from ckms_checks import host_now as _since
 from ckms_checks import short_records as _short
 from ckms_checks import trail_since as _trail
@@ -289,7 +289,7 @@ def test_policy_oid_in_issued_certs(host, request, evidence):
     def verify(required: str):
         return host.run(
             f"d=$(mktemp -d) && printf %s {shlex.quote(pem)} >$d/c.pem && "
-            f"openssl verify -policy {required} -explicit_policy -x509_strict -CAfile {CA_HOME}/ca/ca.pem "
+            f"openssl verify -policy {required} -explicit_policy -x509_strict -CAfile {active_ca_cert(host)} "
             "$d/c.pem 2>&1; rc=$?; rm -rf $d; exit $rc"
         )
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from ckms_checks import CA_HOME, CA_USER, CA_VENV, as_ckms, in_container, probe, systemd_props
+from ckms_checks import CA_USER, CA_VENV, active_ca_cert, as_ckms, in_container, probe, systemd_props
 from ckms_custody import available, credentials, record, staged
 
 testinfra_hosts = ["ansible://ca"]
@@ -401,7 +401,7 @@ def test_ca_key_export_only_wrapped(host, export_attempts, wrapped, evidence):
     body = wrapped["body"]
     entry = next((k for k in body["keys"] if k["label"] == body["ca_key_label"]), None)
     blob = base64.b64decode(entry["wrapped_private_key"]) if entry else b""
-    cert = x509.load_pem_x509_certificate(host.file(f"{CA_HOME}/ca/ca.pem").content)
+    cert = x509.load_pem_x509_certificate(host.file(active_ca_cert(host)).content)
     same_key = bool(entry) and entry_public_key(entry)[1].public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ) == cert.public_key().public_bytes(

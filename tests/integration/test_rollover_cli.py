@@ -149,6 +149,16 @@ def ca_table(home: CaHome) -> dict:  # type: ignore[type-arg]
     return tomllib.loads((home.home / "ckms.toml").read_text())["ca"]
 
 
+def key_grants(home: CaHome, label: str) -> list[tuple[str, str]]:
+    """The ACL's grants on one key of the token (role, operation)."""
+    with home.db() as conn:
+        rows = conn.execute(
+            "SELECT role, operation FROM role_permissions WHERE resource = ? ORDER BY role, operation",
+            (f"key:{label}",),
+        ).fetchall()
+    return [tuple(r) for r in rows]
+
+
 def status(home: CaHome) -> list[dict]:  # type: ignore[type-arg]
     return json.loads(ckms("ca", "rollover", "status", "--home", str(home.home), "--json").stdout)[
         "generations"
@@ -186,6 +196,9 @@ def test_begin_needs_two_custodians_and_makes_the_next_generation(rolled: dict) 
     assert "ckms-ca-key-g2" in helper(home, "labels")  # type: ignore[operator]
     ok = [r for r in home.audit("ca.rollover.begin") if r[4] == "success"]
     assert ok and json.loads(ok[-1][5])["custodians"] == ["alice", "bob"]
+    assert (
+        key_grants(home, "ckms-ca-key-g2") == key_grants(home, "ckms-ca-key") != []
+    )  # administered alike (E.06)
 
     old = x509.load_pem_x509_certificate(home.ca_cert.read_bytes())
     new = x509.load_pem_x509_certificate((home.home / "ca" / "g2" / "ca.pem").read_bytes())
@@ -310,6 +323,7 @@ def test_the_retired_key_is_destroyed_only_when_nothing_it_issued_needs_it(rolle
     result = json.loads(_destroy(home, creds, "carol", "alice").stdout)
     assert result["destroyed"] == "ckms-ca-key" and result["retired_generation_removed"] == 1
     assert "retired" not in ca_table(home)
+    assert key_grants(home, "ckms-ca-key") == [] and key_grants(home, "ckms-ca-key-g2") != []
     labels = helper(home, "labels")
     assert "ckms-ca-key" not in labels and "ckms-ca-key-g2" in labels  # type: ignore[operator]
     assert ckms("selftest", "--home", str(home.home), check=False).returncode == 0

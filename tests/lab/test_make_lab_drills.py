@@ -24,7 +24,7 @@ pytestmark = pytest.mark.lab
 
 DRILLS = REPO / "tests" / "lab" / "drills"
 REPORT = REPO / "build" / "report-labtest"
-ORDER = ["flows", "dos", "router_compromise", "time_source", "power", "hsm"]
+ORDER = ["flows", "dos", "router_compromise", "time_source", "power", "hsm", "rollover"]
 
 
 @pytest.fixture(scope="module")
