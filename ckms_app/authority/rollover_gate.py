@@ -27,7 +27,7 @@ from ckms_app.config import CaGeneration, Config
 from ckms_app.errors import CkmsError, CustodyError
 from ckms_app.hsm.token import Token
 from ckms_app.store.engine import open_engine
-from ckms_app.store.queries import latest_crl
+from ckms_app.store.queries import crl_der, latest_crl
 from ckms_app.store.schema import certificates, revocations, utcnow
 from ckms_app.store.writer import GroupCommitWriter
 from ckms_app.x509.csr_policy import public_key_sha256
@@ -125,7 +125,8 @@ def may_destroy(config: Config, engine: Engine, label: str) -> tuple[bool, str]:
             False,
             f"no full CRL signed by generation {gen.generation} lists its {len(pending)} revoked certificates yet",
         )
-    listed = x509.load_der_x509_crl(crl.der)
+    with engine.connect() as conn:
+        listed = x509.load_der_x509_crl(crl_der(conn, int(crl.crl_number)))
     signer_key = cert.public_key()
     if not isinstance(signer_key, ec.EllipticCurvePublicKey) or not listed.is_signature_valid(signer_key):
         return (
