@@ -274,7 +274,6 @@ def test_key_functions_refuse_unauthorised_entity(host, request, evidence):
 
 
 # ------------------------------------------------------------------------------------------- E.03
-@pytest.mark.check("check:E.03.permission_matrix_matches_policy")
 def _policy_acl(host) -> frozenset[tuple[str, str, str]]:
     """The documented default ACL, its grants on the CA key held by every key generation the CA has (after a
     rollover the new key is administered as the first one was, and a destroyed key's grants go with it)."""
@@ -287,6 +286,7 @@ def _policy_acl(host) -> frozenset[tuple[str, str, str]]:
     }
 
 
+@pytest.mark.check("check:E.03.permission_matrix_matches_policy")
 def test_permission_matrix_matches_policy(host, evidence):
     acl, expected = _acl(host), _policy_acl(host)
     evidence.add("database ACL", sorted(acl))
