@@ -119,3 +119,17 @@ def test_markdown_anchors_follow_github_slugs(tmp_path: Path) -> None:
     assert {"key-ceremony", "hsm-backup--restore", "ckms-ca-init-first-start", "custom"} <= markdown_anchors(
         md
     )
+
+
+def test_every_check_mark_sits_on_a_test_function() -> None:
+    """A ``@pytest.mark.check`` on a helper is never collected: its item would show as not executed only on
+    a lab (F.16). Every function that carries the mark in hardening/checks is a ``test_`` function."""
+    misplaced = []
+    for module in sorted((REPO / "hardening" / "checks").glob("*.py")):
+        source = module.read_text()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and not node.name.startswith("test_"):
+                marks = [ast.get_source_segment(source, d) or "" for d in node.decorator_list]
+                if any("mark.check" in m for m in marks):
+                    misplaced.append(f"{module.name}:{node.lineno} {node.name}")
+    assert not misplaced, f"check marks on functions pytest does not collect: {misplaced}"
