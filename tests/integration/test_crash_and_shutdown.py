@@ -108,7 +108,9 @@ def test_sigterm_finishes_in_flight_requests_and_records_the_stop(tmp_path: Path
     rc = daemon.stop(signal.SIGTERM)
     took = time.monotonic() - started
     load.stop()
-    assert rc == 0 and took < 10, f"stop took {took:.1f} s (rc {rc}):\n{daemon.rest[-3000:]}"
+    # Keep-alive clients may hold the listener for the whole shutdown grace (10 s by default); the writer's
+    # flush and the daemon.stop record come after it. So the bound is the grace plus a little, not the grace.
+    assert rc == 0 and took < 12, f"stop took {took:.1f} s (rc {rc}):\n{daemon.rest[-3000:]}"
     assert '"stopped"' in daemon.rest
     stored = set(stored_serials(ca.home))
     assert {format(s, "x") for s in load.received} <= stored
