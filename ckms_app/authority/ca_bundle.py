@@ -8,16 +8,29 @@ set with the link certificates and the external chain.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ckms_app.config import CaGeneration, Config
+from ckms_app.errors import ConfigError
+
+
+def load_certificate(path: Path, what: str = "CA certificate") -> x509.Certificate:
+    """One PEM certificate of the CA home; a missing or malformed file is a ConfigError naming it."""
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"the {what} {path} is missing") from None
+    except ValueError as exc:
+        raise ConfigError(f"the {what} {path} is not a PEM certificate: {exc}") from None
 
 
 def generation_certificates(config: Config) -> list[x509.Certificate]:
     """The CA certificate of every generation, the active one first: trust anchors for mutual TLS. Never
     the external chain: a certificate its root issued to someone else must not open a session here."""
-    return [x509.load_pem_x509_certificate(g.cert.read_bytes()) for g in config.generations()]
+    return [load_certificate(g.cert) for g in config.generations()]
 
 
 def trusted_certificates(config: Config) -> list[x509.Certificate]:

@@ -20,21 +20,17 @@ from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from ckms_app.authority.ca_bundle import load_certificate
 from ckms_app.authority.selftest import record_manifest
 from ckms_app.config import CONFIG_NAME, CaGeneration, Config, parse_config, read_raw_config
-from ckms_app.errors import CkmsError, ConfigError, HsmError
+from ckms_app.errors import CkmsError, HsmError
 from ckms_app.hsm.token import HsmEcPrivateKey
 from ckms_app.store.queries import bump_entity_generation
 from ckms_app.store.schema import role_permissions
 
 
 def load_ca_cert(path: Path) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such CA certificate") from None
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not a PEM certificate: {exc}") from None
+    return load_certificate(path, "CA certificate")
 
 
 def _relative(home: Path, path: Path) -> str:

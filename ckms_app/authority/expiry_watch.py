@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection
 
 from ckms_app.audit.alerts import Delivery, send_alert
 from ckms_app.audit.record import named, record_now
+from ckms_app.authority.ca_bundle import load_certificate
 from ckms_app.config import Config
 from ckms_app.errors import ConfigError
 from ckms_app.store.engine import open_engine
@@ -99,13 +100,13 @@ def check_expiry(config: Config, now: dt.datetime, window_days: int | None = Non
     if not 0 <= days <= 3650:
         raise ConfigError(f"--days must be between 0 and 3650, not {days}")
     horizon = now + dt.timedelta(days=days)
-    ca_cert = _load(config.ca_cert, "CA certificate")
+    ca_cert = load_certificate(config.ca_cert, "CA certificate")
     watched = [
         _watch("ca", ca_cert.subject.rfc4514_string(), ca_cert, now, horizon),
         _watch(
             "tls-server",
             config.server.public_host,
-            _load(config.server.tls_cert, "TLS certificate"),
+            load_certificate(config.server.tls_cert, "TLS certificate"),
             now,
             horizon,
         ),
@@ -154,15 +155,6 @@ def alert_and_record(config: Config, report: ExpiryReport) -> list[Delivery]:
     finally:
         writer.close()
     return deliveries
-
-
-def _load(path: Any, what: str) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except FileNotFoundError:
-        raise ConfigError(f"the {what} {path} is missing") from None
-    except ValueError as exc:
-        raise ConfigError(f"the {what} {path} is not a PEM certificate: {exc}") from None
 
 
 def _watch(kind: str, name: str, cert: x509.Certificate, now: dt.datetime, horizon: dt.datetime) -> Expiring:

@@ -246,23 +246,15 @@ def body(lab: Lab, d, args) -> None:
         old_key, new_key = ev["old devices"][0]["issuer key id"], ev["new devices"][0]["issuer key id"]
         if old_key == new_key:
             problems.append(f"the new devices were not issued under the new key: {ev['new devices']}")
-        everyone = {
-            "rollover-old-a": True,
-            "rollover-old-b": True,
-            "rollover-new-a": True,
-            "rollover-new-b": True,
-        }
+        everyone = dict.fromkeys(
+            ("rollover-old-a", "rollover-old-b", "rollover-new-a", "rollover-new-b"), True
+        )
         expect("after activate (the new key's CRL reaches the hub)", everyone, within=REFUSE_WITHIN_S)
 
         t_revoke = time.monotonic()
         devices.revoke("rollover-old-b")
         devices.revoke("rollover-new-b")
-        after = {
-            "rollover-old-a": True,
-            "rollover-old-b": False,
-            "rollover-new-a": True,
-            "rollover-new-b": False,
-        }
+        after = {**everyone, "rollover-old-b": False, "rollover-new-b": False}
         expect("after revoking one old and one new device", after, within=REFUSE_WITHIN_S)
         ev["revocation on the terminal → refused at the hub, both keys (s)"] = round(
             time.monotonic() - t_revoke, 1
