@@ -7,12 +7,14 @@ CACHE ?= $(HOME)/.cache/ckms
 export CKMS_TOOL_CACHE := $(CACHE)
 BIN := $(VENV)/bin
 
-.PHONY: help deps tools lint test test-unit bench bench-single soak lab lab-up lab-down lab-status clean wheelhouse converge report
+.PHONY: help deps tools lint test test-unit bench bench-single bench-peer soak lab lab-up lab-down lab-status clean wheelhouse converge report
 
 help:
 	@echo "make test      install what is missing, lint (make lint), then run the whole suite"
 	@echo "make bench     issuance benchmark against real daemons (SoftHSM, durable storage): SQLite and"
 	@echo "               PostgreSQL, 1 and 2 CA nodes; make bench-single: SQLite, one node only"
+	@echo "make bench-peer  the same load against ckms, then step-ca (pinned, built once; key in SoftHSM):"
+	@echo "               certs/s, p50/p99 of each and the ratio ckms/step-ca (not part of make test)"
 	@echo "make soak      mixed load (enrol, re-enrol, revoke, CRL, bad requests) at 200/s for 10 min:"
 	@echo "               errors, p99, daemon RSS and descriptors at start and end (SOAK_DURATION, SOAK_RATE)"
 	@echo "make lab       (see README) bring up the throwaway lab environment"
@@ -55,6 +57,11 @@ bench: deps tools
 
 bench-single: deps tools
 	$(BIN)/python -m ckms_lab.bench
+
+# Peer baseline (issue 15): the bench-single load against step-ca built from its pinned Go module (cached).
+bench-peer: deps tools
+	scripts/build-step-ca.sh >/dev/null
+	$(BIN)/python -m ckms_lab.bench_peer
 
 SOAK_DURATION ?= 600
 SOAK_RATE ?= 200
