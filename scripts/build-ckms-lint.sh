@@ -14,7 +14,7 @@ bin="$cache/bin/ckms-lint"
 stamp="$cache/bin/ckms-lint.stamp"
 
 command -v go >/dev/null || { echo "build-ckms-lint: 'go' not found; install Go >= 1.26" >&2; exit 1; }
-want="$( { cat "$src/go.mod" "$src/go.sum" "$src/main.go"; go env GOVERSION; } | sha256sum | cut -d' ' -f1)"
+want="$( { cat "$src/go.mod" "$src/go.sum" "$src"/*.go; go env GOVERSION; } | sha256sum | cut -d' ' -f1)"
 
 if [ -x "$bin" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "ckms-lint: up to date ($bin)"

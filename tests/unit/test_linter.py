@@ -33,6 +33,12 @@ REPO = Path(__file__).resolve().parents[2]
 NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 CA_KEY = ec.generate_private_key(ec.SECP256R1())
 CA_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ckms test CA")])
+_ORDER = {  # group orders n (SEC 2): n - d is the negation of d
+    "secp256r1": 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    "secp384r1": int(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973", 16
+    ),
+}
 
 
 @pytest.fixture
@@ -47,9 +53,9 @@ def linter(lint_bin: Path, runner: asyncio.Runner) -> Iterator[AsyncLinter]:
 
 
 def leaf_builder(
-    subject: str | None = "device-0001",
+    subject: str | None = "device-0001", key: ec.EllipticCurvePrivateKey | None = None
 ) -> tuple[x509.CertificateBuilder, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = key or ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)] if subject else [])
     builder = (
         x509.CertificateBuilder()
@@ -274,6 +280,37 @@ def test_generalized_time_before_2050_is_blocked(linter: AsyncLinter, runner: as
 
     report = runner.run(linter.lint_certificate(edit_tbs(good_leaf(), generalized)))
     assert "e_wrong_time_format_pre2050" in blocking_names(report)
+
+
+@pytest.mark.parametrize(
+    ("curve", "scalar"),
+    [
+        (ec.SECP256R1(), 3),
+        (ec.SECP256R1(), 65536),  # the bound: 2^16 is still small
+        (ec.SECP384R1(), 40000),
+    ],
+    ids=["p256-3", "p256-2^16", "p384-40000"],
+)
+@pytest.mark.parametrize("negated", [False, True], ids=["d", "minus-d"])
+def test_small_private_key_is_blocked(
+    linter: AsyncLinter, runner: asyncio.Runner, curve: ec.EllipticCurve, scalar: int, negated: bool
+) -> None:
+    """A device key anyone can recover (private scalar d <= 2^16, or n - d) is refused: zlint's
+    e_ecdsa_small_private_key, run by the helper's faster stand-in (tools/ckms-lint/smallkey.go)."""
+    key = ec.derive_private_key(scalar, curve)
+    if negated:
+        key = ec.derive_private_key(_ORDER[curve.name] - scalar, curve)
+    builder, _ = leaf_builder(key=key)
+    der = sign(builder)
+    report = runner.run(linter.lint_certificate(der))
+    assert "e_ecdsa_small_private_key" in blocking_names(report)
+    finding = next(f for f in report.blocking if f.lint == "e_ecdsa_small_private_key")
+    assert finding.source == "Community"
+    assert f"the ECDSA private key is {scalar}," in finding.details
+    # a random key of the same curve is not flagged
+    builder, _ = leaf_builder(key=ec.generate_private_key(curve))
+    fresh = runner.run(linter.lint_certificate(sign(builder)))
+    assert "e_ecdsa_small_private_key" not in {f.lint for f in fresh.findings}
 
 
 def test_garbage_is_a_blocking_parse_error(linter: AsyncLinter, runner: asyncio.Runner) -> None:

@@ -15,7 +15,7 @@
 //	           {"ok":bool,"findings":[{"lint","status","details","source"}],"parse_error":str|null}
 //
 // Exactly one response is written per request, in request order, and flushed
-// as soon as it is ready. Findings list only results that are not pass/NA/NE;
+// as soon as it is ready (answers ready at the same moment share one write). Findings list only results that are not pass/NA/NE;
 // "ok" is false if there is an error or fatal finding or a parse error. A ping
 // answers {"ok":true,...,"info":{...}} with the version, sources and lint counts.
 // A malformed frame (unknown kind, oversized length) is a protocol error: the
@@ -85,7 +85,7 @@ func main() {
 		debug.SetGCPercent(400)
 	}
 
-	reg, err := registry(*sources, *exclude)
+	reg, smallKey, err := registry(*sources, *exclude)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ckms-lint:", err)
 		os.Exit(2)
@@ -94,12 +94,15 @@ func main() {
 		for _, l := range reg.CertificateLints().Lints() {
 			fmt.Printf("certificate\t%s\t%s\n", l.Source, l.Name)
 		}
+		if smallKey != nil {
+			fmt.Printf("certificate\t%s\t%s\n", smallKey.meta.Source, smallKey.meta.Name)
+		}
 		for _, l := range reg.RevocationListLints().Lints() {
 			fmt.Printf("crl\t%s\t%s\n", l.Source, l.Name)
 		}
 		return
 	}
-	if err := serve(os.Stdin, os.Stdout, reg, max(*workers, 1)); err != nil {
+	if err := serve(os.Stdin, os.Stdout, &linter{reg: reg, smallKey: smallKey}, max(*workers, 1)); err != nil {
 		fmt.Fprintln(os.Stderr, "ckms-lint:", err)
 		os.Exit(2)
 	}
@@ -109,7 +112,9 @@ func main() {
 // minus the excluded lint names (an unknown name is an error, not a no-op).
 // Names are checked against the sources the registry actually has for
 // certificate and CRL lints (zlint's own SourceList parser misses some).
-func registry(raw, exclude string) (lint.Registry, error) {
+// When the selection holds e_ecdsa_small_private_key, zlint's copy is left out
+// and the returned smallKeyStandIn runs the same check faster (smallkey.go).
+func registry(raw, exclude string) (lint.Registry, *smallKeyStandIn, error) {
 	global := lint.GlobalRegistry()
 	known := map[lint.LintSource]bool{}
 	for _, s := range global.Sources() {
@@ -122,12 +127,12 @@ func registry(raw, exclude string) (lint.Registry, error) {
 			continue
 		}
 		if !known[lint.LintSource(s)] {
-			return nil, fmt.Errorf("unknown lint source %q (known: %v)", s, global.Sources())
+			return nil, nil, fmt.Errorf("unknown lint source %q (known: %v)", s, global.Sources())
 		}
 		want = append(want, lint.LintSource(s))
 	}
 	if len(want) == 0 {
-		return nil, errors.New("no lint sources selected")
+		return nil, nil, errors.New("no lint sources selected")
 	}
 	var skip []string
 	for _, name := range strings.Split(exclude, ",") {
@@ -135,12 +140,34 @@ func registry(raw, exclude string) (lint.Registry, error) {
 			skip = append(skip, name)
 		}
 	}
-	return global.Filter(lint.FilterOptions{IncludeSources: want, ExcludeNames: skip})
+	reg, err := global.Filter(lint.FilterOptions{IncludeSources: want, ExcludeNames: skip})
+	if err != nil {
+		return nil, nil, err
+	}
+	original := reg.CertificateLints().ByName(smallKeyLintName)
+	if original == nil {
+		return reg, nil, nil
+	}
+	reg, err = global.Filter(lint.FilterOptions{IncludeSources: want, ExcludeNames: append(skip, smallKeyLintName)})
+	return reg, &smallKeyStandIn{meta: original.LintMetadata, tables: newSmallKeyTables()}, err
+}
+
+// linter is what a request is linted with: the filtered zlint registry and, in place of zlint's
+// small-key lint, its faster stand-in.
+type linter struct {
+	reg      lint.Registry
+	smallKey *smallKeyStandIn
+}
+
+// smallKeyStandIn carries the replaced lint's metadata (name, source) for its findings.
+type smallKeyStandIn struct {
+	meta   lint.LintMetadata
+	tables *smallKeyTables
 }
 
 // serve reads requests, lints them on a worker pool and writes the responses
 // in request order. It returns nil on a clean EOF between frames.
-func serve(in io.Reader, out io.Writer, reg lint.Registry, workers int) error {
+func serve(in io.Reader, out io.Writer, l *linter, workers int) error {
 	r := bufio.NewReaderSize(in, 1<<16)
 	w := bufio.NewWriterSize(out, 1<<16)
 	// order carries one result channel per request, in arrival order; the
@@ -151,14 +178,24 @@ func serve(in io.Reader, out io.Writer, reg lint.Registry, workers int) error {
 	go func() {
 		var err error
 		for ch := range order {
-			body := <-ch
+			var body []byte
+			select {
+			case body = <-ch:
+			default: // the next answer is not ready: send what is buffered before waiting for it
+				if err == nil {
+					err = w.Flush()
+				}
+				body = <-ch
+			}
 			if err == nil {
 				var hdr [4]byte
 				binary.BigEndian.PutUint32(hdr[:], uint32(len(body)))
 				if _, err = w.Write(hdr[:]); err == nil {
-					if _, err = w.Write(body); err == nil {
-						err = w.Flush()
-					}
+					_, err = w.Write(body)
+				}
+				// Answers that are ready together leave in one write; none waits for a later lint.
+				if err == nil && len(order) == 0 {
+					err = w.Flush()
 				}
 			}
 		}
@@ -190,7 +227,7 @@ func serve(in io.Reader, out io.Writer, reg lint.Registry, workers int) error {
 			sem <- struct{}{}
 			go func() {
 				defer func() { <-sem }()
-				ch <- encode(handle(kind, der, reg))
+				ch <- encode(handle(kind, der, l))
 				if kind == 'R' {
 					// A CRL grows with the revocations (100,000 entries parse into tens of MB) and
 					// GOGC=400 would keep five times that as heap between collections, so the
@@ -209,21 +246,29 @@ func serve(in io.Reader, out io.Writer, reg lint.Registry, workers int) error {
 }
 
 // handle lints one request. A parse failure or a panic inside a lint becomes
-// an ok=false response instead of killing the helper.
-func handle(kind byte, der []byte, reg lint.Registry) (resp response) {
+// an ok=false response instead of killing the helper. The lints are run here
+// one by one (as zlint.LintCertificateEx does) so that only findings are kept:
+// no result map of every lint per certificate.
+func handle(kind byte, der []byte, l *linter) (resp response) {
 	defer func() {
 		if p := recover(); p != nil {
 			resp = failed(fmt.Sprintf("linter panic: %v", p))
 		}
 	}()
-	var rs *zlint.ResultSet
+	reg := l.reg
+	config := reg.GetConfiguration()
+	resp = response{OK: true, Findings: []finding{}}
 	switch kind {
 	case 'P':
 		sources := reg.Sources()
 		sort.Sort(sources)
+		certificateLints := len(reg.CertificateLints().Lints())
+		if l.smallKey != nil {
+			certificateLints++
+		}
 		return response{OK: true, Findings: []finding{}, Info: map[string]any{
 			"zlint_version": zlint.Version, "sources": sources,
-			"certificate_lints": len(reg.CertificateLints().Lints()),
+			"certificate_lints": certificateLints,
 			"crl_lints":         len(reg.RevocationListLints().Lints()),
 		}}
 	case 'C':
@@ -231,28 +276,36 @@ func handle(kind byte, der []byte, reg lint.Registry) (resp response) {
 		if err != nil {
 			return failed("certificate: " + err.Error())
 		}
-		rs = zlint.LintCertificateEx(c, reg)
+		for _, cl := range reg.CertificateLints().Lints() {
+			resp.add(cl.LintMetadata, cl.Execute(c, config))
+		}
+		if l.smallKey != nil {
+			resp.add(l.smallKey.meta, l.smallKey.tables.lint(c))
+		}
 	case 'R':
 		crl, err := x509.ParseRevocationList(der)
 		if err != nil {
 			return failed("crl: " + err.Error())
 		}
-		rs = zlint.LintRevocationListEx(crl, reg)
-	}
-	resp = response{OK: true, Findings: []finding{}}
-	for name, res := range rs.Results {
-		switch res.Status {
-		case lint.Pass, lint.NA, lint.NE:
-			continue
-		case lint.Error, lint.Fatal:
-			resp.OK = false
+		for _, rl := range reg.RevocationListLints().Lints() {
+			resp.add(rl.LintMetadata, rl.Execute(crl, config))
 		}
-		resp.Findings = append(resp.Findings, finding{
-			Lint: name, Status: res.Status.String(), Details: res.Details, Source: string(res.LintMetadata.Source),
-		})
 	}
 	sort.Slice(resp.Findings, func(i, j int) bool { return resp.Findings[i].Lint < resp.Findings[j].Lint })
 	return resp
+}
+
+// add keeps a result that is not pass/NA/NE; an error or fatal one makes the response not ok.
+func (resp *response) add(meta lint.LintMetadata, res *lint.LintResult) {
+	switch res.Status {
+	case lint.Pass, lint.NA, lint.NE:
+		return
+	case lint.Error, lint.Fatal:
+		resp.OK = false
+	}
+	resp.Findings = append(resp.Findings, finding{
+		Lint: meta.Name, Status: res.Status.String(), Details: res.Details, Source: string(meta.Source),
+	})
 }
 
 func failed(msg string) response {
