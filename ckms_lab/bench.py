@@ -45,6 +45,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ckms_app.cpu_stages import ENV as STAGE_ENV
+from ckms_lab.bench_stages import StageProbe, format_stages, per_certificate
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -192,7 +195,8 @@ def _client_process(
         t.start()
     for t in pool:
         t.join()
-    queue.put((latencies, errors))
+    usage = os.times()
+    queue.put((latencies, errors, usage.user + usage.system))
 
 
 def drive(
@@ -230,10 +234,12 @@ def drive(
         p.start()
     latencies: list[float] = []
     errors: list[str] = []
+    client_cpu = 0.0
     for _ in procs:
-        lat, err = queue.get()
+        lat, err, cpu = queue.get()
         latencies += lat
         errors += err
+        client_cpu += cpu
     for p in procs:
         p.join()
     elapsed = duration
@@ -245,6 +251,10 @@ def drive(
         "p50_ms": round(_percentile(latencies, 0.50) * 1000, 2),
         "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else float("nan"),
+        # the load generator's own CPU (it shares the machine): setup and CSR handling included
+        "client_cpu_us_per_request": round(client_cpu * 1e6 / len(latencies), 1)
+        if latencies
+        else float("nan"),
     }
 
 
@@ -344,14 +354,20 @@ def _homes(workdir: Path, db: str, nodes: int, stack: ExitStack) -> list[Path]:
     return homes
 
 
-def _start_daemons(homes: list[Path], stack: ExitStack) -> None:
+def _start_daemons(homes: list[Path], stack: ExitStack) -> list[StageProbe]:
+    """Start one daemon per home, each counting CPU per stage (ckms_app.cpu_stages)."""
+    probes = []
     for home in homes:
+        stage_dir = home.parent / f"stages-{home.name}"
+        stage_dir.mkdir(exist_ok=True)
         daemon = subprocess.Popen(
             [*_CLI, "ca", "serve", "--home", str(home)],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
+            env={**os.environ, STAGE_ENV: str(stage_dir)},
         )
+        probes.append(StageProbe(daemon.pid, stage_dir))
 
         def stop(d: subprocess.Popen[str] = daemon) -> None:
             d.send_signal(signal.SIGTERM)
@@ -362,6 +378,14 @@ def _start_daemons(homes: list[Path], stack: ExitStack) -> None:
         while '"ready"' not in daemon.stdout.readline():
             if daemon.poll() is not None:
                 raise SystemExit(f"daemon in {home} failed to start")
+    return probes
+
+
+def _snapshots(probes: list[StageProbe]) -> dict[int, dict[str, Any]]:
+    merged: dict[int, dict[str, Any]] = {}
+    for probe in probes:
+        merged |= probe.snapshot()
+    return merged
 
 
 def run_setup(
@@ -372,29 +396,40 @@ def run_setup(
     with ExitStack() as stack:
         homes = _homes(workdir, db, nodes, stack)
         with ExitStack() as daemons:
-            _start_daemons(homes, daemons)
-            half = len(csrs) // 2
+            probes = _start_daemons(homes, daemons)
+            share = len(csrs) // (1 + len(args.rates))
+            before = _snapshots(probes)
             throughput = drive(
                 homes,
-                csrs[:half],
+                csrs[:share],
                 processes=processes,
                 threads=args.clients // processes,
                 duration=args.duration,
                 rate=None,
             )
-            steady = drive(
-                homes,
-                csrs[half:],
-                processes=processes,
-                threads=max(8, args.clients // processes),
-                duration=args.duration,
-                rate=args.rate,
-            )
+            stages = per_certificate(before, _snapshots(probes))
+            steady = []
+            for n, rate in enumerate(args.rates, start=1):
+                steady.append(
+                    {
+                        "rate_per_s": rate,
+                        **drive(
+                            homes,
+                            csrs[n * share : (n + 1) * share],
+                            processes=processes,
+                            # enough workers that a slow answer does not hold back the schedule
+                            threads=max(8, args.clients // processes, int(rate * 0.05) // processes),
+                            duration=args.duration,
+                            rate=rate,
+                        ),
+                    }
+                )
         result: dict[str, Any] = {
             "db": db,
             "nodes": nodes,
             "closed_loop": {"clients": args.clients, **throughput},
-            "open_loop": {"rate_per_s": args.rate, **steady},
+            "cpu_stages": stages,
+            "open_loop": steady,
         }
         if ceiling:
             result["in_process_ceiling"] = asyncio.run(
@@ -404,14 +439,16 @@ def run_setup(
 
 
 def _generate_csrs(args: argparse.Namespace) -> list[bytes]:
-    needed = int(max(1500, 1200 * args.duration) + args.rate * args.duration * 1.2)
+    # every phase gets an equal share; the closed loop's must outlast the fastest daemon
+    share = int(max(1500, 3000 * args.duration, max(args.rates) * args.duration * 1.2))
+    needed = share * (1 + len(args.rates))
     with mp.get_context("fork").Pool(os.cpu_count() or 2) as pool:
         chunks = pool.map(_make_csrs, [("bench", i * 1000, 1000) for i in range(needed // 1000 + 1)])
     return [c for chunk in chunks for c in chunk]
 
 
 def _print_single(result: dict[str, Any], args: argparse.Namespace, headline: bool) -> None:
-    throughput, steady = result["closed_loop"], result["open_loop"]
+    throughput = result["closed_loop"]
     if not headline:
         print(f"{result['db']}, {result['nodes']} node{'s' if result['nodes'] > 1 else ''}:")
     print(
@@ -419,9 +456,14 @@ def _print_single(result: dict[str, Any], args: argparse.Namespace, headline: bo
         f"p50 {throughput['p50_ms']} ms, p99 {throughput['p99_ms']} ms, errors {throughput['errors']}"
     )
     print(
-        f"end to end, open loop at {args.rate:.0f}/s: {steady['certs_per_s']} certs/s, "
-        f"p50 {steady['p50_ms']} ms, p99 {steady['p99_ms']} ms, errors {steady['errors']}"
+        f"  {format_stages(result['cpu_stages'])}; "
+        f"load generator {throughput['client_cpu_us_per_request']:g} µs per request"
     )
+    for steady in result["open_loop"]:
+        print(
+            f"end to end, open loop at {steady['rate_per_s']:.0f}/s: {steady['certs_per_s']} certs/s, "
+            f"p50 {steady['p50_ms']} ms, p99 {steady['p99_ms']} ms, errors {steady['errors']}"
+        )
     ceiling = result.get("in_process_ceiling")
     if ceiling is not None:
         print(
@@ -433,17 +475,23 @@ def _print_single(result: dict[str, Any], args: argparse.Namespace, headline: bo
 def _print_matrix(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     _print_single(results[0], args, headline=True)  # SQLite, one node: the headline figures
     print()
+    open_heads = "".join(f"| open {rate:.0f}/s p50 ms | p99 ms " for rate in args.rates)
     print(
         f"| database | nodes | closed loop ({args.clients} clients) certs/s | p50 ms | p99 ms "
-        f"| open loop {args.rate:.0f}/s certs/s | p50 ms | p99 ms | errors |"
+        f"| daemon CPU µs/cert {open_heads}| errors |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- " * (7 + 2 * len(args.rates)) + "|")
     for r in results:
-        c, o = r["closed_loop"], r["open_loop"]
+        c = r["closed_loop"]
+        opened = "".join(f"| {o['p50_ms']} | {o['p99_ms']} " for o in r["open_loop"])
+        errors = c["errors"] + sum(o["errors"] for o in r["open_loop"])
         print(
             f"| {r['db']} | {r['nodes']} | {c['certs_per_s']} | {c['p50_ms']} | {c['p99_ms']} "
-            f"| {o['certs_per_s']} | {o['p50_ms']} | {o['p99_ms']} | {c['errors'] + o['errors']} |"
+            f"| {r['cpu_stages']['total_us']:g} {opened}| {errors} |"
         )
+    print()
+    for r in results:
+        print(f"{r['db']}, {r['nodes']} node(s): {format_stages(r['cpu_stages'])}")
     print(f"({os.cpu_count()} CPUs: all daemons, their linters, the database and the clients share them)")
 
 
@@ -457,7 +505,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="client processes (at least one per node)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     parser.add_argument(
-        "--rate", type=float, default=200.0, help="open-loop requests/s for the latency phase"
+        "--rates",
+        type=lambda text: [float(r) for r in text.split(",")],
+        default=[200.0, 1000.0],
+        help="open-loop requests/s of the latency phases, comma-separated (default 200,1000)",
     )
     parser.add_argument(
         "--db",

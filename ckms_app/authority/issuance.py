@@ -29,6 +29,7 @@ from ckms_app.audit.record import Actor, event, named, outcome_of, record, refus
 from ckms_app.authority.rbac import Principal
 from ckms_app.authority.signer import Signer
 from ckms_app.config import Config, Profile
+from ckms_app.cpu_stages import StageClock
 from ckms_app.errors import CkmsError, Conflict, CsrRejected, NotAuthorized, UnknownLabel
 from ckms_app.store.point_reads import PointReader
 from ckms_app.store.schema import audit_events, certificates, utcnow
@@ -112,8 +113,11 @@ class Issuer:
         ca_cert: x509.Certificate,
         writer: GroupCommitWriter,
         reader: Engine,
+        stages: StageClock | None = None,
     ) -> None:
         self._config = config
+        # CPU per stage for the benchmark (off unless asked for); charged between awaits only
+        self._stages = stages or StageClock()
         self._signer = signer  # guard (error state, clock gate) → lint → the HSM signs the linted TBS
         self._ca_cert = ca_cert
         self._writer = writer
@@ -204,15 +208,20 @@ class Issuer:
         renewing: x509.Certificate | None = None,
     ) -> Issued:
         action = "certificate.reissue" if renewing is not None else "certificate.issue"
+        stages = self._stages
         try:
             # 1. authorise: label → profile, role → operation → profile (the route asked already, before
             #    reading the body); the signer asks the guard again before it signs
+            mark = stages.mark()
             profile = self.authorise(principal, profile_name)
+            stages.charge("authorise", mark)
             await self._signer.guard.check()
             # 2. the request itself
+            mark = stages.mark()
             checked = check_csr(csr_der, profile, self._config.csr.max_bytes)
             if renewing is not None:
                 _check_renewal(checked, renewing)
+            stages.charge("csr", mark)
         except CkmsError as exc:
             await self.record_refusal(principal, action, profile_name or self._config.default_profile, exc)
             raise
@@ -242,11 +251,14 @@ class Issuer:
         renewing: x509.Certificate | None,
     ) -> Issued:
         """Steps 3–6 for an authorised requester and a checked request."""
+        stages = self._stages
         try:
+            mark = stages.mark()
             if checked.pubkey_sha256 == self._ca_pubkey_sha256:
                 raise CsrRejected("the request carries the CA's own public key", code="csr_bad_key")
             # 3. the same request again: the certificate already issued for it, on the record
             existing = self._existing_for(checked)
+            mark = stages.charge("csr", mark)
             if existing is not None:
                 await self._record_reuse(actor, action, profile, existing)
                 return existing
@@ -259,12 +271,14 @@ class Issuer:
                 serial=new_serial(),
                 now=utcnow(),
             )
+            stages.charge("build", mark)
             # 5. lint, then the HSM signs exactly the linted TBSCertificate (the signer)
             cert, der = await self._signer.certificate(builder)
         except CkmsError as exc:
             await self.record_refusal(actor, action, profile.name, exc)
             raise
         # 6. store + audit, one durable commit
+        mark = stages.mark()
         row = certificate_row(
             cert,
             der,
@@ -289,6 +303,7 @@ class Issuer:
             },
         )
 
+        stages.charge("commit_audit", mark)
         try:
             await self._writer.submit(Inserts(((certificates, row), (audit_events, audit))))
         except IntegrityError:
@@ -302,6 +317,7 @@ class Issuer:
                 raise Conflict("the certificate could not be stored (serial collision); retry") from None
             await self._record_reuse(actor, action, profile, existing)
             return existing
+        stages.count_issued()
         return Issued(cert, der, serial, reused=False)
 
     def _template(self, profile: Profile) -> EndEntityTemplate:

@@ -135,15 +135,23 @@ class AsyncLinter:
     """The linter client (the daemon, and the signer of every CLI command that signs): any number of
     concurrent awaits share one pipelined helper.
 
-    Each request appends a future to a FIFO and writes its frame without awaiting in between, so the
-    queue order is the wire order; one reader task resolves the futures as responses arrive.
+    Each request appends a future to a FIFO and its frame to an outbox without awaiting in between, so
+    the queue order is the wire order; the outbox goes to the pipe once per turn of the event loop (the
+    requests of concurrent issuances share one write), and one reader task resolves the futures as
+    responses arrive. One watchdog timer, not a timeout task per request, holds the helper to
+    ``timeout``: if the oldest unanswered request is older, the helper is stopped and every waiting
+    caller gets :class:`LintUnavailable`.
     """
 
     def __init__(self, proc: asyncio.subprocess.Process, binary: Path, timeout: float) -> None:
         self._proc = proc
         self._binary = binary
         self._timeout = timeout
-        self._pending: collections.deque[asyncio.Future[dict[str, Any]]] = collections.deque()
+        # (answer, deadline) per request in wire order; the deadline is the event loop's clock
+        self._pending: collections.deque[tuple[asyncio.Future[dict[str, Any]], float]] = collections.deque()
+        self._outbox = bytearray()  # frames written in this turn of the event loop, sent together
+        self._flush_handle: asyncio.Handle | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
         self._dead: str | None = None
         self._closing = False
         self._stderr: collections.deque[str] = collections.deque(maxlen=20)
@@ -206,28 +214,38 @@ class AsyncLinter:
     async def _request(self, kind: bytes, der: bytes) -> dict[str, Any]:
         if self._dead is not None or self._closing:
             raise LintUnavailable(self._dead or "linter closed")
-        stdin = self._proc.stdin
-        assert stdin is not None
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending.append(fut)
-        stdin.write(_frame(kind, der))  # no await since append: FIFO order == wire order
-        try:
-            # The deadline covers drain() too: a wedged helper stops reading, and a big CRL must not
-            # then wait forever for pipe space.
-            return await asyncio.wait_for(self._drain_then(stdin, fut), self._timeout)
-        except TimeoutError:
-            # One lost answer would shift every later one onto the wrong caller: end the helper.
-            self._fail(f"linter {self._binary} gave no answer within {self._timeout:g}s and was stopped")
-            raise LintUnavailable(self._dead or "linter stopped") from None
-
-    async def _drain_then(
-        self, stdin: asyncio.StreamWriter, fut: asyncio.Future[dict[str, Any]]
-    ) -> dict[str, Any]:
-        try:
-            await stdin.drain()
-        except (ConnectionError, RuntimeError) as exc:
-            self._fail(_died(self._binary, f"stopped reading requests ({exc})", self._stderr))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        deadline = loop.time() + self._timeout
+        self._pending.append((fut, deadline))
+        self._outbox += _frame(kind, der)  # no await since append: FIFO order == wire order
+        if self._flush_handle is None:
+            self._flush_handle = loop.call_soon(self._flush)
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(deadline, self._check_deadline)
         return await fut
+
+    def _flush(self) -> None:
+        """Send the outbox. A helper that stopped reading leaves it in the pipe's buffer until the
+        watchdog stops the helper."""
+        self._flush_handle = None
+        stdin = self._proc.stdin
+        if self._outbox and self._dead is None and stdin is not None and not stdin.is_closing():
+            stdin.write(bytes(self._outbox))
+        self._outbox.clear()
+
+    def _check_deadline(self) -> None:
+        """The watchdog: the oldest unanswered request is within its deadline, or the helper is wedged.
+        One lost answer would shift every later one onto the wrong caller, so the helper is ended."""
+        self._watchdog = None
+        if self._dead is not None or not self._pending:
+            return
+        loop = asyncio.get_running_loop()
+        oldest = self._pending[0][1]
+        if oldest <= loop.time():
+            self._fail(f"linter {self._binary} gave no answer within {self._timeout:g}s and was stopped")
+            return
+        self._watchdog = loop.call_at(oldest, self._check_deadline)
 
     async def _read_loop(self) -> None:
         stdout = self._proc.stdout
@@ -239,7 +257,7 @@ class AsyncLinter:
                 if size > _MAX_RESPONSE:
                     raise ValueError(f"response of {size} bytes")
                 doc = json.loads(await stdout.readexactly(size))
-                fut = self._pending.popleft()  # IndexError: an answer nobody asked for
+                fut, _ = self._pending.popleft()  # IndexError: an answer nobody asked for
                 if not fut.done():  # the caller may have been cancelled; the order still holds
                     fut.set_result(doc)
         except asyncio.IncompleteReadError:
@@ -266,8 +284,12 @@ class AsyncLinter:
         if self._dead is None:
             self._dead = message
         self._gone.set()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self._outbox.clear()
         while self._pending:
-            fut = self._pending.popleft()
+            fut, _ = self._pending.popleft()
             if not fut.done():
                 fut.set_exception(LintUnavailable(self._dead))
         if self._proc.returncode is None:
@@ -279,6 +301,7 @@ class AsyncLinter:
     async def close(self) -> None:
         """Stop the helper. Requests already written are still answered (EOF on stdin lets it drain)."""
         self._closing = True
+        self._flush()  # what was asked before close is still answered
         if self._proc.stdin is not None and not self._proc.stdin.is_closing():
             self._proc.stdin.close()
         try:

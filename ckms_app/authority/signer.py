@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ckms_app.authority.guard import SigningGuard, make_guard
 from ckms_app.authority.linter import AsyncLinter, Linter, LintReport, find_linter_binary
 from ckms_app.config import Config
+from ckms_app.cpu_stages import StageClock
 from ckms_app.errors import HsmError, LintFailed
 from ckms_app.hsm.token import HsmEcPrivateKey
 from ckms_app.store.writer import GroupCommitWriter
@@ -39,8 +40,15 @@ _DER = serialization.Encoding.DER
 class Signer:
     """Guard → lint → HSM signs the linted bytes. One per process that signs."""
 
-    def __init__(self, ca_key: HsmEcPrivateKey, linter: Linter | None, guard: SigningGuard) -> None:
+    def __init__(
+        self,
+        ca_key: HsmEcPrivateKey,
+        linter: Linter | None,
+        guard: SigningGuard,
+        stages: StageClock | None = None,
+    ) -> None:
         self._ca_key = ca_key
+        self._stages = stages or StageClock()  # the benchmark's CPU per stage; off unless asked for
         # None only where the CA's configuration disables linting ([lint] enabled = false)
         self._linter = linter
         self.guard = guard
@@ -54,12 +62,21 @@ class Signer:
     ) -> tuple[x509.Certificate, bytes]:
         """Sign a certificate: the parsed certificate and its DER."""
         await self.guard.check()
+        stages = self._stages  # CPU is charged between awaits only: other requests run during them
+        mark = stages.mark()
         linted = builder.sign(self._throwaway, self.hash_algorithm)
         linted_der = linted.public_bytes(_DER)
+        stages.charge("lint", mark)
         if self._linter is not None:
-            _refuse_if_blocking(await self._linter.lint_certificate(linted_der), what)
-        der = await self._sign_tbs(tbs_der(linted_der), linted_der)
-        return x509.load_der_x509_certificate(der), der
+            report = await self._linter.lint_certificate(linted_der)
+            mark = stages.mark()
+            _refuse_if_blocking(report, what)
+            stages.charge("lint", mark)
+        mark = stages.mark()
+        der = await self._sign_tbs(tbs_der(linted_der), linted_der)  # no suspension unless the HSM fails
+        certificate = x509.load_der_x509_certificate(der)
+        stages.charge("hsm", mark)
+        return certificate, der
 
     async def crl(
         self, builder: x509.CertificateRevocationListBuilder, what: str = "CRL", entries: Sequence[bytes] = ()

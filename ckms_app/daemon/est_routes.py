@@ -82,7 +82,10 @@ async def _enroll(request: web.Request, label: str | None) -> web.Response:
             issued = await rt.issuer.enroll(csr_der, principal, profile_name=label, renewing=renewing)
     except CkmsError as exc:
         return est_error(exc)
-    return _certs_only(issued)
+    mark = rt.stages.mark()
+    response = _certs_only(issued)
+    rt.stages.charge("response", mark)
+    return response
 
 
 async def _reenrol_device(

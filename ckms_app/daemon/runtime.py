@@ -22,6 +22,7 @@ from ckms_app.authority.linter import find_linter_binary
 from ckms_app.authority.rbac import PrincipalCache
 from ckms_app.authority.signer import Signer
 from ckms_app.config import CaGeneration, Config
+from ckms_app.cpu_stages import StageClock
 from ckms_app.errors import HsmError
 from ckms_app.hsm.token import HsmEcPrivateKey, Token
 from ckms_app.store.engine import open_engine
@@ -55,6 +56,8 @@ class Runtime:
     # The newest CRL of each generation and kind as served ("1/full"): (CRL number, DER). Re-read only when a newer one is published,
     # so a CRL download allocates nothing as large as the CRL (a 100,000-entry CRL is ~4 MB).
     served_crls: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    # CPU per issuance stage for the benchmark (cpu_stages); off unless CKMS_STAGE_CLOCK_DIR is set
+    stages: StageClock = field(default_factory=StageClock)
 
     async def close(self) -> None:
         """Release what :func:`open_runtime` opened: the token, its closing recorded (F.08), then the writer."""
@@ -75,11 +78,14 @@ def runtime_of(request: web.Request) -> Runtime:
     return request.app[RUNTIME]
 
 
-async def open_runtime(config: Config, purpose: str = "serve") -> Runtime:
-    """Open the database, the token session and the linter of one worker; the session goes on the trail."""
+async def open_runtime(config: Config, purpose: str = "serve", stages: StageClock | None = None) -> Runtime:
+    """Open the database, the token session and the linter of one worker; the session goes on the trail.
+    ``stages``: the benchmark's CPU-per-stage counters (off when not given)."""
+    stages = stages or StageClock()
     engine = open_engine(config.database_url)
     migrate(engine)
     writer = GroupCommitWriter(open_engine(config.database_url, writer=True))
+    stages.watch_thread("commit_audit", writer.thread)
     token = await _open_token(config, writer, purpose)
     key = token.load_ec_key(config.ca_key_label)
     ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())
@@ -91,7 +97,7 @@ async def open_runtime(config: Config, purpose: str = "serve") -> Runtime:
         await SupervisedLinter.start(find_linter_binary(config.lint_binary)) if config.lint_enabled else None
     )
     guard = make_guard(config, writer)
-    signer = Signer(key, linter, guard)
+    signer = Signer(key, linter, guard, stages)
     oldest = min(g.generation for g in config.signing_generations())
     issuers = [
         CrlIssuer.of(config, config.active_generation, signer, ca_cert, oldest == config.ca_generation)
@@ -111,7 +117,7 @@ async def open_runtime(config: Config, purpose: str = "serve") -> Runtime:
         writer=writer,
         reader=engine,
         linter=linter,
-        issuer=Issuer(config, signer, ca_cert, writer, engine),
+        issuer=Issuer(config, signer, ca_cert, writer, engine, stages),
         enrolment=EnrolmentDesk(config, signer, ca_cert, writer),
         publisher=CrlPublisher(config, issuers, writer, engine),
         principals=PrincipalCache(engine),
@@ -120,6 +126,7 @@ async def open_runtime(config: Config, purpose: str = "serve") -> Runtime:
         purpose=purpose,
         crl_key_ids={i.generation: i.key_id for i in issuers},
         retired_keys=retired,
+        stages=stages,
     )
 
 

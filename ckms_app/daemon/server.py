@@ -29,6 +29,7 @@ from ckms_app.audit.refusals import RefusalSummary
 from ckms_app.audit.seals import AuditSealer, config_change_unit, ensure_audit_key
 from ckms_app.authority.ca_bundle import generation_certificates, pem_bundle
 from ckms_app.config import Config
+from ckms_app.cpu_stages import StageClock
 from ckms_app.daemon import api_routes, crl_routes, est_routes, guard_routes
 from ckms_app.daemon.http import REFUSALS
 from ckms_app.daemon.runtime import RUNTIME, Runtime, open_runtime
@@ -99,11 +100,13 @@ async def serve(
     srv = config.server
     quiet_malformed_http_logging()
     tls = server_ssl_context(config)  # a refused TLS setting stops the start here, before anything opens
-    rt = await open_runtime(config)
+    rt = await open_runtime(config, stages=StageClock.from_environment())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if rt.stages.enabled:  # the benchmark asks each worker for its CPU per stage
+        loop.add_signal_handler(signal.SIGUSR1, rt.stages.write_snapshot)
     state_task = await guard_routes.startup(rt, worker, stop)  # self-tests; error state on failure (E.32)
     refusals = RefusalSummary(
         rt.writer,

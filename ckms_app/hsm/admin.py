@@ -33,7 +33,7 @@ import pkcs11
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
-from pkcs11.util.ec import encode_ecdsa_signature, encode_named_curve_parameters
+from pkcs11.util.ec import encode_named_curve_parameters
 
 from ckms_app.algorithms import curve_by_name, curve_of
 from ckms_app.config import Config
@@ -44,6 +44,7 @@ from ckms_app.hsm.token import (
     _unwrap_octet_string,
     ca_private_key_template,
     ca_public_key_template,
+    der_ecdsa_signature,
     pairwise_consistent,
     read_secret_file,
 )
@@ -182,7 +183,7 @@ def require_pairwise(
 ) -> None:
     """A key generated or restored in an SO session must prove its pair before it is used."""
     if not pairwise_consistent(
-        lambda digest: encode_ecdsa_signature(private.sign(digest, mechanism=Mechanism.ECDSA)),
+        lambda digest: der_ecdsa_signature(private.sign(digest, mechanism=Mechanism.ECDSA)),
         public_key,
         algorithm,
     ):

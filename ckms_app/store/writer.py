@@ -126,6 +126,11 @@ class GroupCommitWriter:
         self._queue.put((unit, fut))
         return fut
 
+    @property
+    def thread(self) -> threading.Thread:
+        """The commit thread (its CPU is the benchmark's commit stage)."""
+        return self._thread
+
     def close(self) -> None:
         """Finish every queued unit, then stop."""
         if not self._closed:

@@ -17,14 +17,27 @@ LONG_REASON = "Why this module is long:"
 ALLOWED = {
     "errors": set(),
     "i18n": set(),
+    # per-stage CPU counters for the benchmark: the standard library only
+    "cpu_stages": set(),
     "algorithms": {"errors", "i18n"},
     "config": {"errors", "i18n", "algorithms"},
     "x509": {"errors", "i18n", "algorithms", "config"},
     "hsm": {"errors", "i18n", "algorithms", "config"},
     "store": {"errors", "i18n", "algorithms", "config"},
     "audit": {"errors", "i18n", "algorithms", "config", "x509", "hsm", "store"},
-    "authority": {"errors", "i18n", "algorithms", "config", "x509", "hsm", "store", "audit"},
-    "daemon": {"errors", "i18n", "algorithms", "config", "x509", "hsm", "store", "audit", "authority"},
+    "authority": {"errors", "i18n", "algorithms", "config", "x509", "hsm", "store", "audit", "cpu_stages"},
+    "daemon": {
+        "errors",
+        "i18n",
+        "algorithms",
+        "config",
+        "x509",
+        "hsm",
+        "store",
+        "audit",
+        "authority",
+        "cpu_stages",
+    },  # fmt: skip
     # the IoT hub and the relay: the daemon's TLS restriction, nothing of the CA's state
     "hub": {"errors", "i18n", "algorithms", "config", "daemon"},
     # signed report bundles and attestations: the audit key and the trail, as the CA's own commands
