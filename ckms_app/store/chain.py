@@ -101,14 +101,7 @@ def append_audit(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
     head = conn.execute(_CHAIN_HEAD_FOR_UPDATE).first()
     if head is None:
         raise RuntimeError("the audit chain head is missing: run the database migrations")
-    seq, prev = int(head.last_seq), head.last_hash
-    chained = []
-    for row in rows:
-        seq += 1
-        record = {**row, "seq": seq}
-        prev = audit_record_hash(prev, record)
-        record["chain_hash"] = prev
-        chained.append(record)
+    chained, seq, prev = chain_records(int(head.last_seq), head.last_hash, rows)
     conn.info["ckms_audit_append"] = True
     try:
         conn.execute(_AUDIT_INSERT, chained)
@@ -116,6 +109,19 @@ def append_audit(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
         conn.info.pop("ckms_audit_append", None)
     conn.execute(_CHAIN_HEAD_UPDATE, {"new_seq": seq, "new_hash": prev})
     return [r["seq"] for r in chained]
+
+
+def chain_records(seq: int, prev: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, str]:
+    """The records after the head (``seq``, ``prev``) with their sequence numbers and chain hashes,
+    and the new head. Shared by :func:`append_audit` and the writer's driver-level batches."""
+    chained = []
+    for row in rows:
+        seq += 1
+        record = {**row, "seq": seq}
+        prev = audit_record_hash(prev, record)
+        record["chain_hash"] = prev
+        chained.append(record)
+    return chained, seq, prev
 
 
 @event.listens_for(Engine, "before_execute")

@@ -145,3 +145,61 @@ def test_migration_2_seeds_the_default_acl_as_released() -> None:
     assert set(_MIGRATION_2_ACL) - {("operator", "certificate.revoke", "*")} | revoke_by_kind | set(
         _MIGRATION_4_ACL
     ) == set(DEFAULT_ACL)
+
+
+def _rows(reader, table) -> list[tuple]:  # type: ignore[no-untyped-def]
+    with reader.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(table).order_by(*table.primary_key.columns))]
+
+
+def test_driver_fast_path_writes_what_sqlalchemy_writes(tmp_path: Path) -> None:
+    """The same units through the driver-level fast path and through SQLAlchemy (the fast path made to
+    fail, so the batch is replayed): identical certificate rows, audit records, chain hashes and head."""
+    from ckms_app.store.schema import audit_chain_head
+
+    fixed = utcnow()
+    units = []
+    for i in range(1, 41):
+        row = cert_row(f"{i:x}", f"h{i}") | {"not_before": fixed, "not_after": fixed, "issued_at": fixed}
+        audit = audit_row(
+            entity_id="t", role="operator", action="certificate.issue", target=f"{i:x}", outcome="success"
+        )
+        units.append(Inserts(((certificates, row), (audit_events, audit | {"at": fixed}))))
+    results = []
+    for name, broken in (("fast", False), ("replayed", True)):
+        url = f"sqlite:///{tmp_path / name}.sqlite3"
+        reader = open_engine(url)
+        migrate(reader)
+        writer = GroupCommitWriter(open_engine(url, writer=True))
+        if broken:
+            writer._driver.write = lambda rows: (_ for _ in ()).throw(RuntimeError("forced"))  # type: ignore[method-assign]
+        futures = [writer._enqueue(u) for u in units]
+        assert all(f.result() is None for f in futures)
+        assert (writer.driver_commits > 0) is not broken
+        writer.close()
+        results.append(tuple(_rows(reader, t) for t in (certificates, audit_events, audit_chain_head)))
+        reader.dispose()
+    assert len(results[0][0]) == 40 and len(results[0][1]) == 40
+    assert results[0] == results[1]
+
+
+def test_fast_path_failure_leaves_nothing_and_isolates_the_culprit(db) -> None:  # type: ignore[no-untyped-def]
+    """A duplicate in a batch of plain inserts: the driver transaction rolls back whole, the replay keeps
+    the good units and gives the bad one SQLAlchemy's IntegrityError; the chain stays unbroken."""
+    from ckms_app.audit.verify import verify_database
+
+    reader, writer = db
+    writer.run(Inserts(((certificates, cert_row("aa", "h1")),)))
+    audit = {"entity_id": "t", "role": "operator", "action": "certificate.issue", "outcome": "success"}
+    futures = [
+        writer._enqueue(
+            Inserts(((certificates, cert_row(s, h)), (audit_events, audit_row(target=s, **audit))))
+        )
+        for s, h in (("bb", "h2"), ("cc", "h1"), ("dd", "h3"))
+    ]
+    assert futures[0].result() is None and futures[2].result() is None
+    with pytest.raises(IntegrityError):
+        futures[1].result()
+    assert {r[0] for r in _rows(reader, certificates)} == {"aa", "bb", "dd"}
+    assert [r[5] for r in _rows(reader, audit_events)] == ["bb", "dd"]
+    assert verify_database(reader, None).ok
