@@ -19,6 +19,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ENV = "CKMS_STAGE_CLOCK_DIR"
@@ -36,6 +37,7 @@ class StageClock:
         self.ns = dict.fromkeys(STAGES, 0)
         self.issued = 0
         self._other_threads: dict[str, int] = {}  # name -> thread id, read with pthread_getcpuclockid
+        self._counters: dict[str, Callable[[], int]] = {}  # e.g. the writer's commits and units
 
     @classmethod
     def from_environment(cls) -> StageClock:
@@ -62,6 +64,11 @@ class StageClock:
         if self.enabled and thread.ident is not None:
             self._other_threads[name] = thread.ident
 
+    def watch_counter(self, name: str, read: Callable[[], int]) -> None:
+        """Report a running count (e.g. commits) with each snapshot."""
+        if self.enabled:
+            self._counters[name] = read
+
     def snapshot(self) -> dict[str, object]:
         """Totals so far; called on the event-loop thread, so its own clock is the loop's."""
         threads: dict[str, int] = {}
@@ -76,6 +83,7 @@ class StageClock:
             "loop_thread_ns": time.thread_time_ns(),
             "stages_ns": dict(self.ns),
             "threads_ns": threads,
+            "counters": {name: read() for name, read in self._counters.items()},
         }
 
     def write_snapshot(self) -> None:

@@ -76,12 +76,15 @@ def per_certificate(
 ) -> dict[str, Any]:
     """µs of CPU per certificate by stage between two snapshots of the same workers."""
     totals = dict.fromkeys(ORDER, 0)
-    issued = 0
+    issued = commits = units = 0
     for pid, end in after.items():
         start = before.get(pid)
         if start is None:
             continue  # a worker replaced during the phase: its counts start at zero and are left out
         issued += end["issued"] - start["issued"]
+        counters, started = end.get("counters", {}), start.get("counters", {})
+        commits += counters.get("commits", 0) - started.get("commits", 0)
+        units += counters.get("units", 0) - started.get("units", 0)
         marked = 0
         for stage, ns in end["stages_ns"].items():
             delta = ns - start["stages_ns"].get(stage, 0)
@@ -95,10 +98,19 @@ def per_certificate(
         totals["other_threads"] += max(0, end["process_ns"] - start["process_ns"] - loop - commit)
     count = certificates if certificates is not None else issued
     per = {k: round(v / 1000 / count, 1) if count else float("nan") for k, v in totals.items()}
-    return {"certificates": count, "us_per_certificate": per, "total_us": round(sum(per.values()), 1)}
+    return {
+        "certificates": count,
+        "us_per_certificate": per,
+        "total_us": round(sum(per.values()), 1),
+        "commits": commits,
+        "units_per_commit": round(units / commits, 1) if commits else float("nan"),
+    }
 
 
 def format_stages(figures: dict[str, Any]) -> str:
     per = figures["us_per_certificate"]
     parts = ", ".join(f"{k} {per[k]:g}" for k in ORDER)
-    return f"CPU µs per certificate: {parts} (daemon total {figures['total_us']:g})"
+    return (
+        f"CPU µs per certificate: {parts} (daemon total {figures['total_us']:g}); "
+        f"{figures['units_per_commit']:g} units per durable commit"
+    )

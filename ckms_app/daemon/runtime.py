@@ -86,6 +86,8 @@ async def open_runtime(config: Config, purpose: str = "serve", stages: StageCloc
     migrate(engine)
     writer = GroupCommitWriter(open_engine(config.database_url, writer=True))
     stages.watch_thread("commit_audit", writer.thread)
+    stages.watch_counter("commits", lambda: writer.commits)
+    stages.watch_counter("units", lambda: writer.units)
     token = await _open_token(config, writer, purpose)
     key = token.load_ec_key(config.ca_key_label)
     ca_cert = x509.load_pem_x509_certificate(config.ca_cert.read_bytes())

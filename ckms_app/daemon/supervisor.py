@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -38,6 +39,15 @@ _PR_SET_PDEATHSIG = 1
 _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
 MMAP_THRESHOLD_BYTES = 128 * 1024
 ARENA_MAX = 2
+
+
+def event_loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The workers' event loop (``[server] event_loop``): uvloop by default, the standard one on request."""
+    if config.server.event_loop == "asyncio":
+        return asyncio.new_event_loop
+    import uvloop  # only where it is used: the CLI's own commands run on the standard loop
+
+    return uvloop.new_event_loop
 
 
 def worker_count(config: Config) -> int:
@@ -104,17 +114,18 @@ def supervise(config: Config) -> None:
             code = 0
             clients.use_row(index)
             try:
-                asyncio.run(
-                    serve(
-                        config,
-                        est_sock,
-                        crl_sock,
-                        worker=index,
-                        runs_publisher=index == 0,
-                        on_ready=lambda: os.write(ready_w, b"r"),
-                        clients=clients,
+                with asyncio.Runner(loop_factory=event_loop_factory(config)) as runner:
+                    runner.run(
+                        serve(
+                            config,
+                            est_sock,
+                            crl_sock,
+                            worker=index,
+                            runs_publisher=index == 0,
+                            on_ready=lambda: os.write(ready_w, b"r"),
+                            clients=clients,
+                        )
                     )
-                )
             except BaseException:  # noqa: BLE001 - report and exit non-zero; the supervisor restarts us
                 log.exception("worker %d failed", index)
                 code = 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import tomli_w
@@ -77,3 +78,35 @@ def test_crl_addresses_of_the_first_key_never_move_and_later_keys_get_their_own(
         server.crl_url("latest")
     with pytest.raises(ConfigError, match="count from 1"):
         server.crl_url("full", generation=0)
+
+
+def test_event_loop_is_uvloop_unless_asyncio_is_asked_for() -> None:
+    """The workers' event loop: uvloop by default, the standard loop as the fallback, nothing else."""
+    import asyncio
+
+    import uvloop
+
+    from ckms_app.config import ServerConfig
+    from ckms_app.daemon.supervisor import event_loop_factory
+
+    def server(**extra: str) -> ServerConfig:
+        return ServerConfig(
+            listen="127.0.0.1",
+            est_port=8443,
+            crl_port=8080,
+            public_host="127.0.0.1",
+            tls_cert=Path("tls.pem"),
+            tls_key=Path("tls.key"),
+            **extra,
+        )
+
+    assert server().event_loop == "uvloop"
+    with pytest.raises(ConfigError, match="event_loop must be uvloop or asyncio"):
+        server(event_loop="trio")
+    for name, kind in (("uvloop", uvloop.Loop), ("asyncio", asyncio.BaseEventLoop)):
+        config = SimpleNamespace(server=server(event_loop=name))
+        loop = event_loop_factory(config)()  # type: ignore[arg-type]
+        try:
+            assert isinstance(loop, kind)
+        finally:
+            loop.close()
