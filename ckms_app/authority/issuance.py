@@ -264,16 +264,17 @@ class Issuer:
                 return existing
             # 4. build the TBSCertificate: the profile's full validity, or refused when it would pass the
             #    CA's expiry or an algorithm's end of life (A.62; a date compare, never a silent cut)
-            builder = self._template(profile).builder(
+            tbs = self._template(profile).tbs(
                 subject=checked.subject,
                 sans=checked.sans,
                 public_key=checked.public_key,
                 serial=new_serial(),
                 now=utcnow(),
+                signature_hash=self._signer.hash_algorithm,
             )
             stages.charge("build", mark)
             # 5. lint, then the HSM signs exactly the linted TBSCertificate (the signer)
-            cert, der = await self._signer.certificate(builder)
+            cert, der = await self._signer.certificate_tbs(tbs)
         except CkmsError as exc:
             await self.record_refusal(actor, action, profile.name, exc)
             raise

@@ -32,7 +32,12 @@ from ckms_app.errors import HsmError, LintFailed
 from ckms_app.hsm.token import HsmEcPrivateKey
 from ckms_app.store.writer import GroupCommitWriter
 from ckms_app.x509 import crl_der
-from ckms_app.x509.assembly import assemble, signature_algorithm_der, tbs_der
+from ckms_app.x509.assembly import (
+    assemble,
+    certificate_tbs_signature_algorithm,
+    signature_algorithm_der,
+    tbs_der,
+)
 
 _DER = serialization.Encoding.DER
 
@@ -56,6 +61,13 @@ class Signer:
         self._signature_algorithm = ec.ECDSA(self.hash_algorithm)
         # Signs the copies the linter sees; never anything that leaves the signer.
         self._throwaway = ec.generate_private_key(ca_key.curve_info.crypto_curve)
+        # the DER AlgorithmIdentifier of the CA key's signatures (ecdsa-with-SHA256/384, no parameters)
+        self._algorithm_der = signature_algorithm_der(
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([]))
+            .sign(self._throwaway, self.hash_algorithm)
+            .public_bytes(_DER)
+        )
 
     async def certificate(
         self, builder: x509.CertificateBuilder, what: str = "certificate"
@@ -73,7 +85,31 @@ class Signer:
             _refuse_if_blocking(report, what)
             stages.charge("lint", mark)
         mark = stages.mark()
-        der = await self._sign_tbs(tbs_der(linted_der), linted_der)  # no suspension unless the HSM fails
+        # no suspension unless the HSM fails
+        der = await self._sign_tbs(tbs_der(linted_der), signature_algorithm_der(linted_der))
+        certificate = x509.load_der_x509_certificate(der)
+        stages.charge("hsm", mark)
+        return certificate, der
+
+    async def certificate_tbs(self, tbs: bytes, what: str = "certificate") -> tuple[x509.Certificate, bytes]:
+        """Sign a TBSCertificate given as DER (the issuance hot path builds it from a template,
+        :meth:`~ckms_app.x509.profiles.EndEntityTemplate.tbs`): the same guard, throwaway copy, lint and
+        HSM signature of those very bytes as :meth:`certificate`, without cryptography's builder."""
+        await self.guard.check()
+        stages = self._stages  # CPU is charged between awaits only: other requests run during them
+        mark = stages.mark()
+        algorithm = certificate_tbs_signature_algorithm(tbs)
+        if algorithm != self._algorithm_der:
+            raise LintFailed(f"the {what} names a signature algorithm other than the CA key's")
+        linted_der = assemble(tbs, algorithm, self._throwaway.sign(tbs, self._signature_algorithm))
+        stages.charge("lint", mark)
+        if self._linter is not None:
+            report = await self._linter.lint_certificate(linted_der)
+            mark = stages.mark()
+            _refuse_if_blocking(report, what)
+            stages.charge("lint", mark)
+        mark = stages.mark()
+        der = await self._sign_tbs(tbs, algorithm)  # no suspension unless the HSM fails
         certificate = x509.load_der_x509_certificate(der)
         stages.charge("hsm", mark)
         return certificate, der
@@ -91,7 +127,7 @@ class Signer:
         linted_der = assemble(tbs, crl_der.signature_algorithm(tbs), throwaway_signature)
         if self._linter is not None:
             _refuse_if_blocking(await self._linter.lint_crl(linted_der), what)
-        return await self._sign_tbs(tbs, linted_der)
+        return await self._sign_tbs(tbs, signature_algorithm_der(linted_der))
 
     async def request(self, builder: x509.CertificateSigningRequestBuilder) -> x509.CertificateSigningRequest:
         """Sign the CA's own certificate request (for a parent CA to certify). A request carries the
@@ -104,14 +140,15 @@ class Signer:
             await self.guard.hsm_failed(exc)
             raise
 
-    async def _sign_tbs(self, tbs: bytes, linted_der: bytes) -> bytes:
-        """The one place where the HSM signs a certificate or a CRL: exactly ``tbs``."""
+    async def _sign_tbs(self, tbs: bytes, algorithm: bytes) -> bytes:
+        """The one place where the HSM signs a certificate or a CRL: exactly ``tbs``; ``algorithm`` is
+        the DER signatureAlgorithm of the linted copy."""
         try:
             signature = self._ca_key.sign(tbs, self._signature_algorithm)
         except HsmError as exc:
             await self.guard.hsm_failed(exc)
             raise
-        return assemble(tbs, signature_algorithm_der(linted_der), signature)
+        return assemble(tbs, algorithm, signature)
 
 
 @asynccontextmanager

@@ -36,6 +36,16 @@ def signature_algorithm_der(certificate_der: bytes) -> bytes:
     return certificate_der[tbs_end:algorithm_end]
 
 
+def certificate_tbs_signature_algorithm(tbs: bytes) -> bytes:
+    """The ``signature`` AlgorithmIdentifier inside a v3 TBSCertificate (after version and serial): the
+    outer signatureAlgorithm of the certificate must equal it (RFC 5280 §4.1.1.2)."""
+    content_start, _ = _element(tbs, 0)
+    _, version_end = _element(tbs, content_start)
+    _, serial_end = _element(tbs, version_end)
+    _, algorithm_end = _element(tbs, serial_end)
+    return tbs[serial_end:algorithm_end]
+
+
 def tbs_der(signed_der: bytes) -> bytes:
     """The to-be-signed element of a signed structure, sliced out of its DER as it is: for a CRL of
     100,000 entries this is a copy of its first 4.5 MB instead of a second encoding by cryptography

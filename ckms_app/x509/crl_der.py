@@ -40,7 +40,8 @@ REASON_CODES: dict[x509.ReasonFlags, int] = {
 }
 
 
-def _integer(value: int) -> bytes:
+def integer(value: int) -> bytes:
+    """A positive serial number as a DER INTEGER (minimal, with a 0x00 pad when the top bit is set)."""
     if value <= 0:
         raise ValueError("a certificate serial number is positive (RFC 5280 §4.1.2.2)")
     return der.tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
@@ -56,7 +57,7 @@ def time(moment: dt.datetime) -> bytes:
 
 def entry(serial: int, revoked_at: dt.datetime, reason_code: int | None) -> bytes:
     """One revokedCertificates element; ``reason_code`` None omits the reasonCode extension."""
-    body = _integer(serial) + time(revoked_at)
+    body = integer(serial) + time(revoked_at)
     if reason_code is not None:
         extension = der.tlv(0x30, _CRL_REASON + der.tlv(0x04, der.tlv(0x0A, bytes((reason_code,)))))
         body += der.tlv(0x30, extension)

@@ -19,6 +19,7 @@ import secrets
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
@@ -26,7 +27,9 @@ from ckms_app.algorithms import CURVES, curve_of
 from ckms_app.config import DEFAULT_SECURE_UNTIL, Profile
 from ckms_app.errors import ConfigError, CsrRejected
 from ckms_app.x509.key_ids import subject_key_id
+from ckms_app.x509.tbs_template import TbsParts
 
+_DER, _SPKI = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
 _EKU = {
     "client_auth": ExtendedKeyUsageOID.CLIENT_AUTH,
     "server_auth": ExtendedKeyUsageOID.SERVER_AUTH,
@@ -158,13 +161,9 @@ def ca_outlives_algorithm(issuer: x509.Certificate, secure_until: dict[str, dt.d
 
 
 class EndEntityTemplate:
-    """Everything an end-entity certificate of one profile and issuer shares, built once.
-
-    The constant extensions (basicConstraints, keyUsage, AKI, policies, CRL distribution points,
-    EKU) are the same objects for every certificate; per certificate only the subject, key, serial,
-    validity, SKI and SAN change. Building the builder directly from the finished extension list
-    saves the per-extension copying and checks of ``add_extension`` on the issuance hot path.
-    """
+    """Everything an end-entity certificate of one profile and issuer shares, built once: the constant
+    extensions (basicConstraints, keyUsage, AKI, policies, CRL distribution points, EKU); per certificate
+    only the subject, key, serial, validity, SKI and SAN change (:meth:`builder`, or :meth:`tbs` as DER)."""
 
     def __init__(
         self, *, profile: Profile, issuer: x509.Certificate, crl_url: str, delta_crl_url: str
@@ -217,6 +216,7 @@ class EndEntityTemplate:
             self._tail.append(
                 ext(ExtensionOID.EXTENDED_KEY_USAGE, False, extended_key_usage(profile.extended_key_usage))
             )
+        self._parts: dict[str, TbsParts] = {}  # per signature hash, for tbs()
 
     def validity(self, now: dt.datetime, curve: str) -> tuple[dt.datetime, dt.datetime]:
         """notBefore (backdated for clock skew) and notAfter, the profile's full validity; refused
@@ -260,6 +260,32 @@ class EndEntityTemplate:
             not_valid_before=_naive_utc(not_before),
             not_valid_after=_naive_utc(not_after),
             extensions=extensions,
+        )
+
+    def tbs(
+        self,
+        *,
+        subject: x509.Name,
+        sans: tuple[x509.GeneralName, ...],
+        public_key: ec.EllipticCurvePublicKey,
+        serial: int,
+        now: dt.datetime,
+        signature_hash: hashes.SHA256 | hashes.SHA384,
+    ) -> bytes:
+        """The DER TBSCertificate :meth:`builder` gives signed with ``signature_hash``, byte for byte, from
+        pre-encoded parts (:mod:`ckms_app.x509.tbs_template`): the issuance hot path's builder."""
+        parts = self._parts.get(signature_hash.name)
+        if parts is None:
+            parts = self._parts[signature_hash.name] = TbsParts.of_builder(self.builder, signature_hash)
+        not_before, not_after = self.validity(now, curve_of(public_key).name)
+        return parts.tbs(
+            serial=serial,
+            not_before=not_before,
+            not_after=not_after,
+            subject=subject.public_bytes(),
+            spki=public_key.public_bytes(_DER, _SPKI),
+            ski=x509.SubjectKeyIdentifier.from_public_key(public_key),
+            san=x509.SubjectAlternativeName(list(sans)) if sans else None,
         )
 
 
