@@ -48,6 +48,10 @@ DEFAULT_TIMEOUT = 30.0
 BLOCKING_STATUSES = frozenset({"error", "fatal"})
 _LEN = struct.Struct(">I")
 _MAX_RESPONSE = 64 << 20
+# The helper's answer for a certificate or CRL without findings, as Go's encoding/json writes it: the
+# common case is recognised by its bytes instead of being parsed (a third of the client's time per lint)
+_CLEAN = b'{"ok":true,"findings":[],"parse_error":null}'
+_CLEAN_DOC: dict[str, Any] = {"ok": True, "findings": [], "parse_error": None}
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,13 @@ class LintReport:
         )
         parse_error = doc.get("parse_error")
         return cls(findings, None if parse_error is None else str(parse_error))
+
+
+_CLEAN_REPORT = LintReport((), None)
+
+
+def _report(doc: dict[str, Any]) -> LintReport:
+    return _CLEAN_REPORT if doc is _CLEAN_DOC else LintReport.from_json(doc)
 
 
 def find_linter_binary(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -206,10 +217,10 @@ class AsyncLinter:
         await self._gone.wait()
 
     async def lint_certificate(self, der: bytes) -> LintReport:
-        return LintReport.from_json(await self._request(b"C", der))
+        return _report(await self._request(b"C", der))
 
     async def lint_crl(self, der: bytes) -> LintReport:
-        return LintReport.from_json(await self._request(b"R", der))
+        return _report(await self._request(b"R", der))
 
     async def _request(self, kind: bytes, der: bytes) -> dict[str, Any]:
         if self._dead is not None or self._closing:
@@ -256,7 +267,8 @@ class AsyncLinter:
                 (size,) = _LEN.unpack(await stdout.readexactly(4))
                 if size > _MAX_RESPONSE:
                     raise ValueError(f"response of {size} bytes")
-                doc = json.loads(await stdout.readexactly(size))
+                body = await stdout.readexactly(size)
+                doc = _CLEAN_DOC if body == _CLEAN else json.loads(body)
                 fut, _ = self._pending.popleft()  # IndexError: an answer nobody asked for
                 if not fut.done():  # the caller may have been cancelled; the order still holds
                     fut.set_result(doc)

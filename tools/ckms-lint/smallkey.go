@@ -16,13 +16,16 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/big"
 	"sync"
+	"sync/atomic"
 
 	"filippo.io/nistec"
 	"github.com/zmap/zcrypto/x509"
 	"github.com/zmap/zlint/v3/lint"
+	"github.com/zmap/zlint/v3/lints/community"
 )
 
 // smallKeyLintName is the zlint lint this check stands in for.
@@ -32,7 +35,7 @@ const smallKeyLintName = "e_ecdsa_small_private_key"
 const smallKeyBits = 16
 
 // babySteps is the size of the table of j*G, j = 1..babySteps, per curve: built once per curve
-// on first use (~0.1 s for P-256), it leaves one giant step each way per certificate.
+// on first use, in the background (~0.1 s for P-256), it leaves one giant step each way per certificate.
 const babySteps = 1 << 15
 
 // point is what the search needs of a nistec point type (P224Point, P256Point, ...).
@@ -51,6 +54,7 @@ type point[T any] interface {
 // bits can only propose a candidate, which is verified by a scalar multiplication.
 type smallKeyTable[T any, P point[T]] struct {
 	once       sync.Once
+	ready      atomic.Bool // set once the table is built; until then zlint's own search answers
 	logByX     map[uint64]uint32
 	giantStep  P // (2*babySteps+1)*G: one giant step up
 	giantStepN P // and its negation, one step down
@@ -58,8 +62,10 @@ type smallKeyTable[T any, P point[T]] struct {
 	newPoint   func() P // nistec's constructor: a zero value is not a point
 }
 
+// build fills the table (once; callers after the first wait for it).
 func (t *smallKeyTable[T, P]) build() {
 	t.once.Do(func() {
+		defer t.ready.Store(true)
 		t.logByX = make(map[uint64]uint32, babySteps)
 		g := P(t.newPoint().SetGenerator())
 		acc := P(t.newPoint().Set(g))
@@ -88,7 +94,12 @@ func (t *smallKeyTable[T, P]) build() {
 // a baby step j with the same x means pub = ±(i*stride ± j)*G. Each candidate is checked by
 // multiplying it out, so a clash of the table's 64-bit keys is harmless.
 func (t *smallKeyTable[T, P]) find(encoded []byte) (*big.Int, error) {
-	t.build()
+	if !t.ready.Load() {
+		// The first certificate of a curve starts the build in the background and does not wait for
+		// it (a new helper's first lint stays fast); zlint's own search answers until it is done.
+		go t.build()
+		return nil, errTableNotReady
+	}
 	q, err := t.newPoint().SetBytes(encoded)
 	if err != nil {
 		return nil, err
@@ -206,6 +217,9 @@ func (s *smallKeyTables) smallDiscreteLog(pub *ecdsa.PublicKey) (d *big.Int, ok 
 	return d, true, err
 }
 
+// errTableNotReady: the curve's table is still being built.
+var errTableNotReady = errors.New("small-key table not built yet")
+
 // smallKeyLint runs the check the way zlint runs its lint: not applicable unless the certificate
 // carries a well-formed ECDSA key on the curve.
 func (s *smallKeyTables) lint(c *x509.Certificate) *lint.LintResult {
@@ -222,6 +236,9 @@ func (s *smallKeyTables) lint(c *x509.Certificate) *lint.LintResult {
 		return &lint.LintResult{Status: lint.NA}
 	}
 	d, searched, err := s.smallDiscreteLog(key)
+	if errors.Is(err, errTableNotReady) {
+		return community.NewEcdsaSmallPrivateKey().(lint.CertificateLintInterface).Execute(c)
+	}
 	switch {
 	case !searched:
 		return &lint.LintResult{Status: lint.Pass} // as zlint: a curve without a name is not searched

@@ -45,7 +45,7 @@ func TestSmallKeyBoundIsZlintDefault(t *testing.T) {
 // TestSmallKeyMatchesZlint: same status and details as zlint's lint for small, boundary, negated and
 // random keys on every curve it searches.
 func TestSmallKeyMatchesZlint(t *testing.T) {
-	tables := newSmallKeyTables()
+	tables := builtTables()
 	stride := int64(2*babySteps + 1)
 	var scalars []*big.Int
 	for _, d := range []int64{1, 2, 3, 7, 255, 256, 257, 4096, babySteps - 1, babySteps, babySteps + 1,
@@ -82,12 +82,38 @@ func TestSmallKeyNotApplicableWithoutEcdsaKey(t *testing.T) {
 }
 
 func BenchmarkSmallKeyP256(b *testing.B) {
-	tables := newSmallKeyTables()
+	tables := builtTables()
 	k, _ := rand.Int(rand.Reader, elliptic.P256().Params().N)
 	c := certWithKey(elliptic.P256(), k.Add(k, big.NewInt(1)), false)
 	tables.lint(c)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		tables.lint(c)
+	}
+}
+
+// builtTables has every curve's table ready, so the tests exercise the stand-in's own search.
+func builtTables() *smallKeyTables {
+	s := newSmallKeyTables()
+	s.p224.build()
+	s.p256.build()
+	s.p384.build()
+	s.p521.build()
+	return s
+}
+
+// TestSmallKeyAnswersWhileTheTableIsBuilt: before its table is ready, zlint's search answers.
+func TestSmallKeyAnswersWhileTheTableIsBuilt(t *testing.T) {
+	tables := newSmallKeyTables()
+	weak := certWithKey(elliptic.P256(), big.NewInt(12345), true)
+	if got := tables.lint(weak); got.Status != lint.Error || tables.p256.ready.Load() && got.Details == "" {
+		t.Fatalf("first lint of a weak key: %v %q", got.Status, got.Details)
+	}
+	tables.p256.build() // waits for the background build the first lint started
+	if !tables.p256.ready.Load() {
+		t.Fatal("the table is not ready after build")
+	}
+	if got, want := tables.lint(weak), zlintResult(weak); got.Status != want.Status || got.Details != want.Details {
+		t.Fatalf("after the build: %v %q, zlint %v %q", got.Status, got.Details, want.Status, want.Details)
 	}
 }
