@@ -271,6 +271,7 @@ class Issuer:
                 serial=new_serial(),
                 now=utcnow(),
                 signature_hash=self._signer.hash_algorithm,
+                spki=checked.spki,
             )
             stages.charge("build", mark)
             # 5. lint, then the HSM signs exactly the linted TBSCertificate (the signer)

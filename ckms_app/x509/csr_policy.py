@@ -68,6 +68,7 @@ class CheckedCsr:
     curve: Curve
     csr_sha256: str
     pubkey_sha256: str
+    spki: bytes  # the key's DER SubjectPublicKeyInfo, encoded once for the hash and the certificate
 
 
 def public_key_sha256(key: PublicKeyTypes) -> str:
@@ -145,6 +146,7 @@ def _check(der: bytes, profile: Profile) -> CheckedCsr:
 
     common_name = _check_subject(csr.subject, profile)
     sans = _check_sans(csr, profile)
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return CheckedCsr(
         csr=csr,
         public_key=key,
@@ -153,7 +155,8 @@ def _check(der: bytes, profile: Profile) -> CheckedCsr:
         sans=sans,
         curve=curve,
         csr_sha256=hashlib.sha256(der).hexdigest(),
-        pubkey_sha256=public_key_sha256(key),
+        pubkey_sha256=hashlib.sha256(spki).hexdigest(),  # = public_key_sha256(key)
+        spki=spki,
     )
 
 

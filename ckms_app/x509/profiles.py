@@ -271,6 +271,7 @@ class EndEntityTemplate:
         serial: int,
         now: dt.datetime,
         signature_hash: hashes.SHA256 | hashes.SHA384,
+        spki: bytes | None = None,
     ) -> bytes:
         """The DER TBSCertificate :meth:`builder` gives signed with ``signature_hash``, byte for byte, from
         pre-encoded parts (:mod:`ckms_app.x509.tbs_template`): the issuance hot path's builder."""
@@ -283,8 +284,7 @@ class EndEntityTemplate:
             not_before=not_before,
             not_after=not_after,
             subject=subject.public_bytes(),
-            spki=public_key.public_bytes(_DER, _SPKI),
-            ski=x509.SubjectKeyIdentifier.from_public_key(public_key),
+            spki=spki or public_key.public_bytes(_DER, _SPKI),  # ``spki``: the caller's encoding of the key
             san=x509.SubjectAlternativeName(list(sans)) if sans else None,
         )
 

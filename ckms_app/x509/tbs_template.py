@@ -17,6 +17,7 @@ still linted (signed with a throwaway key) before the HSM signs exactly these by
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -87,10 +88,12 @@ class TbsParts:
         not_after: dt.datetime,
         subject: bytes,
         spki: bytes,
-        ski: x509.SubjectKeyIdentifier,
         san: x509.SubjectAlternativeName | None,
     ) -> bytes:
-        """The DER TBSCertificate (``subject`` and ``spki`` already DER)."""
+        """The DER TBSCertificate (``subject`` and ``spki`` already DER). The subjectKeyIdentifier is RFC
+        5280 §4.2.1.2 method (1), SHA-1 of the subjectPublicKey bits, as cryptography's ``from_public_key``."""
+        ((_, _), (_, key_bits)) = der.children(der.read_tlv(spki)[1])
+        ski = x509.SubjectKeyIdentifier(hashlib.sha1(key_bits[1:]).digest())  # noqa: S324 - the RFC's method
         extensions = self.head + _extension(_SKI, ski) + self.tail
         if san is not None:
             extensions += _extension(_SAN, san)

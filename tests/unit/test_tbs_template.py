@@ -127,6 +127,7 @@ def test_template_tbs_is_the_builders_tbs(
     }
     expected = template.builder(**fields).sign(ec.generate_private_key(issuer.public_key().curve), hash_)
     assert template.tbs(**fields, signature_hash=hash_) == expected.tbs_certificate_bytes
+    assert template.tbs(**fields, signature_hash=hash_, spki=checked.spki) == expected.tbs_certificate_bytes
 
 
 def test_validity_refusals_are_the_builders() -> None:
