@@ -259,9 +259,9 @@ def drive(
 
 
 async def _ceiling(home: Path, csrs: list[bytes], duration: float) -> dict[str, float]:
-    """The issuance path's own steps in-process, on one core: CSR checks, TBS from the profile
-    template, the signer (guard, throwaway sign, lint, HSM sign of the linted TBS); no HTTP, no
-    storage, no audit."""
+    """The issuance path's own steps in-process, on one core: CSR checks, the TBS from the profile
+    template's parts, the signer (guard, throwaway sign, lint, HSM sign of the linted TBS); no HTTP,
+    no storage, no audit."""
     from ckms_app.authority.guard import make_guard
     from ckms_app.authority.linter import AsyncLinter, find_linter_binary
     from ckms_app.authority.signer import Signer
@@ -287,14 +287,16 @@ async def _ceiling(home: Path, csrs: list[bytes], duration: float) -> dict[str, 
     while time.monotonic() < end and i < len(csrs):
         t0 = time.monotonic()
         checked = check_csr(csrs[i], profile, config.csr.max_bytes)
-        builder = template.builder(
+        tbs = template.tbs(  # as issuance does: the TBS from the template's parts, then the signer
             subject=checked.subject,
             sans=checked.sans,
-            public_key=checked.csr.public_key(),  # type: ignore[arg-type]
+            public_key=checked.public_key,
             serial=new_serial(),
             now=utcnow(),
+            signature_hash=signer.hash_algorithm,
+            spki=checked.spki,
         )
-        await signer.certificate(builder)
+        await signer.certificate_tbs(tbs)
         latencies.append(time.monotonic() - t0)
         i += 1
     if linter is not None:
