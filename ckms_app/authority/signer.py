@@ -74,35 +74,31 @@ class Signer:
     ) -> tuple[x509.Certificate, bytes]:
         """Sign a certificate: the parsed certificate and its DER."""
         await self.guard.check()
-        stages = self._stages  # CPU is charged between awaits only: other requests run during them
-        mark = stages.mark()
-        linted = builder.sign(self._throwaway, self.hash_algorithm)
-        linted_der = linted.public_bytes(_DER)
-        stages.charge("lint", mark)
-        if self._linter is not None:
-            report = await self._linter.lint_certificate(linted_der)
-            mark = stages.mark()
-            _refuse_if_blocking(report, what)
-            stages.charge("lint", mark)
-        mark = stages.mark()
-        # no suspension unless the HSM fails
-        der = await self._sign_tbs(tbs_der(linted_der), signature_algorithm_der(linted_der))
-        certificate = x509.load_der_x509_certificate(der)
-        stages.charge("hsm", mark)
-        return certificate, der
+        mark = self._stages.mark()  # CPU is charged between awaits only: other requests run during them
+        linted_der = builder.sign(self._throwaway, self.hash_algorithm).public_bytes(_DER)
+        self._stages.charge("lint", mark)
+        return await self._lint_and_sign(
+            tbs_der(linted_der), signature_algorithm_der(linted_der), linted_der, what
+        )
 
     async def certificate_tbs(self, tbs: bytes, what: str = "certificate") -> tuple[x509.Certificate, bytes]:
         """Sign a TBSCertificate given as DER (the issuance hot path builds it from a template,
         :meth:`~ckms_app.x509.profiles.EndEntityTemplate.tbs`): the same guard, throwaway copy, lint and
         HSM signature of those very bytes as :meth:`certificate`, without cryptography's builder."""
         await self.guard.check()
-        stages = self._stages  # CPU is charged between awaits only: other requests run during them
-        mark = stages.mark()
+        mark = self._stages.mark()
         algorithm = certificate_tbs_signature_algorithm(tbs)
         if algorithm != self._algorithm_der:
             raise LintFailed(f"the {what} names a signature algorithm other than the CA key's")
         linted_der = assemble(tbs, algorithm, self._throwaway.sign(tbs, self._signature_algorithm))
-        stages.charge("lint", mark)
+        self._stages.charge("lint", mark)
+        return await self._lint_and_sign(tbs, algorithm, linted_der, what)
+
+    async def _lint_and_sign(
+        self, tbs: bytes, algorithm: bytes, linted_der: bytes, what: str
+    ) -> tuple[x509.Certificate, bytes]:
+        """Steps 2 and 3 for a certificate whose throwaway-signed copy is ``linted_der``."""
+        stages = self._stages
         if self._linter is not None:
             report = await self._linter.lint_certificate(linted_der)
             mark = stages.mark()
