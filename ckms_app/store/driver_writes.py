@@ -19,7 +19,6 @@ Not thread-safe: the writer thread alone uses it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,9 +33,8 @@ from ckms_app.store.chain import (
     _CHAIN_HEAD_UPDATE,
     chain_records,
 )
+from ckms_app.store.engine import take_write_lock
 from ckms_app.store.schema import audit_events
-
-_WRITE_LOCK_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -131,17 +129,8 @@ class DriverBatches:
         return self._raw
 
     def _begin(self, cursor: Any) -> None:
-        if not self._sqlite:
-            return  # psycopg opens the transaction with the first statement
-        deadline = time.monotonic() + _WRITE_LOCK_TIMEOUT
-        while True:
-            try:
-                cursor.execute("BEGIN IMMEDIATE")
-                return
-            except Exception as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.001)
+        if self._sqlite:  # psycopg opens the transaction with the first statement
+            take_write_lock(cursor.execute)
 
     def _abandon(self, cursor: Any) -> None:
         """Roll back; a connection that cannot even do that is dropped and reopened next time."""

@@ -8,6 +8,7 @@ front and retries it itself instead of relying on the busy handler's long back-o
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
@@ -15,7 +16,6 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError
 
 
 def open_engine(url: str, *, writer: bool = False) -> Engine:
@@ -45,17 +45,23 @@ def open_engine(url: str, *, writer: bool = False) -> Engine:
         if not writer:
             conn.exec_driver_sql("BEGIN")
             return
-        deadline = time.monotonic() + _WRITE_LOCK_TIMEOUT
-        while True:
-            try:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-                return
-            except OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.001)
+        take_write_lock(conn.exec_driver_sql)
 
     return engine
 
 
 _WRITE_LOCK_TIMEOUT = 30.0
+
+
+def take_write_lock(execute: Callable[[str], object]) -> None:
+    """SQLite's BEGIN IMMEDIATE, retried every millisecond while another writer holds the lock (up to
+    30 s); ``execute`` runs one SQL statement (SQLAlchemy's connection or the driver's cursor)."""
+    deadline = time.monotonic() + _WRITE_LOCK_TIMEOUT
+    while True:
+        try:
+            execute("BEGIN IMMEDIATE")
+            return
+        except Exception as exc:  # sqlite3.OperationalError, or SQLAlchemy's wrapping of it
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
