@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ckms_app.x509 import crl_der, der
 
 _SKI, _SAN = der.oid("2.5.29.14"), der.oid("2.5.29.17")
+_SAMPLE_DATE = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
 def _extension(oid: bytes, value: x509.ExtensionType) -> bytes:
@@ -52,10 +53,12 @@ class TbsParts:
         signature_hash: hashes.SHA256 | hashes.SHA384,
     ) -> TbsParts:
         """The parts of the certificates ``make_builder`` (a template's ``builder``) makes: from one
-        sample with an empty subject and no subjectAltName, signed by a throwaway key."""
+        sample with an empty subject and no subjectAltName, signed by a throwaway key. The sample is
+        dated 2000-01-01 so that its validity passes every limit (the CA's expiry, each curve's end of
+        life): those are checked per request, and its dates are not among the parts kept."""
         key = ec.generate_private_key(ec.SECP256R1())
         sample = make_builder(
-            subject=x509.Name([]), sans=(), public_key=key.public_key(), serial=1, now=dt.datetime.now(dt.UTC)
+            subject=x509.Name([]), sans=(), public_key=key.public_key(), serial=1, now=_SAMPLE_DATE
         ).sign(key, signature_hash)
         _, content, _ = der.read_tlv(sample.tbs_certificate_bytes)
         ((_, extensions),) = der.children(der.children(content)[7][1])

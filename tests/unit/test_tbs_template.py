@@ -154,3 +154,22 @@ def test_a_sample_without_a_subject_key_identifier_is_refused() -> None:
     issuer, hash_ = CAS["P-256"]
     with pytest.raises(ValueError, match="subjectKeyIdentifier"):
         TbsParts.of(issuer.tbs_certificate_bytes, 0)
+
+
+def test_template_serves_a_curve_whose_limit_the_sample_curve_would_pass() -> None:
+    """The parts come from a P-256 sample; a profile whose validity passes P-256's end of life must still
+    give P-384 keys their certificate (and refuse P-256 ones), as the builder does."""
+    issuer, hash_ = CAS["P-384"]
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
+    profile = dataclasses.replace(PROFILE, validity_days=800, secure_until={"P-256": soon, "P-384": FAR})
+    template = EndEntityTemplate(
+        profile=profile, issuer=issuer, crl_url="http://c/f", delta_crl_url="http://c/d"
+    )
+    now = dt.datetime.now(dt.UTC)
+    key = ec.generate_private_key(ec.SECP384R1())
+    fields = {"subject": x509.Name([]), "sans": (), "public_key": key.public_key(), "serial": 9, "now": now}
+    expected = template.builder(**fields).sign(ec.generate_private_key(ec.SECP384R1()), hash_)
+    assert template.tbs(**fields, signature_hash=hash_) == expected.tbs_certificate_bytes
+    weak = {**fields, "public_key": ec.generate_private_key(ec.SECP256R1()).public_key()}
+    with pytest.raises(Exception, match="validity|beyond"):
+        template.tbs(**weak, signature_hash=hash_)
