@@ -842,7 +842,7 @@ def test_boot_integrity_recorded(host, evidence):
 
 @pytest.mark.check("check:F.07.secure_boot_enabled")
 def test_secure_boot_enabled(host, evidence):
-    var = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-e2c5ea69a6ec"
+    var = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
     if not host.file("/sys/firmware/efi").exists:
         evidence.add("efi", "no /sys/firmware/efi")
         assert in_container(host), "F.07: no EFI firmware on this host: secure boot cannot be enabled"
