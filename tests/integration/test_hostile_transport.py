@@ -122,19 +122,22 @@ async def _slow(
     """Open a connection, send ``head`` then one byte of ``drip`` every 0.25 s; the seconds until the
     server's close from before connecting (a lower bound of the server's span) and from the head sent
     (an upper bound: the server's deadline starts before that)."""
-    start = time.monotonic()
-    reader, writer = await asyncio.open_connection(
-        host, port, ssl=ctx, local_addr=(source, 0), server_hostname=host if ctx else None
-    )
-    writer.write(head)
-    head_done = time.monotonic()
-
-    async def drain_reads() -> None:
-        while await reader.read(4096):
-            pass
-
-    reads = asyncio.create_task(drain_reads())
+    start = head_done = time.monotonic()
+    writer = None
     try:
+        # Inside the try: on a loaded machine the server's handshake deadline (header_timeout) can end a
+        # flood connection before its TLS handshake completes; that is the server closing it, timed too.
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=ctx, local_addr=(source, 0), server_hostname=host if ctx else None
+        )
+        writer.write(head)
+        head_done = time.monotonic()
+
+        async def drain_reads() -> None:
+            while await reader.read(4096):
+                pass
+
+        reads = asyncio.create_task(drain_reads())
         for i in range(10_000):
             if reads.done():
                 break
@@ -144,7 +147,8 @@ async def _slow(
     except (ConnectionError, ssl.SSLError, OSError):
         pass
     end = time.monotonic()
-    writer.transport.abort()
+    if writer is not None:
+        writer.transport.abort()
     return end - start, end - head_done
 
 
