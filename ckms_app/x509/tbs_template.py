@@ -96,7 +96,9 @@ class TbsParts:
         """The DER TBSCertificate (``subject`` and ``spki`` already DER). The subjectKeyIdentifier is RFC
         5280 §4.2.1.2 method (1), SHA-1 of the subjectPublicKey bits, as cryptography's ``from_public_key``."""
         ((_, _), (_, key_bits)) = der.children(der.read_tlv(spki)[1])
-        ski = x509.SubjectKeyIdentifier(hashlib.sha1(key_bits[1:]).digest())  # noqa: S324 - the RFC's method
+        ski = x509.SubjectKeyIdentifier(
+            hashlib.sha1(key_bits[1:], usedforsecurity=False).digest()
+        )  # an identifier
         extensions = self.head + _extension(_SKI, ski) + self.tail
         if san is not None:
             extensions += _extension(_SAN, san)
