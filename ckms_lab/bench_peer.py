@@ -59,6 +59,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from ckms_lab.bench import _free_port, _percentile  # the same load statistics and ports as make bench
+
 STEP_CA_VERSION = "v0.30.2"
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 PROVISIONER = "bench"
@@ -163,20 +165,6 @@ def _make_requests(args: tuple[bytes, str, str, str, int, int, list[bytes]]) -> 
             + body
         )
     return out
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class StepConnection:

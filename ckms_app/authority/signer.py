@@ -31,7 +31,7 @@ from ckms_app.cpu_stages import StageClock
 from ckms_app.errors import HsmError, LintFailed
 from ckms_app.hsm.token import HsmEcPrivateKey
 from ckms_app.store.writer import GroupCommitWriter
-from ckms_app.x509 import crl_der
+from ckms_app.x509 import crl_der, der
 from ckms_app.x509.assembly import (
     assemble,
     certificate_tbs_signature_algorithm,
@@ -40,6 +40,8 @@ from ckms_app.x509.assembly import (
 )
 
 _DER = serialization.Encoding.DER
+# RFC 5758 §3.2: ecdsa-with-SHA256/384, whose AlgorithmIdentifier has no parameters
+_ECDSA_WITH = {"sha256": "1.2.840.10045.4.3.2", "sha384": "1.2.840.10045.4.3.3"}
 
 
 class Signer:
@@ -62,12 +64,7 @@ class Signer:
         # Signs the copies the linter sees; never anything that leaves the signer.
         self._throwaway = ec.generate_private_key(ca_key.curve_info.crypto_curve)
         # the DER AlgorithmIdentifier of the CA key's signatures (ecdsa-with-SHA256/384, no parameters)
-        self._algorithm_der = signature_algorithm_der(
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([]))
-            .sign(self._throwaway, self.hash_algorithm)
-            .public_bytes(_DER)
-        )
+        self._algorithm_der = der.tlv(0x30, der.oid(_ECDSA_WITH[self.hash_algorithm.name]))
 
     async def certificate(
         self, builder: x509.CertificateBuilder, what: str = "certificate"
