@@ -6,6 +6,11 @@ VENV ?= .venv
 CACHE ?= $(HOME)/.cache/ckms
 export CKMS_TOOL_CACHE := $(CACHE)
 BIN := $(VENV)/bin
+# LAB_CA=vm: the lab whose CA host is a QEMU VM with Secure Boot (stack labvm, report in build/report-labvm).
+ifeq ($(LAB_CA),vm)
+export CKMS_LAB_STACK ?= labvm
+export REPORT_OUT ?= $(CURDIR)/build/report-labvm
+endif
 
 .PHONY: help deps tools lint test test-unit bench bench-single bench-peer soak lab lab-up lab-down lab-status clean wheelhouse converge report
 
@@ -18,6 +23,8 @@ help:
 	@echo "make soak      mixed load (enrol, re-enrol, revoke, CRL, bad requests) at 200/s for 10 min:"
 	@echo "               errors, p99, daemon RSS and descriptors at start and end (SOAK_DURATION, SOAK_RATE)"
 	@echo "make lab       (see README) bring up the throwaway lab environment"
+	@echo "make lab LAB_CA=vm  the same lab with its CA host as a QEMU VM (Secure Boot, own kernel:"
+	@echo "               auditd, AppArmor, sysctls, secure boot observed for real); docs/lab-vm.md"
 	@echo "make drill-rollover  the CA key rollover drill again on that lab (one more key generation)"
 
 # Debian packages + the project venv with pinned dependencies; re-runs only when inputs change.

@@ -44,6 +44,7 @@ _IFNAME = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
 BOOT_TIMEOUT = 90.0
 STOP_TIMEOUT = 20.0
+HOST_KINDS = ("container", "vm")
 
 
 class LabError(RuntimeError):
@@ -103,12 +104,17 @@ class HostSpec:
     authorized_key: str
     ip_forward: bool = False
     image: str = field(default_factory=lambda: str(paths.golden_rootfs()))
+    #: ``container`` (systemd-nspawn on the golden root filesystem) or ``vm`` (QEMU booting the VM disk
+    #: through OVMF with Secure Boot, ``ckms_lab.vm_host``; ``image`` is then that disk)
+    kind: str = "container"
 
     def __post_init__(self) -> None:
         _check_name(self.lab, "lab")
         _check_name(self.name, "host")
         if not self.nics:
             raise LabError(f"host {self.name}: needs at least one NIC (the management one)")
+        if self.kind not in HOST_KINDS:
+            raise LabError(f"host {self.name}: kind {self.kind!r} is not one of {', '.join(HOST_KINDS)}")
 
     @property
     def netns(self) -> str:
@@ -142,6 +148,7 @@ class HostSpec:
             authorized_key=d["authorized_key"],
             ip_forward=bool(d.get("ip_forward", False)),
             image=d.get("image") or str(paths.golden_rootfs()),
+            kind=d.get("kind") or "container",
         )
 
 
@@ -441,6 +448,8 @@ def create_host(spec: HostSpec) -> HostInfo:
     """
     _require_root()
     _raise_inotify_limits()
+    if spec.kind == "vm":
+        return _create_vm_host(spec)
     image = Path(spec.image)
     if not (image / "usr/lib/systemd/systemd").exists() and not (image / "lib/systemd/systemd").exists():
         raise LabError(f"golden image {image} missing or incomplete: run scripts/build-golden-image.sh")
@@ -519,6 +528,64 @@ def create_host(spec: HostSpec) -> HostInfo:
             json.dumps({"spec": _spec_dict(spec), "info": asdict(info)}, indent=2)
         )
         _wait_for_ssh(info.mgmt_address, proc, log)
+        return info
+    except BaseException:
+        destroy_host(spec.lab, spec.name)
+        raise
+
+
+def _create_vm_host(spec: HostSpec) -> HostInfo:
+    """A host of kind ``vm``: the same namespace and veth NICs as a container, each veth end bridged
+    inside the namespace to a TAP that QEMU opens (``ckms_lab.vm_host``), QEMU in the host's cgroups."""
+    from ckms_lab import vm_host  # imports this module: late, to keep the import graph acyclic
+
+    if spec.ip_forward:
+        raise LabError(f"host {spec.name}: a VM host does not route (ip_forward is for the nspawn router)")
+    destroy_host(spec.lab, spec.name)
+    state = spec.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o700)
+    try:
+        _run(["ip", "netns", "add", spec.netns])
+        _ip("link", "set", "lo", "up", netns=spec.netns)
+        _run(["ip", "netns", "exec", spec.netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])
+        for nic in spec.nics:
+            _plug(spec, nic)
+            tap, br = vm_host.tap_name(nic), vm_host.nic_bridge(nic)
+            _ip("tuntap", "add", "dev", tap, "mode", "tap", netns=spec.netns)
+            _ip("link", "add", br, "type", "bridge", netns=spec.netns)
+            for port in (tap, nic.ifname):
+                _ip("link", "set", port, "master", br, "up", netns=spec.netns)
+            _ip("link", "set", br, "up", netns=spec.netns)
+        cgroups = _cgroup_dirs(spec)
+        for cg in cgroups:
+            cg.mkdir(parents=True, exist_ok=True)
+        vm = vm_host.up(
+            vm_host.VmSpec(
+                lab=spec.lab,
+                name=spec.name,
+                role=spec.role,
+                image=spec.image,
+                nics=spec.nics,
+                netns=spec.netns,
+                state=str(state),
+                cgroups=tuple(str(cg) for cg in cgroups),
+            )
+        )
+        info = HostInfo(
+            lab=spec.lab,
+            name=spec.name,
+            role=spec.role,
+            netns=spec.netns,
+            pid=vm.pid,
+            mgmt_address=vm.ssh_host,
+            addresses={n.segment: str(ipaddress.ip_interface(n.address).ip) for n in spec.nics},
+            host_key=vm.host_key,
+            state_dir=str(state),
+        )
+        (state / "host.json").write_text(
+            json.dumps({"spec": _spec_dict(spec), "info": asdict(info), "vm": asdict(vm)}, indent=2)
+        )
         return info
     except BaseException:
         destroy_host(spec.lab, spec.name)
@@ -656,7 +723,7 @@ def lab_footprint(lab: str) -> dict[str, list[str]]:
             continue
         with contextlib.suppress(OSError):
             cmd = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if "systemd-nspawn" in cmd and f"--machine {lab}-" in cmd:
+            if ("systemd-nspawn" in cmd and f"--machine {lab}-" in cmd) or f"-name ckms-{lab}-" in cmd:
                 procs.append(f"{pid_dir.name} {cmd.strip()}")
     mounts = [
         line.split()[1]
@@ -704,6 +771,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     c.add_argument("--nic", action="append", default=[], help="IFNAME=SEGMENT:ADDRESS/PREFIX[:GATEWAY]")
     c.add_argument("--ip-forward", action="store_true")
+    c.add_argument("--kind", choices=HOST_KINDS, default="container", help="vm: QEMU (ckms_lab.vm_host)")
     d = sub.add_parser("destroy", help="destroy hosts (and with --all the lab's segments)")
     d.add_argument("--lab", required=True)
     d.add_argument("--name", action="append", default=[])
@@ -732,6 +800,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 nics=nics,
                 authorized_key=paths.ssh_public_key(),
                 ip_forward=a.ip_forward,
+                image=str(paths.vm_image() if a.kind == "vm" else paths.golden_rootfs()),
+                kind=a.kind,
             )
             print(json.dumps(asdict(create_host(spec)), indent=2))
         elif a.cmd == "destroy":

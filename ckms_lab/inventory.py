@@ -58,6 +58,8 @@ def render(
         }
         if h.get("netns"):
             hosts[name]["ckms_netns"] = h["netns"]
+        if h.get("kind"):
+            hosts[name]["ckms_lab_host_kind"] = h["kind"]  # container or vm (make lab LAB_CA=vm)
         groups.setdefault(h["role"], {"hosts": {}})["hosts"][name] = None
         if h.get("host_key"):
             pins.append(f"{h['mgmt_address']} {h['host_key']}")

@@ -32,6 +32,19 @@ def golden_rootfs() -> Path:
     return cache_dir() / "lab" / "golden-bookworm" / "rootfs"
 
 
+def vm_image() -> Path:
+    """The VM host disk built by ``scripts/build-vm-image.sh`` (golden image plus the signed boot chain)."""
+    return cache_dir() / "lab" / "vm-bookworm" / "disk.qcow2"
+
+
+def vm_stamp() -> str:
+    """The VM disk's build stamp; a change means VM hosts must be recreated from the new disk."""
+    try:
+        return (vm_image().parent / ".build-stamp").read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def golden_stamp() -> str:
     """The golden image's build stamp; a change means hosts must be recreated from the new image."""
     try:

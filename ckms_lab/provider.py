@@ -91,7 +91,7 @@ class LabSegment(Resource, module="ckms", name="LabSegment"):
 
 
 class LabHost(Resource, module="ckms", name="LabHost"):
-    """A lab host (systemd-nspawn machine)."""
+    """A lab host: a systemd-nspawn machine, or a QEMU VM for ``kind: vm`` (``ckms_lab.vm_host``)."""
 
     mgmt_address: pulumi.Output[str]
     host_key: pulumi.Output[str]

@@ -13,9 +13,15 @@ Why "KVM, else TCG": ``/dev/kvm`` exists on the build machines but guests have h
 loader there (see ``../shared/notes/lab-recipes.md``), so KVM gets a deadline and the VM is restarted
 from a fresh overlay under TCG when it does not answer SSH in time.
 
-Why user-mode networking (for now): it needs no host configuration; SSH reaches the guest through a
-``hostfwd`` on 127.0.0.1, and ``restrict=on`` keeps the guest off every other network. Attaching it to
-the lab's segments like the nspawn hosts is the next step (see ``docs/lab-vm.md``).
+Two ways to network it:
+
+* alone (``python -m ckms_lab.vm_host up``): QEMU user-mode networking, needing no host configuration;
+  SSH reaches the guest through a ``hostfwd`` on 127.0.0.1 and ``restrict=on`` keeps it off every other
+  network;
+* as a lab host (``VmSpec.nics`` set, by ``ckms_lab.hosts.create_host`` for a host of kind ``vm``, which
+  is how ``make lab LAB_CA=vm`` builds its CA host): one TAP device per NIC inside the host's own network
+  namespace, bridged there to the same veth pair an nspawn host gets, so the VM sits on the lab's
+  segments (management bridge, CA segment behind the router) exactly where the container would.
 
 CLI: ``python -m ckms_lab.vm_host up|down|status|ssh-check|inventory``. QEMU runs under ``nice -n 19``.
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -47,6 +54,7 @@ from ckms_lab.hosts import (
     AUTOMATION_UID,
     AUTOMATION_USER,
     LabError,
+    Nic,
 )
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
@@ -79,6 +87,12 @@ class VmSpec:
     nice: int = 19
     ssh_port: int = 0  # 0: pick a free port on 127.0.0.1
     image: str = field(default_factory=lambda: str(vm_image()))
+    #: Lab host mode (``ckms_lab.hosts``): the NICs (first one on the management segment), the network
+    #: namespace holding one TAP per NIC, the state directory and the cgroups QEMU is put in.
+    nics: tuple[Nic, ...] = ()
+    netns: str = ""
+    state: str = ""
+    cgroups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for value, what in ((self.lab, "lab"), (self.name, "host")):
@@ -90,13 +104,36 @@ class VmSpec:
 
     @property
     def state_dir(self) -> Path:
-        return vm_state_dir(self.lab, self.name)
+        return Path(self.state) if self.state else vm_state_dir(self.lab, self.name)
 
     @property
     def mac(self) -> str:
         """A stable locally administered MAC per lab/name (QEMU's 52:54:00 prefix)."""
-        digest = hashlib.sha256(f"{self.lab}/{self.name}".encode()).digest()
-        return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+        return _mac(f"{self.lab}/{self.name}")
+
+    def nic_mac(self, nic: Nic) -> str:
+        """The MAC of one lab NIC: the guest's networkd matches its ``.network`` file by it."""
+        return _mac(f"{self.lab}/{self.name}/{nic.ifname}")
+
+    @property
+    def mgmt_address(self) -> str:
+        """Where the controller reaches sshd: the first NIC's address in lab mode."""
+        return str(ipaddress.ip_interface(self.nics[0].address).ip) if self.nics else "127.0.0.1"
+
+
+def _mac(text: str) -> str:
+    digest = hashlib.sha256(text.encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def tap_name(nic: Nic) -> str:
+    """The TAP device of one NIC inside the VM host's network namespace."""
+    return f"tap-{nic.ifname}"
+
+
+def nic_bridge(nic: Nic) -> str:
+    """The bridge joining a NIC's TAP and its veth end inside the VM host's network namespace."""
+    return f"br-{nic.ifname}"
 
 
 @dataclass
@@ -118,7 +155,7 @@ class VmInfo:
 
 def vm_image() -> Path:
     """The disk built by ``scripts/build-vm-image.sh``."""
-    return paths.cache_dir() / "lab" / "vm-bookworm" / "disk.qcow2"
+    return paths.vm_image()
 
 
 def vm_state_dir(lab: str, name: str) -> Path:
@@ -158,10 +195,7 @@ def qemu_command(
         f"if=virtio,format=qcow2,file={state / 'disk.qcow2'}",
         "-drive",
         f"if=virtio,format=raw,readonly=on,file={state / 'seed.img'}",
-        "-netdev",
-        f"user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
-        "-device",
-        f"virtio-net-pci,netdev=mgmt,mac={spec.mac}",
+        *_network_args(spec, ssh_port),
         "-object",
         "rng-random,id=rng,filename=/dev/urandom",
         "-device",
@@ -178,6 +212,57 @@ def qemu_command(
     ]
 
 
+def _network_args(spec: VmSpec, ssh_port: int) -> list[str]:
+    """One virtio NIC per lab NIC on its TAP, or the single user-mode NIC with the SSH forward."""
+    if not spec.nics:
+        return [
+            "-netdev",
+            f"user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+            "-device",
+            f"virtio-net-pci,netdev=mgmt,mac={spec.mac}",
+        ]
+    args: list[str] = []
+    for i, nic in enumerate(spec.nics):
+        args += [
+            "-netdev",
+            f"tap,id=n{i},ifname={tap_name(nic)},script=no,downscript=no",
+            "-device",
+            f"virtio-net-pci,netdev=n{i},mac={spec.nic_mac(nic)}",
+        ]
+    return args
+
+
+def network_units(spec: VmSpec) -> dict[str, str]:
+    """systemd-networkd ``.network`` files for the guest, matched by MAC: the same addresses, gateway
+    and routes ``ckms_lab.hosts`` gives an nspawn host's interfaces (there matched by name)."""
+    if not spec.nics:
+        return {
+            "10-ckms-mgmt0.network": "\n".join(
+                [
+                    "[Match]",
+                    f"MACAddress={spec.mac}",
+                    "",
+                    "[Network]",
+                    f"Address={USER_NET_ADDRESS}",
+                    f"Gateway={USER_NET_GATEWAY}",
+                    "LinkLocalAddressing=no",
+                    "IPv6AcceptRA=no",
+                ]
+            )
+            + "\n"
+        }
+    units = {}
+    for nic in spec.nics:
+        lines = ["[Match]", f"MACAddress={spec.nic_mac(nic)}", "", "[Network]", f"Address={nic.address}"]
+        lines += ["LinkLocalAddressing=no", "IPv6AcceptRA=no"]
+        if nic.gateway:
+            lines.append(f"Gateway={nic.gateway}")
+        for dest, via in nic.routes:
+            lines += ["", "[Route]", f"Destination={dest}", f"Gateway={via}"]
+        units[f"10-ckms-{nic.ifname}.network"] = "\n".join(lines) + "\n"
+    return units
+
+
 def provision_script(spec: VmSpec, authorized_key: str) -> str:
     """The seed's ``provision.sh``: run as root by the image's ``ckms-lab-seed.service`` on every boot,
     before networkd and sshd. The automation account matches ``ckms_lab.hosts`` (same name, uid, sudo
@@ -185,6 +270,23 @@ def provision_script(spec: VmSpec, authorized_key: str) -> str:
     key = authorized_key.strip()
     if "\n" in key or "'" in key:
         raise LabError("the authorized key must be one line without quotes")
+    units = "".join(
+        f"cat >/etc/systemd/network/{fname} <<'EOF'\n{text}EOF\n"
+        for fname, text in network_units(spec).items()
+    )
+    # Lab NICs get the names an nspawn host's have (mgmt0, eth0, ...): renamed by MAC now, before
+    # networkd starts, and by a .link file on later boots.
+    for nic in spec.nics:
+        mac = spec.nic_mac(nic)
+        units += (
+            f"cat >/etc/systemd/network/10-ckms-{nic.ifname}.link <<'EOF'\n"
+            f"[Match]\nMACAddress={mac}\n\n[Link]\nName={nic.ifname}\nEOF\n"
+            f"for d in /sys/class/net/*; do\n"
+            f'  if [ "$(cat "$d/address")" = {mac} ] && [ "${{d##*/}}" != {nic.ifname} ]; then\n'
+            f'    ip link set dev "${{d##*/}}" down; ip link set dev "${{d##*/}}" name {nic.ifname}\n'
+            f"  fi\n"
+            f"done\n"
+        )
     return f"""#!/bin/sh
 # ckms lab VM {spec.lab}/{spec.name}: identity from the seed disk (written by ckms_lab.vm_host).
 set -eu
@@ -212,18 +314,8 @@ if ! getent passwd {AUTOMATION_USER} >/dev/null; then
   chmod 0440 /{AUTOMATION_SUDOERS}
   rm -f /root/.ssh/authorized_keys
 fi
-rm -f /etc/systemd/network/10-ckms-*.network
-cat >/etc/systemd/network/10-ckms-mgmt0.network <<'EOF'
-[Match]
-MACAddress={spec.mac}
-
-[Network]
-Address={USER_NET_ADDRESS}
-Gateway={USER_NET_GATEWAY}
-LinkLocalAddressing=no
-IPv6AcceptRA=no
-EOF
-"""
+rm -f /etc/systemd/network/10-ckms-*.network /etc/systemd/network/10-ckms-*.link
+{units}"""
 
 
 # --------------------------------------------------------------------------------------- parsing
@@ -337,9 +429,9 @@ def _tail(path: Path, n: int = 2500) -> str:
     return path.read_text(errors="replace")[-n:] if path.exists() else ""
 
 
-def _ssh_banner(port: int) -> bool:
+def _ssh_banner(port: int, host: str = "127.0.0.1") -> bool:
     """slirp accepts a forwarded connection before the guest listens, so wait for sshd's banner."""
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=2) as s:
         s.settimeout(3)
         return s.recv(4).startswith(b"SSH-")
     return False
@@ -372,6 +464,22 @@ def _fresh_disk(spec: VmSpec, state: Path) -> None:
 def _start(spec: VmSpec, accel: str, state: Path, port: int) -> subprocess.Popen[bytes]:
     (state / "console.log").unlink(missing_ok=True)
     cmd = ["nice", "-n", str(spec.nice), *qemu_command(spec, accel, state, port)]
+    if spec.netns:
+        # As a lab host: QEMU opens the TAPs in the host's namespace, and lives in the host's cgroups
+        # (the shell moves itself there, then becomes QEMU: no Python between fork and exec, see
+        # ckms_lab.hosts), so the driver's listing and destroy treat it like an nspawn host's systemd.
+        enter = "; ".join(f'echo $$ >"{cg}/cgroup.procs"' for cg in spec.cgroups) or ":"
+        cmd = [
+            "/bin/sh",
+            "-c",
+            f'{enter}; exec "$@"',
+            "ckms-lab-boot",
+            "ip",
+            "netns",
+            "exec",
+            spec.netns,
+            *cmd,
+        ]
     with open(state / "qemu.log", "ab") as out:
         out.write(f"\n== {time.strftime('%F %T')} {accel}: {' '.join(cmd)}\n".encode())
         out.flush()
@@ -420,13 +528,18 @@ def up(spec: VmSpec) -> VmInfo:
     for f in (Path(spec.image), OVMF_CODE, OVMF_VARS):
         if not f.exists():
             raise LabError(f"{f} missing: run scripts/build-vm-image.sh")
-    down(spec.lab, spec.name)
+    if not spec.nics:
+        down(spec.lab, spec.name)  # as a lab host, ckms_lab.hosts has cleaned up already
     state = spec.state_dir
     state.mkdir(parents=True, exist_ok=True)
     state.chmod(0o700)
     host_key = _make_seed(spec, state, paths.ssh_public_key())
-    port = spec.ssh_port or _free_port()
-    (state / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key}\n")
+    if spec.nics:
+        ssh_host, port = spec.mgmt_address, 22
+        (state / "known_hosts").write_text(f"{ssh_host} {host_key}\n")
+    else:
+        ssh_host, port = "127.0.0.1", spec.ssh_port or _free_port()
+        (state / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key}\n")
     attempts: list[dict[str, object]] = []
     for accel in spec.accels:
         if accel == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -447,7 +560,7 @@ def up(spec: VmSpec) -> VmInfo:
                 # keeps running paused, so do not wait for the deadline
                 error = "KVM internal error: " + _tail(state / "qemu.log", 600)
                 break
-            if _ssh_banner(port):
+            if _ssh_banner(port, ssh_host):
                 seconds = round(time.monotonic() - t0, 1)
                 attempts.append({"accel": accel, "ok": True, "seconds": seconds})
                 info = VmInfo(
@@ -456,7 +569,7 @@ def up(spec: VmSpec) -> VmInfo:
                     role=spec.role,
                     pid=proc.pid,
                     accel=accel,
-                    ssh_host="127.0.0.1",
+                    ssh_host=ssh_host,
                     ssh_port=port,
                     host_key=host_key,
                     boot_seconds=seconds,

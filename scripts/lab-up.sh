@@ -10,6 +10,10 @@ golden_pid=$!
 source "$(dirname "$0")/lab-env.sh"
 if ! wait "$golden_pid"; then cat "$golden_log" >&2; rm -f "$golden_log"; exit 1; fi
 cat "$golden_log" >&2; rm -f "$golden_log"
+# A stack with ckms:caHost vm (make lab LAB_CA=vm) boots its CA hosts from the VM disk (cached).
+if grep -q '^ *ckms:caHost: *vm' "$repo/pulumi/stacks/$stack.yaml" 2>/dev/null; then
+  "$repo/scripts/build-vm-image.sh" >/dev/null
+fi
 "$venv/bin/python" -c 'from ckms_lab import paths; paths.ssh_key()'   # per-machine controller key
 cd "$repo/pulumi"
 stack_ready

@@ -10,10 +10,16 @@ from ckms_lab.provider import LabHost, LabSegment
 
 class LabBackend:
     """Segment ``mgmt`` (controller bridge) and each data segment the model uses (``ca``, ``lan``, ``iot``:
-    switch namespaces); one local host per modelled host."""
+    switch namespaces); one local host per modelled host. ``ca_host="vm"`` makes the CA hosts QEMU
+    virtual machines (Secure Boot, own kernel: ``ckms_lab.vm_host``) on the same segments, so kernel
+    audit, AppArmor enforcement, runtime sysctls and secure boot are observed for real (``make lab
+    LAB_CA=vm``); every other host stays a container."""
 
-    def __init__(self, lab: str = "lab") -> None:
+    def __init__(self, lab: str = "lab", ca_host: str = "container") -> None:
+        if ca_host not in ("container", "vm"):
+            raise ValueError(f"ckms:caHost must be container or vm, not {ca_host!r}")
         self.lab = lab
+        self.ca_host = ca_host
 
     def build(self, env: Environment, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output]:
         segments = {}
@@ -44,15 +50,17 @@ class LabBackend:
                         "gateway": gw,
                     }
                 )
+            vm = host.role == "ca" and self.ca_host == "vm"
             props = {
                 "lab": self.lab,
                 "name": host.name,
                 "role": host.role,
+                "kind": "vm" if vm else "container",
                 "nics": nics,
                 "authorized_key": paths.ssh_public_key(),
                 "ip_forward": host.role == "router",
-                "image": str(paths.golden_rootfs()),
-                "image_stamp": paths.golden_stamp(),
+                "image": str(paths.vm_image() if vm else paths.golden_rootfs()),
+                "image_stamp": paths.vm_stamp() if vm else paths.golden_stamp(),
             }
             deps = [segments[s] for s in (MANAGEMENT, *host.addresses) if s in segments]
             res = LabHost(
@@ -64,5 +72,13 @@ class LabBackend:
                 mgmt_address=res.mgmt_address,
                 host_key=res.host_key,
                 netns=res.netns,
-            ).apply(lambda o, h=host: {"name": h.name, "role": h.role, "addresses": h.addresses, **o})
+            ).apply(
+                lambda o, h=host, k=props["kind"]: {
+                    "name": h.name,
+                    "role": h.role,
+                    "kind": k,
+                    "addresses": h.addresses,
+                    **o,
+                }
+            )
         return out

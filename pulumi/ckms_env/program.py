@@ -29,7 +29,8 @@ def backend_for(env: Environment) -> Backend:
     if env.kind == "lab":
         from .lab import LabBackend
 
-        return LabBackend(lab=pulumi.Config("ckms").get("labName") or "lab")
+        cfg = pulumi.Config("ckms")
+        return LabBackend(lab=cfg.get("labName") or "lab", ca_host=cfg.get("caHost") or "container")
     if env.kind == "onprem":
         from .onprem import OnpremBackend
 

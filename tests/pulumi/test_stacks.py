@@ -86,6 +86,39 @@ def test_lab_stack_wires_hosts_as_the_model_says(deploy):
     assert {"crl-relay", "device-line-test"} <= set(flows)
     assert not any("hub" in f["src"] and "ca" in f["dst"] for f in out["flows"])
     assert list(flows["crl-relay"]["dst_cidrs"]) == ["10.231.40.10/32"]
+    # the default lab's hosts are all containers on the golden root filesystem
+    assert {h["kind"] for h in hosts.values()} == {"container"}
+    assert out["hosts"]["ca1"]["kind"] == "container"
+
+
+def test_labvm_stack_makes_only_the_ca_host_a_vm_on_the_same_segments(deploy):
+    """make lab LAB_CA=vm (issue 18): ca1 boots the Secure Boot VM disk; its NICs are those of the
+    container variant (its own addresses), every other host stays a container."""
+    from ckms_lab import paths
+
+    mocks, out = deploy("labvm")
+    hosts = {r.inputs["name"]: r.inputs for r in mocks.resources if r.type.endswith("ckms:LabHost")}
+    assert {n: h["kind"] for n, h in hosts.items()} == {
+        "router": "container",
+        "ca1": "vm",
+        "terminal": "container",
+        "admin": "container",
+        "rogue": "container",
+        "hub": "container",
+    }
+    assert hosts["ca1"]["image"] == str(paths.vm_image()) and hosts["router"]["image"] == str(
+        paths.golden_rootfs()
+    )
+    assert [(x["ifname"], x["segment"], x.get("gateway")) for x in hosts["ca1"]["nics"]] == [
+        ("mgmt0", "mgmt", None),
+        ("eth0", "ca", "10.243.10.1"),
+    ]
+    assert out["hosts"]["ca1"]["kind"] == "vm" and out["hosts"]["ca1"]["mgmt_address"] == "10.243.0.11"
+
+
+def test_unknown_ca_host_kind_is_refused(deploy):
+    with pytest.raises(Exception, match="caHost must be container or vm"):
+        deploy("lab", {"caHost": "bare-metal"})
 
 
 WIDENED = [

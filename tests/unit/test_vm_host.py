@@ -143,3 +143,95 @@ def test_inventory_names_the_vm_ca1_with_its_forwarded_port(spec: vm_host.VmSpec
     assert (tmp_path / "inv" / "known_hosts").read_text() == "[127.0.0.1]:40022 ssh-ed25519 AAAAC3NzaTEST\n"
     lab_vars = yaml.safe_load((tmp_path / "inv" / "group_vars" / "all" / "lab.yml").read_text())
     assert lab_vars["antimalware_clamav_test_signature"] is True
+
+
+# ------------------------------------------------------------------ as a lab host (make lab LAB_CA=vm)
+def _lab_spec(tmp_path: Path) -> vm_host.VmSpec:
+    from ckms_lab.hosts import Nic
+
+    return vm_host.VmSpec(
+        lab="lv",
+        name="ca1",
+        image="x",
+        nics=(
+            Nic("mgmt0", "mgmt", "10.243.200.10/24"),
+            Nic(
+                "eth0",
+                "ca",
+                "10.243.10.10/24",
+                gateway="10.243.10.1",
+                routes=(("10.9.0.0/16", "10.243.10.2"),),
+            ),
+        ),
+        netns="ckms-lv-ca1",
+        state=str(tmp_path / "lv" / "ca1"),
+        cgroups=("/sys/fs/cgroup/unified/ckms-lab/lv/ca1",),
+    )
+
+
+def test_lab_vm_has_one_tap_nic_per_lab_nic_and_no_user_network(tmp_path: Path) -> None:
+    spec = _lab_spec(tmp_path)
+    cmd = vm_host.qemu_command(spec, "tcg", spec.state_dir, 22)
+    joined = " ".join(cmd)
+    assert "user," not in joined and "hostfwd" not in joined
+    netdevs = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-netdev"]
+    assert netdevs == [
+        "tap,id=n0,ifname=tap-mgmt0,script=no,downscript=no",
+        "tap,id=n1,ifname=tap-eth0,script=no,downscript=no",
+    ]
+    devices = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-device" and "virtio-net" in cmd[i + 1]]
+    macs = [d.split("mac=")[1] for d in devices]
+    assert macs == [spec.nic_mac(n) for n in spec.nics] and len(set(macs)) == 2
+    # secure boot stays as it is alone
+    assert "driver=cfi.pflash01,property=secure,value=on" in cmd
+    assert spec.state_dir == tmp_path / "lv" / "ca1" and spec.mgmt_address == "10.243.200.10"
+
+
+def test_lab_vm_guest_gets_the_nspawn_hosts_addresses_and_names(tmp_path: Path) -> None:
+    spec = _lab_spec(tmp_path)
+    units = vm_host.network_units(spec)
+    assert sorted(units) == ["10-ckms-eth0.network", "10-ckms-mgmt0.network"]
+    eth0 = units["10-ckms-eth0.network"]
+    assert f"MACAddress={spec.nic_mac(spec.nics[1])}" in eth0
+    assert "Address=10.243.10.10/24" in eth0 and "Gateway=10.243.10.1" in eth0
+    assert "[Route]\nDestination=10.9.0.0/16\nGateway=10.243.10.2" in eth0
+    assert "Gateway" not in units["10-ckms-mgmt0.network"]  # the controller never routes for lab hosts
+    script = vm_host.provision_script(spec, "ssh-ed25519 AAAA controller")
+    assert "10.0.2.15" not in script  # no user-mode address
+    for nic in spec.nics:  # renamed by MAC to the name an nspawn host's NIC has
+        assert f"Name={nic.ifname}" in script and f"name {nic.ifname}" in script
+
+
+def test_lab_vm_runs_qemu_in_the_hosts_netns_and_cgroups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _lab_spec(tmp_path)
+    spec.state_dir.mkdir(parents=True)
+    seen: list[list[str]] = []
+
+    class _Proc:
+        pid = 4242
+
+    def fake_popen(cmd: list[str], **_kw: object) -> _Proc:
+        seen.append(cmd)
+        return _Proc()
+
+    monkeypatch.setattr(vm_host.subprocess, "Popen", fake_popen)
+    vm_host._start(spec, "tcg", spec.state_dir, 22)
+    cmd = seen[0]
+    assert cmd[:2] == ["/bin/sh", "-c"] and 'cgroup.procs"; exec "$@"' in cmd[2]
+    assert spec.cgroups[0] in cmd[2]
+    i = cmd.index("ip")
+    assert cmd[i : i + 4] == ["ip", "netns", "exec", "ckms-lv-ca1"]
+    assert cmd[i + 4 : i + 7] == ["nice", "-n", "19"] and "qemu-system" in cmd[i + 7]
+
+
+def test_host_spec_knows_its_kind() -> None:
+    from ckms_lab.hosts import HostSpec, Nic
+
+    nics = [{"ifname": "mgmt0", "segment": "mgmt", "address": "10.243.0.11/24"}]
+    d = {"lab": "lv", "name": "ca1", "role": "ca", "nics": nics, "authorized_key": "k", "image": "x"}
+    assert HostSpec.from_dict(d).kind == "container"
+    assert HostSpec.from_dict({**d, "kind": "vm"}).kind == "vm"
+    with pytest.raises(LabError, match="kind"):
+        HostSpec("lv", "ca1", "ca", (Nic("mgmt0", "mgmt", "10.243.0.11/24"),), "k", image="x", kind="lxc")
