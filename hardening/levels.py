@@ -32,6 +32,7 @@ from typing import Any
 RUNTIME_CHECKS: frozenset[str] = frozenset(
     {
         "check:A.06.acl_change_audited",
+        "check:A.31.kernel_audit_names_operator",
         "check:E.32.secure_boot_enabled",
         "check:F.06.i.usb_storage_disabled",
         "check:F.06.k.apparmor_enforcing",

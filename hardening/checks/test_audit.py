@@ -37,6 +37,71 @@ def watches(rules: list[str]) -> dict[str, str]:
     return out
 
 
+#: The access-control file whose attributes the run-time checks touch (a chmod to its own mode: nothing
+#: changes, but the kernel audits the attribute change through the identity watch).
+OBSERVED_FILE = "/etc/group"
+_AUDIT_ID = re.compile(r"msg=audit\((\d+)\.\d+:(\d+)\)")
+
+
+def observe_audited_action(host) -> dict[str, list[str]]:
+    """Do one harmless operator action now and return the kernel audit records it produced, by event.
+
+    The action: the automation account (logged in over SSH, so its login uid is set) runs ``chmod``
+    through its own sudo on :data:`OBSERVED_FILE`, to the mode the file already has. Expected in the log
+    (``ausearch --raw``, which keeps the ENRICHED names after the 0x1d separator): the watch's SYSCALL
+    + PATH records (key ``ckms-identity``), the execve of the command (key ``ckms_automation``) and
+    sudo's ``USER_CMD``. Only events stamped after the action started count. Done once per host and run.
+    """
+    cache = _OBSERVED.get(host.backend.get_hostname())
+    if cache is not None:
+        return cache
+    user = policy(host, "os_hardening_automation_user") or "ckms-automation"
+    script = (
+        f"p={OBSERVED_FILE}; u={user}; t0=$(date +%s); ts=$(date -d @$t0 +%T); "
+        'runuser -u "$u" -- sudo -n chmod "$(stat -c %a "$p")" "$p"; '
+        "for i in 1 2 3 4 5 6 7 8 9 10; do "
+        'out=$(ausearch --input-logs -ts today "$ts" --raw 2>/dev/null); '
+        'case "$out" in *\'comm="chmod"\'*) break;; esac; sleep 1; done; '
+        'echo "t0=$t0"; printf "%s\\n" "$out"'
+    )
+    out = host.run(script).stdout
+    found = re.search(r"^t0=(\d+)$", out, re.M)
+    t0 = int(found.group(1)) if found else 0
+    events: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        m = _AUDIT_ID.search(line)
+        if m and int(m.group(1)) >= t0:
+            events.setdefault(m.group(2), []).append(line)
+    # keep the events of this action: those of a chmod process, and sudo's record of the command
+    mine = {
+        k: v
+        for k, v in events.items()
+        if any('comm="chmod"' in ln for ln in v) or any(ln.startswith("type=USER_CMD") for ln in v)
+    }
+    _OBSERVED[host.backend.get_hostname()] = mine
+    return mine
+
+
+_OBSERVED: dict[str, dict[str, list[str]]] = {}
+
+
+def _records(events: dict[str, list[str]], *, key: str | None = None, kind: str | None = None) -> list[str]:
+    """The lines of the events with audit key ``key`` (or of type ``kind``), flattened."""
+    out = []
+    for lines in events.values():
+        if key and any(f'key="{key}"' in ln for ln in lines):
+            out += lines
+        elif kind and any(ln.startswith(f"type={kind} ") for ln in lines):
+            out += [ln for ln in lines if ln.startswith(f"type={kind} ")]
+    return out
+
+
+def _enriched(line: str) -> dict[str, str]:
+    """The names ENRICHED appends after 0x1d (AUID="ckms-automation" UID="root" ...)."""
+    _, _, tail = line.partition("\x1d")
+    return dict(re.findall(r'(\w+)="([^"]*)"', tail))
+
+
 def _level(host, evidence) -> None:
     if in_container(host):
         evidence.add(
@@ -89,6 +154,16 @@ def test_auditd_watches_identity_and_config(host, evidence):
     assert not missing, f"F.12: paths not watched for writes: {missing}"
     assert all(syscalls.values()), f"F.12: system-call groups not audited: {syscalls}"
     assert not privileged, f"F.12: privileged commands not audited: {privileged}"
+    if not in_container(host):
+        # Run time: the kernel holds the watches, and a change to a watched identity file is recorded.
+        loaded = watches(host.run("auditctl -l").stdout.splitlines())
+        unloaded = sorted(p for p in required if p not in loaded)
+        watched = [ln for ln in _records(observe_audited_action(host), key="ckms-identity")]
+        evidence.add(f"audit records of a chmod on {OBSERVED_FILE} done by this check", watched[:4])
+        assert not unloaded, f"F.12: watches compiled but not loaded in the kernel: {unloaded}"
+        assert any(f'name="{OBSERVED_FILE}"' in ln for ln in watched), (
+            f"F.12: a change to {OBSERVED_FILE} made during the check left no audit record (key ckms-identity)"
+        )
 
 
 @pytest.mark.check("check:F.13.audit_config_writable_by_admin_only")
@@ -107,6 +182,11 @@ def test_audit_config_writable_by_admin_only(host, evidence):
     evidence.add("last rule", rules[-1] if rules else None)
     assert not bad, f"F.13: audit configuration writable by others than root: {bad}"
     assert rules and rules[-1] == "-e 2", "F.13: audit rules are not made immutable (-e 2 as the last rule)"
+    if not in_container(host):
+        # Run time: the kernel's rule set is locked (enabled 2): not even root changes it before a reboot.
+        status = host.run("auditctl -s").stdout
+        evidence.add("auditctl -s", status)
+        assert re.search(r"^enabled 2$", status, re.M), "F.13: the loaded audit rules are not immutable"
 
 
 @pytest.mark.check("check:F.14.auditd_records_enriched")
@@ -128,6 +208,16 @@ def test_auditd_records_enriched(host, evidence):
     assert conf.get("log_format", "").upper() == "ENRICHED", "F.14: records do not resolve who (log_format)"
     assert conf.get("max_log_file_action", "").lower() == "keep_logs", "F.14: audit logs rotate away"
     assert not unkeyed, f"F.14: rules without a key (action not attributable): {unkeyed}"
+    if not in_container(host):
+        # Run time: the record of an action done now carries its key and the names, not only numbers.
+        syscall = [
+            ln for ln in _records(observe_audited_action(host), key="ckms-identity") if "type=SYSCALL" in ln
+        ]
+        names = _enriched(syscall[0]) if syscall else {}
+        evidence.add("SYSCALL record of this check's chmod (raw)", syscall[:1])
+        evidence.add("names in the record (ENRICHED)", names)
+        assert syscall, f"F.14: no SYSCALL record of a chmod on {OBSERVED_FILE} made during the check"
+        assert names.get("AUID") and names.get("UID"), "F.14: the record does not name the login and the user"
 
 
 @pytest.mark.check("check:F.15.account_change_alerts")
@@ -181,6 +271,43 @@ def test_acl_change_audited(host, evidence):
     evidence.add("permission/ACL syscall rules", acl)
     assert all(p in w for p in need), "A.06: access-control files not audited"
     assert acl, "A.06: permission and ACL changes (chmod/chown/setxattr) not audited"
+    if not in_container(host):
+        # Run time: a permission change on an access-control file, made now, is in the kernel's log.
+        rec = [ln for ln in _records(observe_audited_action(host), key="ckms-identity") if "type=PATH" in ln]
+        evidence.add(f"PATH record of this check's chmod on {OBSERVED_FILE}", rec[:2])
+        assert any(f'name="{OBSERVED_FILE}"' in ln for ln in rec), (
+            f"A.06: a permission change on {OBSERVED_FILE} made during the check was not audited"
+        )
+
+
+@pytest.mark.check("check:A.31.kernel_audit_names_operator")
+def test_kernel_audit_names_operator(host, evidence):
+    """A.31's third log: the kernel's audit log names who acted as root. An operator action (a command
+    run through sudo by the automation account) carries the login identity (auid) beside the root uid, so
+    the Linux audit log, the application trail and the HSM log can be joined on the person."""
+    rules = compiled_rules(host)
+    automation = [r for r in rules if "-S execve" in r and "-k ckms_automation" in r]
+    evidence.add("execve rules of the automation account", automation)
+    assert automation, "A.31: commands of the automation account are not audited (no execve rule)"
+    if in_container(host):
+        evidence.add(
+            "verification level",
+            "configuration: auditd cannot run inside this lab container; the compiled rule that records "
+            "every command of the automation account is verified instead",
+        )
+        return
+    events = observe_audited_action(host)
+    execve = [ln for ln in _records(events, key="ckms_automation") if "type=SYSCALL" in ln]
+    sudo = _records(events, kind="USER_CMD")
+    names = _enriched(execve[0]) if execve else {}
+    evidence.add("SYSCALL record of the command (key ckms_automation)", execve[:1])
+    evidence.add("names in it", {k: names.get(k) for k in ("AUID", "UID", "EUID")})
+    evidence.add("sudo's USER_CMD record", sudo[:1])
+    assert execve, "A.31: an operator command run during the check left no execve record"
+    assert names.get("AUID") not in (None, "", "unset") and names.get("UID") == "root", (
+        f"A.31: the record does not name the operator behind root: {names}"
+    )
+    assert sudo, "A.31: sudo did not record the operator's command (USER_CMD)"
 
 
 # Was A.31's check; kernel audit cannot run in the lab containers, so A.31 is now checked through the
