@@ -12,6 +12,7 @@ import re
 
 import pytest
 from ckms_checks import in_container, policy
+from ckms_kernel_audit import OBSERVED_FILE, enriched, observe_audited_action, records
 
 # The CA hosts (harden.yml); make report and the Molecule scenarios (instances in group ca) both use this.
 testinfra_hosts = ["ansible://ca"]
@@ -35,71 +36,6 @@ def watches(rules: list[str]) -> dict[str, str]:
         if m:
             out[m.group(1)] = m.group(2)
     return out
-
-
-#: The access-control file whose attributes the run-time checks touch (a chmod to its own mode: nothing
-#: changes, but the kernel audits the attribute change through the identity watch).
-OBSERVED_FILE = "/etc/group"
-_AUDIT_ID = re.compile(r"msg=audit\((\d+)\.\d+:(\d+)\)")
-
-
-def observe_audited_action(host) -> dict[str, list[str]]:
-    """Do one harmless operator action now and return the kernel audit records it produced, by event.
-
-    The action: the automation account (logged in over SSH, so its login uid is set) runs ``chmod``
-    through its own sudo on :data:`OBSERVED_FILE`, to the mode the file already has. Expected in the log
-    (``ausearch --raw``, which keeps the ENRICHED names after the 0x1d separator): the watch's SYSCALL
-    + PATH records (key ``ckms-identity``), the execve of the command (key ``ckms_automation``) and
-    sudo's ``USER_CMD``. Only events stamped after the action started count. Done once per host and run.
-    """
-    cache = _OBSERVED.get(host.backend.get_hostname())
-    if cache is not None:
-        return cache
-    user = policy(host, "os_hardening_automation_user") or "ckms-automation"
-    script = (
-        f"p={OBSERVED_FILE}; u={user}; t0=$(date +%s); ts=$(date -d @$t0 +%T); "
-        'runuser -u "$u" -- sudo -n chmod "$(stat -c %a "$p")" "$p"; '
-        "for i in 1 2 3 4 5 6 7 8 9 10; do "
-        'out=$(ausearch --input-logs -ts today "$ts" --raw 2>/dev/null); '
-        'case "$out" in *\'comm="chmod"\'*) break;; esac; sleep 1; done; '
-        'echo "t0=$t0"; printf "%s\\n" "$out"'
-    )
-    out = host.run(script).stdout
-    found = re.search(r"^t0=(\d+)$", out, re.M)
-    t0 = int(found.group(1)) if found else 0
-    events: dict[str, list[str]] = {}
-    for line in out.splitlines():
-        m = _AUDIT_ID.search(line)
-        if m and int(m.group(1)) >= t0:
-            events.setdefault(m.group(2), []).append(line)
-    # keep the events of this action: those of a chmod process, and sudo's record of the command
-    mine = {
-        k: v
-        for k, v in events.items()
-        if any('comm="chmod"' in ln for ln in v) or any(ln.startswith("type=USER_CMD") for ln in v)
-    }
-    _OBSERVED[host.backend.get_hostname()] = mine
-    return mine
-
-
-_OBSERVED: dict[str, dict[str, list[str]]] = {}
-
-
-def _records(events: dict[str, list[str]], *, key: str | None = None, kind: str | None = None) -> list[str]:
-    """The lines of the events with audit key ``key`` (or of type ``kind``), flattened."""
-    out = []
-    for lines in events.values():
-        if key and any(f'key="{key}"' in ln for ln in lines):
-            out += lines
-        elif kind and any(ln.startswith(f"type={kind} ") for ln in lines):
-            out += [ln for ln in lines if ln.startswith(f"type={kind} ")]
-    return out
-
-
-def _enriched(line: str) -> dict[str, str]:
-    """The names ENRICHED appends after 0x1d (AUID="ckms-automation" UID="root" ...)."""
-    _, _, tail = line.partition("\x1d")
-    return dict(re.findall(r'(\w+)="([^"]*)"', tail))
 
 
 def _level(host, evidence) -> None:
@@ -158,7 +94,7 @@ def test_auditd_watches_identity_and_config(host, evidence):
         # Run time: the kernel holds the watches, and a change to a watched identity file is recorded.
         loaded = watches(host.run("auditctl -l").stdout.splitlines())
         unloaded = sorted(p for p in required if p not in loaded)
-        watched = [ln for ln in _records(observe_audited_action(host), key="ckms-identity")]
+        watched = [ln for ln in records(observe_audited_action(host), key="ckms-identity")]
         evidence.add(f"audit records of a chmod on {OBSERVED_FILE} done by this check", watched[:4])
         assert not unloaded, f"F.12: watches compiled but not loaded in the kernel: {unloaded}"
         assert any(f'name="{OBSERVED_FILE}"' in ln for ln in watched), (
@@ -190,7 +126,7 @@ def test_audit_config_writable_by_admin_only(host, evidence):
 
 
 @pytest.mark.check("check:F.14.auditd_records_enriched")
-def test_auditd_records_enriched(host, evidence):
+def test_auditd_recordsenriched(host, evidence):
     _level(host, evidence)
     conf = dict(
         re.findall(r"^\s*(\w+)\s*=\s*(\S+)", host.file("/etc/audit/auditd.conf").content_string, re.M)
@@ -211,9 +147,9 @@ def test_auditd_records_enriched(host, evidence):
     if not in_container(host):
         # Run time: the record of an action done now carries its key and the names, not only numbers.
         syscall = [
-            ln for ln in _records(observe_audited_action(host), key="ckms-identity") if "type=SYSCALL" in ln
+            ln for ln in records(observe_audited_action(host), key="ckms-identity") if "type=SYSCALL" in ln
         ]
-        names = _enriched(syscall[0]) if syscall else {}
+        names = enriched(syscall[0]) if syscall else {}
         evidence.add("SYSCALL record of this check's chmod (raw)", syscall[:1])
         evidence.add("names in the record (ENRICHED)", names)
         assert syscall, f"F.14: no SYSCALL record of a chmod on {OBSERVED_FILE} made during the check"
@@ -273,7 +209,7 @@ def test_acl_change_audited(host, evidence):
     assert acl, "A.06: permission and ACL changes (chmod/chown/setxattr) not audited"
     if not in_container(host):
         # Run time: a permission change on an access-control file, made now, is in the kernel's log.
-        rec = [ln for ln in _records(observe_audited_action(host), key="ckms-identity") if "type=PATH" in ln]
+        rec = [ln for ln in records(observe_audited_action(host), key="ckms-identity") if "type=PATH" in ln]
         evidence.add(f"PATH record of this check's chmod on {OBSERVED_FILE}", rec[:2])
         assert any(f'name="{OBSERVED_FILE}"' in ln for ln in rec), (
             f"A.06: a permission change on {OBSERVED_FILE} made during the check was not audited"
@@ -297,9 +233,9 @@ def test_kernel_audit_names_operator(host, evidence):
         )
         return
     events = observe_audited_action(host)
-    execve = [ln for ln in _records(events, key="ckms_automation") if "type=SYSCALL" in ln]
-    sudo = _records(events, kind="USER_CMD")
-    names = _enriched(execve[0]) if execve else {}
+    execve = [ln for ln in records(events, key="ckms_automation") if "type=SYSCALL" in ln]
+    sudo = records(events, kind="USER_CMD")
+    names = enriched(execve[0]) if execve else {}
     evidence.add("SYSCALL record of the command (key ckms_automation)", execve[:1])
     evidence.add("names in it", {k: names.get(k) for k in ("AUID", "UID", "EUID")})
     evidence.add("sudo's USER_CMD record", sudo[:1])
