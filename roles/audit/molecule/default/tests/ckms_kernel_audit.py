@@ -1,0 +1,1 @@
+../../../../../hardening/checks/ckms_kernel_audit.py
