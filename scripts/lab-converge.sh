@@ -11,7 +11,8 @@
 # the recipient key into the tool cache, where the custodians of a real CA would keep it offline).
 # Env: CKMS_LAB_STACK (default lab), CKMS_TOOL_CACHE, CKMS_SKIP_TAGS (ansible --skip-tags, e.g. harden,perimeter
 # while those roles are being developed), CKMS_REPORT_STRICT=1 (make lab fails when a check fails),
-# CKMS_LAB_DRILLS=0 (--all without the drills of docs/drills.md; their checks are then "not run" in the report).
+# CKMS_LAB_DRILLS=0 (--all without the drills of docs/drills.md; their checks are then "not run" in the report),
+# CKMS_CONVERGE_START_AT (--all: site.yml from this task name on, e.g. to resume a VM CA host's long converge).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=${CKMS_VENV:-$repo/.venv}
@@ -139,7 +140,9 @@ if [ "${1:-}" != "--all" ]; then
 fi
 
 t0=$(date +%s)
-play site.yml;   t1=$(date +%s)
+start_at=()
+[ -n "${CKMS_CONVERGE_START_AT:-}" ] && start_at=(--start-at-task "$CKMS_CONVERGE_START_AT")
+play site.yml "${start_at[@]}";   t1=$(date +%s)
 play verify.yml; t2=$(date +%s)
 play backup.yml
 # Restore drill (F.49, F.57): the backup just taken is restored onto the CA host, the daemon passes its
