@@ -49,7 +49,7 @@ def observe_audited_action(host) -> dict[str, list[str]]:
     mine = {
         k: v
         for k, v in events.items()
-        if any('comm="chmod"' in ln for ln in v) or any(ln.startswith("type=USER_CMD") for ln in v)
+        if any('comm="chmod"' in ln for ln in v) or any(_is_type(ln, "USER_CMD") for ln in v)
     }
     _OBSERVED[host.backend.get_hostname()] = mine
     return mine
@@ -64,9 +64,14 @@ def records(events: dict[str, list[str]], *, key: str | None = None, kind: str |
     for lines in events.values():
         if key and any(f'key="{key}"' in ln for ln in lines):
             out += lines
-        elif kind and any(ln.startswith(f"type={kind} ") for ln in lines):
-            out += [ln for ln in lines if ln.startswith(f"type={kind} ")]
+        elif kind and any(_is_type(ln, kind) for ln in lines):
+            out += [ln for ln in lines if _is_type(ln, kind)]
     return out
+
+
+def _is_type(line: str, kind: str) -> bool:
+    """Whether a raw record is of type ``kind`` (with ``name_format`` set, lines begin ``node=<host> ``)."""
+    return re.match(rf"^(node=\S+ )?type={kind} ", line) is not None
 
 
 def enriched(line: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ RAW = "\n".join(
         'type=SYSCALL msg=audit(1764561590.100:70): arch=c000003e syscall=90 success=yes uid=0 auid=900 comm="chmod"'
         f' exe="/usr/bin/chmod" key="ckms-identity"{GS}AUID="ckms-automation" UID="root"',
         # sudo's record of the command
-        "type=USER_CMD msg=audit(1764561600.010:81): pid=1 uid=900 auid=900 msg='cwd=\"/\" cmd=63686D6F64 res=success'"
+        "node=ca1 type=USER_CMD msg=audit(1764561600.010:81): pid=1 uid=900 auid=900 msg='cwd=\"/\" cmd=63686D6F64 res=success'"
         f'{GS}UID="ckms-automation" AUID="ckms-automation"',
         # the chmod itself: its execve (automation key) and the watch's SYSCALL + PATH (identity key)
         'type=SYSCALL msg=audit(1764561600.020:82): arch=c000003e syscall=59 success=yes uid=0 auid=900 comm="chmod"'
