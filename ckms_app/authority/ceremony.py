@@ -193,10 +193,15 @@ def init_ca(home: Path, opts: InitOptions) -> dict[str, Any]:
         config_pin, softhsm_conf = str(opts.pin_file.resolve()), None
 
     raw = default_config(home, opts, config_pin, softhsm_conf)
-    (home / CONFIG_NAME).write_text(tomli_w.dumps(raw))
-    config = load_config(home)
-    # Fail before the key is generated if the clock is not synchronised; the signer checks it again (A.33).
-    ClockGate(config.clock).require_sync()
+    config_path = home / CONFIG_NAME
+    config_path.write_text(tomli_w.dumps(raw))
+    try:
+        config = load_config(home)
+        # Fail before the key is generated if the clock is not synchronised; the signer checks it again (A.33).
+        ClockGate(config.clock).require_sync()
+    except BaseException:  # nothing exists yet: no ckms.toml that makes the home look initialised
+        config_path.unlink(missing_ok=True)
+        raise
     with Token(config.token) as token:
         key = token.generate_ec_key(config.ca_key_label, curve)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, opts.ca_name)])

@@ -128,6 +128,28 @@ def clock_ca(tmp_path_factory: pytest.TempPathFactory):
     daemon.stop()
 
 
+def test_init_refused_while_unsynchronised_leaves_no_config(tmp_path: Path) -> None:
+    """The ceremony refuses to run on an unsynchronised clock before any key exists, and leaves no
+    ckms.toml behind: a retry (a converge's `creates:`) must not mistake the home for an initialised CA."""
+    bin_dir = fake_chronyc(tmp_path, "unsync")
+    home = tmp_path / "home"
+    proc = ckms(
+        "ca",
+        "init",
+        "--home",
+        str(home),
+        "--json",
+        "--clock-source",
+        "chrony",
+        "--demo",
+        env={"PATH": f"{bin_dir}:{os.environ['PATH']}"},
+        check=False,
+    )
+    assert proc.returncode != 0 and "clock" in proc.stderr.lower(), proc.stderr
+    assert not (home / "ckms.toml").exists()
+    assert not list((home / "ca").glob("*"))  # no CA certificate either
+
+
 def test_issuance_refused_while_clock_unsynchronised(clock_ca, tmp_path: Path) -> None:
     home, bin_dir = clock_ca
     csr, _ = make_csr("clock-ok-1")
