@@ -192,13 +192,11 @@ def init_ca(home: Path, opts: InitOptions) -> dict[str, Any]:
     else:
         config_pin, softhsm_conf = str(opts.pin_file.resolve()), None
 
-    raw = default_config(home, opts, config_pin, softhsm_conf)
-    config_path = home / CONFIG_NAME
-    config_path.write_text(tomli_w.dumps(raw))
-    try:
-        config = load_config(home)
-        # Fail before the key is generated if the clock is not synchronised; the signer checks it again (A.33).
-        ClockGate(config.clock).require_sync()
+    (config_path := home / CONFIG_NAME).write_text(
+        tomli_w.dumps(default_config(home, opts, config_pin, softhsm_conf))
+    )
+    try:  # fail before the key is generated if the clock is not synchronised (the signer checks again, A.33)
+        ClockGate((config := load_config(home)).clock).require_sync()
     except BaseException:  # nothing exists yet: no ckms.toml that makes the home look initialised
         config_path.unlink(missing_ok=True)
         raise
