@@ -473,10 +473,7 @@ def create_host(spec: HostSpec) -> HostInfo:
     )
     try:
         host_key = _write_host_files(spec, rootfs)
-        _run(["ip", "netns", "add", spec.netns])
-        _ip("link", "set", "lo", "up", netns=spec.netns)
-        for nic in spec.nics:
-            _plug(spec, nic)
+        _network_namespace(spec)
         cgroups = _cgroup_dirs(spec)
         for cg in cgroups:
             cg.mkdir(parents=True, exist_ok=True)
@@ -512,21 +509,7 @@ def create_host(spec: HostSpec) -> HostInfo:
                 env=env,
                 start_new_session=True,
             )
-        mgmt = _mgmt_nic(spec)
-        info = HostInfo(
-            lab=spec.lab,
-            name=spec.name,
-            role=spec.role,
-            netns=spec.netns,
-            pid=proc.pid,
-            mgmt_address=str(ipaddress.ip_interface(mgmt.address).ip),
-            addresses={n.segment: str(ipaddress.ip_interface(n.address).ip) for n in spec.nics},
-            host_key=host_key,
-            state_dir=str(state),
-        )
-        (state / "host.json").write_text(
-            json.dumps({"spec": _spec_dict(spec), "info": asdict(info)}, indent=2)
-        )
+        info = _record_host(spec, proc.pid, host_key)
         _wait_for_ssh(info.mgmt_address, proc, log)
         return info
     except BaseException:
@@ -546,11 +529,9 @@ def _create_vm_host(spec: HostSpec) -> HostInfo:
     state.mkdir(parents=True, exist_ok=True)
     state.chmod(0o700)
     try:
-        _run(["ip", "netns", "add", spec.netns])
-        _ip("link", "set", "lo", "up", netns=spec.netns)
+        _network_namespace(spec)
         _run(["ip", "netns", "exec", spec.netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])
         for nic in spec.nics:
-            _plug(spec, nic)
             tap, br = vm_host.tap_name(nic), vm_host.nic_bridge(nic)
             _ip("tuntap", "add", "dev", tap, "mode", "tap", netns=spec.netns)
             _ip("link", "add", br, "type", "bridge", netns=spec.netns)
@@ -572,24 +553,37 @@ def _create_vm_host(spec: HostSpec) -> HostInfo:
                 cgroups=tuple(str(cg) for cg in cgroups),
             )
         )
-        info = HostInfo(
-            lab=spec.lab,
-            name=spec.name,
-            role=spec.role,
-            netns=spec.netns,
-            pid=vm.pid,
-            mgmt_address=vm.ssh_host,
-            addresses={n.segment: str(ipaddress.ip_interface(n.address).ip) for n in spec.nics},
-            host_key=vm.host_key,
-            state_dir=str(state),
-        )
-        (state / "host.json").write_text(
-            json.dumps({"spec": _spec_dict(spec), "info": asdict(info), "vm": asdict(vm)}, indent=2)
-        )
-        return info
+        return _record_host(spec, vm.pid, vm.host_key, vm=asdict(vm))
     except BaseException:
         destroy_host(spec.lab, spec.name)
         raise
+
+
+def _network_namespace(spec: HostSpec) -> None:
+    """The host's network namespace with loopback up and one veth NIC per ``spec.nics`` on its segment."""
+    _run(["ip", "netns", "add", spec.netns])
+    _ip("link", "set", "lo", "up", netns=spec.netns)
+    for nic in spec.nics:
+        _plug(spec, nic)
+
+
+def _record_host(spec: HostSpec, pid: int, host_key: str, **extra: object) -> HostInfo:
+    """What a created host reports, also written to its ``host.json`` (listing, destroy)."""
+    info = HostInfo(
+        lab=spec.lab,
+        name=spec.name,
+        role=spec.role,
+        netns=spec.netns,
+        pid=pid,
+        mgmt_address=str(ipaddress.ip_interface(_mgmt_nic(spec).address).ip),
+        addresses={n.segment: str(ipaddress.ip_interface(n.address).ip) for n in spec.nics},
+        host_key=host_key,
+        state_dir=str(spec.state_dir),
+    )
+    (spec.state_dir / "host.json").write_text(
+        json.dumps({"spec": _spec_dict(spec), "info": asdict(info), **extra}, indent=2)
+    )
+    return info
 
 
 def _spec_dict(spec: HostSpec) -> dict:

@@ -94,7 +94,7 @@ def test_auditd_watches_identity_and_config(host, evidence):
         # Run time: the kernel holds the watches, and a change to a watched identity file is recorded.
         loaded = watches(host.run("auditctl -l").stdout.splitlines())
         unloaded = sorted(p for p in required if p not in loaded)
-        watched = [ln for ln in records(observe_audited_action(host), key="ckms-identity")]
+        watched = records(observe_audited_action(host), key="ckms-identity")
         evidence.add(f"audit records of a chmod on {OBSERVED_FILE} done by this check", watched[:4])
         assert not unloaded, f"F.12: watches compiled but not loaded in the kernel: {unloaded}"
         assert any(f'name="{OBSERVED_FILE}"' in ln for ln in watched), (
