@@ -79,11 +79,20 @@ def test_aide_timer_active(host, evidence):
     evidence.add("aide --config-check", f"rc={cfg.rc}")
     evidence.add("baseline", host.run(f"ls -l {db}").stdout.strip())
     evidence.add("service", host.run("systemctl cat ckms-aide-check.service | grep ExecStart").stdout.strip())
+    last = host.run(
+        "systemctl show -p Result -p ExecMainStatus -p ExecMainExitTimestamp ckms-aide-check.service"
+    )
+    last_run = dict(line.split("=", 1) for line in last.stdout.splitlines() if "=" in line)
+    evidence.add("last check run", last_run)
     assert state.get("ActiveState") == "active" and state.get("UnitFileState") == "enabled", (
         "F.11 b: the periodic AIDE check timer is not active"
     )
     assert cfg.rc == 0, f"F.11 b: AIDE configuration invalid: {cfg.stderr.strip()}"
     assert host.file(str(db)).exists, "F.11 b: no AIDE baseline database"
+    # AIDE's 14-19 mean it could not compare at all (e.g. 18: no baseline): the timer ran a check
+    # that checked nothing (a fresh host's timer firing before its baseline did exactly this once).
+    status = int(last_run.get("ExecMainStatus") or 0)
+    assert not 14 <= status <= 19, f"F.11 b: the last periodic check could not run (aide rc={status})"
 
 
 @pytest.mark.check("check:F.48.aide_detects_modified_file")
