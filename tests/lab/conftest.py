@@ -55,17 +55,17 @@ def converged_lab(lab) -> str:
     """`make lab` once on the session lab (site.yml, verify, first backup, report): shared by
     test_make_lab.py and the drills (test_make_lab_drills.py, which sorts after it). Returns make's output."""
     start = time.monotonic()
-    # A guard against a hung converge, not a speed target (make lab takes ~20-35 min here beside
-    # stream 2): CI's own limit is 90 min, and a loaded machine once needed more than 40.
+    # A guard against a hung converge, not a speed target (alone and without drills make lab took 15 min
+    # on 2026-12-02; beside stream 2 longer): CI's own limit is 90 min, and a loaded machine once needed
+    # more than 40.
     try:
         proc = subprocess.run(
             ["make", "lab"], cwd=REPO, env=converge_env(), capture_output=True, text=True, timeout=3600
         )
     except subprocess.TimeoutExpired as exc:
-        out, err = (
-            part.decode(errors="replace") if isinstance(part, bytes) else part or ""
-            for part in (exc.stdout, exc.stderr)
-        )
+        # TimeoutExpired carries bytes even with text=True
+        out = (exc.stdout or b"").decode(errors="replace")
+        err = (exc.stderr or b"").decode(errors="replace")
         pytest.fail(
             f"make lab did not finish in {exc.timeout} s; where it was:\n{out[-6000:]}\n--- stderr:\n{err[-2000:]}"
         )
