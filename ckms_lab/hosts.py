@@ -691,6 +691,7 @@ def list_hosts(lab: str | None = None) -> list[dict]:
         info = data["info"]
         if lab and info["lab"] != lab:
             continue
+        info["kind"] = (data.get("spec") or {}).get("kind") or "container"
         info["running"] = _alive(info["pid"]) and info["pid"] in set(
             _cgroup_pids(CGROUP_ROOTS[0] / "ckms-lab" / info["lab"] / info["name"])
         )

@@ -5,12 +5,16 @@
 #   <host>-<profile>.json     summary: counts, and per rule id, result, severity, title
 # Usage: scripts/openscap-eval.sh [HOST...]   (default: every running host of the stack with role ca)
 #        scripts/openscap-eval.sh NAME=DIR     (a root file system tree, e.g. a scratch copy of a host)
+#        scripts/openscap-eval.sh NAME=vm:STATE (a running VM lab host, by its state directory)
 #   CKMS_LAB_STACK    stack (default lab); its hosts come from ckms_lab.hosts
 #   OPENSCAP_OUT      output directory (default build/report/openscap, build/report-<stack>/openscap)
 #   OPENSCAP_PROFILES space-separated XCCDF profile ids (default ANSSI BP-028 high; the Debian 12 content
 #                     has no CIS profile)
 # How: nothing is installed on the host. Its root file system (the overlay the lab mounts on the
 # controller) is bind-mounted read-only in a private mount namespace and evaluated with oscap-chroot.
+# A VM host (make lab LAB_CA=vm) has no tree on the controller: its QEMU copies the disk as it is at that
+# moment, and the copy's root partition is mounted read-only for the evaluation, then deleted
+# (ckms_lab/vm_disk.py).
 # Read-only matters: oscap's dpkginfo probe (libapt) otherwise writes package caches into the target,
 # and libapt reads the target's dpkg database only with RootDir pointing at that tree (a bind of
 # /proc/<pid>/root from another mount namespace shows the controller's tree instead).
@@ -49,11 +53,7 @@ lab, wanted = sys.argv[1], sys.argv[2:]
 for h in hosts.list_hosts(lab):
     if h["running"] and (h["name"] in wanted if wanted else h["role"] == "ca"):
         rootfs = Path(h["state_dir"]) / "rootfs"
-        if not rootfs.is_dir():  # a VM host (make lab LAB_CA=vm): its disk is not readable from here
-            print(f"openscap-eval: {h['name']} has no root file system on the controller (a VM host): "
-                  "not evaluated", file=sys.stderr)
-            continue
-        print(f"{h['name']}\t{rootfs}")
+        print(f"{h['name']}\t{'vm:' + h['state_dir'] if h.get('kind') == 'vm' else rootfs}")
 PY
   )
 fi
@@ -61,7 +61,13 @@ fi
 
 mkdir -p "$out"
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+views=()
+release_views() {
+  local v
+  for v in "${views[@]}"; do [ -d "$v" ] && "$py" -m ckms_lab.vm_disk release "$v"; done
+  views=()
+}
+trap 'release_views; rm -rf "$work"' EXIT
 mkdir -p "$work/root" "$work/apt-parts"
 # libapt for the dpkginfo probe: none of the controller's apt.conf.d (e.g. a docker-clean that empties
 # Dir::Cache::pkgcache), caches built in memory only.
@@ -73,6 +79,11 @@ APT
 rc=0
 for t in "${targets[@]}"; do
   name=${t%%$'\t'*} rootfs=${t#*$'\t'}
+  if [[ $rootfs == vm:* ]]; then
+    view=$work/vm-$name views+=("$view")
+    rootfs=$(cd "$repo" && "$py" -m ckms_lab.vm_disk snapshot "${rootfs#vm:}" "$view") ||
+      { log "$name: no read-only view of the VM's disk"; rc=1; continue; }
+  fi
   [ -d "$rootfs/etc" ] || { log "$name: no root file system at $rootfs"; rc=1; continue; }
   for profile in $profiles; do
     short=${profile#xccdf_org.ssgproject.content_profile_}
@@ -97,5 +108,6 @@ for t in "${targets[@]}"; do
       --extra "oscap_version=$(oscap --version | head -1)"
     log "$name $short: $secs s -> $base.{json,html,arf.xml}"
   done
+  release_views
 done
 exit $rc

@@ -60,10 +60,12 @@ def _out_dir() -> Path:
     return REPO / "build" / ("report" if stack == "lab" else f"report-{stack}") / "openscap"
 
 
-def _local_lab_root(address: str | None) -> Path | None:
-    """The root file system of the running lab host on this controller whose management address is
-    ``address`` (the inventory's ansible_host), or None: then it cannot be evaluated here. Matched by
-    address, not name: two labs (the suite's and a production-shaped one) both have a host named ca1."""
+def _local_lab_root(address: str | None) -> str | None:
+    """What ``openscap-eval.sh NAME=...`` evaluates for the running lab host on this controller whose
+    management address is ``address`` (the inventory's ansible_host): its root file system, or for a VM
+    host ``vm:`` and its state directory (the eval copies the VM's disk and mounts the copy read-only);
+    None when no such host runs here. Matched by address, not name: two labs (the suite's and a
+    production-shaped one) both have a host named ca1."""
     if os.geteuid() != 0 or not address:
         return None
     if str(REPO) not in sys.path:
@@ -74,7 +76,9 @@ def _local_lab_root(address: str | None) -> Path | None:
         return None
     for h in hosts.list_hosts(None):
         if h["running"] and h["mgmt_address"] == address:
-            return Path(h["state_dir"]) / "rootfs"
+            if h.get("kind") == "vm":
+                return f"vm:{h['state_dir']}"
+            return str(Path(h["state_dir"]) / "rootfs")
     return None
 
 
@@ -199,7 +203,8 @@ def test_public_baseline_anssi(host, evidence):
             [str(REPO / "scripts" / "openscap-eval.sh"), f"{name}={rootfs}"],
             capture_output=True,
             text=True,
-            timeout=240,
+            # ~5 s for a container's tree; a VM's disk is first copied by its QEMU (~1 min under TCG)
+            timeout=900 if rootfs.startswith("vm:") else 240,
             env={**os.environ, "OPENSCAP_PROFILES": PROFILE, "OPENSCAP_OUT": str(summary_path.parent)},
         )
         evidence.add("evaluation", (run.stderr.strip() or run.stdout.strip())[-1500:])

@@ -1,0 +1,238 @@
+"""A point-in-time, read-only view of a VM lab host's root file system, on the controller.
+
+Why: the public baseline (F.06 l) is evaluated with ``oscap-chroot`` over a host's root tree on the
+controller, so nothing is installed on the CA host for it. A container host's tree is its overlay on the
+controller; a VM host's tree is inside the qcow2 disk that its QEMU holds open. Reading that file while
+the guest writes would see qcow2 metadata and ext4 half updated, so QEMU itself copies the disk
+(``drive-backup`` over QMP: a copy of the disk as it was when the job started, taken in the block layer
+while the guest runs on), the copy's ext4 journal is replayed as the guest's next boot would, and the
+root partition is mounted read-only (``ro,noload``) from a loop device.
+
+The copy holds the CA host's files (the token's objects are encrypted under its PIN, but still), so it
+lives in a 0700 directory beside the caller's and ``release`` deletes it; the disk it was copied from
+sits on the same controller already, so nothing goes anywhere it was not.
+
+CLI (root), used by ``scripts/openscap-eval.sh`` for ``NAME=vm:STATE_DIR`` targets:
+``python -m ckms_lab.vm_disk snapshot STATE_DIR WORK`` prints the mounted root; ``release WORK`` undoes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SECTOR = 512
+# The partition build-vm-image.sh gives the root file system (GPT name and type "Linux x86-64 root").
+ROOT_NAME = "ckms-root"
+ROOT_TYPE = uuid.UUID("4f68bce3-e8cd-4db1-96e7-fbcaf984b709")
+BACKUP_TIMEOUT = 900.0
+
+
+class VmDiskError(RuntimeError):
+    """The VM's disk could not be copied, read or mounted."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    number: int
+    name: str
+    type_guid: uuid.UUID
+    first_lba: int
+    last_lba: int
+
+    @property
+    def offset(self) -> int:
+        return self.first_lba * SECTOR
+
+    @property
+    def size(self) -> int:
+        return (self.last_lba - self.first_lba + 1) * SECTOR
+
+
+def gpt_partitions(image: Path) -> list[Partition]:
+    """The used entries of a raw disk image's primary GPT (UEFI spec 2.10, 5.3), sector size 512."""
+    with image.open("rb") as f:
+        f.seek(SECTOR)
+        header = f.read(92)
+        if header[:8] != b"EFI PART":
+            raise VmDiskError(f"{image}: no GPT header at LBA 1")
+        entries_lba, count, entry_size = struct.unpack_from("<QII", header, 72)
+        if not 128 <= entry_size <= 4096 or count > 1024:
+            raise VmDiskError(f"{image}: implausible GPT ({count} entries of {entry_size} bytes)")
+        f.seek(entries_lba * SECTOR)
+        table = f.read(count * entry_size)
+    parts = []
+    for i in range(count):
+        entry = table[i * entry_size : (i + 1) * entry_size]
+        type_guid = uuid.UUID(bytes_le=entry[:16])
+        if type_guid.int == 0:
+            continue
+        first, last = struct.unpack_from("<QQ", entry, 32)
+        name = entry[56:128].decode("utf-16-le").split("\x00", 1)[0]
+        parts.append(Partition(i + 1, name, type_guid, first, last))
+    return parts
+
+
+def root_partition(parts: list[Partition]) -> Partition:
+    """The root file system's partition: by its name, else the single one of the x86-64 root type."""
+    named = [p for p in parts if p.name == ROOT_NAME]
+    typed = [p for p in parts if p.type_guid == ROOT_TYPE]
+    found = named or typed
+    if len(found) != 1:
+        raise VmDiskError(f"expected one root partition ({ROOT_NAME} or type {ROOT_TYPE}), found {parts}")
+    return found[0]
+
+
+class Qmp:
+    """A minimal QMP client: one command at a time, events kept for ``wait_event``."""
+
+    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+        self._sock = socket.socket(socket.AF_UNIX)
+        self._sock.settimeout(timeout)
+        self._sock.connect(str(path))
+        self._buf = b""
+        self.events: list[dict[str, Any]] = []
+        self._read()  # greeting
+        self.command("qmp_capabilities")
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _read(self) -> dict[str, Any]:
+        while b"\n" not in self._buf:
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise VmDiskError("QMP connection closed")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def command(self, name: str, **arguments: Any) -> Any:
+        msg: dict[str, Any] = {"execute": name}
+        if arguments:
+            msg["arguments"] = arguments
+        self._sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            reply = self._read()
+            if "event" in reply:
+                self.events.append(reply)
+            elif "error" in reply:
+                raise VmDiskError(f"QMP {name}: {reply['error'].get('desc', reply['error'])}")
+            elif "return" in reply:
+                return reply["return"]
+
+    def wait_event(self, name: str, deadline: float, **match: Any) -> dict[str, Any]:
+        while True:
+            for e in self.events:
+                if e["event"] == name and all(e.get("data", {}).get(k) == v for k, v in match.items()):
+                    self.events.remove(e)
+                    return e
+            if time.monotonic() > deadline:
+                raise VmDiskError(f"QMP: no {name} event for {match} in time")
+            self.events.append(self._read())
+
+
+def copy_disk(state: Path, target: Path, timeout: float = BACKUP_TIMEOUT) -> float:
+    """Have the running QEMU copy the VM's system disk (``STATE/disk.qcow2``) to a raw ``target``, as it
+    was when the copy started; returns the seconds it took."""
+    disk = str(state / "disk.qcow2")
+    qmp = Qmp(state / "qmp.sock")
+    try:
+        devices = [
+            b["device"] for b in qmp.command("query-block") if (b.get("inserted") or {}).get("file") == disk
+        ]
+        if len(devices) != 1:
+            raise VmDiskError(f"QEMU in {state} has no single drive backed by {disk}")
+        job = f"ckms-view-{uuid.uuid4().hex[:8]}"
+        start = time.monotonic()
+        qmp.command(
+            "drive-backup", **{"job-id": job}, device=devices[0], target=str(target), format="raw", sync="full"
+        )
+        done = qmp.wait_event("BLOCK_JOB_COMPLETED", start + timeout, device=job)
+        if done["data"].get("error"):
+            raise VmDiskError(f"copy of {disk} failed: {done['data']['error']}")
+        return time.monotonic() - start
+    finally:
+        qmp.close()
+
+
+def _run(cmd: list[str], ok: tuple[int, ...] = (0,)) -> str:
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if p.returncode not in ok:
+        raise VmDiskError(f"{' '.join(cmd)}: exit {p.returncode}: {(p.stderr or p.stdout).strip()[-500:]}")
+    return p.stdout.strip()
+
+
+def snapshot(state: Path, work: Path) -> Path:
+    """Copy, replay and mount read-only; returns the mounted root (``WORK/root``)."""
+    if not (state / "qmp.sock").exists():
+        raise VmDiskError(f"{state} is not a running VM host's state directory (no qmp.sock)")
+    work.mkdir(mode=0o700, parents=True, exist_ok=False)
+    try:
+        raw, root = work / "disk.raw", work / "root"
+        took = copy_disk(state, raw)
+        part = root_partition(gpt_partitions(raw))
+        loop = _run(
+            ["losetup", "--find", "--show", f"--offset={part.offset}", f"--sizelimit={part.size}", str(raw)]
+        )
+        (work / "loop").write_text(loop + "\n")
+        # e2fsck: 0 clean, 1 corrected (the journal replayed); anything else leaves the copy unusable
+        _run(["e2fsck", "-E", "journal_only", "-y", loop], ok=(0, 1))
+        root.mkdir(mode=0o700)
+        _run(["mount", "-t", "ext4", "-o", "ro,noload,nodev,nosuid,noexec", loop, str(root)])
+    except BaseException:
+        release(work)
+        raise
+    print(
+        f"vm_disk: {state.name}: disk copied in {took:.1f} s, partition {part.number} mounted",
+        file=sys.stderr,
+    )
+    return root
+
+
+def release(work: Path) -> None:
+    """Unmount, detach the loop device and delete the copy; safe to call on a partial snapshot."""
+    root, loop_file = work / "root", work / "loop"
+    if root.is_dir():
+        _run(["umount", str(root)], ok=(0, 32))  # 32: not mounted
+    if loop_file.exists():
+        _run(["losetup", "--detach", loop_file.read_text().strip()], ok=(0, 1))
+    for f in (work / "disk.raw", loop_file):
+        f.unlink(missing_ok=True)
+    if root.is_dir():
+        root.rmdir()
+    if work.is_dir():
+        work.rmdir()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ckms_lab.vm_disk", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("snapshot", help="copy the VM's disk and mount its root read-only; prints the root")
+    s.add_argument("state", type=Path, help="the VM host's state directory (holds qmp.sock, disk.qcow2)")
+    s.add_argument("work", type=Path, help="a new directory for the copy and the mount")
+    r = sub.add_parser("release", help="unmount and delete what snapshot made")
+    r.add_argument("work", type=Path)
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "snapshot":
+            print(snapshot(args.state, args.work))
+        else:
+            release(args.work)
+    except (VmDiskError, OSError) as exc:
+        print(f"vm_disk: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
