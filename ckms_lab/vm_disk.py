@@ -155,7 +155,12 @@ def copy_disk(state: Path, target: Path, timeout: float = BACKUP_TIMEOUT) -> flo
         job = f"ckms-view-{uuid.uuid4().hex[:8]}"
         start = time.monotonic()
         qmp.command(
-            "drive-backup", **{"job-id": job}, device=devices[0], target=str(target), format="raw", sync="full"
+            "drive-backup",
+            **{"job-id": job},
+            device=devices[0],
+            target=str(target),
+            format="raw",
+            sync="full",
         )
         done = qmp.wait_event("BLOCK_JOB_COMPLETED", start + timeout, device=job)
         if done["data"].get("error"):
