@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import fnmatch
 import json
 import os
 import sys
@@ -49,6 +48,7 @@ import yaml
 
 from hardening import levels, provenance, security_policy
 from hardening.attestations import AttestationError, is_procedural, load_attestations
+from hardening.baseline_scope import exclusion_for, host_kind
 from hardening.catalog import Control, load_catalog
 from hardening.coverage import Gap, coverage_gaps, implemented_checks
 
@@ -710,13 +710,12 @@ def load_openscap(directory: Path | None) -> list[dict[str, Any]]:
         counts = doc.get("counts", {})
         failing = [r["id"] for r in doc.get("rules", []) if r.get("result") in ("fail", "error", "unknown")]
         listed = exclusions.get(doc.get("profile")) or []
-        kind = {
-            rule: next((x["kind"] for x in listed if fnmatch.fnmatchcase(rule, x["rule"])), None)
-            for rule in failing
-        }
+        hosts_kind = host_kind(doc)
+        kind = {rule: (exclusion_for(rule, listed, hosts_kind) or {}).get("kind") for rule in failing}
         out.append(
             {
                 "host": doc.get("host"),
+                "host_kind": hosts_kind,
                 "profile": doc.get("profile"),
                 "evaluated_at": doc.get("end_time"),
                 "content": doc.get("content"),

@@ -2,7 +2,8 @@
 # make baseline: evaluate lab hosts against the public baseline (OpenSCAP, ANSSI BP-028 high, from the
 # ComplianceAsCode Debian 12 content) and write, per host and profile, into $OPENSCAP_OUT:
 #   <host>-<profile>.arf.xml  ARF results      <host>-<profile>.html  oscap's report
-#   <host>-<profile>.json     summary: counts, and per rule id, result, severity, title
+#   <host>-<profile>.json     summary: counts, and per rule id, result, severity, title; host_kind says
+#                             what was evaluated (container: a tree on the controller; vm: a VM's disk)
 # Usage: scripts/openscap-eval.sh [HOST...]   (default: every running host of the stack with role ca)
 #        scripts/openscap-eval.sh NAME=DIR     (a root file system tree, e.g. a scratch copy of a host)
 #        scripts/openscap-eval.sh NAME=vm:STATE (a running VM lab host, by its state directory)
@@ -78,8 +79,9 @@ Dir::Cache::srcpkgcache "";
 APT
 rc=0
 for t in "${targets[@]}"; do
-  name=${t%%$'\t'*} rootfs=${t#*$'\t'}
+  name=${t%%$'\t'*} rootfs=${t#*$'\t'} kind=container
   if [[ $rootfs == vm:* ]]; then
+    kind=vm
     view=$work/vm-$name views+=("$view")
     rootfs=$(cd "$repo" && "$py" -m ckms_lab.vm_disk snapshot "${rootfs#vm:}" "$view") ||
       { log "$name: no read-only view of the VM's disk"; rc=1; continue; }
@@ -103,7 +105,7 @@ for t in "${targets[@]}"; do
       log "$name $short: oscap exit $orc"; grep -v '^WARNING' "$work/oscap.err" >&2 || true; rc=1; continue
     fi
     "$py" "$repo/scripts/openscap-summary.py" "$base.arf.xml" "$base.json" \
-      --extra "host=$name" --extra "stack=$stack" --extra "lab=$lab" --extra "content=$ssg" \
+      --extra "host=$name" --extra "host_kind=$kind" --extra "stack=$stack" --extra "lab=$lab" --extra "content=$ssg" \
       --extra "datastream=$(basename "$ds")" --extra "duration_s=$secs" \
       --extra "oscap_version=$(oscap --version | head -1)"
     log "$name $short: $secs s -> $base.{json,html,arf.xml}"

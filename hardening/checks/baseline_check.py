@@ -38,6 +38,10 @@ import pytest
 import yaml
 from ckms_checks import REPO, inventory_vars
 
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from hardening.baseline_scope import exclusion_for, host_kind  # noqa: E402
+
 testinfra_hosts = ["ansible://ca"]
 
 PROFILE = "xccdf_org.ssgproject.content_profile_anssi_bp28_high"
@@ -68,8 +72,6 @@ def _local_lab_root(address: str | None) -> str | None:
     production-shaped one) both have a host named ca1."""
     if os.geteuid() != 0 or not address:
         return None
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     try:
         from ckms_lab import hosts
     except ImportError:
@@ -85,10 +87,6 @@ def _local_lab_root(address: str | None) -> str | None:
 def _exclusions() -> list[dict[str, str]]:
     doc = yaml.safe_load(EXCLUSIONS.read_text()) or {}
     return list((doc.get("profiles") or {}).get(PROFILE) or [])
-
-
-def _excluded_by(rule: str, exclusions: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return next((e for e in exclusions if fnmatch.fnmatchcase(rule, e["rule"])), None)
 
 
 def collected_items(arf: Path, objects: list[str]) -> list[str]:
@@ -221,8 +219,11 @@ def test_public_baseline_anssi(host, evidence):
     evidence.add(
         "evaluation of",
         {
-            k: summary.get(k)
-            for k in ("host", "profile", "content", "oscap_version", "start_time", "duration_s")
+            **{
+                k: summary.get(k)
+                for k in ("host", "profile", "content", "oscap_version", "start_time", "duration_s")
+            },
+            "host_kind": host_kind(summary),
         },
     )
     evaluated = counts.get("pass", 0) + sum(counts.get(r, 0) for r in FAILING)
@@ -230,13 +231,14 @@ def test_public_baseline_anssi(host, evidence):
         f"F.06 l: only {evaluated} rules of {len(rules)} were evaluated on {name}: the evaluation saw nothing"
     )
 
-    exclusions = _exclusions()
+    kind = host_kind(summary)
+    exclusions = [e for e in _exclusions() if not e.get("hosts") or kind in e["hosts"]]
     arf = summary_path.with_name(f"{name}-{SHORT}.arf.xml")
     failing, excluded = [], []
     for r in rules:
         if r["result"] not in FAILING:
             continue
-        why = _excluded_by(r["id"], exclusions)
+        why = exclusion_for(r["id"], exclusions, kind)
         if why and why.get("only_if_items"):
             holds, items = _still_excluded(why, arf)
             evidence.add(
