@@ -817,6 +817,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tcg-deadline", type=float, default=900.0)
     p.add_argument("--memory", type=int, default=2048, help="MiB")
     p.add_argument("--ssh-port", type=int, default=0)
+    p.add_argument("--image", type=Path, help="up: a disk other than build-vm-image.sh's (a candidate)")
     a = p.parse_args(argv)
     try:
         if a.cmd == "up":
@@ -827,6 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 accels=tuple(a.accel or ("kvm", "tcg")),
                 deadlines={"kvm": a.kvm_deadline, "tcg": a.tcg_deadline},
                 ssh_port=a.ssh_port,
+                **({"image": str(a.image)} if a.image else {}),
             )
             print(json.dumps(asdict(up(spec)), indent=2))
         elif a.cmd == "down":

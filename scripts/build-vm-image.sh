@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Build the lab's VM CA host disk (issue 18): the golden image's root filesystem plus Debian's signed
 # boot chain (shim -> grub -> kernel, all signed for UEFI Secure Boot with Microsoft's/Debian's keys)
-# as a GPT disk with an EFI system partition and an ext4 root, into the per-machine cache.
+# as a GPT disk laid out as a hardened server's would be, into the per-machine cache: an EFI system
+# partition, an ext4 root, and separate ext4 file systems for /boot, /usr, /opt, /home, /srv, /var,
+# /var/log, /var/log/audit and /var/tmp with the mount options of ANSSI BP-028 (R28; the public
+# baseline of F.06 l). The boot follows Debian's layout: the ESP's grub.cfg only finds the /boot file
+# system and loads /boot/grub/grub.cfg, which update-grub maintains from /etc/default/grub on the VM
+# (os_hardening's bootloader concern), so the kernel command line the baseline reads is the one booted.
 #
 # Why a VM at all: a container shares the build machine's kernel and sees no firmware, so kernel audit,
 # AppArmor enforcement, runtime sysctls and the secure boot state can only be checked at configuration
@@ -20,17 +25,32 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 NICE=(nice -n "${CKMS_NICE:-19}")
-ROOT_SIZE=${CKMS_VM_ROOT_SIZE:-4G}   # sparse; only used blocks take space
+ROOT_SIZE=${CKMS_VM_ROOT_SIZE:-1G}   # sparse, as are the others: only used blocks take space
+# name, mount point, size, mount options: ANSSI BP-028 R28 and the profile's mount_option_* rules. /var
+# keeps exec: dpkg runs the packages' maintainer scripts from /var/lib/dpkg/info (security updates,
+# F.06 l), so mount_option_var_noexec is a recorded deviation (hardening/baseline_exclusions.yml).
+PARTITIONS=(
+  "boot /boot 512M nodev,nosuid,noexec"
+  "usr /usr 3G nodev"
+  "opt /opt 1G nodev,nosuid"
+  "home /home 256M nodev,nosuid,noexec"
+  "srv /srv 64M nodev,nosuid,noexec"
+  "var /var 2G nodev,nosuid"
+  "var-log /var/log 1G nodev,nosuid,noexec"
+  "var-log-audit /var/log/audit 1G nodev,nosuid,noexec"
+  "var-tmp /var/tmp 256M nodev,nosuid,noexec"
+)
 ESP_MIB=128
 KERNEL_PKG=linux-image-cloud-amd64   # from linux-signed-amd64: the Debian-signed build (checked below)
 BOOT_PACKAGES=(shim-signed grub-efi-amd64-signed mokutil "$KERNEL_PKG" initramfs-tools)
 HOST_PACKAGES=(qemu-system-x86 qemu-utils ovmf mtools dosfstools gdisk sbsigntool e2fsprogs)
 # The VM's kernel command line: AppArmor and audit on from the first instruction; serial console for
 # the boot log; a large audit backlog so early boot events are not lost.
-CMDLINE="rw console=ttyS0,115200 apparmor=1 security=apparmor audit=1 audit_backlog_limit=8192"
+# The first boot's; once the bootloader concern ran, /etc/default/grub (through update-grub) decides.
+CMDLINE="console=ttyS0,115200 apparmor=1 security=apparmor audit=1 audit_backlog_limit=8192"
 
 cache=${CKMS_TOOL_CACHE:-$HOME/.cache/ckms}
-dir=$cache/lab/vm-bookworm
+dir=${CKMS_VM_IMAGE_DIR:-$cache/lab/vm-bookworm}   # another directory: a candidate beside a running lab
 disk=$dir/disk.qcow2
 stamp=$dir/.build-stamp
 log() { echo "build-vm-image: $*" >&2; }
@@ -98,17 +118,57 @@ kernel_signer=$(signers "$vmlinuz")
 log "signers: shim [$shim_signer] grub [$grub_signer] kernel [$kernel_signer]"
 case "$shim_signer" in *Microsoft*) ;; *) log "shim is not signed by Microsoft's UEFI CA"; exit 1 ;; esac
 case "$grub_signer$kernel_signer" in *Debian*Debian*) ;; *) log "grub or the kernel lacks Debian's signature"; exit 1 ;; esac
+# The ESP gets these after /usr has become a file system of its own: keep copies outside the tree.
+mkdir -p "$work/efi"
+for f in "$shim" "$grub" "$mokmanager"; do [ -f "$f" ] && cp "$f" "$work/efi/"; done
+shim=$work/efi/$(basename "$shim") grub=$work/efi/$(basename "$grub") mokmanager=$work/efi/$(basename "$mokmanager")
 
 root_uuid=$(cat /proc/sys/kernel/random/uuid)
 esp_serial=$(printf '%04X-%04X' $((RANDOM)) $((RANDOM)))
+declare -A part_uuid
+for p in "${PARTITIONS[@]}"; do
+  read -r name _ <<<"$p"
+  part_uuid[$name]=$(cat /proc/sys/kernel/random/uuid)
+done
+boot_uuid=${part_uuid[boot]}
 
-log "configuring the VM copy (fstab, seed unit, boot log)"
-cat >"$rootfs/etc/fstab" <<EOF
-# ckms lab VM CA host (scripts/build-vm-image.sh)
-UUID=$root_uuid  /          ext4  errors=remount-ro        0 1
-UUID=$esp_serial  /boot/efi  vfat  umask=0077,nofail         0 2
-EOF
-mkdir -p "$rootfs/boot/efi"
+log "configuring the VM copy (fstab, bootloader configuration, seed unit, boot log)"
+{
+  echo "# ckms lab VM CA host (scripts/build-vm-image.sh): ANSSI BP-028 R28 partitions"
+  echo "UUID=$root_uuid  /  ext4  errors=remount-ro  0 1"
+  for p in "${PARTITIONS[@]}"; do
+    read -r name mnt _ opts <<<"$p"
+    echo "UUID=${part_uuid[$name]}  $mnt  ext4  $opts  0 2"
+  done
+  echo "UUID=$esp_serial  /boot/efi  vfat  umask=0077,nodev,nosuid,noexec,nofail  0 2"
+} >"$rootfs/etc/fstab"
+mkdir -p "$rootfs/boot/efi" "$rootfs/boot/grub"
+# /etc/default/grub as Debian's grub packages would leave it (the template grub2-common ships), with
+# this VM's serial console and first command line; update-grub on the VM regenerates grub.cfg from it.
+template=$rootfs/usr/share/grub/default/grub
+[ -f "$template" ] || { log "grub2-common's /etc/default/grub template missing"; exit 1; }
+sed -e 's|^GRUB_CMDLINE_LINUX_DEFAULT=.*|GRUB_CMDLINE_LINUX_DEFAULT=""|' \
+    -e "s|^GRUB_CMDLINE_LINUX=.*|GRUB_CMDLINE_LINUX=\"$CMDLINE\"|" \
+    -e 's|^GRUB_TIMEOUT=.*|GRUB_TIMEOUT=1|' \
+    -e 's|^#GRUB_TERMINAL=.*|GRUB_TERMINAL="serial console"\nGRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"|' \
+    "$template" >"$rootfs/etc/default/grub"
+grep -q '^GRUB_SERIAL_COMMAND=' "$rootfs/etc/default/grub" || { log "/etc/default/grub: no serial console set"; exit 1; }
+# The first /boot/grub/grub.cfg, written here because grub-mkconfig cannot probe devices in a chroot; the
+# first update-grub on the VM replaces it.
+cat >"$rootfs/boot/grub/grub.cfg" <<GRUBCFG
+# ckms lab VM CA host: first boot configuration (scripts/build-vm-image.sh); update-grub replaces it.
+set default=0
+set timeout=1
+serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+menuentry 'Debian GNU/Linux (ckms lab VM, $kver)' --unrestricted {
+  search --no-floppy --fs-uuid --set=root $boot_uuid
+  linux /vmlinuz-$kver root=UUID=$root_uuid ro $CMDLINE
+  initrd /initrd.img-$kver
+}
+GRUBCFG
+chmod 0600 "$rootfs/boot/grub/grub.cfg"
 # A VM is no container: the lab-only "skip in a container" drop-ins stay (their condition is true
 # here), so auditd and remount-fs run as on a real server.
 # First boot identity from a seed disk (label CKMSSEED), as cloud-init's NoCloud would: the
@@ -151,25 +211,38 @@ chroot "$rootfs" systemctl mask systemd-firstboot.service >/dev/null 2>&1
 # Persistent journal: the boot can be read after the VM is gone (console log has the rest).
 mkdir -p "$rootfs/var/log/journal"
 
-log "root filesystem image (ext4 from the directory, $ROOT_SIZE sparse)"
-rm -f "$work/root.img"
-truncate -s "$ROOT_SIZE" "$work/root.img"
-# GRUB 2.06 reads this ext4: keep to bookworm's default feature set (no metadata_csum_seed).
-"${NICE[@]}" mkfs.ext4 -q -F -L ckms-root -U "$root_uuid" -E nodiscard -d "$rootfs" "$work/root.img"
-
-log "EFI system partition (shim as BOOTX64.EFI, signed grub, grub.cfg)"
-cat >"$work/grub.cfg" <<EOF
-# ckms lab VM CA host: Debian's signed grub loads the Debian-signed kernel (shim verifies both).
-set default=0
-set timeout=1
-serial --unit=0 --speed=115200
-terminal_input serial console
-terminal_output serial console
-menuentry 'Debian GNU/Linux (ckms lab VM, $kver)' {
-  search --no-floppy --fs-uuid --set=root $root_uuid
-  linux /boot/vmlinuz-$kver root=UUID=$root_uuid $CMDLINE
-  initrd /boot/initrd.img-$kver
+# One ext4 per file system, each from its own directory: the deepest mount points are moved out of the
+# tree first (/var/log/audit before /var/log before /var), each leaving an empty mount point behind.
+# GRUB 2.06 reads /boot: keep to bookworm's default feature set (no metadata_csum_seed).
+mkdir -p "$work/parts"
+mapfile -t by_depth < <(printf '%s\n' "${PARTITIONS[@]}" |
+  awk '{ n = gsub("/", "/", $2); print n, $0 }' | sort -rn | cut -d' ' -f2-)
+for p in "${by_depth[@]}"; do
+  read -r name mnt _ <<<"$p"
+  mkdir -p "$rootfs$mnt"
+  mv "$rootfs$mnt" "$work/parts/$name"
+  mkdir "$rootfs$mnt"
+  chmod --reference="$work/parts/$name" "$rootfs$mnt"
+done
+log "file system images (ext4 from directories, sparse): / $ROOT_SIZE, then ${PARTITIONS[*]}"
+make_ext4() {  # label uuid size dir image
+  rm -f "$5"
+  truncate -s "$3" "$5"
+  "${NICE[@]}" mkfs.ext4 -q -F -L "$1" -U "$2" -E nodiscard -d "$4" "$5"
 }
+make_ext4 ckms-root "$root_uuid" "$ROOT_SIZE" "$rootfs" "$work/root.img"
+for p in "${PARTITIONS[@]}"; do
+  read -r name _ size _ <<<"$p"
+  make_ext4 "ckms-$name" "${part_uuid[$name]}" "$size" "$work/parts/$name" "$work/$name.img"
+done
+
+log "EFI system partition (shim as BOOTX64.EFI, signed grub, the grub.cfg that finds /boot)"
+# As grub-install writes it on Debian: find the /boot file system, load its grub/grub.cfg. Debian's
+# signed grub loads the Debian-signed kernel that configuration names (shim verifies both).
+cat >"$work/grub.cfg" <<EOF
+search.fs_uuid $boot_uuid root
+set prefix=(\$root)'/grub'
+configfile \$prefix/grub.cfg
 EOF
 rm -f "$work/esp.img"
 mkfs.vfat -C -F 32 -n CKMS-ESP -i "${esp_serial/-/}" "$work/esp.img" $((ESP_MIB * 1024)) >/dev/null
@@ -184,24 +257,36 @@ mcopy -i "$work/esp.img" "$grub" ::/EFI/BOOT/grubx64.efi
 mcopy -i "$work/esp.img" "$work/grub.cfg" ::/EFI/debian/grub.cfg
 mcopy -i "$work/esp.img" "$work/grub.cfg" ::/EFI/BOOT/grub.cfg
 
-log "GPT disk (ESP + Linux x86-64 root), partitions placed with dd"
-root_bytes=$(stat -c %s "$work/root.img")
-esp_start=2048                                   # sectors of 512 bytes: 1 MiB alignment
-esp_sectors=$((ESP_MIB * 2048))
-root_start=$((esp_start + esp_sectors))
-root_sectors=$((root_bytes / 512))
-total_sectors=$((root_start + root_sectors + 2048))  # room for the backup GPT
+log "GPT disk (ESP, Linux x86-64 root, then one partition per file system), partitions placed with dd"
+# image, GPT type, GPT name: the root keeps type 8304 and name ckms-root (ckms_lab/vm_disk.py finds it so).
+layout=("$work/esp.img ef00 EFI" "$work/root.img 8304 ckms-root")
+for p in "${PARTITIONS[@]}"; do
+  read -r name _ <<<"$p"
+  layout+=("$work/$name.img 8300 ckms-$name")
+done
+sg_args=()
+next=2048                                        # sectors of 512 bytes: 1 MiB alignment
+declare -a starts
+for i in "${!layout[@]}"; do
+  read -r img type pname <<<"${layout[$i]}"
+  sectors=$(($(stat -c %s "$img") / 512))
+  starts[$i]=$next
+  sg_args+=(-n "$((i + 1)):$next:$((next + sectors - 1))" -t "$((i + 1)):$type" -c "$((i + 1)):$pname")
+  next=$((next + sectors))
+done
+total_sectors=$((next + 2048))                   # room for the backup GPT
 raw=$work/disk.raw
 rm -f "$raw"
 truncate -s $((total_sectors * 512)) "$raw"
 # Absolute end sectors, and no -q: with `-q` and `+N` sizes sgdisk exited 0 here without writing a table.
-sgdisk -o \
-  -n "1:$esp_start:$((root_start - 1))" -t 1:ef00 -c 1:EFI \
-  -n "2:$root_start:$((root_start + root_sectors - 1))" -t 2:8304 -c 2:ckms-root \
-  "$raw" >"$work/sgdisk.log" 2>&1 || { cat "$work/sgdisk.log" >&2; log "sgdisk failed"; exit 1; }
-dd if="$work/esp.img" of="$raw" bs=1M seek=$((esp_start / 2048)) conv=notrunc,sparse status=none
-dd if="$work/root.img" of="$raw" bs=1M seek=$((root_start / 2048)) conv=notrunc,sparse status=none
-[ "$(sgdisk -p "$raw" | grep -cE '^ +[12] ')" = 2 ] || { sgdisk -p "$raw" >&2; log "the GPT lacks its two partitions"; exit 1; }
+sgdisk -o "${sg_args[@]}" "$raw" >"$work/sgdisk.log" 2>&1 ||
+  { cat "$work/sgdisk.log" >&2; log "sgdisk failed"; exit 1; }
+for i in "${!layout[@]}"; do
+  read -r img _ <<<"${layout[$i]}"
+  dd if="$img" of="$raw" bs=1M seek=$((starts[i] / 2048)) conv=notrunc,sparse status=none
+done
+[ "$(sgdisk -p "$raw" | grep -cE '^ +[0-9]+ ')" = "${#layout[@]}" ] ||
+  { sgdisk -p "$raw" >&2; log "the GPT lacks some of its ${#layout[@]} partitions"; exit 1; }
 sgdisk -v "$raw" >/dev/null || { log "sgdisk -v reports a broken GPT"; exit 1; }
 
 log "converting to qcow2"
@@ -213,8 +298,10 @@ cat >"$dir/vm.json" <<EOF
   "kernel": "$kver",
   "kernel_package": "$kpkg",
   "kernel_source": "$ksource",
-  "cmdline": "root=UUID=$root_uuid $CMDLINE",
+  "cmdline": "root=UUID=$root_uuid ro $CMDLINE",
   "root_uuid": "$root_uuid",
+  "boot_uuid": "$boot_uuid",
+  "partitions": "$(printf '%s;' "${PARTITIONS[@]}")",
   "esp_serial": "$esp_serial",
   "signers": {"shim": "$shim_signer", "grub": "$grub_signer", "kernel": "$kernel_signer"},
   "golden_stamp": "$golden_stamp"

@@ -14,8 +14,8 @@
 # How: nothing is installed on the host. Its root file system (the overlay the lab mounts on the
 # controller) is bind-mounted read-only in a private mount namespace and evaluated with oscap-chroot.
 # A VM host (make lab LAB_CA=vm) has no tree on the controller: its QEMU copies the disk as it is at that
-# moment, and the copy's root partition is mounted read-only for the evaluation, then deleted
-# (ckms_lab/vm_disk.py).
+# moment, the copy's file systems are mounted read-only where the VM mounts them (hence --rbind), with
+# the VM's mount table in proc/mounts for the partition rules, and deleted afterwards (ckms_lab/vm_disk.py).
 # Read-only matters: oscap's dpkginfo probe (libapt) otherwise writes package caches into the target,
 # and libapt reads the target's dpkg database only with RootDir pointing at that tree (a bind of
 # /proc/<pid>/root from another mount namespace shows the controller's tree instead).
@@ -93,7 +93,7 @@ for t in "${targets[@]}"; do
     start=$(date +%s%N)
     set +e
     APT_CONFIG="$work/apt.conf" unshare -m --propagation private sh -c '
-      mount --bind "$1" "$2" && mount -o remount,bind,ro "$2" || exit 1
+      mount --rbind "$1" "$2" && mount -o remount,bind,ro "$2" || exit 1
       shift 2
       exec oscap-chroot "$@"' sh "$rootfs" "$work/root" "$work/root" xccdf eval --profile "$profile" \
       --results-arf "$base.arf.xml" --report "$base.html" "$ds" >"$work/oscap.out" 2>"$work/oscap.err" </dev/null

@@ -71,3 +71,26 @@ def test_snapshot_refuses_a_directory_that_is_not_a_running_vm(tmp_path: Path) -
     with pytest.raises(vm_disk.VmDiskError, match="no qmp.sock"):
         vm_disk.snapshot(tmp_path, work)
     assert not work.exists()
+
+
+def test_fstab_entries_are_local_and_parents_first() -> None:
+    fstab = """# ckms lab VM
+UUID=r  /  ext4  errors=remount-ro  0 1
+UUID=a  /var/log/audit  ext4  nodev,nosuid,noexec  0 2
+UUID=v  /var  ext4  nodev,nosuid  0 2
+UUID=l  /var/log  ext4  nodev,nosuid,noexec  0 2
+UUID=E1-2  /boot/efi  vfat  umask=0077,nofail  0 2
+UUID=b  /boot  ext4  nodev  0 2
+tmpfs  /tmp  tmpfs  nosuid  0 0
+UUID=s  none  swap  sw  0 0
+server:/x  /srv/nfs  nfs  ro  0 0
+"""
+    entries = vm_disk.fstab_entries(fstab)
+    assert [e.mount_point for e in entries] == ["/boot", "/var", "/boot/efi", "/var/log", "/var/log/audit"]
+    assert entries[2] == vm_disk.FstabEntry("UUID=E1-2", "/boot/efi", "vfat", "umask=0077,nofail")
+
+
+def test_vfat_modes_follow_the_mount_options() -> None:
+    assert vm_disk.vfat_modes("umask=0077,nofail") == (0o700, 0o700)
+    assert vm_disk.vfat_modes("defaults") == (0o755, 0o755)
+    assert vm_disk.vfat_modes("fmask=0177,dmask=0077") == (0o600, 0o700)
