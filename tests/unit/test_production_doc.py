@@ -61,7 +61,8 @@ INVENTORY_MODEL = {
     "ckms_addresses": "roles",  # per host: address on each segment
     "ckms_role": "roles",  # per host: its endpoint name in the flows
     "ckms_segments": "hardening/checks",  # the segments (the router check reads the vpn segment)
-    "vault_hsm_client_user_pin": "roles",  # the vault's one secret, default of hsm_client_user_pin
+    "vault_hsm_client_user_pin": "roles",  # the vault's secret, default of hsm_client_user_pin
+    "vault_os_hardening_bootloader_password_hash": "roles",  # default of os_hardening_bootloader_password_hash
     "ckms_automation": "roles",  # not a variable: the auditd key of the automation account's sudo use
     "ckms_hsm_cmvp_certificate": "hardening",  # declared HSM validation, recorded by the system inventory
 }
