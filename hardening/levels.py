@@ -36,6 +36,7 @@ RUNTIME_CHECKS: frozenset[str] = frozenset(
         "check:E.32.secure_boot_enabled",
         "check:F.06.i.usb_storage_disabled",
         "check:F.06.k.apparmor_enforcing",
+        "check:F.06.l.kernel_cmdline_hardened",
         "check:F.06.l.kernel_sysctls",
         "check:F.07.secure_boot_enabled",
         "check:F.12.auditd_watches_identity_and_config",

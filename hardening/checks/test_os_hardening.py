@@ -755,6 +755,97 @@ def test_kernel_sysctls(host, evidence):
     assert not problems, f"F.06 l: {problems}"
 
 
+# The bootloader concern (roles/os_hardening/tasks/bootloader.yml): where GRUB is managed by update-grub, the kernel
+# command line carries the public baseline's hardening arguments and a GRUB superuser guards editing the entries.
+BOOTLOADER_RECORD = "/var/lib/ckms-hardening/bootloader.json"
+
+
+def _bootloader_wanted(host) -> list[str]:
+    """The arguments the role puts on the command line, in its order: the site's (without those named like a
+    hardening argument), then the hardening ones; each once."""
+    hard = list(policy(host, "os_hardening_bootloader_cmdline") or [])
+    extra = list(policy(host, "os_hardening_bootloader_cmdline_extra") or [])
+    keys = {a.split("=", 1)[0] for a in hard}
+    wanted: list[str] = []
+    for arg in [*extra, *hard]:
+        if (arg in hard or arg.split("=", 1)[0] not in keys) and arg not in wanted:
+            wanted.append(arg)
+    return wanted
+
+
+def _bootloader_record(host) -> dict:
+    f = host.file(BOOTLOADER_RECORD)
+    return json.loads(f.content_string) if f.exists else {}
+
+
+def _default_grub_value(text: str, name: str) -> str | None:
+    """The value of the last ``name=`` assignment of /etc/default/grub (the one the shell keeps), unquoted."""
+    values = re.findall(rf"^\s*{name}=(.*)$", text, re.M)
+    if not values:
+        return None
+    value = values[-1].strip()
+    return value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "\"'" else value
+
+
+def _names(args: list[str]) -> set[str]:
+    return {a.split("=", 1)[0] for a in args}
+
+
+def _bootloader_not_applicable_in_container(host, evidence, what: str) -> None:
+    """A lab container: no bootloader, the build machine's kernel. The record must say the concern did not apply."""
+    record = _bootloader_record(host)
+    evidence.add("bootloader record", record or "missing")
+    evidence.add(
+        "verification level (bootloader)",
+        f"configuration: a lab container has no bootloader and runs the build machine's kernel, so {what} is "
+        "not this host's; the role's record states the concern as not applicable",
+    )
+    evidence.limit(f"{what}: not observable in a lab container (no bootloader of its own)")
+    assert record, f"no {BOOTLOADER_RECORD}: the bootloader concern of os_hardening did not run"
+    assert record.get("applicable") is False and record.get("reason"), (
+        f"the bootloader record of a container does not say why the concern does not apply: {record}"
+    )
+
+
+@pytest.mark.check("check:F.06.l.kernel_cmdline_hardened")
+def test_kernel_cmdline_hardened(host, evidence):
+    """The running kernel's command line (/proc/cmdline) has every hardening argument of the public baseline and
+    none of the forbidden ones (nosmap, nosmep), and /etc/default/grub, which the baseline's OVAL reads, has them."""
+    wanted = _bootloader_wanted(host)
+    absent = set(policy(host, "os_hardening_bootloader_cmdline_absent") or [])
+    evidence.add("wanted arguments", wanted)
+    evidence.add("arguments that must be absent", sorted(absent))
+    if in_container(host):
+        _bootloader_not_applicable_in_container(host, evidence, "the kernel command line")
+        return
+    running = host.file("/proc/cmdline").content_string.split()
+    evidence.add("/proc/cmdline", " ".join(running))
+    record = _bootloader_record(host)
+    evidence.add("bootloader record", record or "missing")
+    default = host.file("/etc/default/grub")
+    text = default.content_string if default.exists else ""
+    linux = (_default_grub_value(text, "GRUB_CMDLINE_LINUX") or "").split()
+    linux_default = (_default_grub_value(text, "GRUB_CMDLINE_LINUX_DEFAULT") or "").split()
+    evidence.add(
+        "/etc/default/grub GRUB_CMDLINE_LINUX", " ".join(linux) if default.exists else "no /etc/default/grub"
+    )
+    evidence.add("/etc/default/grub GRUB_CMDLINE_LINUX_DEFAULT", " ".join(linux_default))
+    problems = [f"the running kernel lacks {a}" for a in wanted if a not in running]
+    problems += [f"the running kernel has {a}" for a in sorted(_names(running) & absent)]
+    if not default.exists:
+        problems.append(
+            "no /etc/default/grub (the bootloader concern did not apply: " + str(record.get("reason")) + ")"
+        )
+    else:
+        problems += [f"GRUB_CMDLINE_LINUX lacks {a}" for a in wanted if a not in linux]
+        problems += [f"/etc/default/grub has {a}" for a in sorted(_names(linux + linux_default) & absent)]
+    if record.get("reboot", "").startswith("pending") and any("running kernel" in p for p in problems):
+        problems.append(
+            "a reboot is pending (/var/run/reboot-required): the new command line takes effect at the next boot"
+        )
+    assert not problems, f"F.06 l: {problems}"
+
+
 @pytest.mark.check("check:F.06.l.security_updates_configured")
 def test_security_updates_configured(host, evidence):
     """Unattended security updates that would actually run: the settings, the package, an apt source for the
@@ -865,6 +956,73 @@ def test_secure_boot_enabled(host, evidence):
     evidence.add("SecureBoot efivar", raw)
     evidence.add("mokutil --sb-state", mok or "mokutil not installed")
     assert raw and raw[-1] == "1", "F.07: secure boot is not enabled"
+
+
+_GRUB_ITEM = re.compile(r"^(menuentry|submenu)\s+'((?:[^'\\]|\\.)*)'(.*)\{\s*$")
+
+
+def _default_entry(cfg: str, grubenv: str) -> tuple[str, str]:
+    """(``set default`` as GRUB will use it, the top-level entry line it names, or why there is none)."""
+    defaults = re.findall(r'^\s*set default="([^"]*)"', cfg, re.M)
+    fixed = [d for d in defaults if not d.startswith("${")]
+    if fixed:
+        default = fixed[-1]
+    elif "${saved_entry}" in defaults:
+        saved = re.search(r"^saved_entry=(.*)$", grubenv, re.M)
+        default = saved.group(1).strip() if saved and saved.group(1).strip() else "0"
+    else:
+        default = "0"
+    items = [line for line in cfg.splitlines() if _GRUB_ITEM.match(line)]  # top level: not indented
+    if default.isdigit():
+        index = int(default)
+        return default, items[index] if index < len(items) else f"no entry {index} at the top level"
+    for line in items:
+        m = _GRUB_ITEM.match(line)
+        ids = re.findall(r"\$menuentry_id_option\s+'([^']*)'", line)
+        if m and (m.group(2) == default or default in ids):
+            return default, line
+    return (
+        default,
+        f"no top-level entry named {default!r} (an entry inside a submenu: the restricted submenu asks for the password)",
+    )
+
+
+@pytest.mark.check("check:F.07.bootloader_password")
+def test_bootloader_password(host, evidence):
+    """Where GRUB is managed by update-grub: grub.cfg names a superuser with a PBKDF2 password (the public
+    baseline's grub2_password) and is 0600 root:root; the default entry boots without the password (the CA server
+    comes back by itself after a power cut, F.52) and no recovery entry does."""
+    if in_container(host):
+        _bootloader_not_applicable_in_container(host, evidence, "the bootloader")
+        return
+    record = _bootloader_record(host)
+    evidence.add("bootloader record", record or "missing")
+    cfg_file = host.file("/boot/grub/grub.cfg")
+    assert cfg_file.exists, f"F.07: no /boot/grub/grub.cfg ({record.get('reason') or 'no bootloader record'})"
+    cfg = cfg_file.content_string
+    evidence.add("grub.cfg mode, owner", f"{cfg_file.mode:04o} {cfg_file.user}:{cfg_file.group}")
+    superusers = re.findall(r'^\s*set\s+superusers=("?)([a-zA-Z_]+)\1\s*$', cfg, re.M)
+    passwords = re.findall(r"^\s*password_pbkdf2\s+(\S+)\s+grub\.pbkdf2\.sha512\.\S+\s*$", cfg, re.M)
+    evidence.add("superusers", [u for _, u in superusers])
+    evidence.add("users with a password_pbkdf2", passwords)  # names only, never the hashes
+    grubenv = host.file("/boot/grub/grubenv")
+    default, entry = _default_entry(cfg, grubenv.content_string if grubenv.exists else "")
+    evidence.add("default entry", {"set default": default, "entry": entry})
+    recovery = [ln.strip() for ln in cfg.splitlines() if re.match(r"\s*menuentry\s.*recovery mode", ln)]
+    evidence.add("recovery entries", recovery or "none")
+    problems = []
+    if not superusers:
+        problems.append("grub.cfg sets no superuser (set superusers=, letters and _ only)")
+    elif not set(passwords) & {u for _, u in superusers}:
+        problems.append("no superuser has a password_pbkdf2 line")
+    if cfg_file.mode & 0o177 or (cfg_file.user, cfg_file.group) != ("root", "root"):
+        problems.append(
+            f"grub.cfg is {cfg_file.mode:04o} {cfg_file.user}:{cfg_file.group}, want 0600 root:root"
+        )
+    if not entry.startswith("menuentry ") or " --unrestricted " not in entry:
+        problems.append(f"the default entry ({default}) does not boot without the password: {entry[:200]}")
+    problems += [f"an unrestricted recovery entry: {r[:120]}" for r in recovery if " --unrestricted " in r]
+    assert not problems, f"F.07: {problems}"
 
 
 # ------------------------------------------------------------------------------------- A.27 / A.30
