@@ -6,9 +6,10 @@
 #                                       (the first backup restored and proven: F.49, F.57), drills, report
 #
 # Lab secrets are per machine and never committed: the Ansible Vault password is generated into the tool
-# cache ($CKMS_TOOL_CACHE/ansible/vault-pass); the vault file with the token's user PIN and the backup
-# recipient key pair are generated once per stack (the vault into the generated inventory's group_vars,
-# the recipient key into the tool cache, where the custodians of a real CA would keep it offline).
+# cache ($CKMS_TOOL_CACHE/ansible/vault-pass); the vault file with the token's user PIN and the GRUB superuser's
+# password hash, and the backup recipient key pair are generated once per stack (the vault into the generated
+# inventory's group_vars, the GRUB password and the recipient key into the tool cache, where the custodians of a
+# real CA would keep them offline).
 # Env: CKMS_LAB_STACK (default lab), CKMS_TOOL_CACHE, CKMS_SKIP_TAGS (ansible --skip-tags, e.g. harden,perimeter
 # while those roles are being developed), CKMS_REPORT_STRICT=1 (make lab fails when a check fails),
 # CKMS_LAB_DRILLS=0 (--all without the drills of docs/drills.md; their checks are then "not run" in the report),
@@ -38,9 +39,10 @@ secrets() {
        -out "$keydir/backup-recipient.pem" 2>/dev/null)
   fi
   mkdir -p "$gen/group_vars/ca" "$gen/group_vars/all"
-  # The vault holds the token's user PIN only. The SO PIN is drawn on the CA host at token initialisation
-  # and split among the three custodians at the key ceremony (E.22); their shares and passphrases land in
-  # $keydir/custodians/<name>/ (0700, files 0600). A vault of an earlier lab that still has an SO PIN loses it.
+  # The vault holds the token's user PIN and, below, the GRUB password's hash. The SO PIN is drawn on the CA host at
+  # token initialisation and split among the three custodians at the key ceremony (E.22); their shares and
+  # passphrases land in $keydir/custodians/<name>/ (0700, files 0600). A vault of an earlier lab that still has an SO
+  # PIN loses it.
   local vault=$gen/group_vars/ca/vault.yml
   if [ -s "$vault" ] && ansible-vault view "$vault" | grep -q '^vault_hsm_client_so_pin:'; then
     (umask 077; ansible-vault view "$vault" | grep -v '^vault_hsm_client_so_pin:' >"$vault.plain")
@@ -54,6 +56,19 @@ print("---\n# Token user PIN of the lab CA (hsm_client). Generated per lab; encr
 print(f"vault_hsm_client_user_pin: {secrets.token_urlsafe(24)}")
 PY
     )
+    ansible-vault encrypt --output "$vault" "$vault.plain" >/dev/null
+    rm -f "$vault.plain"
+  fi
+  # The GRUB superuser's password (os_hardening's bootloader concern, F.07): random per lab, kept only in
+  # $keydir/bootloader-password (0600); the vault holds its hash as grub-mkpasswd-pbkdf2 prints it
+  # (scripts/grub-pbkdf2.py; os_hardening reads vault_os_hardening_bootloader_password_hash). A vault of an earlier
+  # lab without the hash gets it; a password file that is gone is made anew and its hash replaces the old one.
+  local bootpw=$keydir/bootloader-password boothash
+  if [ ! -s "$bootpw" ] || ! ansible-vault view "$vault" | grep -q '^vault_os_hardening_bootloader_password_hash:'; then
+    boothash=$("$venv/bin/python" "$repo/scripts/grub-pbkdf2.py" --new-password "$bootpw")
+    (umask 077
+     ansible-vault view "$vault" | grep -v '^vault_os_hardening_bootloader_password_hash:' >"$vault.plain"
+     printf 'vault_os_hardening_bootloader_password_hash: %s\n' "$boothash" >>"$vault.plain")
     ansible-vault encrypt --output "$vault" "$vault.plain" >/dev/null
     rm -f "$vault.plain"
   fi
