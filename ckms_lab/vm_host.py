@@ -271,15 +271,14 @@ def provision_script(spec: VmSpec, authorized_key: str) -> str:
     if "\n" in key or "'" in key:
         raise LabError("the authorized key must be one line without quotes")
     units = "".join(
-        f"cat >/etc/systemd/network/{fname} <<'EOF'\n{text}EOF\n"
-        for fname, text in network_units(spec).items()
+        f"cat >\"$new/{fname}\" <<'EOF'\n{text}EOF\n" for fname, text in network_units(spec).items()
     )
     # Lab NICs get the names an nspawn host's have (mgmt0, eth0, ...): renamed by MAC now, before
     # networkd starts, and by a .link file on later boots.
     for nic in spec.nics:
         mac = spec.nic_mac(nic)
         units += (
-            f"cat >/etc/systemd/network/10-ckms-{nic.ifname}.link <<'EOF'\n"
+            f"cat >\"$new/10-ckms-{nic.ifname}.link\" <<'EOF'\n"
             f"[Match]\nMACAddress={mac}\n\n[Link]\nName={nic.ifname}\nEOF\n"
             f"for d in /sys/class/net/*; do\n"
             f'  if [ "$(cat "$d/address")" = {mac} ] && [ "${{d##*/}}" != {nic.ifname} ]; then\n'
@@ -289,16 +288,28 @@ def provision_script(spec: VmSpec, authorized_key: str) -> str:
         )
     return f"""#!/bin/sh
 # ckms lab VM {spec.lab}/{spec.name}: identity from the seed disk (written by ckms_lab.vm_host).
+# A file is replaced only when its content differs, so a reboot changes nothing the integrity baseline
+# (AIDE, F.11 b) watches in /etc.
 set -eu
 seed=$1
-echo {spec.name} >/etc/hostname
+new=$(mktemp -d)
+trap 'rm -rf "$new"' EXIT
+put() {{  # put MODE SOURCE DEST
+  if ! cmp -s "$2" "$3"; then install -m "$1" "$2" "$3"; fi
+}}
+echo {spec.name} >"$new/hostname"
+put 0644 "$new/hostname" /etc/hostname
 hostname {spec.name}
-printf '127.0.0.1 localhost\\n127.0.1.1 {spec.name}\\n::1 localhost ip6-localhost ip6-loopback\\n' >/etc/hosts
-rm -f /etc/ssh/ssh_host_*
-install -m 0600 "$seed/ssh_host_ed25519_key" /etc/ssh/ssh_host_ed25519_key
-install -m 0644 "$seed/ssh_host_ed25519_key.pub" /etc/ssh/ssh_host_ed25519_key.pub
+printf '127.0.0.1 localhost\\n127.0.1.1 {spec.name}\\n::1 localhost ip6-localhost ip6-loopback\\n' >"$new/hosts"
+put 0644 "$new/hosts" /etc/hosts
+for k in /etc/ssh/ssh_host_*; do
+  case $k in /etc/ssh/ssh_host_ed25519_key|/etc/ssh/ssh_host_ed25519_key.pub) ;; *) rm -f "$k" ;; esac
+done
+put 0600 "$seed/ssh_host_ed25519_key" /etc/ssh/ssh_host_ed25519_key
+put 0644 "$seed/ssh_host_ed25519_key.pub" /etc/ssh/ssh_host_ed25519_key.pub
 mkdir -p /etc/ssh/sshd_config.d
-echo 'HostKey /etc/ssh/ssh_host_ed25519_key' >/etc/ssh/sshd_config.d/00-ckms-lab.conf
+echo 'HostKey /etc/ssh/ssh_host_ed25519_key' >"$new/00-ckms-lab.conf"
+put 0644 "$new/00-ckms-lab.conf" /etc/ssh/sshd_config.d/00-ckms-lab.conf
 if ! getent passwd {AUTOMATION_USER} >/dev/null; then
   groupadd --system --gid {AUTOMATION_UID} {AUTOMATION_USER}
   useradd --system --uid {AUTOMATION_UID} --gid {AUTOMATION_UID} --home-dir {AUTOMATION_HOME} \\
@@ -314,8 +325,13 @@ if ! getent passwd {AUTOMATION_USER} >/dev/null; then
   chmod 0440 /{AUTOMATION_SUDOERS}
   rm -f /root/.ssh/authorized_keys
 fi
-rm -f /etc/systemd/network/10-ckms-*.network /etc/systemd/network/10-ckms-*.link
-{units}"""
+{units}for f in /etc/systemd/network/10-ckms-*.network /etc/systemd/network/10-ckms-*.link; do
+  if [ -e "$f" ] && [ ! -e "$new/${{f##*/}}" ]; then rm -f "$f"; fi
+done
+for f in "$new"/10-ckms-*; do
+  if [ -e "$f" ]; then put 0644 "$f" "/etc/systemd/network/${{f##*/}}"; fi
+done
+"""
 
 
 # --------------------------------------------------------------------------------------- parsing

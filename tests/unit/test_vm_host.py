@@ -6,6 +6,7 @@ Microsoft-keys variable store copied per VM); a refactor that drops one would st
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,11 @@ def test_mac_is_stable_and_local(spec: vm_host.VmSpec) -> None:
 
 def test_provision_script_sets_identity_and_automation_account(spec: vm_host.VmSpec) -> None:
     script = vm_host.provision_script(spec, "ssh-ed25519 AAAAC3Nza ckms-lab-controller\n")
-    assert "echo ca1 >/etc/hostname" in script
+    assert 'echo ca1 >"$new/hostname"' in script and 'put 0644 "$new/hostname" /etc/hostname' in script
+    # every boot runs it: files in /etc are replaced only when they differ (AIDE watches /etc's mtimes);
+    # the one direct write is the first boot's sudo bootstrap, inside the account's creation
+    assert re.findall(r">\s*/etc/\S+", script) == [f">/{vm_host.AUTOMATION_SUDOERS}"]
+    assert "rm -f /etc/systemd/network/10-ckms-*" not in script
     assert f"useradd --system --uid {vm_host.AUTOMATION_UID}" in script
     assert f"echo 'ssh-ed25519 AAAAC3Nza ckms-lab-controller' >/var/lib/{AUTOMATION_USER}" in script
     assert f"{AUTOMATION_USER} ALL=(ALL:ALL) NOPASSWD: ALL" in script
