@@ -292,7 +292,8 @@ def provision_script(spec: VmSpec, authorized_key: str) -> str:
 # (AIDE, F.11 b) watches in /etc.
 set -eu
 seed=$1
-new=$(mktemp -d)
+# not under /tmp: systemd-tmpfiles empties /tmp at boot, in parallel with this unit
+new=$(mktemp -d /run/ckms-lab-seed-new.XXXXXX)
 trap 'rm -rf "$new"' EXIT
 put() {{  # put MODE SOURCE DEST
   if ! cmp -s "$2" "$3"; then install -m "$1" "$2" "$3"; fi

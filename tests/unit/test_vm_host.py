@@ -68,6 +68,8 @@ def test_provision_script_sets_identity_and_automation_account(spec: vm_host.VmS
     # the one direct write is the first boot's sudo bootstrap, inside the account's creation
     assert re.findall(r">\s*/etc/\S+", script) == [f">/{vm_host.AUTOMATION_SUDOERS}"]
     assert "rm -f /etc/systemd/network/10-ckms-*" not in script
+    # its scratch space is not /tmp, which systemd-tmpfiles empties at boot while this unit runs
+    assert "mktemp -d /run/" in script and "mktemp -d\n" not in script
     assert f"useradd --system --uid {vm_host.AUTOMATION_UID}" in script
     assert f"echo 'ssh-ed25519 AAAAC3Nza ckms-lab-controller' >/var/lib/{AUTOMATION_USER}" in script
     assert f"{AUTOMATION_USER} ALL=(ALL:ALL) NOPASSWD: ALL" in script
