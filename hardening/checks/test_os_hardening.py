@@ -797,8 +797,8 @@ def _bootloader_not_applicable_in_container(host, evidence, what: str) -> None:
     evidence.add("bootloader record", record or "missing")
     evidence.add(
         "verification level (bootloader)",
-        f"configuration: a lab container has no bootloader and runs the build machine's kernel, so {what} is "
-        "not this host's; the role's record states the concern as not applicable",
+        f"configuration: a lab container has no bootloader and runs the build machine's kernel; {what} cannot "
+        "be observed here, and the role's record states the concern as not applicable",
     )
     evidence.limit(f"{what}: not observable in a lab container (no bootloader of its own)")
     assert record, f"no {BOOTLOADER_RECORD}: the bootloader concern of os_hardening did not run"
