@@ -246,7 +246,10 @@ def test_public_baseline_anssi(host, evidence):
             )
             why = why if holds else None
         row = {"rule": r["id"], "result": r["result"], "severity": r["severity"], "title": r["title"]}
-        (excluded if why else failing).append({**row, "excluded_as": why["kind"]} if why else row)
+        if why:
+            excluded.append({**row, "excluded_as": why["kind"], "verified_by": why.get("verified_by", "")})
+        else:
+            failing.append(row)
     notchecked = [r["id"] for r in rules if r["result"] == "notchecked"]
     unused = [
         e["rule"] for e in exclusions if not any(fnmatch.fnmatchcase(x["rule"], e["rule"]) for x in excluded)
@@ -279,8 +282,12 @@ def test_public_baseline_anssi(host, evidence):
         )
     for kind in sorted(set(by_kind) - {"container", "deviation"}):
         evidence.limit(
-            f"rule(s) excluded as {kind} limits, verified otherwise by this check: {', '.join(by_kind[kind])} "
-            "(reasons in hardening/baseline_exclusions.yml)"
+            f"rule(s) the evaluation could not observe ({kind}), each verified by another check: "
+            + "; ".join(
+                f"{x['rule']} -> {x['verified_by'] or 'see hardening/baseline_exclusions.yml'}"
+                for x in excluded
+                if x["excluded_as"] == kind
+            )
         )
     if notchecked:
         evidence.limit(
