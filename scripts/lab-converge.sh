@@ -114,6 +114,9 @@ ups_driver: dummy-ups
 # no package mirror reaches the lab hosts: automatic updates off, patches by the reviewed procedure (F.44)
 os_hardening_updates_timers_enabled: false
 ups_poweroff: false
+# the VM CA host (LAB_CA=vm) reboots into the hardened kernel command line in the hardening play, so the
+# report observes it running; containers have no bootloader (not applicable); production: a maintenance window
+os_hardening_bootloader_reboot: true
 antimalware_clamav_test_signature: true
 ckms_ca_wheelhouse_src: ${CKMS_WHEELHOUSE:-$repo/build/wheelhouse}
 ckms_ca_people_dir: $keydir/people
