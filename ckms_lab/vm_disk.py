@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -30,7 +29,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from ckms_lab.hosts import LabError
+from ckms_lab.vm_host import Qmp
 
 SECTOR = 512
 # The partition build-vm-image.sh gives the root file system (GPT name and type "Linux x86-64 root").
@@ -39,7 +40,7 @@ ROOT_TYPE = uuid.UUID("4f68bce3-e8cd-4db1-96e7-fbcaf984b709")
 BACKUP_TIMEOUT = 900.0
 
 
-class VmDiskError(RuntimeError):
+class VmDiskError(LabError):
     """The VM's disk could not be copied, read or mounted."""
 
 
@@ -92,55 +93,6 @@ def root_partition(parts: list[Partition]) -> Partition:
     if len(found) != 1:
         raise VmDiskError(f"expected one root partition ({ROOT_NAME} or type {ROOT_TYPE}), found {parts}")
     return found[0]
-
-
-class Qmp:
-    """A minimal QMP client: one command at a time, events kept for ``wait_event``."""
-
-    def __init__(self, path: Path, timeout: float = 30.0) -> None:
-        self._sock = socket.socket(socket.AF_UNIX)
-        self._sock.settimeout(timeout)
-        self._sock.connect(str(path))
-        self._buf = b""
-        self.events: list[dict[str, Any]] = []
-        self._read()  # greeting
-        self.command("qmp_capabilities")
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def _read(self) -> dict[str, Any]:
-        while b"\n" not in self._buf:
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                raise VmDiskError("QMP connection closed")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def command(self, name: str, **arguments: Any) -> Any:
-        msg: dict[str, Any] = {"execute": name}
-        if arguments:
-            msg["arguments"] = arguments
-        self._sock.sendall(json.dumps(msg).encode() + b"\n")
-        while True:
-            reply = self._read()
-            if "event" in reply:
-                self.events.append(reply)
-            elif "error" in reply:
-                raise VmDiskError(f"QMP {name}: {reply['error'].get('desc', reply['error'])}")
-            elif "return" in reply:
-                return reply["return"]
-
-    def wait_event(self, name: str, deadline: float, **match: Any) -> dict[str, Any]:
-        while True:
-            for e in self.events:
-                if e["event"] == name and all(e.get("data", {}).get(k) == v for k, v in match.items()):
-                    self.events.remove(e)
-                    return e
-            if time.monotonic() > deadline:
-                raise VmDiskError(f"QMP: no {name} event for {match} in time")
-            self.events.append(self._read())
 
 
 def copy_disk(state: Path, target: Path, timeout: float = BACKUP_TIMEOUT) -> float:
@@ -353,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             print(snapshot(args.state, args.work))
         else:
             release(args.work)
-    except (VmDiskError, OSError) as exc:
+    except (LabError, OSError) as exc:
         print(f"vm_disk: {exc}", file=sys.stderr)
         return 1
     return 0

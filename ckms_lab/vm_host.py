@@ -505,18 +505,66 @@ def _start(spec: VmSpec, accel: str, state: Path, port: int) -> subprocess.Popen
         )
 
 
+class Qmp:
+    """A minimal QMP client (the QEMU control socket): one command at a time, events kept for
+    ``wait_event``. Powers the VM down here; ``ckms_lab.vm_disk`` copies its disk with it."""
+
+    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+        self._sock = socket.socket(socket.AF_UNIX)
+        self._sock.settimeout(timeout)
+        self._sock.connect(str(path))
+        self._buf = b""
+        self.events: list[dict[str, Any]] = []
+        self._read()  # greeting
+        self.command("qmp_capabilities")
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _read(self) -> dict[str, Any]:
+        while b"\n" not in self._buf:
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise LabError("QMP connection closed")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def command(self, name: str, **arguments: Any) -> Any:
+        msg: dict[str, Any] = {"execute": name}
+        if arguments:
+            msg["arguments"] = arguments
+        self._sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            reply = self._read()
+            if "event" in reply:
+                self.events.append(reply)
+            elif "error" in reply:
+                raise LabError(f"QMP {name}: {reply['error'].get('desc', reply['error'])}")
+            elif "return" in reply:
+                return reply["return"]
+
+    def wait_event(self, name: str, deadline: float, **match: Any) -> dict[str, Any]:
+        while True:
+            for e in self.events:
+                if e["event"] == name and all(e.get("data", {}).get(k) == v for k, v in match.items()):
+                    self.events.remove(e)
+                    return e
+            if time.monotonic() > deadline:
+                raise LabError(f"QMP: no {name} event for {match} in time")
+            self.events.append(self._read())
+
+
 def _stop(pid: int, state: Path, timeout: float = STOP_TIMEOUT) -> None:
     """ACPI power button over QMP (a clean shutdown), then SIGTERM, then SIGKILL."""
     if not (_alive(pid) and _is_our_qemu(pid, state)):
         return
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(5)
-        s.connect(str(state / "qmp.sock"))
-        s.recv(4096)
-        s.sendall(b'{"execute":"qmp_capabilities"}\n')
-        s.recv(4096)
-        s.sendall(b'{"execute":"system_powerdown"}\n')
-        s.recv(4096)
+    with contextlib.suppress(OSError, ValueError, LabError):
+        qmp = Qmp(state / "qmp.sock", timeout=5)
+        try:
+            qmp.command("system_powerdown")
+        finally:
+            qmp.close()
     for sig, wait in ((None, timeout), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
         if sig is not None and _alive(pid):
             with contextlib.suppress(ProcessLookupError):

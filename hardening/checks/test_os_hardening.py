@@ -765,7 +765,7 @@ def _bootloader_wanted(host) -> list[str]:
     hardening argument), then the hardening ones; each once."""
     hard = list(policy(host, "os_hardening_bootloader_cmdline") or [])
     extra = list(policy(host, "os_hardening_bootloader_cmdline_extra") or [])
-    keys = {a.split("=", 1)[0] for a in hard}
+    keys = _names(hard)
     wanted: list[str] = []
     for arg in [*extra, *hard]:
         if (arg in hard or arg.split("=", 1)[0] not in keys) and arg not in wanted:
